@@ -1,0 +1,5 @@
+"""``python -m edgeprune``."""
+
+from edgeprune.cli import main
+
+raise SystemExit(main())

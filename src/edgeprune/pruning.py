@@ -1,0 +1,253 @@
+"""Algorithm 1 of Zawish et al. (2022): complexity-driven pruning to a budget.
+
+Each step picks one prunable group at random with probability proportional to its share of the
+model's complexity in the chosen mode (params = PA, flops = FA, memory = MA), recomputed after
+every removal, and removes ``max(1, round(step * filters))`` of its filters by the criterion,
+until the model fits the target. The loop runs on recorded layer shapes only (a plan); the
+dependency graph cuts the real model once per group at the end, and the result is checked
+against the plan with one forward pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune.complexity import MODES, LayerShape, Profile, check_mode, record_shapes
+from edgeprune.criteria import check_criterion, filter_scores
+from edgeprune.errors import EdgepruneError
+from edgeprune.graph import ChannelGroup, build_graph, cut, find_groups
+
+SELECTIONS = ("weighted", "uniform")
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_BYTE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_target(target: str | float, mode: str, current: int) -> int:
+    """Absolute target from a fraction of ``current`` (``0.5``) or an amount with a unit (``2M``, ``4MB``)."""
+    check_mode(mode)
+    text = str(target).strip()
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)", text)
+    if not match:
+        raise EdgepruneError(f"target '{text}' is not a number, a fraction like 0.5, or an amount like 2M / 150M / 4MB")
+    value, unit = float(match.group(1)), match.group(2).upper()
+    if unit.endswith("B") and unit in _BYTE_UNITS:
+        if mode != "memory":
+            raise EdgepruneError(f"target '{text}' is in bytes, but mode '{mode}' counts {mode}")
+        absolute = value * _BYTE_UNITS[unit]
+    elif unit in _UNITS:
+        if mode == "memory" and unit:
+            raise EdgepruneError(f"memory targets need a byte unit (e.g. {text}B or {text}iB), got '{text}'")
+        absolute = value * _UNITS[unit] if (unit or value >= 1) else value * current
+    else:
+        raise EdgepruneError(f"unknown unit '{match.group(2)}' in target '{text}'")
+    if absolute <= 0:
+        raise EdgepruneError(f"target must be positive, got '{text}'")
+    if absolute >= current:
+        raise EdgepruneError(f"target {absolute:,.0f} {mode} is not below the model's current {current:,} {mode}")
+    return int(absolute)
+
+
+@dataclass
+class Step:
+    """One lottery draw: the group picked, why, and what it cost."""
+
+    step: int
+    layer: str
+    weight: int
+    probability: float
+    removed: list[int]
+    width_after: int
+    total_after: int
+
+
+@dataclass
+class PrunePlan:
+    """The outcome of Algorithm 1 on shapes: which original filters each group keeps."""
+
+    mode: str
+    target: int
+    before: Profile
+    after: Profile
+    groups: list[ChannelGroup]
+    keep: dict[str, list[int]]
+    steps: list[Step] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+
+class _State:
+    """Mutable layer shapes while the plan is made."""
+
+    def __init__(self, prof: Profile):
+        self.prof = prof
+        self.shapes: dict[str, LayerShape] = prof.by_name()
+
+    def total(self, mode: str) -> int:
+        return Profile(list(self.shapes.values()), self.prof.input_shape, self.prof.other_params).total(mode)
+
+    def shrunk(self, group: ChannelGroup, n: int) -> dict[str, LayerShape]:
+        """The member layers' shapes after removing ``n`` channels of ``group``."""
+        new = {m.layer: self.shapes[m.layer] for m in group.members}
+        for m in group.members:
+            s = new[m.layer]
+            if m.dim == "out":
+                new[m.layer] = s.resized(c_out=s.c_out - n * m.per_channel)
+            else:
+                new[m.layer] = s.resized(c_in=s.c_in - n * m.per_channel)
+        return new
+
+    def total_after(self, group: ChannelGroup, n: int, mode: str, current: int) -> int:
+        new = self.shrunk(group, n)
+        return current - sum(self.shapes[k].measure(mode) for k in new) + sum(s.measure(mode) for s in new.values())
+
+    def weight(self, group: ChannelGroup, mode: str) -> int:
+        """The complexity of the layers whose filters the group removes."""
+        return sum(self.shapes[layer].measure(mode) for layer in set(group.out_layers))
+
+
+def _smallest_sufficient(state: _State, group: ChannelGroup, n: int, mode: str, current: int, target: int) -> int:
+    """Fewest channels (<= n) whose removal reaches ``target``; n if even n does not."""
+    if state.total_after(group, n, mode, current) > target:
+        return n
+    lo, hi = 1, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if state.total_after(group, mid, mode, current) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def make_plan(
+    prof: Profile,
+    groups: list[ChannelGroup],
+    mode: str,
+    target: int,
+    step: float = 0.1,
+    seed: int = 0,
+    scores: dict[str, np.ndarray] | None = None,
+    min_filters: int = 1,
+    selection: str = "weighted",
+) -> PrunePlan:
+    """Run Algorithm 1 on recorded shapes and return which filters each group keeps."""
+    check_mode(mode)
+    if not 0 < step < 1:
+        raise EdgepruneError(f"step must be in (0, 1), got {step}")
+    if min_filters < 1:
+        raise EdgepruneError(f"min filters must be at least 1, got {min_filters}")
+    if selection not in SELECTIONS:
+        raise EdgepruneError(f"unknown selection '{selection}'; choose from: {', '.join(SELECTIONS)}")
+    prunable = [g for g in groups if g.prunable and g.width > min_filters]
+    state = _State(prof)
+    current = state.total(mode)
+    floor = _State(prof)
+    for g in prunable:
+        floor.shapes.update(floor.shrunk(g, g.width - min_filters))
+    smallest = floor.total(mode)
+    if smallest > target:
+        raise EdgepruneError(
+            f"target {target:,} {mode} is unreachable: with every prunable layer at {min_filters} filter(s) "
+            f"the smallest reachable is {smallest:,} {mode}"
+        )
+    rng = np.random.default_rng(seed)
+    keep = {g.name: list(range(g.width)) for g in groups}
+    steps: list[Step] = []
+    while current > target:
+        active = [g for g in prunable if len(keep[g.name]) > min_filters]
+        weights = np.array([state.weight(g, mode) for g in active], dtype=float)
+        if selection == "uniform" or weights.sum() == 0:
+            weights = np.ones(len(active))
+        probs = weights / weights.sum()
+        pick = int(rng.choice(len(active), p=probs))
+        group = active[pick]
+        width = len(keep[group.name])
+        n = min(max(1, round(step * width)), width - min_filters)
+        n = _smallest_sufficient(state, group, n, mode, current, target)
+        removed = _choose(keep[group.name], n, scores.get(group.name) if scores else None, rng)
+        keep[group.name] = [i for i in keep[group.name] if i not in set(removed)]
+        current = state.total_after(group, n, mode, current)
+        state.shapes.update(state.shrunk(group, n))
+        steps.append(Step(len(steps) + 1, group.name, int(weights[pick]), float(probs[pick]), removed, width - n, current))
+    after = Profile(list(state.shapes.values()), prof.input_shape, prof.other_params)
+    settings = {"step": step, "seed": seed, "min_filters": min_filters, "selection": selection}
+    return PrunePlan(mode, target, prof, after, groups, keep, steps, settings)
+
+
+def _choose(remaining: list[int], n: int, scores: np.ndarray | None, rng: np.random.Generator) -> list[int]:
+    """Pick ``n`` filters to remove: at random, or the lowest-scoring (ties by index)."""
+    if scores is None:
+        return sorted(int(i) for i in rng.choice(remaining, size=n, replace=False))
+    ranked = sorted(remaining, key=lambda i: (scores[i], i))
+    return sorted(ranked[:n])
+
+
+def apply_plan(model: nn.Module, plan: PrunePlan, example_input: torch.Tensor, graph=None) -> nn.Module:
+    """Cut ``model`` (in place) to the plan's widths and check the result against the plan."""
+    graph = graph or build_graph(model, example_input)
+    for group in plan.groups:
+        kept = set(plan.keep[group.name])
+        removed = [i for i in range(group.width) if i not in kept]
+        if removed:
+            cut(graph, model, group.name, removed)
+    actual = record_shapes(model, example_input)
+    expected = plan.after.by_name()
+    for layer in actual.layers:
+        if layer != expected.get(layer.name):
+            raise RuntimeError(f"pruned layer {layer.name} is {layer}, the plan expected {expected.get(layer.name)}")
+    return model
+
+
+@dataclass
+class PruneResult:
+    """A pruned copy of the model and the plan that made it."""
+
+    model: nn.Module
+    plan: PrunePlan
+    criterion: str
+
+    def report(self) -> dict:
+        """Before/after totals, per-layer filters and the per-step log, JSON-ready."""
+        from edgeprune.report import prune_report
+
+        return prune_report(self.plan, self.criterion)
+
+
+def prune(
+    model: nn.Module,
+    mode: str,
+    target: str | float,
+    step: float = 0.1,
+    seed: int = 0,
+    criterion: str = "random",
+    example_input: torch.Tensor | None = None,
+    input_shape: tuple[int, ...] = (3, 32, 32),
+    min_filters: int = 1,
+    prune_residual: bool = False,
+    selection: str = "weighted",
+    calibration: torch.Tensor | None = None,
+) -> PruneResult:
+    """Prune a copy of ``model`` to ``target`` complexity in ``mode`` with Algorithm 1."""
+    check_mode(mode)
+    check_criterion(criterion, calibration)
+    example = example_input if example_input is not None else torch.zeros(1, *input_shape)
+    prof = record_shapes(model, example)
+    absolute = parse_target(target, mode, prof.total(mode))
+    pruned = copy.deepcopy(model)
+    graph = build_graph(pruned, example)
+    groups = find_groups(graph, pruned, prof, prune_residual=prune_residual)
+    prof.prunable = {name: g.prunable for g in groups for name in g.out_layers}
+    bns = {layer.name: layer.bn for layer in prof.layers}
+    scores = filter_scores(model, [(g.name, bns.get(g.name)) for g in groups if g.prunable], criterion, calibration)
+    plan = make_plan(prof, groups, mode, absolute, step, seed, scores, min_filters, selection)
+    apply_plan(pruned, plan, example, graph)
+    plan.settings["prune_residual"] = prune_residual
+    return PruneResult(pruned, plan, criterion)
+
+
+__all__ = ["MODES", "PrunePlan", "PruneResult", "make_plan", "parse_target", "prune"]

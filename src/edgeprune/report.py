@@ -1,0 +1,107 @@
+"""Reports: profile tables, before/after pruning summaries, as text and JSON-ready dicts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from edgeprune.complexity import MODES, Profile
+from edgeprune.pruning import PrunePlan
+
+MODE_LABEL = {"params": "params", "flops": "FLOPs (MACs)", "memory": "memory"}
+
+
+def human(value: float, mode: str) -> str:
+    """Format a count (params, FLOPs) or a byte amount (memory) with a unit."""
+    if mode == "memory":
+        for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+            if value >= scale:
+                return f"{value / scale:.2f} {unit}"
+        return f"{value:.0f} B"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return f"{value:.0f}"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain fixed-width text table, first column left-aligned, the rest right-aligned."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def profile_table(prof: Profile) -> str:
+    """Per-layer parameters, FLOPs and memory with shares, prunability, and totals."""
+    totals = {m: prof.total(m) for m in MODES}
+    group_of = {name: g for g in prof.groups for name in g.out_layers}
+    rows = []
+    for layer in prof.layers:
+        g = group_of.get(layer.name)
+        status = ("yes" if g.prunable else f"no ({g.reason})") if g else "no"
+        shape = f"{layer.c_in}->{layer.c_out}" + (f" g{layer.groups}" if layer.groups > 1 else "")
+        rows.append(
+            [layer.name, layer.kind, shape]
+            + [f"{human(layer.measure(m), m)} {100 * layer.measure(m) / totals[m]:5.1f}%" for m in MODES]
+            + [status, g.name if g else ""]
+        )
+    rows.append(["TOTAL", "", ""] + [human(totals[m], m) for m in MODES] + ["", ""])
+    headers = ["layer", "kind", "channels", "params", "FLOPs (MACs)", "memory", "prunable", "group"]
+    note = "fp32, batch 1; FLOPs count a multiply-add once; memory = 4 B x (params + output map)"
+    if prof.other_params:
+        note += f"; {prof.other_params:,} params outside conv/linear layers counted in the totals"
+    return table(headers, rows) + "\n" + note
+
+
+def reduction(before: float, after: float) -> float:
+    """Percentage reduction from ``before`` to ``after``."""
+    return 100.0 * (before - after) / before if before else 0.0
+
+
+def prune_report(plan: PrunePlan, criterion: str) -> dict:
+    """Everything about one pruning run, JSON-ready (the content of report.json)."""
+    before, after = plan.before, plan.after
+    after_shapes = after.by_name()
+    return {
+        "mode": plan.mode,
+        "target": plan.target,
+        "target_fraction": plan.target / before.total(plan.mode),
+        "criterion": criterion,
+        "settings": plan.settings,
+        "conventions": "fp32, batch 1; flops = multiply-adds counted once (MACs); memory_bytes = 4 B x (params + output map)",
+        "before": before.totals(),
+        "after": after.totals(),
+        "reduction_pct": {k: reduction(before.totals()[k], after.totals()[k]) for k in before.totals()},
+        "layers": [
+            {
+                "name": layer.name,
+                "filters_before": layer.c_out,
+                "filters_after": after_shapes[layer.name].c_out,
+                "prunable": before.prunable.get(layer.name, False),
+            }
+            for layer in before.layers
+        ],
+        "steps": [asdict(s) for s in plan.steps],
+    }
+
+
+def prune_summary(report: dict) -> str:
+    """The before/after table printed by ``edgeprune prune``."""
+    rows = [
+        [r["name"], str(r["filters_before"]), str(r["filters_after"]), f"{100 * r['filters_after'] / r['filters_before']:.0f}%"]
+        for r in report["layers"]
+    ]
+    layer_table = table(["layer", "filters before", "after", "kept"], rows)
+    keys = {"params": "params", "flops": "flops", "memory": "memory_bytes"}
+    totals = [
+        [MODE_LABEL[m], human(report["before"][k], m), human(report["after"][k], m), f"{report['reduction_pct'][k]:.1f}%"]
+        for m, k in keys.items()
+    ]
+    head = (
+        f"mode {report['mode']}, target {human(report['target'], report['mode'])} "
+        f"({100 * report['target_fraction']:.1f}% of the original), criterion {report['criterion']}, "
+        f"{len(report['steps'])} steps"
+    )
+    return "\n\n".join([head, layer_table, table(["total", "before", "after", "reduction"], totals)])
