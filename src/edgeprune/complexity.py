@@ -23,6 +23,7 @@ from torch import nn
 
 MODES = ("params", "flops", "memory")
 BYTES_PER_VALUE = 4  # fp32
+CONVENTIONS = "fp32, batch 1; flops = multiply-adds counted once (MACs); memory_bytes = 4 B x (params + output map)"
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class Profile:
             rows.append(row)
         return {
             "input_shape": list(self.input_shape),
-            "conventions": "fp32, batch 1; flops = multiply-adds counted once (MACs); memory = 4 B x (params + output map)",
+            "conventions": CONVENTIONS,
             "layers": rows,
             "other_params": self.other_params,
             "groups": [g.to_dict() for g in self.groups],
@@ -166,7 +167,12 @@ def record_shapes(model: nn.Module, example_input: torch.Tensor) -> Profile:
         batch_spatial = _prod(shape[2:]) if not isinstance(module, nn.Linear) else _prod(shape[1:-1])
         if isinstance(module, nn.Linear):
             layer = LayerShape(
-                names[module], "linear", module.in_features, module.out_features, spatial=batch_spatial, bias=module.bias is not None
+                names[module],
+                "linear",
+                module.in_features,
+                module.out_features,
+                spatial=batch_spatial,
+                bias=module.bias is not None,
             )
         else:
             layer = LayerShape(

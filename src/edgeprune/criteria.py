@@ -63,7 +63,9 @@ def filter_scores(
     return _nuclear_scores(model, roots, calibration)
 
 
-def _nuclear_scores(model: nn.Module, roots: list[tuple[str, str | None]], batch: torch.Tensor) -> dict[str, np.ndarray]:
+def _nuclear_scores(
+    model: nn.Module, roots: list[tuple[str, str | None]], batch: torch.Tensor
+) -> dict[str, np.ndarray]:
     """One forward pass with hooks; each root's (post-BatchNorm) output map is scored."""
     outputs: dict[str, torch.Tensor] = {}
     handles = []

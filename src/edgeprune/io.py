@@ -14,7 +14,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -71,7 +70,13 @@ def model_spec(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> 
     arch = getattr(model, "edgeprune_arch", None)
     if arch is None:
         raise EdgepruneError("only models built by edgeprune.create (or loaded from a model folder) can be saved")
-    return {"format": FORMAT, "arch": arch["name"], "kwargs": arch["kwargs"], "input_shape": list(input_shape), "layers": layer_widths(model)}
+    return {
+        "format": FORMAT,
+        "arch": arch["name"],
+        "kwargs": arch["kwargs"],
+        "input_shape": list(input_shape),
+        "layers": layer_widths(model),
+    }
 
 
 def save(model: nn.Module, directory: str | Path, input_shape: tuple[int, ...] = (3, 32, 32)) -> Path:
@@ -154,7 +159,9 @@ def load(directory: str | Path) -> nn.Module:
         raise EdgepruneError(f"{path}: weights do not match model.json (missing {missing[:3]}, unexpected {extra[:3]})")
     for key, value in tensors.items():
         if value.shape != expected[key].shape:
-            raise EdgepruneError(f"{path}: '{key}' has shape {tuple(value.shape)}, model.json says {tuple(expected[key].shape)}")
+            raise EdgepruneError(
+                f"{path}: '{key}' has shape {tuple(value.shape)}, model.json says {tuple(expected[key].shape)}"
+            )
     model.load_state_dict(tensors, strict=True)
     return model.eval()
 

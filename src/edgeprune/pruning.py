@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch_pruning import DependencyGraph
 
 from edgeprune.complexity import MODES, LayerShape, Profile, check_mode, record_shapes
 from edgeprune.criteria import check_criterion, filter_scores
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import ChannelGroup, build_graph, cut, find_groups
 
-SELECTIONS = ("weighted", "uniform")
+SELECTIONS = ("weighted", "uniform", "ratio")  # Algorithm 1, its unweighted lottery, one ratio for all
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 _BYTE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -43,7 +44,9 @@ def parse_target(target: str | float, mode: str, current: int) -> int:
     elif unit in _UNITS:
         if mode == "memory" and unit:
             raise EdgepruneError(f"memory targets need a byte unit (e.g. {text}B or {text}iB), got '{text}'")
-        absolute = value * _UNITS[unit] if (unit or value >= 1) else value * current
+        if not unit and value > 1 and not value.is_integer():
+            raise EdgepruneError(f"target '{text}': a fraction must be in (0, 1), an absolute amount a whole number")
+        absolute = value * _UNITS[unit] if (unit or value > 1) else value * current
     else:
         raise EdgepruneError(f"unknown unit '{match.group(2)}' in target '{text}'")
     if absolute <= 0:
@@ -157,6 +160,9 @@ def make_plan(
         )
     rng = np.random.default_rng(seed)
     keep = {g.name: list(range(g.width)) for g in groups}
+    settings = {"step": step, "seed": seed, "min_filters": min_filters, "selection": selection}
+    if selection == "ratio":
+        return _ratio_plan(prof, groups, prunable, mode, target, scores, min_filters, rng, keep, settings)
     steps: list[Step] = []
     while current > target:
         active = [g for g in prunable if len(keep[g.name]) > min_filters]
@@ -173,10 +179,48 @@ def make_plan(
         keep[group.name] = [i for i in keep[group.name] if i not in set(removed)]
         current = state.total_after(group, n, mode, current)
         state.shapes.update(state.shrunk(group, n))
-        steps.append(Step(len(steps) + 1, group.name, int(weights[pick]), float(probs[pick]), removed, width - n, current))
+        steps.append(
+            Step(len(steps) + 1, group.name, int(weights[pick]), float(probs[pick]), removed, width - n, current)
+        )
     after = Profile(list(state.shapes.values()), prof.input_shape, prof.other_params)
-    settings = {"step": step, "seed": seed, "min_filters": min_filters, "selection": selection}
     return PrunePlan(mode, target, prof, after, groups, keep, steps, settings)
+
+
+def _ratio_plan(
+    prof: Profile,
+    groups: list[ChannelGroup],
+    prunable: list[ChannelGroup],
+    mode: str,
+    target: int,
+    scores: dict[str, np.ndarray] | None,
+    min_filters: int,
+    rng: np.random.Generator,
+    keep: dict[str, list[int]],
+    settings: dict,
+) -> PrunePlan:
+    """Remove the same fraction r of every prunable group's filters, r the smallest that fits.
+
+    This is uniform width scaling when filters are chosen at random at initialisation, and the
+    usual uniform per-layer ratio of ranking-based pruning when they are chosen by a criterion.
+    """
+
+    def shapes_at(ratio: float) -> tuple[_State, dict[str, int]]:
+        state = _State(prof)
+        counts = {g.name: min(round(ratio * g.width), g.width - min_filters) for g in prunable}
+        for g in prunable:
+            state.shapes.update(state.shrunk(g, counts[g.name]))
+        return state, counts
+
+    lo, hi = 0.0, 1.0  # the total at ratio 1 is the floor, which make_plan checked is <= target
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if shapes_at(mid)[0].total(mode) <= target else (mid, hi)
+    state, counts = shapes_at(hi)
+    for g in prunable:
+        removed = set(_choose(keep[g.name], counts[g.name], scores.get(g.name) if scores else None, rng))
+        keep[g.name] = [i for i in keep[g.name] if i not in removed]
+    after = Profile(list(state.shapes.values()), prof.input_shape, prof.other_params)
+    return PrunePlan(mode, target, prof, after, groups, keep, [], {**settings, "ratio": hi})
 
 
 def _choose(remaining: list[int], n: int, scores: np.ndarray | None, rng: np.random.Generator) -> list[int]:
@@ -187,7 +231,9 @@ def _choose(remaining: list[int], n: int, scores: np.ndarray | None, rng: np.ran
     return sorted(ranked[:n])
 
 
-def apply_plan(model: nn.Module, plan: PrunePlan, example_input: torch.Tensor, graph=None) -> nn.Module:
+def apply_plan(
+    model: nn.Module, plan: PrunePlan, example_input: torch.Tensor, graph: DependencyGraph | None = None
+) -> nn.Module:
     """Cut ``model`` (in place) to the plan's widths and check the result against the plan."""
     graph = graph or build_graph(model, example_input)
     for group in plan.groups:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from edgeprune.complexity import MODES, Profile
+from edgeprune.complexity import CONVENTIONS, MODES, Profile
 from edgeprune.pruning import PrunePlan
 
 MODE_LABEL = {"params": "params", "flops": "FLOPs (MACs)", "memory": "memory"}
@@ -70,7 +70,7 @@ def prune_report(plan: PrunePlan, criterion: str) -> dict:
         "target_fraction": plan.target / before.total(plan.mode),
         "criterion": criterion,
         "settings": plan.settings,
-        "conventions": "fp32, batch 1; flops = multiply-adds counted once (MACs); memory_bytes = 4 B x (params + output map)",
+        "conventions": CONVENTIONS,
         "before": before.totals(),
         "after": after.totals(),
         "reduction_pct": {k: reduction(before.totals()[k], after.totals()[k]) for k in before.totals()},
@@ -90,13 +90,23 @@ def prune_report(plan: PrunePlan, criterion: str) -> dict:
 def prune_summary(report: dict) -> str:
     """The before/after table printed by ``edgeprune prune``."""
     rows = [
-        [r["name"], str(r["filters_before"]), str(r["filters_after"]), f"{100 * r['filters_after'] / r['filters_before']:.0f}%"]
+        [
+            r["name"],
+            str(r["filters_before"]),
+            str(r["filters_after"]),
+            f"{100 * r['filters_after'] / r['filters_before']:.0f}%",
+        ]
         for r in report["layers"]
     ]
     layer_table = table(["layer", "filters before", "after", "kept"], rows)
     keys = {"params": "params", "flops": "flops", "memory": "memory_bytes"}
     totals = [
-        [MODE_LABEL[m], human(report["before"][k], m), human(report["after"][k], m), f"{report['reduction_pct'][k]:.1f}%"]
+        [
+            MODE_LABEL[m],
+            human(report["before"][k], m),
+            human(report["after"][k], m),
+            f"{report['reduction_pct'][k]:.1f}%",
+        ]
         for m, k in keys.items()
     ]
     head = (

@@ -6,7 +6,8 @@ so it trains from scratch without the original's local response normalisation), 
 connected 4096 -> 4096 -> 4096 -> num_classes with dropout: two wide hidden layers as in the
 original, holding most of the parameters.
 
-Totals at 10 classes, batch 1: 35,855,178 parameters (2.25M in conv), 136.9M FLOPs (MACs).
+Totals at 10 classes, batch 1 (SPEC conventions): 35,856,330 parameters (2.25M in conv),
+200.5M FLOPs (MACs), 144.15 MB of weights plus output maps.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class AlexNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-@register("alexnet", "AlexNet, 5 conv (BN) + 3 FC (4096 hidden), 35.9M params, 137M FLOPs")
+@register("alexnet", "AlexNet, 5 conv (BN) + 3 FC (4096 hidden), 35.9M params, 200M FLOPs")
 def alexnet(num_classes: int = 10, in_channels: int = 3, hidden: int = 4096) -> AlexNet:
     """AlexNet for 32x32 inputs."""
     return AlexNet(num_classes, in_channels, hidden)

@@ -5,8 +5,8 @@ by BatchNorm and ReLU; after five 2x2 max-pools the map is 512x1x1, then fully c
 512 -> 4096 -> 4096 -> num_classes (ReLU + dropout between), the wide hidden layers of the
 original VGG, which is why parameter- and FLOP-driven pruning pick different layers.
 
-Totals at 10 classes, batch 1 (SPEC conventions): 33,646,666 parameters (14.7M in conv,
-18.9M in the classifier), 332.4M FLOPs (MACs), 134.6 MB of weights.
+Totals at 10 classes, batch 1 (SPEC conventions): 33,642,442 parameters (14.7M in conv,
+18.9M in the classifier), 332.1M FLOPs (MACs), 135.71 MB of weights plus output maps.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ CFG_16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 51
 class VGG(nn.Module):
     """VGG with BatchNorm: a conv feature stack and a three-layer classifier."""
 
-    def __init__(self, cfg: list, num_classes: int = 10, in_channels: int = 3, hidden: int = 4096, dropout: float = 0.5):
+    def __init__(
+        self, cfg: list, num_classes: int = 10, in_channels: int = 3, hidden: int = 4096, dropout: float = 0.5
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels

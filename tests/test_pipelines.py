@@ -1,0 +1,99 @@
+"""The nuclear criterion against hand-computed values, and `compare` against its own records."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import edgeprune
+from edgeprune.cli import main
+from edgeprune.criteria import filter_scores, nuclear_norms
+
+MINI = Path(__file__).resolve().parents[1] / "data" / "cifar10-mini.tar.gz"
+
+
+def test_nuclear_norm_of_known_singular_values():
+    # batch N=2, 2 channels, maps 1x2: channel 0 stacks to [[3, 0], [0, 4]] (singular values 3, 4),
+    # channel 1 to [[1, 1], [1, 1]] (rank one, singular value 2).
+    maps = torch.tensor([[[[3.0, 0.0]], [[1.0, 1.0]]], [[[0.0, 4.0]], [[1.0, 1.0]]]])
+    assert np.allclose(nuclear_norms(maps), [7.0, 2.0])
+
+
+def test_nuclear_scores_hook_the_layer_output():
+    conv = nn.Conv2d(1, 3, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -2.0, 0.5]).view(3, 1, 1, 1))
+    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(3 * 4, 2))
+    x = torch.randn(5, 1, 2, 2)
+    scores = filter_scores(model, [("0", None)], "nuclear", x)["0"]
+    base = torch.linalg.svdvals(x.view(5, 4).double()).sum().item()
+    assert np.allclose(scores, [base, 2 * base, 0.5 * base])
+
+
+def test_nuclear_criterion_prunes_the_lowest_energy_channels():
+    model = edgeprune.create("tiny")
+    with torch.no_grad():
+        model.features[1].weight.copy_(torch.linspace(0.01, 1.0, 48))  # BN scales: channel i's energy grows with i
+        model.features[1].bias.zero_()
+    batch = torch.randn(16, 3, 32, 32)
+    plan = edgeprune.prune(model, "flops", 0.7, criterion="nuclear", calibration=batch, seed=0).plan
+    kept, removed = plan.keep["features.0"], sorted(set(range(48)) - set(plan.keep["features.0"]))
+    assert removed and max(removed) < min(kept)
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp")
+    argv = ["compare", "tiny", "--data", str(MINI), "--target", "params=0.5", "flops=0.4", "--modes", "params",
+            "flops", "--epochs", "1", "--finetune-epochs", "1", "--seeds", "0", "1", "--limit-train", "256",
+            "--limit-test", "128", "--batch-size", "64", "--out", str(out), "--force", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    return out
+
+
+def test_compare_writes_every_row_and_column(comparison):
+    rows = list(csv.DictReader((comparison / "compare.csv").open()))
+    assert {(r["method"], r["mode"]) for r in rows} == {
+        (m, mode) for m in ("direct", "l1", "nuclear", "uniform", "unweighted") for mode in ("params", "flops")
+    }
+    md = (comparison / "compare.md").read_text()
+    for column in ("Δ accuracy", "FLOPs ↓", "memory ↓", "params ↓", "training time", "time / conventional", "Baseline"):
+        assert column in md
+    assert (comparison / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_table_matches_run_records(comparison):
+    data = json.loads((comparison / "compare.json").read_text())
+    runs, rows = (
+        data["runs"],
+        {(r["method"], r["mode"]): r for r in csv.DictReader((comparison / "compare.csv").open())},
+    )
+    full = {r["seed"]: r for r in runs if r["method"] == "full"}
+    for (method, mode), row in rows.items():
+        mine = [r for r in runs if r["method"] == method and r["mode"] == mode]
+        assert sorted(r["seed"] for r in mine) == [0, 1]
+        change = [100 * (r["test_accuracy"] - full[r["seed"]]["test_accuracy"]) for r in mine]
+        assert float(row["accuracy_change_pts"]) == pytest.approx(np.mean(change))
+        assert float(row["accuracy_change_pts_std"]) == pytest.approx(np.std(change, ddof=1))
+        seconds = [r["train_seconds"] for r in mine]
+        assert float(row["train_seconds"]) == pytest.approx(np.mean(seconds))
+        l1 = np.mean([r["train_seconds"] for r in runs if r["method"] == "l1" and r["mode"] == mode])
+        assert float(row["time_ratio_to_conventional"]) == pytest.approx(np.mean(seconds) / l1)
+        for r in mine:  # every epoch counted, pre-training included for the conventional pipelines
+            assert r["train_seconds"] == pytest.approx(sum(h["epoch_seconds"] for h in r["history"]))
+            assert r["epochs"] == (2 if method in ("l1", "nuclear") else 1)
+            key = {"params": "params", "flops": "flops"}[mode]
+            target = {"params": 0.5, "flops": 0.4}[mode] * full[r["seed"]][key]
+            assert r[key] <= target
+        params_cut = [100 * (1 - r["params"] / full[0]["params"]) for r in mine]
+        assert float(row["params_reduction_pct"]) == pytest.approx(np.mean(params_cut))
+
+
+def test_compare_rejects_bad_targets(tmp_path, capsys):
+    code = main(["compare", "tiny", "--data", str(MINI), "--target", "params=0.5", "--modes", "params", "flops",
+                 "--out", str(tmp_path / "o")])  # fmt: skip
+    assert code == 2 and "no value for mode(s) flops" in capsys.readouterr().err

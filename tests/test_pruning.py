@@ -1,0 +1,160 @@
+"""Algorithm 1: budgets met, determinism, mode behaviour, floors, errors."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import edgeprune
+from edgeprune.complexity import record_shapes
+from edgeprune.errors import EdgepruneError
+from edgeprune.models import list_models
+from edgeprune.pruning import parse_target
+
+KEY = {"params": "params", "flops": "flops", "memory": "memory_bytes"}
+
+
+def widths(model):
+    return [layer.c_out for layer in record_shapes(model, torch.zeros(1, 3, 32, 32)).layers]
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("mode", ["params", "flops", "memory"])
+def test_half_target_met_runs_and_round_trips(name, mode, tmp_path):
+    model = edgeprune.create(name)
+    result = edgeprune.prune(model, mode, 0.5, seed=1)
+    report = result.report()
+    before, after = report["before"][KEY[mode]], report["after"][KEY[mode]]
+    # independent recount on the pruned module
+    recount = record_shapes(result.model, torch.zeros(1, 3, 32, 32)).total(mode)
+    assert recount == after <= 0.5 * before
+    assert after >= 0.98 * report["target"]
+    if mode == "params":
+        assert after == sum(p.numel() for p in result.model.parameters())
+    x = torch.randn(2, 3, 32, 32)
+    pruned = result.model.eval()
+    assert pruned(x).shape == (2, 10)
+    edgeprune.save(pruned, tmp_path / "m")
+    loaded = edgeprune.load(tmp_path / "m")
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in pruned.parameters())
+    assert torch.equal(loaded(x), pruned(x))
+    # the original is left untouched
+    assert record_shapes(model, torch.zeros(1, 3, 32, 32)).total(mode) == before
+
+
+def test_same_seed_same_widths_different_seed_differs():
+    model = edgeprune.create("resnet56")
+    a = widths(edgeprune.prune(model, "flops", 0.5, seed=3).model)
+    b = widths(edgeprune.prune(model, "flops", 0.5, seed=3).model)
+    c = widths(edgeprune.prune(model, "flops", 0.5, seed=4).model)
+    assert a == b and a != c
+
+
+def test_vgg16_fa_prunes_early_layers_pa_prunes_late_512_layers():
+    model = edgeprune.create("vgg16")
+    removed = {}
+    for mode in ("params", "flops"):
+        fractions = []
+        for seed in range(6):
+            layers = edgeprune.prune(model, mode, 0.5, seed=seed).report()["layers"]
+            fractions.append([1 - r["filters_after"] / r["filters_before"] for r in layers])
+        removed[mode] = np.mean(fractions, axis=0)
+    early = slice(0, 4)  # the 64- and 128-filter layers at 32x32 and 16x16
+    late = slice(10, 13)  # the last three 512-filter layers (2x2 maps)
+    assert removed["flops"][early].mean() > 2 * removed["params"][early].mean()
+    assert removed["params"][late].mean() > removed["flops"][late].mean()
+
+
+def test_final_step_lands_just_under_target():
+    report = edgeprune.prune(edgeprune.create("vgg16"), "params", 0.3, seed=0).report()
+    last = report["steps"][-1]
+    assert last["total_after"] == report["after"]["params"] <= report["target"]
+    assert report["after"]["params"] > report["target"] - 1.01 * (last["weight"] / 4096) * 4096
+    probabilities = [s["probability"] for s in report["steps"]]
+    assert all(0 < p <= 1 for p in probabilities)
+
+
+def test_residual_channels_kept_by_default_and_prunable_on_request():
+    model = edgeprune.create("resnet56")
+    default = edgeprune.prune(model, "params", 0.5, seed=0).model
+    assert default.conv1.out_channels == 16 and default.layer3[8].conv2.out_channels == 64
+    opened = edgeprune.prune(model, "params", 0.2, seed=0, prune_residual=True).model
+    assert opened.layer3[8].conv2.out_channels < 64
+    assert opened(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_mobilenet_expansion_and_depthwise_shrink_together():
+    pruned = edgeprune.prune(edgeprune.create("mobilenetv2"), "flops", 0.4, seed=0).model
+    for block in pruned.features[2:17]:
+        expand, depthwise = block.conv[0], block.conv[3]
+        assert expand.out_channels == depthwise.in_channels == depthwise.out_channels == depthwise.groups
+
+
+def test_floor_respected_and_unreachable_target_reports_smallest():
+    model = edgeprune.create("tiny")
+    result = edgeprune.prune(model, "params", 0.05, step=0.5, min_filters=4, seed=0)
+    assert min(widths(result.model)[:-1]) >= 4
+    with pytest.raises(EdgepruneError, match="unreachable.*smallest reachable is"):
+        edgeprune.prune(model, "params", 0.001, min_filters=4)
+
+
+def test_l1_criterion_removes_lowest_norm_filters():
+    model = edgeprune.create("tiny")
+    with torch.no_grad():
+        model.features[0].weight.copy_(torch.arange(1.0, 49.0).view(48, 1, 1, 1).expand(48, 3, 3, 3))  # norm ~ i
+    plan = edgeprune.prune(model, "flops", 0.6, criterion="l1", seed=0).plan
+    kept = plan.keep["features.0"]
+    removed = sorted(set(range(48)) - set(kept))
+    if removed:
+        assert max(removed) < min(kept)
+
+
+@settings(max_examples=15, deadline=None)
+@given(fraction=st.floats(0.1, 0.9), step=st.floats(0.05, 0.5), seed=st.integers(0, 1000))
+def test_any_target_is_met_and_no_layer_emptied(fraction, step, seed):
+    result = edgeprune.prune(edgeprune.create("tiny"), "memory", fraction, step=step, seed=seed)
+    report = result.report()
+    assert report["after"]["memory_bytes"] <= report["target"]
+    assert all(r["filters_after"] >= 1 for r in report["layers"])
+
+
+def test_parse_target_units_and_errors():
+    assert parse_target("0.5", "params", 1000) == 500
+    assert parse_target("2M", "params", 10**7) == 2_000_000
+    assert parse_target("150M", "flops", 10**9) == 150_000_000
+    assert parse_target("4MB", "memory", 10**8) == 4_000_000
+    assert parse_target("1MiB", "memory", 10**8) == 2**20
+    assert parse_target("300", "params", 1000) == 300
+    for bad, match in [
+        ("0", "positive"),
+        ("-1", "not a number"),
+        ("1.5", "a fraction must be in"),
+        ("1", "not below"),
+        ("2G", "not below"),
+        ("4MB", "in bytes"),
+        ("4M", "byte unit"),
+        ("abc", "not a number"),
+        ("3X", "unknown unit"),
+    ]:
+        mode = "memory" if bad == "4M" else "params"
+        with pytest.raises(EdgepruneError, match=match):
+            parse_target(bad, mode, 10**6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"mode": "latency"}, "unknown mode"),
+        ({"step": 1.0}, "step must be in"),
+        ({"step": 0.0}, "step must be in"),
+        ({"criterion": "magic"}, "unknown criterion"),
+        ({"criterion": "nuclear"}, "needs a batch"),
+        ({"selection": "greedy"}, "unknown selection"),
+    ],
+)
+def test_bad_arguments_raise_one_line_errors(kwargs, match):
+    args = {"mode": "params", "target": 0.5, **kwargs}
+    with pytest.raises(EdgepruneError, match=match) as info:
+        edgeprune.prune(edgeprune.create("tiny"), **args)
+    assert "\n" not in str(info.value)
