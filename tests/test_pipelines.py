@@ -84,7 +84,7 @@ def test_compare_table_matches_run_records(comparison):
         l1 = np.mean([r["train_seconds"] for r in runs if r["method"] == "l1" and r["mode"] == mode])
         assert float(row["time_ratio_to_conventional"]) == pytest.approx(np.mean(seconds) / l1)
         for r in mine:  # every epoch counted, pre-training included for the conventional pipelines
-            assert r["train_seconds"] == pytest.approx(sum(h["epoch_seconds"] for h in r["history"]))
+            assert r["train_seconds"] == pytest.approx(sum(h["epoch_seconds"] for h in r["history"]), abs=0.01)
             assert r["epochs"] == (2 if method in ("l1", "nuclear") else 1)
             key = {"params": "params", "flops": "flops"}[mode]
             target = {"params": 0.5, "flops": 0.4}[mode] * full[r["seed"]][key]

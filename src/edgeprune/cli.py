@@ -93,7 +93,9 @@ def add_profile(sub: argparse._SubParsersAction) -> None:
     )
     _model_args(p)
     p.add_argument("--json", action="store_true", help="print JSON (per-layer rows, groups and a 'total' object)")
-    p.add_argument("--plot", metavar="FILE.png", help="also save a bar chart of per-layer shares (like the paper's Fig. 1)")
+    p.add_argument(
+        "--plot", metavar="FILE.png", help="also save a bar chart of per-layer shares (like the paper's Fig. 1)"
+    )
     p.add_argument("--prune-residual", action="store_true", help="count residual-tied channel groups as prunable")
 
 
@@ -132,7 +134,9 @@ def add_prune(sub: argparse._SubParsersAction) -> None:
         help="a fraction of the model's own complexity (0.5), or an amount: a count with K/M/G for params "
         "and flops (2M, 150M), bytes with B/KB/MB/GB/KiB/MiB/GiB for memory (4MB)",
     )
-    p.add_argument("--step", type=float, default=0.1, help="fraction of a picked layer's filters removed per step (default 0.1)")
+    p.add_argument(
+        "--step", type=float, default=0.1, help="fraction of a picked layer's filters removed per step (default 0.1)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same result (default 0)")
     p.add_argument(
         "--criterion",
@@ -143,7 +147,8 @@ def add_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--selection",
         default="weighted",
-        help="layer lottery: weighted by complexity share (default, Algorithm 1) or uniform (a baseline)",
+        help="how layers are chosen: weighted by their complexity share (default, Algorithm 1), uniform "
+        "(Algorithm 1 with an unweighted lottery), or ratio (the same fraction of every layer: width scaling)",
     )
     p.add_argument("--prune-residual", action="store_true", help="also prune channels tied to residual additions")
     p.add_argument("--out", required=True, help="folder for model.json, model.safetensors and report.json")
@@ -158,7 +163,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from edgeprune.report import prune_summary
 
     if args.criterion == "nuclear":
-        raise EdgepruneError("criterion 'nuclear' needs data: use 'edgeprune compare' (or the Python API with calibration)")
+        raise EdgepruneError(
+            "criterion 'nuclear' needs data: use 'edgeprune compare' (or the Python API with calibration)"
+        )
     model = _load_model(args)
     shape = _input_shape(args)
     out = prepare_out_dir(args.out, args.force)
@@ -173,12 +180,402 @@ def cmd_prune(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2) if args.json else prune_summary(report) + f"\n\nwrote {out}/")
 
 
+# -- bench / export / sweep (edge measurements) -----------------------------------------------
+
+_SPIN_HELP = (
+    "idle worker threads sleep instead of spin-waiting (torch OMP_WAIT_POLICY=PASSIVE, onnxruntime "
+    "allow_spinning=0): much steadier latency on a machine shared with other work"
+)
+_PAD_HELP = (
+    "zero-pad pruned layer widths to a multiple of N (e.g. 16) first: same outputs, and the fast CPU "
+    "kernels that odd channel counts miss"
+)
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    """Register ``edgeprune bench``."""
+    from edgeprune.measure import BACKENDS
+
+    p = sub.add_parser(
+        "bench",
+        help="measure latency, CPU use, memory, size on disk and estimated energy on this CPU",
+        description="Measure a model on each backend (torch eager channels-last; onnxruntime CPU on an exported, "
+        "checked .onnx), each in a fresh process: latency (median, p90, mean) of --runs random inputs after "
+        "--warmup, CPU utilisation (process CPU time / wall time, %% of one core), resident memory (peak, and "
+        "increase over the pre-model baseline), model size on disk, and the energy estimate per inference "
+        "(45 nm, Horowitz 2014: 4.6 pJ per multiply-add + 640 pJ per 32-bit DRAM word moved).",
+    )
+    _model_args(p)
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS), metavar="NAME",
+                   help=f"backends to measure: {', '.join(BACKENDS)} (default: both)")  # fmt: skip
+    p.add_argument("--runs", type=int, default=100, help="timed inferences (default 100)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed inferences first (default 10)")
+    p.add_argument("--batch-size", type=int, default=1, help="inputs per inference (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    p.add_argument("--pad-channels", type=int, default=None, metavar="N", help=_PAD_HELP)
+    p.add_argument("--no-spin", action="store_true", help=_SPIN_HELP)
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    """Measure a model on the CPU."""
+    from edgeprune.measure import bench, bench_table
+
+    result = bench(
+        args.model, args.backends, args.runs, args.warmup, args.batch_size, args.threads,
+        input_shape=_input_shape(args), num_classes=args.num_classes, in_channels=args.in_channels,
+        pad_to=args.pad_channels, spin=not args.no_spin,
+    )  # fmt: skip
+    print(json.dumps(result, indent=2) if args.json else bench_table(result))
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    """Register ``edgeprune export``."""
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX, checked against PyTorch in onnxruntime",
+        description="Export to ONNX (dynamic batch), run the file in onnxruntime on the same random input as "
+        "PyTorch and fail if the outputs differ by more than --atol; the file is written atomically.",
+    )
+    _model_args(p)
+    p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--exporter", default="auto", help="torchscript, dynamo (needs onnxscript) or auto (default: "
+                   "torchscript, else dynamo)")  # fmt: skip
+    p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |onnx - torch| (default 1e-4)")
+    p.add_argument("--pad-channels", type=int, default=None, metavar="N", help=_PAD_HELP)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """Export and check."""
+    from edgeprune.export import export_onnx
+
+    info = export_onnx(
+        _load_model(args), args.onnx, _input_shape(args), args.opset, args.exporter, args.atol, pad_to=args.pad_channels
+    )
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(
+            f"wrote {info['path']} ({info['bytes'] / 1e6:.2f} MB, opset {info['opset']}, {info['exporter']} exporter); "
+            f"max |onnxruntime - torch| = {info['check']['max_abs_diff']:.2e} (limit {info['check']['atol']:g})"
+        )
+
+
+def add_sweep(sub: argparse._SubParsersAction) -> None:
+    """Register ``edgeprune sweep``."""
+    from edgeprune.measure import BACKENDS  # light: no torch import (keeps --help fast)
+
+    p = sub.add_parser(
+        "sweep",
+        help="prune to every mode x target (x seed), measure each, plot the trade-offs",
+        description="Prune the model at initialization in each --modes to each --targets fraction (and seed), "
+        "optionally train each once (--data and --epochs), bench each and the unpruned model, and write "
+        "results.csv, results.json and trade-off plots (like the paper's Figs. 3-4) to --out.",
+    )
+    _model_args(p)
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=["params", "flops", "memory"],
+        help="complexity modes (default: params flops memory)",
+    )
+    p.add_argument("--targets", nargs="+", type=float, default=[0.9, 0.7, 0.5, 0.3],
+                   help="fractions of the model's own complexity (default 0.9 0.7 0.5 0.3)")  # fmt: skip
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="random seeds (default 0)")
+    p.add_argument("--step", type=float, default=0.1, help="pruning step (default 0.1)")
+    p.add_argument("--epochs", type=int, default=None, help="train every model for this many epochs (needs --data)")
+    p.add_argument("--data", default=None, help="data set for training (needs --epochs)")
+    p.add_argument("--limit-train", type=int, default=None, metavar="N", help="train on this many images only")
+    p.add_argument("--limit-test", type=int, default=None, metavar="N", help="test on this many images only")
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS), metavar="NAME", help="as for bench (default: both)")
+    p.add_argument("--runs", type=int, default=30, help="timed runs per model and backend (default 30)")
+    p.add_argument("--warmup", type=int, default=5, help="warm-up runs (default 5)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    p.add_argument("--no-spin", action="store_true", help=_SPIN_HELP)
+    p.add_argument(
+        "--y",
+        default=None,
+        help="plot y axis: accuracy, params, flops or memory (default: accuracy if trained, else params)",
+    )
+    p.add_argument("--out", required=True, help="folder for results.csv, results.json and the plots")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing its files")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    """Run a sweep."""
+    from edgeprune.sweep import sweep
+
+    if args.threads is not None and args.threads < 1:
+        raise EdgepruneError(f"--threads must be positive, got {args.threads}")
+    shape = _input_shape(args)
+    out = prepare_out_dir(args.out, args.force)
+    sweep(
+        args.model, out, args.modes, args.targets, args.seeds, args.backends, args.runs, args.warmup, args.threads,
+        args.step, args.epochs, args.data, args.y, args.num_classes, args.in_channels, shape, spin=not args.no_spin,
+        limit_train=args.limit_train, limit_test=args.limit_test,
+    )  # fmt: skip
+
+
+# -- train ------------------------------------------------------------------------------------
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    """Register ``edgeprune train``."""
+    p = sub.add_parser(
+        "train",
+        help="train a (pruned) model on an image data set, with checkpoints and --resume",
+        description="Train a model folder written by 'edgeprune prune' (or a zoo model by name) on an image data "
+        "set held in memory: random crop (4-pixel padding) and flip, SGD with Nesterov momentum and a one-cycle "
+        "schedule (or RMSprop, lr 1e-3, as in the paper), label smoothing, test accuracy every epoch. Writes a "
+        "checkpoint after every epoch, metrics.jsonl, train.json and the trained model.json + model.safetensors.",
+    )
+    p.add_argument("model", help="a model folder (model.json + model.safetensors) or a zoo model name")
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        required=True,
+        help="image folders (root/{train,test}/<class>/*.png|jpg|webp...), a .tar.gz of them, "
+        "or an official cifar-10-batches-py / cifar-100-python folder",
+    )
+    p.add_argument("--epochs", metavar="N", required=True, help="number of epochs")
+    p.add_argument("--batch-size", metavar="N", default="128", help="images per step (default 128)")
+    p.add_argument(
+        "--optimizer", metavar="NAME", default="sgd", help="sgd (Nesterov, default) or rmsprop (the paper's)"
+    )
+    p.add_argument(
+        "--lr", metavar="LR", default=None, help="peak learning rate (default 0.05 for sgd, 1e-3 for rmsprop)"
+    )
+    p.add_argument(
+        "--schedule",
+        metavar="NAME",
+        default="onecycle",
+        help="after warm-up: onecycle (linear decay, default), cosine, constant",
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        metavar="E",
+        default="1",
+        help="linear warm-up length in epochs, at most 30%% of the run (default 1)",
+    )
+    p.add_argument("--momentum", metavar="M", default="0.9", help="SGD momentum (default 0.9)")
+    p.add_argument(
+        "--weight-decay", metavar="WD", default="5e-4", help="L2 weight decay on conv and linear weights (default 5e-4)"
+    )
+    p.add_argument("--label-smoothing", metavar="S", default="0.1", help="label smoothing of the loss (default 0.1)")
+    p.add_argument("--no-augment", action="store_true", help="no random crop and flip")
+    p.add_argument(
+        "--precision",
+        metavar="P",
+        default="fp32",
+        help="fp32 (default) or bf16: mixed precision, faster on CPUs with AMX",
+    )
+    p.add_argument(
+        "--seed", metavar="N", default="0", help="random seed: the same seed gives the same weights (default 0)"
+    )
+    p.add_argument(
+        "--limit-train", metavar="N", default=None, help="use only this many training images (stratified subset)"
+    )
+    p.add_argument("--limit-test", metavar="N", default=None, help="use only this many test images (stratified subset)")
+    p.add_argument(
+        "--out", metavar="DIR", help="output folder (default: the model folder itself; required for a zoo model name)"
+    )
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", metavar="N", default=None, help="CPU threads (default: all cores)")
+
+
+def _parse_number(text: str | None, option: str, kind: type, minimum: float | None = None) -> float | int | None:
+    """Parse a numeric option, raising a one-line EdgepruneError."""
+    if text is None:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise EdgepruneError(f"{option} must be {what}, got '{text}'") from None
+    if minimum is not None and not value >= minimum:
+        raise EdgepruneError(f"{option} must be at least {minimum}, got '{text}'")
+    return value
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Train a model and print its test accuracy."""
+    import shutil
+
+    import torch
+
+    from edgeprune.data import load_dataset
+    from edgeprune.io import input_shape_of, is_model_dir, load
+    from edgeprune.models import create, list_models
+    from edgeprune.train import TrainConfig, train
+
+    config = TrainConfig(
+        epochs=_parse_number(args.epochs, "--epochs", int, 1),
+        batch_size=_parse_number(args.batch_size, "--batch-size", int, 1),
+        lr=_parse_number(args.lr, "--lr", float),
+        optimizer=args.optimizer,
+        momentum=_parse_number(args.momentum, "--momentum", float),
+        weight_decay=_parse_number(args.weight_decay, "--weight-decay", float),
+        schedule=args.schedule,
+        warmup_epochs=_parse_number(args.warmup_epochs, "--warmup-epochs", float),
+        label_smoothing=_parse_number(args.label_smoothing, "--label-smoothing", float),
+        seed=_parse_number(args.seed, "--seed", int, 0),
+        augment=not args.no_augment,
+        precision=args.precision,
+    ).validate()
+    limit_train = _parse_number(args.limit_train, "--limit-train", int, 1)
+    limit_test = _parse_number(args.limit_test, "--limit-test", int, 1)
+    threads = _parse_number(args.threads, "--threads", int, 1)
+    model_dir = is_model_dir(args.model)
+    if not model_dir:
+        if Path(args.model).exists():
+            raise EdgepruneError(f"{args.model}: not a model folder (no model.json)")
+        if args.model not in list_models():
+            raise EdgepruneError(
+                f"unknown model '{args.model}'; choose a model folder or one of: {', '.join(list_models())}"
+            )
+        if not args.out:
+            raise EdgepruneError("--out is required when training a zoo model by name")
+    out = Path(args.out) if args.out else Path(args.model)
+    if args.out and not (model_dir and out.resolve() == Path(args.model).resolve()):
+        out = Path(args.out) if args.resume else prepare_out_dir(args.out, args.force)
+    data = load_dataset(args.data, limit_train, limit_test, progress=not args.quiet)
+    print(data.summary(), flush=True)
+    if model_dir:
+        shape = tuple(input_shape_of(args.model))
+        if shape != data.input_shape():
+            raise EdgepruneError(
+                f"{args.model} was built for {'x'.join(map(str, shape))} images, "
+                f"the data set '{data.name}' has {'x'.join(map(str, data.input_shape()))} images"
+            )
+        model = load(args.model)
+        report = Path(args.model) / "report.json"
+        if report.is_file() and not (out / "report.json").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(report, out / "report.json")
+    else:
+        torch.manual_seed(config.seed)
+        model = create(args.model, num_classes=data.num_classes, in_channels=data.input_shape()[0])
+    try:
+        result = train(model, data, config, out_dir=out, resume=args.resume, progress=not args.quiet, threads=threads)
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            f"edgeprune train: stopped; continue with the same command and --resume (checkpoint in {out}/)\n"
+        )
+        raise
+    print(
+        f"test accuracy {100 * result.test_accuracy:.2f}% after {len(result.history)} epochs "
+        f"({result.train_seconds:.1f} s of training); wrote {out}/"
+    )
+
+
+# -- compare ----------------------------------------------------------------------------------
+
+
+def add_compare(sub: argparse._SubParsersAction) -> None:
+    """Register ``edgeprune compare``."""
+    p = sub.add_parser(
+        "compare",
+        help="direct training of complexity-pruned models vs train -> rank -> prune -> fine-tune",
+        description="Runs, for each seed: the full model trained --epochs (the baseline and the pre-training of "
+        "the conventional pipelines); for each mode, Algorithm 1 at initialisation trained --epochs (direct) and "
+        "the chosen baselines at the same target; then writes compare.md/.csv/.json and compare.png to --out: "
+        "accuracy change, reductions in FLOPs, memory and parameters, and total training time with its ratio "
+        "to the l1 conventional pipeline, mean and std over seeds.",
+    )
+    p.add_argument("model", help="a zoo model name (see 'edgeprune models'); trained from scratch")
+    p.add_argument("--data", required=True, help="data set: image folder, .tar.gz of one, or CIFAR python folder")
+    p.add_argument(
+        "--target",
+        nargs="+",
+        required=True,
+        help="the budget as a fraction of the full model (0.5) or an amount (2M, 4MB) for every mode, or per "
+        "mode as MODE=T (params=0.1575 flops=0.1033 memory=0.0898)",
+    )
+    p.add_argument("--modes", nargs="+", default=["params", "flops", "memory"], help="modes to compare (default all)")
+    p.add_argument(
+        "--baselines",
+        nargs="*",
+        default=["l1", "nuclear", "uniform", "unweighted"],
+        help="l1 and nuclear (conventional: train, rank, prune, fine-tune), uniform (width scaling, trained from "
+        "scratch), unweighted (Algorithm 1 with a uniform layer lottery); default all four",
+    )
+    p.add_argument("--epochs", type=int, default=10, help="epochs of from-scratch training (and pre-training)")
+    p.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs of the conventional pipelines")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; mean and std are over these")
+    p.add_argument("--step", type=float, default=0.1, help="Algorithm 1's step (default 0.1)")
+    p.add_argument(
+        "--conventional-layers",
+        choices=["weighted", "ratio"],
+        default="weighted",
+        help="layer choice of the conventional pipelines: Algorithm 1's weighted lottery (default) or one "
+        "ratio for every layer",
+    )
+    p.add_argument("--optimizer", choices=["sgd", "rmsprop"], default="sgd", help="optimiser (rmsprop = the paper's)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default per optimiser)")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
+    p.add_argument("--limit-train", type=int, default=None, help="use only this many training images")
+    p.add_argument("--limit-test", type=int, default=None, help="use only this many test images")
+    p.add_argument("--out", required=True, help="folder for the tables, plot, records and trained models")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def parse_targets(items: list[str], modes: list[str]) -> dict[str, str]:
+    """``['0.5']`` or ``['params=0.2', 'flops=0.1']`` -> a target per mode."""
+    from edgeprune.complexity import check_mode
+
+    for mode in modes:
+        check_mode(mode)
+    if len(items) == 1 and "=" not in items[0]:
+        return {mode: items[0] for mode in modes}
+    targets = {}
+    for item in items:
+        mode, sep, value = item.partition("=")
+        if not sep:
+            raise EdgepruneError(f"--target '{item}': give one value for all modes, or MODE=T for each")
+        check_mode(mode)
+        targets[mode] = value
+    missing = [m for m in modes if m not in targets]
+    if missing:
+        raise EdgepruneError(f"--target gives no value for mode(s) {', '.join(missing)}")
+    return {m: targets[m] for m in modes}
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    """Run the comparison and print its table."""
+    from edgeprune.data import load_dataset
+    from edgeprune.pipelines import CompareSettings, markdown_table, run_comparison
+
+    targets = parse_targets(args.target, args.modes)
+    for name in ("epochs", "finetune_epochs"):
+        if getattr(args, name) < 1:
+            raise EdgepruneError(f"--{name.replace('_', '-')} must be a positive integer")
+    out = prepare_out_dir(args.out, args.force)
+    data = load_dataset(args.data, args.limit_train, args.limit_test, progress=not args.quiet)
+    settings = CompareSettings(
+        model=args.model, targets=targets, baselines=tuple(args.baselines), epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs, seeds=tuple(args.seeds), step=args.step,
+        conventional_layers=args.conventional_layers, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
+    )  # fmt: skip
+    summary = run_comparison(settings, data, out, progress=not args.quiet)
+    print(markdown_table(summary) + f"\nwrote {out}/compare.md, compare.csv, compare.json, compare.png")
+
+
 # -- entry point ------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "models": (add_models, cmd_models),
     "profile": (add_profile, cmd_profile),
     "prune": (add_prune, cmd_prune),
+    "bench": (add_bench, cmd_bench),
+    "export": (add_export, cmd_export),
+    "sweep": (add_sweep, cmd_sweep),
+    "train": (add_train, cmd_train),
+    "compare": (add_compare, cmd_compare),
 }
 
 

@@ -1,4 +1,4 @@
-"""Figures: per-layer complexity shares (the paper's Fig. 1)."""
+"""Figures: per-layer complexity shares (the paper's Fig. 1) and accuracy/complexity trade-offs (Figs. 3-4)."""
 
 from __future__ import annotations
 
@@ -38,4 +38,158 @@ def plot_shares(prof: Profile, path: str | Path, title: str = "") -> None:
     ax.set_title(title or "Per-layer share of complexity")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
+    save_figure(fig, path)
+
+
+# -- trade-off plots (the paper's Figs. 3-4) --------------------------------------------------
+
+SERIES_STYLE = {
+    "params": {"color": "tab:blue", "marker": "o", "label": "PA (params mode)"},
+    "flops": {"color": "tab:orange", "marker": "s", "label": "FA (FLOPs mode)"},
+    "memory": {"color": "tab:green", "marker": "^", "label": "MA (memory mode)"},
+    "unpruned": {"color": "black", "marker": "*", "label": "unpruned"},
+}
+_OTHER_MARKERS = "DvP<>hX"
+
+
+def _style(series: str, i: int) -> dict:
+    if series in SERIES_STYLE:
+        return SERIES_STYLE[series]
+    return {"color": f"C{(i + 3) % 10}", "marker": _OTHER_MARKERS[i % len(_OTHER_MARKERS)], "label": series}
+
+
+def pareto_front(xs: list[float], ys: list[float]) -> list[int]:
+    """Indices of the points no other point beats (lower or equal x and higher or equal y, one strictly), by x."""
+    order = sorted(range(len(xs)), key=lambda i: (xs[i], -ys[i]))
+    front: list[int] = []
+    best = -np.inf
+    for i in order:
+        if ys[i] > best:
+            front.append(i)
+            best = ys[i]
+    return front
+
+
+def plot_tradeoffs(
+    rows: list[dict],
+    path: str | Path,
+    y_key: str,
+    y_label: str,
+    panels: list[tuple],
+    title: str = "",
+    y_scale: float = 1.0,
+) -> None:
+    """A grid of y (accuracy or a complexity) against cost panels, one series per mode, Pareto front marked.
+
+    ``rows`` are result rows with a ``mode`` key (``unpruned`` for the reference); ``panels`` lists
+    (x key, x label) or (x key, x label, (x min, x max)). In every panel lower x and higher y are
+    better; the Pareto front of all points is drawn as a dashed step line with its points ringed.
+    """
+    n = len(panels)
+    cols = 2 if n > 1 else 1
+    nrows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.2 * cols, 4.4 * nrows), squeeze=False)
+    series = list(dict.fromkeys(r["mode"] for r in rows))
+    handles: dict[str, object] = {}
+    for ax, (x_key, x_label, *x_range) in zip(axes.flat, panels):
+        pts = [
+            (r[x_key], r[y_key] * y_scale, r["mode"])
+            for r in rows
+            if r.get(x_key) is not None and r.get(y_key) is not None
+        ]
+        for i, s in enumerate(series):
+            sx = [p[0] for p in pts if p[2] == s]
+            sy = [p[1] for p in pts if p[2] == s]
+            if not sx:
+                continue
+            st = _style(s, i)
+            size = 150 if s == "unpruned" else 50
+            h = ax.scatter(
+                sx,
+                sy,
+                s=size,
+                c=st["color"],
+                marker=st["marker"],
+                label=st["label"],
+                zorder=3,
+                edgecolors="white",
+                linewidths=0.5,
+            )
+            handles.setdefault(st["label"], h)
+        if pts:
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            front = pareto_front(xs, ys)
+            fx, fy = [xs[i] for i in front], [ys[i] for i in front]
+            (line,) = ax.step(fx, fy, where="post", color="0.35", linestyle="--", linewidth=1, zorder=2)
+            ax.scatter(fx, fy, s=170, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)
+            handles.setdefault("Pareto front (dashed, ringed)", line)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
+        ax.grid(alpha=0.3)
+        ax.margins(0.08)
+        if x_range and x_range[0]:
+            ax.set_xlim(*x_range[0])
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="lower center",
+        ncol=min(5, len(handles)),
+        bbox_to_anchor=(0.5, 0.0),
+        frameon=False,
+    )
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    save_figure(fig, path)
+
+
+def plot_latency_flops(rows: list[dict], path: str | Path, backends: list[str], title: str = "") -> None:
+    """Measured median latency against FLOPs (MACs), one panel per backend, one series per mode.
+
+    A dashed line through the origin and the unpruned model shows the latency if it scaled with FLOPs;
+    points above it realise less of their FLOPs saving than that.
+    """
+    fig, axes = plt.subplots(1, len(backends), figsize=(6.2 * len(backends), 4.6), squeeze=False)
+    series = list(dict.fromkeys(r["mode"] for r in rows))
+    handles: dict[str, object] = {}
+    for ax, backend in zip(axes.flat, backends):
+        key = f"{backend}_latency_median_ms"
+        for i, s in enumerate(series):
+            pts = [(r["flops"] / 1e6, r[key]) for r in rows if r["mode"] == s and r.get(key) is not None]
+            if not pts:
+                continue
+            st = _style(s, i)
+            h = ax.scatter(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                s=150 if s == "unpruned" else 50,
+                c=st["color"],
+                marker=st["marker"],
+                label=st["label"],
+                zorder=3,
+                edgecolors="white",
+                linewidths=0.5,
+            )
+            handles.setdefault(st["label"], h)
+        refs = [r for r in rows if r["mode"] == "unpruned" and r.get(key) is not None]
+        if refs:
+            f0 = refs[0]["flops"] / 1e6
+            t0 = float(np.median([r[key] for r in refs]))
+            (line,) = ax.plot([0, f0], [0, t0], color="0.5", linestyle="--", linewidth=1, zorder=1)
+            handles.setdefault("latency proportional to FLOPs", line)
+        ax.set_xlabel("FLOPs (MACs, millions)")
+        ax.set_ylabel("median latency (ms, batch 1)")
+        ax.set_title(backend)
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    fig.legend(
+        list(handles.values()), list(handles), loc="lower center", ncol=len(handles), frameon=False,
+        bbox_to_anchor=(0.5, 0.0),
+    )  # fmt: skip
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     save_figure(fig, path)

@@ -1,0 +1,261 @@
+"""ONNX export, checked against PyTorch in onnxruntime before the file is put in place.
+
+``export_onnx`` writes the model (eval mode, BatchNorm folded into the convs by constant folding)
+with a dynamic batch dimension, runs the written file in onnxruntime (CPUExecutionProvider) on the
+same random input as PyTorch, and fails with an ``EdgepruneError`` when the largest absolute
+difference of the outputs exceeds ``atol`` (1e-4 by default). The file is written through a
+temporary file and renamed only after the check passes, so a failed export leaves nothing behind.
+
+Exporters: ``torchscript`` is torch's classic tracer (``torch.onnx.export(..., dynamo=False)``),
+fast and dependency-free, still working in torch 2.13 although deprecated; ``dynamo`` is the
+``torch.export``-based exporter, which needs the ``onnxscript`` package and takes several seconds
+per model. ``auto`` (default) uses torchscript and falls back to dynamo if torchscript fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.io import atomic_write, input_shape_of, is_model_dir, resolve_model
+
+EXPORTERS = ("auto", "torchscript", "dynamo")
+DEFAULT_OPSET = 17
+DEFAULT_ATOL = 1e-4
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def _torchscript_export(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer warnings
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            do_constant_folding=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+
+
+def _dynamo_export(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise EdgepruneError(
+            "the dynamo ONNX exporter needs the 'onnxscript' package (pip install onnxscript)"
+        ) from None
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
+    program.save(str(path), external_data=False)
+
+
+def onnx_outputs(path: str | Path, x: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Run an exported model in onnxruntime (CPUExecutionProvider) on ``x`` and return its output."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise EdgepruneError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: x.astype(np.float32)})[0]
+
+
+def check_onnx(model: nn.Module, path: str | Path, x: torch.Tensor) -> float:
+    """Largest absolute difference between PyTorch's and onnxruntime's outputs on ``x``."""
+    with torch.inference_mode():
+        expected = model.eval()(x).float().numpy()
+    got = onnx_outputs(path, x.numpy())
+    if got.shape != expected.shape:
+        raise EdgepruneError(f"{path}: onnxruntime output shape {got.shape} differs from PyTorch's {expected.shape}")
+    return float(np.max(np.abs(got - expected))) if expected.size else 0.0
+
+
+def export_onnx(
+    model: nn.Module | str | Path,
+    path: str | Path,
+    input_shape: tuple[int, ...] | None = None,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "auto",
+    atol: float = DEFAULT_ATOL,
+    check_batch: int = 2,
+    seed: int = 0,
+    pad_to: int | None = None,
+) -> dict:
+    """Export a model (module, folder or zoo name) to ONNX, check it in onnxruntime, write it atomically.
+
+    ``pad_to`` zero-pads the pruned layers' widths to that multiple first (``pad_channels``); the check
+    still compares with the model as given.
+    """
+    if exporter not in EXPORTERS:
+        raise EdgepruneError(f"unknown exporter '{exporter}'; choose from: {', '.join(EXPORTERS)}")
+    if check_batch < 1:
+        raise EdgepruneError(f"check batch must be positive, got {check_batch}")
+    if isinstance(model, (str, Path)):
+        source = str(model)
+        if input_shape is None and is_model_dir(source):
+            input_shape = input_shape_of(source)
+        model = resolve_model(source)
+    input_shape = tuple(input_shape or (3, 32, 32))
+    model = model.eval()
+    reference = model
+    if pad_to:
+        model = pad_channels(model, pad_to, input_shape)
+    path = Path(path)
+    if path.is_dir():
+        raise EdgepruneError(f"{path}: is a folder; give the .onnx file name")
+    gen = torch.Generator().manual_seed(seed)
+    example = torch.randn(1, *input_shape, generator=gen)
+    check_input = torch.randn(check_batch, *input_shape, generator=gen)
+    result: dict = {}
+
+    def write(tmp: Path) -> None:
+        used = exporter
+        if exporter in ("auto", "torchscript"):
+            try:
+                _torchscript_export(model, example, tmp, opset)
+                used = "torchscript"
+            except Exception as e:
+                if exporter == "torchscript":
+                    raise EdgepruneError(
+                        f"ONNX export failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                    ) from e
+                used = "dynamo"
+        if used == "dynamo":
+            _dynamo_export(model, example, tmp, opset)
+        diff = check_onnx(reference, tmp, check_input)  # padded or not, compared with the model as given
+        if not np.isfinite(diff) or diff > atol:
+            raise EdgepruneError(f"ONNX export check failed: outputs differ from PyTorch by {diff:.3g} (> {atol:g})")
+        result.update(exporter=used, max_abs_diff=diff)
+
+    try:
+        atomic_write(path, write)
+    except OSError as e:
+        raise EdgepruneError(f"{path}: cannot write ({e.strerror or e})") from None
+    import onnxruntime as ort
+
+    return {
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "opset": opset,
+        "exporter": result["exporter"],
+        "input_shape": list(input_shape),
+        "pad_channels": pad_to,
+        "check": {
+            "max_abs_diff": result["max_abs_diff"],
+            "atol": atol,
+            "batch": check_batch,
+            "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+        },
+    }
+
+
+# -- zero-padding channel counts to a SIMD-friendly multiple ---------------------------------
+
+
+def _padded(module: nn.Module, dim: str, n: int) -> nn.Module:
+    """A copy of a conv, linear or BatchNorm layer with ``n`` zero channels appended in ``dim`` (out or in)."""
+    w = module.weight.detach()
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        new = type(module)(module.num_features + n, module.eps, module.momentum, module.affine, True)
+        with torch.no_grad():
+            # A padded channel holds 0 and must stay 0: mean 0, var 1, scale 0, shift 0.
+            new.running_mean.copy_(torch.cat([module.running_mean, torch.zeros(n)]))
+            new.running_var.copy_(torch.cat([module.running_var, torch.ones(n)]))
+            if module.affine:
+                new.weight.copy_(torch.cat([module.weight.detach(), torch.zeros(n)]))
+                new.bias.copy_(torch.cat([module.bias.detach(), torch.zeros(n)]))
+            if module.num_batches_tracked is not None:
+                new.num_batches_tracked.copy_(module.num_batches_tracked)
+        return new
+    depthwise = isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+    axis = 0 if dim == "out" else 1
+    pad_shape = list(w.shape)
+    pad_shape[axis] = n
+    weight = torch.cat([w, torch.zeros(pad_shape, dtype=w.dtype)], dim=axis)
+    bias = module.bias.detach() if module.bias is not None else None
+    if bias is not None and dim == "out":
+        bias = torch.cat([bias, torch.zeros(n, dtype=bias.dtype)])
+    if isinstance(module, nn.Linear):
+        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    else:
+        c_out = weight.shape[0]
+        c_in = c_out if depthwise else weight.shape[1] * module.groups
+        groups = c_out if depthwise else module.groups
+        new = type(module)(
+            c_in, c_out, module.kernel_size, module.stride, module.padding, module.dilation, groups,
+            bias is not None, module.padding_mode,
+        )  # fmt: skip
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new
+
+
+def pad_channels(model: nn.Module, multiple: int = 16, input_shape: tuple[int, ...] = (3, 32, 32)) -> nn.Module:
+    """A copy of ``model`` whose prunable channel groups are zero-padded to a multiple of ``multiple``; same outputs.
+
+    Pruning leaves layer widths such as 37 or 101, which the CPU kernels of oneDNN and MLAS handle with
+    slower generic paths (MLAS's blocked NCHWc convolutions need multiples of the SIMD width). Appending
+    zero filters (with a zero BatchNorm channel) and matching zero input weights in the next layer keeps
+    the function exactly and restores the fast paths, at the cost of the padded multiply-adds. Only
+    prunable groups are padded (never the output layer, grouped convs or residual-tied channels).
+    """
+    from edgeprune.complexity import profile
+
+    if multiple < 1:
+        raise EdgepruneError(f"channel multiple must be positive, got {multiple}")
+    padded = copy.deepcopy(model).eval()
+    prof = profile(padded, input_shape)
+    bn_of = {layer.name: layer.bn for layer in prof.layers}
+
+    def replace(name: str, dim: str, n: int) -> None:
+        parent_name, _, child = name.rpartition(".")
+        parent = padded.get_submodule(parent_name) if parent_name else padded
+        setattr(parent, child, _padded(padded.get_submodule(name), dim, n))
+
+    for group in prof.groups:
+        n = (-group.width) % multiple
+        if not group.prunable or n == 0:
+            continue
+        for member in group.members:
+            replace(member.layer, member.dim, n * member.per_channel)
+            if member.dim == "out" and bn_of.get(member.layer):
+                replace(bn_of[member.layer], "out", n)
+    padded.eval()  # the new layers start in training mode
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        diff = (padded(x) - model.eval()(x)).abs().max().item()
+    if not diff <= 1e-4:
+        raise EdgepruneError(f"channel padding changed the outputs by {diff:.3g}; this architecture cannot be padded")
+    return padded
+
+
+__all__ = ["EXPORTERS", "check_onnx", "export_onnx", "onnx_outputs", "pad_channels"]

@@ -1,0 +1,626 @@
+"""Edge measurements: latency, CPU use, resident memory, size on disk and an energy estimate.
+
+``bench`` measures a model on each backend in a fresh Python process of its own, so that the
+memory figures are those of an inference process and not of the caller:
+
+- ``torch``: eager PyTorch, channels-last weights and inputs, ``torch.inference_mode``;
+- ``onnxruntime``: the model exported to ONNX (checked against PyTorch, see ``edgeprune.export``)
+  and run with the CPUExecutionProvider; this process never imports torch.
+
+Each process builds ``runs`` random inputs (seeded), records its resident set size (RSS) as the
+baseline, loads the model, runs ``warmup`` untimed inferences and then times ``runs`` inferences
+one by one. Reported: latency (median, p90, mean, min, max; ms per batch), CPU utilisation
+(process CPU time of all threads / wall time of the timed loop, in % of one core, with the
+intra-op thread count; a loop shorter than 0.5 s is extended with untimed inferences for this
+figure, because other threads' CPU time is only accounted at scheduler ticks), the RSS peak of
+the process (its high-water mark, ``VmHWM``) and its increase over the pre-model baseline (MB =
+10^6 bytes), and the size of the model file on disk (the ``model.safetensors`` of the model folder
+for torch, the ``.onnx`` file for onnxruntime).
+
+The energy per inference (batch 1) is an estimate from 45 nm figures (Horowitz 2014, as used by
+Han et al. 2015), not a measurement: 4.6 pJ per fp32 multiply-add (3.7 pJ multiply + 0.9 pJ add)
+and 640 pJ per 32-bit DRAM access, with every weight and activation word moved once, i.e.
+``memory_bytes / 4`` words of the SPEC complexity totals:
+
+    E = 4.6 pJ x MACs + 640 pJ x (params + output activations)
+
+This module imports neither torch nor edgeprune at load time: the onnxruntime worker runs this
+very file in a process that only has onnxruntime, numpy and psutil.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ("torch", "onnxruntime")
+PJ_PER_MAC = 4.6  # 3.7 pJ fp32 multiply + 0.9 pJ fp32 add, 45 nm
+PJ_PER_DRAM_WORD = 640.0  # one 32-bit DRAM access, 45 nm
+ENERGY_SOURCE = "45 nm, Horowitz 2014"
+ENERGY_NOTE = (
+    f"estimate ({ENERGY_SOURCE}): {PJ_PER_MAC} pJ per fp32 multiply-add + {PJ_PER_DRAM_WORD:g} pJ per "
+    "32-bit DRAM word, every weight and activation moved once (memory_bytes / 4 words), batch 1"
+)
+MB = 1e6
+CPU_WINDOW_S = 0.5  # CPU utilisation is measured over at least this much wall time
+
+_WORKER_CODE = (
+    "import importlib.util, sys\n"
+    "spec = importlib.util.spec_from_file_location('_edgeprune_measure_worker', sys.argv[1])\n"
+    "mod = importlib.util.module_from_spec(spec)\n"
+    "sys.modules[spec.name] = mod\n"
+    "spec.loader.exec_module(mod)\n"
+    "mod._worker_main(sys.argv[2])\n"
+)
+
+
+def _error(message: str) -> Exception:
+    from edgeprune.errors import EdgepruneError
+
+    return EdgepruneError(message)
+
+
+# -- energy -----------------------------------------------------------------------------------
+
+
+def energy_estimate(profile: Any) -> dict:
+    """Energy per inference in microjoules from a Profile (or a totals dict): compute + DRAM."""
+    totals = profile.totals() if hasattr(profile, "totals") else dict(profile)
+    macs = int(totals["flops"])
+    words = totals["memory_bytes"] / 4
+    compute_uj = PJ_PER_MAC * macs * 1e-6
+    dram_uj = PJ_PER_DRAM_WORD * words * 1e-6
+    return {
+        "total_uj": compute_uj + dram_uj,
+        "compute_uj": compute_uj,
+        "dram_uj": dram_uj,
+        "macs": macs,
+        "dram_words": words,
+        "constants": {"pj_per_mac": PJ_PER_MAC, "pj_per_dram_word": PJ_PER_DRAM_WORD, "source": ENERGY_SOURCE},
+        "model": ENERGY_NOTE,
+    }
+
+
+# -- argument checks --------------------------------------------------------------------------
+
+
+def default_threads() -> int:
+    """All the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def check_backends(backends: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Validate backend names; a one-line error names the choices."""
+    if isinstance(backends, str):
+        backends = (backends,)
+    backends = tuple(dict.fromkeys(backends))
+    if not backends:
+        raise _error(f"no backend given; choose from: {', '.join(BACKENDS)}")
+    for b in backends:
+        if b not in BACKENDS:
+            raise _error(f"unknown backend '{b}'; choose from: {', '.join(BACKENDS)}")
+    return backends
+
+
+def _check_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _error(f"{name} must be an integer, got {value!r}")
+        if value <= 0 and not (name == "warmup" and value == 0):
+            shown = "pad_to (--pad-channels)" if name == "pad_to" else name
+            raise _error(f"{shown} must be {'>= 0' if name == 'warmup' else 'positive'}, got {value}")
+
+
+# -- model preparation (parent process) -------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """A model made ready for measuring: its folder, its checked .onnx file, complexity and energy."""
+
+    source: str
+    folder: Path
+    input_shape: tuple[int, ...]
+    totals: dict
+    energy: dict
+    onnx: Path | None = None
+    export: dict | None = None
+
+    def file_for(self, backend: str) -> Path:
+        """The model file a backend loads: the folder for torch, the .onnx file for onnxruntime."""
+        return self.folder if backend == "torch" else self.onnx  # type: ignore[return-value]
+
+    def size(self, backend: str) -> dict:
+        """Size on disk of the backend's model file."""
+        file = self.folder / "model.safetensors" if backend == "torch" else self.onnx
+        size = file.stat().st_size
+        return {"file": file.name, "bytes": size, "mb": size / MB}
+
+
+def prepare(
+    model_or_dir: Any,
+    workdir: str | Path,
+    backends: tuple[str, ...] | list[str] = BACKENDS,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    pad_to: int | None = None,
+) -> Prepared:
+    """Save (a zoo name or module) and export (for onnxruntime) a model into ``workdir``; count its complexity.
+
+    ``pad_to`` zero-pads pruned layer widths to that multiple first (``edgeprune.export.pad_channels``).
+    """
+    import torch
+    from torch import nn
+
+    from edgeprune.complexity import record_shapes
+    from edgeprune.io import input_shape_of, is_model_dir, load, resolve_model, save
+
+    backends = check_backends(tuple(backends))
+    workdir = Path(workdir)
+    if isinstance(model_or_dir, nn.Module):
+        model, folder = model_or_dir, None
+        arch = getattr(model_or_dir, "edgeprune_arch", None)
+        source = arch["name"] if arch else type(model_or_dir).__name__
+    else:
+        source = str(model_or_dir)
+        if is_model_dir(source):
+            model, folder = load(source), Path(source)
+            input_shape = input_shape or input_shape_of(source)
+        else:
+            model, folder = resolve_model(source, num_classes, in_channels), None
+    input_shape = tuple(input_shape or (in_channels, 32, 32))
+    was_training = model.training
+    model = model.eval()
+    if pad_to:
+        from edgeprune.export import pad_channels
+
+        model, folder = pad_channels(model, pad_to, input_shape), None
+        source += f" (channels zero-padded to x{pad_to})"
+    if folder is None:
+        folder = workdir / "model"
+        save(model, folder, input_shape)
+    totals = record_shapes(model, torch.zeros(1, *input_shape)).totals()
+    prepared = Prepared(source, folder, input_shape, totals, energy_estimate(totals))
+    if "onnxruntime" in backends:
+        from edgeprune.export import export_onnx
+
+        prepared.onnx = workdir / "model.onnx"
+        info = export_onnx(model, prepared.onnx, input_shape)
+        prepared.export = {k: info[k] for k in ("opset", "exporter", "check")}
+    if isinstance(model_or_dir, nn.Module):
+        model_or_dir.train(was_training)  # leave the caller's module as it was
+    return prepared
+
+
+def _run_worker(job: dict, threads: int) -> dict:
+    """Run one measurement job in a fresh Python process and return its JSON result."""
+    with tempfile.TemporaryDirectory(prefix="edgeprune-worker-") as tmp:
+        job_file = Path(tmp) / "job.json"
+        job["result_file"] = str(Path(tmp) / "result.json")
+        job_file.write_text(json.dumps(job))
+        env = dict(os.environ)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(threads)
+        if not job["spin"]:
+            env["OMP_WAIT_POLICY"] = "PASSIVE"  # torch's OpenMP threads sleep at once instead of spinning
+        proc = subprocess.run(
+            [sys.executable, "-c", _WORKER_CODE, str(Path(__file__).resolve()), str(job_file)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        result_path = Path(job["result_file"])
+        if proc.returncode != 0 or not result_path.is_file():
+            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+            last = lines[-1] if lines else f"exit {proc.returncode}"
+            raise _error(f"{job['backend']} measurement process failed: {last}")
+        return json.loads(result_path.read_text())
+
+
+def machine_info() -> dict:
+    """Cores, load average and library versions of this machine, for the record."""
+    import platform
+
+    info: dict = {
+        "cpu_count": os.cpu_count(),
+        "usable_cores": default_threads(),
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+        "python": platform.python_version(),
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average_1m"] = os.getloadavg()[0]
+    for lib in ("torch", "onnxruntime"):
+        try:
+            info[lib] = __import__(lib).__version__
+        except ImportError:  # pragma: no cover
+            pass
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor()
+
+
+def _job(
+    backend: str, runs: int, warmup: int, batch_size: int, threads: int, shape: tuple, seed: int, spin: bool
+) -> dict:
+    return {"backend": backend, "runs": runs, "warmup": warmup, "batch_size": batch_size, "threads": threads,
+            "input_shape": list(shape), "seed": seed, "spin": spin}  # fmt: skip
+
+
+def measure_prepared(
+    prepared: Prepared,
+    backends: tuple[str, ...] | list[str] = BACKENDS,
+    runs: int = 100,
+    warmup: int = 10,
+    batch_size: int = 1,
+    threads: int | None = None,
+    seed: int = 0,
+    spin: bool = True,
+) -> dict:
+    """``bench`` on a model already prepared: one fresh measuring process per backend."""
+    backends = check_backends(tuple(backends))
+    _check_positive(runs=runs, warmup=warmup, batch_size=batch_size, threads=threads)
+    threads = threads or default_threads()
+    out: dict = {
+        "model": prepared.source,
+        "input_shape": list(prepared.input_shape),
+        "batch_size": batch_size,
+        "runs": runs,
+        "warmup": warmup,
+        "threads": threads,
+        "spin_wait": spin,
+        "complexity": {
+            **prepared.totals,
+            "conventions": "fp32, batch 1; flops = multiply-adds counted once (MACs); "
+            "memory_bytes = 4 B x (params + output maps)",
+        },
+        "energy": prepared.energy,
+        "machine": machine_info(),
+        "units": {
+            "latency": "ms per batch",
+            "cpu": "% of one core",
+            "rss": "MB (1e6 bytes)",
+            "size": "bytes and MB (1e6 bytes)",
+            "energy": "microjoules per inference",
+        },
+        "backends": {},
+    }
+    for backend in backends:
+        if backend == "onnxruntime" and prepared.onnx is None:
+            raise _error("model was prepared without onnxruntime")
+        job = _job(backend, runs, warmup, batch_size, threads, prepared.input_shape, seed, spin)
+        job.update(interleaved=False, models={"model": str(prepared.file_for(backend))})
+        result = _run_worker(job, threads)["model"]
+        result["size"] = prepared.size(backend)
+        if backend == "onnxruntime":
+            result["export"] = prepared.export
+        out["backends"][backend] = result
+    return out
+
+
+def bench(
+    model_or_dir: Any,
+    backends: tuple[str, ...] | list[str] = BACKENDS,
+    runs: int = 100,
+    warmup: int = 10,
+    batch_size: int = 1,
+    threads: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    seed: int = 0,
+    pad_to: int | None = None,
+    spin: bool = True,
+) -> dict:
+    """Measure latency, CPU, RSS, size on disk and estimated energy of a model on each backend.
+
+    ``spin=False`` makes idle worker threads sleep at once (torch: ``OMP_WAIT_POLICY=PASSIVE``;
+    onnxruntime: ``session.intra_op.allow_spinning=0``) instead of busy-waiting: on a machine shared
+    with other work, spinning threads steal the cores the busy ones need and latency can grow tenfold.
+    """
+    backends = check_backends(backends)
+    _check_positive(runs=runs, warmup=warmup, batch_size=batch_size, threads=threads, pad_to=pad_to)
+    with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp:
+        prepared = prepare(model_or_dir, tmp, backends, input_shape, num_classes, in_channels, pad_to)
+        return measure_prepared(prepared, backends, runs, warmup, batch_size, threads, seed, spin)
+
+
+def latency_interleaved(
+    models: dict[str, Any],
+    backend: str,
+    runs: int = 100,
+    warmup: int = 10,
+    batch_size: int = 1,
+    threads: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    seed: int = 0,
+    spin: bool = True,
+) -> dict[str, dict]:
+    """Latency of several models (Prepared, modules, folders or names) timed round-robin in one process."""
+    (backend,) = check_backends(backend)
+    _check_positive(runs=runs, warmup=warmup, batch_size=batch_size, threads=threads)
+    if not models:
+        raise _error("no models given")
+    threads = threads or default_threads()
+    with tempfile.TemporaryDirectory(prefix="edgeprune-interleave-") as tmp:
+        ready = {}
+        for i, (name, m) in enumerate(models.items()):
+            ready[name] = m if isinstance(m, Prepared) else prepare(m, Path(tmp) / f"m{i}", (backend,), input_shape)
+        shapes = {p.input_shape for p in ready.values()}
+        if len(shapes) > 1:
+            raise _error(f"models to compare take different input shapes: {sorted(shapes)}")
+        job = _job(backend, runs, warmup, batch_size, threads, shapes.pop(), seed, spin)
+        job.update(interleaved=True, models={n: str(p.file_for(backend)) for n, p in ready.items()})
+        return _run_worker(job, threads)
+
+
+# -- text output ------------------------------------------------------------------------------
+
+
+def bench_table(result: dict) -> str:
+    """The human-readable report of ``bench``."""
+    from edgeprune.report import human, table
+
+    c = result["complexity"]
+    shape = "x".join(str(d) for d in [result["batch_size"], *result["input_shape"]])
+    head = (
+        f"{result['model']}: input {shape}, {result['runs']} timed runs after {result['warmup']} warm-up, "
+        f"{result['threads']} thread(s){'' if result.get('spin_wait', True) else ' (no spin-waiting)'}, "
+        "each backend in its own process\n"
+        f"complexity: {human(c['params'], 'params')} params, {human(c['flops'], 'flops')} FLOPs (MACs), "
+        f"memory {human(c['memory_bytes'], 'memory')} (weights + output maps, fp32)"
+    )
+    headers = [
+        "backend",
+        "median ms",
+        "p90 ms",
+        "mean ms",
+        "CPU % (1 core=100)",
+        "threads",
+        "RSS peak MB",
+        "RSS +MB",
+        "size on disk",
+    ]
+    rows = []
+    for name, b in result["backends"].items():
+        lat = b["latency_ms"]
+        rows.append(
+            [
+                name,
+                f"{lat['median']:.3f}",
+                f"{lat['p90']:.3f}",
+                f"{lat['mean']:.3f}",
+                f"{b['cpu']['utilisation_pct']:.0f}",
+                str(b["cpu"]["threads"]),
+                f"{b['memory']['rss_peak_mb']:.1f}",
+                f"{b['memory']['rss_increase_mb']:.1f}",
+                f"{b['size']['mb']:.2f} MB ({b['size']['file']})",
+            ]
+        )
+    e = result["energy"]
+    energy = (
+        f"energy per inference: {e['total_uj']:.1f} uJ = compute {e['compute_uj']:.1f} uJ "
+        f"({e['macs']:,} MACs x {PJ_PER_MAC} pJ) + DRAM {e['dram_uj']:.1f} uJ "
+        f"({e['dram_words']:,.0f} 32-bit words x {PJ_PER_DRAM_WORD:g} pJ)\n"
+        f"  estimate, not a measurement: {ENERGY_SOURCE} figures (fp32 multiply 3.7 pJ + add 0.9 pJ; "
+        "DRAM 640 pJ per 32-bit word), every weight and activation moved once, batch 1"
+    )
+    notes = (
+        "CPU % = process CPU time of all threads / wall time of the timed loop; RSS peak = process "
+        "high-water mark; RSS + = peak minus the RSS before the model was loaded"
+    )
+    export = [
+        f"onnx export: {b['export']['exporter']}, opset {b['export']['opset']}, max |onnx - torch| = "
+        f"{b['export']['check']['max_abs_diff']:.2e}"
+        for b in result["backends"].values()
+        if "export" in b
+    ]
+    m = result.get("machine", {})
+    busy = []
+    if m.get("load_average_1m", 0) > m.get("usable_cores", 1):
+        busy = [
+            f"note: load average {m['load_average_1m']:.1f} on {m['usable_cores']} cores when measured: other "
+            "processes shared the CPU, so latencies are noisy (try --no-spin or --threads 1)"
+        ]
+    return "\n".join([head, "", table(headers, rows), "", energy, notes, *export, *busy])
+
+
+# -- the measuring process --------------------------------------------------------------------
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default) of sorted values."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = (len(sorted_values) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def latency_stats(seconds: list[float]) -> dict:
+    """Median, p90, mean, min and max of per-run times, in milliseconds."""
+    ms = sorted(1e3 * s for s in seconds)
+    return {
+        "median": _percentile(ms, 50),
+        "p90": _percentile(ms, 90),
+        "mean": sum(ms) / len(ms),
+        "min": ms[0],
+        "max": ms[-1],
+        "n": len(ms),
+    }
+
+
+def _peak_rss_bytes() -> int:
+    """This process's RSS high-water mark: VmHWM on Linux (getrusage's ru_maxrss survives exec and
+    so can report the parent's peak), ru_maxrss elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _worker_main(job_file: str) -> None:
+    """Entry point of the measuring process: read the job, measure, write the result JSON."""
+    import gc
+
+    import numpy as np
+    import psutil
+
+    job = json.loads(Path(job_file).read_text())
+    backend, threads, runs, warmup = job["backend"], job["threads"], job["runs"], job["warmup"]
+    rng = np.random.default_rng(job["seed"])
+    shape = (job["batch_size"], *job["input_shape"])
+    arrays = [rng.standard_normal(shape, dtype=np.float32) for _ in range(runs)]
+
+    if backend == "torch":
+        import torch
+
+        from edgeprune.io import load
+
+        torch.set_num_threads(threads)
+        inputs = [torch.from_numpy(a).contiguous(memory_format=torch.channels_last) for a in arrays]
+
+        def loader(path: str):  # noqa: ANN202
+            model = load(path).eval().to(memory_format=torch.channels_last)
+
+            def run(x: Any) -> None:
+                with torch.inference_mode():
+                    model(x)
+
+            return run
+
+        policy = os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default: spin, then sleep)")
+        runtime = {
+            "runtime": f"torch {torch.__version__} eager, channels-last, inference_mode",
+            "spin_wait": f"OMP_WAIT_POLICY={policy}",
+        }
+    else:
+        import onnxruntime as ort
+
+        inputs = arrays
+
+        def loader(path: str):  # noqa: ANN202
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.log_severity_level = 3
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if job["spin"] else "0")
+            session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+
+            def run(x: Any) -> None:
+                session.run(None, {name: x})
+
+            return run
+
+        runtime = {
+            "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+            "spin_wait": f"session.intra_op.allow_spinning={int(job['spin'])}",
+        }
+
+    proc = psutil.Process()
+    gc.collect()
+    baseline = proc.memory_info().rss
+    runners = {name: loader(path) for name, path in job["models"].items()}
+    for run in runners.values():
+        for i in range(warmup):
+            run(inputs[i % runs])
+
+    results: dict = {}
+    if job["interleaved"]:
+        names = list(runners)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(runs):
+            shift = r % len(names)  # rotate the order so no model always runs first
+            for name in names[shift:] + names[:shift]:
+                t0 = time.perf_counter()
+                runners[name](inputs[r])
+                times[name].append(time.perf_counter() - t0)
+        results = {n: {"latency_ms": latency_stats(times[n]), "threads": threads, **runtime} for n in names}
+    else:
+        (run,) = runners.values()
+        times = []
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for x in inputs:
+            t0 = time.perf_counter()
+            run(x)
+            times.append(time.perf_counter() - t0)
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        loop_wall, cpu_runs = wall, runs
+        if wall < CPU_WINDOW_S:
+            # The kernel updates other threads' CPU time at scheduler ticks (a few ms): over a short loop
+            # the ratio is meaningless, so measure it over more (untimed) inferences, >= CPU_WINDOW_S.
+            cpu_runs = 0
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            while time.perf_counter() - wall0 < CPU_WINDOW_S:
+                run(inputs[cpu_runs % runs])
+                cpu_runs += 1
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        after = proc.memory_info().rss
+        peak = max(_peak_rss_bytes(), after)
+        results["model"] = {
+            "latency_ms": latency_stats(times),
+            "throughput_per_s": len(times) * job["batch_size"] / loop_wall,
+            "cpu": {
+                "utilisation_pct": 100.0 * cpu / wall if wall > 0 else 0.0,
+                "cpu_seconds": cpu,
+                "wall_seconds": wall,
+                "inferences": cpu_runs,
+                "threads": threads,
+                "os_threads": proc.num_threads(),
+            },
+            "memory": {
+                "rss_baseline_mb": baseline / MB,
+                "rss_peak_mb": peak / MB,
+                "rss_increase_mb": (peak - baseline) / MB,
+                "rss_after_mb": after / MB,
+            },
+            **runtime,
+        }
+    Path(job["result_file"]).write_text(json.dumps(results))
+
+
+__all__ = [
+    "BACKENDS",
+    "bench",
+    "bench_table",
+    "check_backends",
+    "energy_estimate",
+    "latency_interleaved",
+    "latency_stats",
+]
