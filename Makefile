@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	@# Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning made
+	@# training 2x slower (docs/results/train_throughput.md).
 	$(BIN)/edgeprune prune vgg16 --mode flops --target 0.5 --seed 0 --out runs/demo --force
-	$(BIN)/edgeprune train runs/demo --data data/cifar10-mini.tar.gz --epochs 3 --seed 0
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/edgeprune train runs/demo --data data/cifar10-mini.tar.gz --epochs 3 --seed 0
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -166,6 +166,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
         raise EdgepruneError(
             "criterion 'nuclear' needs data: use 'edgeprune compare' (or the Python API with calibration)"
         )
+    import torch
+
+    torch.manual_seed(args.seed)  # a zoo model's initial weights come from the same seed as the pruning
     model = _load_model(args)
     shape = _input_shape(args)
     out = prepare_out_dir(args.out, args.force)

@@ -8,8 +8,13 @@ temporary file and renamed only after the check passes, so a failed export leave
 
 Exporters: ``torchscript`` is torch's classic tracer (``torch.onnx.export(..., dynamo=False)``),
 fast and dependency-free, still working in torch 2.13 although deprecated; ``dynamo`` is the
-``torch.export``-based exporter, which needs the ``onnxscript`` package and takes several seconds
-per model. ``auto`` (default) uses torchscript and falls back to dynamo if torchscript fails.
+``torch.export``-based exporter, which needs the ``onnxscript`` package, takes several seconds
+per model and writes opset 18 or later. ``auto`` (default) uses torchscript and falls back to
+dynamo if torchscript fails (e.g. once torch removes it).
+
+``pad_channels`` zero-pads the widths that pruning left odd to a SIMD-friendly multiple, keeping
+the outputs: onnxruntime's fast blocked convolutions need such widths (see
+docs/results/latency_realisation.md).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ def _dynamo_export(model: nn.Module, example: torch.Tensor, path: Path, opset: i
         raise EdgepruneError(
             "the dynamo ONNX exporter needs the 'onnxscript' package (pip install onnxscript)"
         ) from None
+    opset = max(opset, 18)  # the dynamo exporter emits opset 18; converting down fails noisily
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -152,7 +158,7 @@ def export_onnx(
         diff = check_onnx(reference, tmp, check_input)  # padded or not, compared with the model as given
         if not np.isfinite(diff) or diff > atol:
             raise EdgepruneError(f"ONNX export check failed: outputs differ from PyTorch by {diff:.3g} (> {atol:g})")
-        result.update(exporter=used, max_abs_diff=diff)
+        result.update(exporter=used, max_abs_diff=diff, opset=max(opset, 18) if used == "dynamo" else opset)
 
     try:
         atomic_write(path, write)
@@ -163,7 +169,7 @@ def export_onnx(
     return {
         "path": str(path),
         "bytes": path.stat().st_size,
-        "opset": opset,
+        "opset": result["opset"],
         "exporter": result["exporter"],
         "input_shape": list(input_shape),
         "pad_channels": pad_to,
