@@ -14,7 +14,16 @@ def _threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One decode cache for the session, outside the user's home, so the mini set decodes once."""
+    path = tmp_path_factory.getbasetemp() / "edgeprune-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory, monkeypatch):
-    # One shared extraction/decode cache per test session, outside the user's home.
-    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path_factory.getbasetemp() / "edgeprune-cache"))
+def cache(shared_cache, monkeypatch):
+    """Every test reads and writes the session's cache."""
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(shared_cache))
+    return shared_cache

@@ -20,21 +20,6 @@ MINI = ROOT / "data" / "cifar10-mini.tar.gz"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    """One cache folder for the session, shared by test_data and test_train, so the mini set decodes once."""
-    path = tmp_path_factory.getbasetemp() / "edgeprune-cache"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def cache(shared_cache, monkeypatch):
-    """Every test uses a private cache (shared within the session, so the mini set decodes once)."""
-    monkeypatch.setenv("EDGEPRUNE_CACHE", str(shared_cache))
-    return shared_cache
-
-
 def write_folder(root: Path, classes: dict[str, int], size=(6, 5), mode="RGB", seed=0, test_per_class=2):
     """Write root/{train,test}/<class>/<i>.png with random pixels; return the arrays by split."""
     rng = np.random.default_rng(seed)

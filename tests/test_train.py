@@ -36,20 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "data" / "cifar10-mini.tar.gz"
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    """One cache folder for the session, shared by test_data and test_train, so the mini set decodes once."""
-    path = tmp_path_factory.getbasetemp() / "edgeprune-cache"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def cache(shared_cache, monkeypatch):
-    monkeypatch.setenv("EDGEPRUNE_CACHE", str(shared_cache))
-    return shared_cache
-
-
 @pytest.fixture(scope="module")
 def mini(shared_cache):
     """A few hundred real CIFAR-10 images from the shipped mini archive."""

@@ -263,6 +263,7 @@ def write_outputs(summary: dict, records: list[RunRecord], baselines: list[RunRe
     import io
 
     from edgeprune.io import atomic_write
+    from edgeprune.plots import plot_accuracy_vs_time
 
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -277,38 +278,3 @@ def write_outputs(summary: dict, records: list[RunRecord], baselines: list[RunRe
 def load_records(path: str | Path) -> list[dict]:
     """The per-run records stored in a compare.json."""
     return json.loads(Path(path).read_text())["runs"]
-
-
-def plot_accuracy_vs_time(summary: dict, path: str | Path) -> None:
-    """Accuracy against total training time, one colour per mode and one marker per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from edgeprune.plots import save_figure
-
-    markers = {"direct": "o", "unweighted": "v", "uniform": "s", "l1": "^", "nuclear": "D"}
-    colours = {"params": "tab:blue", "flops": "tab:orange", "memory": "tab:green"}
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for r in summary["rows"]:
-        ax.errorbar(
-            r["train_seconds"][0], r["accuracy_pct"][0], xerr=r["train_seconds"][1], yerr=r["accuracy_pct"][1],
-            marker=markers.get(r["method"], "x"), color=colours.get(r["mode"], "black"), markersize=8, capsize=3,
-            linestyle="none",
-        )  # fmt: skip
-    b = summary["baseline"]
-    ax.axhline(b["accuracy_pct"][0], color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel("total training time (s, every epoch counted)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{summary['settings']['model']}: accuracy against training time")
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=c, marker="o", linestyle="none", label=f"mode: {m}") for m, c in colours.items()
-               if any(r["mode"] == m for r in summary["rows"])]  # fmt: skip
-    handles += [Line2D([], [], color="black", marker=mk, linestyle="none", label=meth) for meth, mk in markers.items()
-                if any(r["method"] == meth for r in summary["rows"])]  # fmt: skip
-    handles.append(Line2D([], [], color="grey", linestyle="--", label="full model (baseline)"))
-    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9)
-    ax.grid(alpha=0.3)
-    save_figure(fig, path)

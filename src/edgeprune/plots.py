@@ -52,6 +52,14 @@ SERIES_STYLE = {
 _OTHER_MARKERS = "DvP<>hX"
 
 
+def _scatter_series(ax: plt.Axes, xs: list, ys: list, series: str, st: dict) -> object:
+    """One series' points, the unpruned reference drawn larger; returns the legend handle."""
+    return ax.scatter(
+        xs, ys, s=150 if series == "unpruned" else 50, c=st["color"], marker=st["marker"], label=st["label"],
+        zorder=3, edgecolors="white", linewidths=0.5,
+    )  # fmt: skip
+
+
 def _style(series: str, i: int) -> dict:
     if series in SERIES_STYLE:
         return SERIES_STYLE[series]
@@ -103,19 +111,7 @@ def plot_tradeoffs(
             if not sx:
                 continue
             st = _style(s, i)
-            size = 150 if s == "unpruned" else 50
-            h = ax.scatter(
-                sx,
-                sy,
-                s=size,
-                c=st["color"],
-                marker=st["marker"],
-                label=st["label"],
-                zorder=3,
-                edgecolors="white",
-                linewidths=0.5,
-            )
-            handles.setdefault(st["label"], h)
+            handles.setdefault(st["label"], _scatter_series(ax, sx, sy, s, st))
         if pts:
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             front = pareto_front(xs, ys)
@@ -161,18 +157,7 @@ def plot_latency_flops(rows: list[dict], path: str | Path, backends: list[str], 
             if not pts:
                 continue
             st = _style(s, i)
-            h = ax.scatter(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                s=150 if s == "unpruned" else 50,
-                c=st["color"],
-                marker=st["marker"],
-                label=st["label"],
-                zorder=3,
-                edgecolors="white",
-                linewidths=0.5,
-            )
-            handles.setdefault(st["label"], h)
+            handles.setdefault(st["label"], _scatter_series(ax, [p[0] for p in pts], [p[1] for p in pts], s, st))
         refs = [r for r in rows if r["mode"] == "unpruned" and r.get(key) is not None]
         if refs:
             f0 = refs[0]["flops"] / 1e6
@@ -192,4 +177,32 @@ def plot_latency_flops(rows: list[dict], path: str | Path, backends: list[str], 
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
+    save_figure(fig, path)
+
+
+def plot_accuracy_vs_time(summary: dict, path: str | Path) -> None:
+    """Accuracy against total training time, one colour per mode and one marker per method."""
+    from matplotlib.lines import Line2D
+
+    markers = {"direct": "o", "unweighted": "v", "uniform": "s", "l1": "^", "nuclear": "D"}
+    colours = {"params": "tab:blue", "flops": "tab:orange", "memory": "tab:green"}
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for r in summary["rows"]:
+        ax.errorbar(
+            r["train_seconds"][0], r["accuracy_pct"][0], xerr=r["train_seconds"][1], yerr=r["accuracy_pct"][1],
+            marker=markers.get(r["method"], "x"), color=colours.get(r["mode"], "black"), markersize=8, capsize=3,
+            linestyle="none",
+        )  # fmt: skip
+    b = summary["baseline"]
+    ax.axhline(b["accuracy_pct"][0], color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("total training time (s, every epoch counted)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{summary['settings']['model']}: accuracy against training time")
+    handles = [Line2D([], [], color=c, marker="o", linestyle="none", label=f"mode: {m}") for m, c in colours.items()
+               if any(r["mode"] == m for r in summary["rows"])]  # fmt: skip
+    handles += [Line2D([], [], color="black", marker=mk, linestyle="none", label=meth) for meth, mk in markers.items()
+                if any(r["method"] == meth for r in summary["rows"])]  # fmt: skip
+    handles.append(Line2D([], [], color="grey", linestyle="--", label="full model (baseline)"))
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9)
+    ax.grid(alpha=0.3)
     save_figure(fig, path)
