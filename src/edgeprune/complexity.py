@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
+from edgeprune.errors import EdgepruneError
+
 MODES = ("params", "flops", "memory")
 BYTES_PER_VALUE = 4  # fp32
 CONVENTIONS = "fp32, batch 1; flops = multiply-adds counted once (MACs); memory_bytes = 4 B x (params + output map)"
@@ -121,8 +123,6 @@ class Profile:
 
 def check_mode(mode: str) -> None:
     """Raise a one-line error for an unknown complexity mode."""
-    from edgeprune.errors import EdgepruneError
-
     if mode not in MODES:
         raise EdgepruneError(f"unknown mode '{mode}'; choose from: {', '.join(MODES)}")
 

@@ -185,15 +185,4 @@ def resolve_model(name_or_dir: str, num_classes: int = 10, in_channels: int = 3)
     return create(name_or_dir, num_classes=num_classes, in_channels=in_channels)
 
 
-def tensor_digest(model: nn.Module) -> str:
-    """A short content hash of a model's weights, for logs and tests."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 __all__ = ["atomic_write", "build", "load", "read_spec", "resolve_model", "save", "write_json"]

@@ -16,7 +16,6 @@ model's pre-training, which the run trains once and shares between them.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -273,8 +272,3 @@ def write_outputs(summary: dict, records: list[RunRecord], baselines: list[RunRe
     atomic_write(out / "compare.md", lambda p: p.write_text(markdown_table(summary)))
     write_json(out / "compare.json", {**summary, "runs": [asdict(r) for r in baselines + records]})
     plot_accuracy_vs_time(summary, out / "compare.png")
-
-
-def load_records(path: str | Path) -> list[dict]:
-    """The per-run records stored in a compare.json."""
-    return json.loads(Path(path).read_text())["runs"]
