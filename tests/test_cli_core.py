@@ -179,3 +179,17 @@ def test_help_explains_every_option():
     assert proc.returncode == 0
     for option in ("--mode", "--target", "--step", "--seed", "--criterion", "--min-filters", "--out", "--force"):
         assert option in proc.stdout
+
+
+def test_every_subcommand_option_has_help():
+    import argparse
+
+    from edgeprune.cli import COMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(COMMANDS)
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+        text = parser.format_help()
+        assert "%%" not in text and parser.description, name

@@ -97,3 +97,33 @@ def test_compare_rejects_bad_targets(tmp_path, capsys):
     code = main(["compare", "tiny", "--data", str(MINI), "--target", "params=0.5", "--modes", "params", "flops",
                  "--out", str(tmp_path / "o")])  # fmt: skip
     assert code == 2 and "no value for mode(s) flops" in capsys.readouterr().err
+
+
+def test_compare_resume_reuses_finished_runs(tmp_path):
+    common = ["compare", "tiny", "--data", str(MINI), "--target", "params=0.5", "flops=0.4", "--baselines", "l1",
+              "--epochs", "1", "--finetune-epochs", "1", "--limit-train", "128", "--limit-test", "64",
+              "--batch-size", "64", "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    assert main([*common, "--modes", "flops"]) == 0
+    first = {(r["method"], r["mode"]): r for r in json.loads((tmp_path / "compare.json").read_text())["runs"]}
+    assert main([*common, "--modes", "flops"]) == 2  # a non-empty folder is refused without --resume
+    assert main([*common, "--modes", "flops", "params", "--resume"]) == 0
+    second = {(r["method"], r["mode"]): r for r in json.loads((tmp_path / "compare.json").read_text())["runs"]}
+    assert set(second) == set(first) | {("direct", "params"), ("l1", "params")}
+    for key, run in first.items():  # read back from checkpoints, not retrained: same measured seconds and accuracy
+        assert second[key]["train_seconds"] == run["train_seconds"]
+        assert second[key]["test_accuracy"] == run["test_accuracy"]
+        assert second[key]["params"] == run["params"]
+    assert main([*common, "--modes", "flops", "params", "--resume", "--time-matched"]) == 0
+    third = {(r["method"], r["mode"]): r for r in json.loads((tmp_path / "compare.json").read_text())["runs"]}
+    for mode in ("flops", "params"):
+        direct, l1, matched = (third[m, mode] for m in ("direct", "l1", "direct-matched"))
+        assert direct == second["direct", mode] and l1 == second["l1", mode]
+        assert (matched["params"], matched["flops"]) == (direct["params"], direct["flops"])  # the same network
+        assert matched["epochs"] == max(1, int(l1["train_seconds"] // direct["train_seconds"]))
+        assert len(matched["history"]) == matched["epochs"]
+
+
+def test_time_matched_needs_a_conventional_pipeline(tmp_path, capsys):
+    code = main(["compare", "tiny", "--data", str(MINI), "--target", "0.5", "--baselines", "uniform",
+                 "--time-matched", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert code == 2 and "needs a conventional pipeline" in capsys.readouterr().err

@@ -204,7 +204,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         help="measure latency, CPU use, memory, size on disk and estimated energy on this CPU",
         description="Measure a model on each backend (torch eager channels-last; onnxruntime CPU on an exported, "
         "checked .onnx), each in a fresh process: latency (median, p90, mean) of --runs random inputs after "
-        "--warmup, CPU utilisation (process CPU time / wall time, %% of one core), resident memory (peak, and "
+        "--warmup, CPU utilisation (process CPU time / wall time, % of one core), resident memory (peak, and "
         "increase over the pre-model baseline), model size on disk, and the energy estimate per inference "
         "(45 nm, Horowitz 2014: 4.6 pJ per multiply-add + 640 pJ per 32-bit DRAM word moved).",
     )
@@ -524,6 +524,18 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-test", type=int, default=None, help="use only this many test images")
     p.add_argument("--out", required=True, help="folder for the tables, plot, records and trained models")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
+    p.add_argument(
+        "--time-matched",
+        action="store_true",
+        help="also train the direct pipeline's network for as many epochs as fit in the conventional pipeline's "
+        "measured training time (method direct-matched): the accuracy each gets for the same training cost",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted comparison in --out: finished runs are read back from their checkpoints "
+        "(measured times included), an unfinished one continues from its last epoch; same settings needed",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -557,14 +569,15 @@ def cmd_compare(args: argparse.Namespace) -> None:
     for name in ("epochs", "finetune_epochs"):
         if getattr(args, name) < 1:
             raise EdgepruneError(f"--{name.replace('_', '-')} must be a positive integer")
-    out = prepare_out_dir(args.out, args.force)
+    out = prepare_out_dir(args.out, args.force or args.resume)
     data = load_dataset(args.data, args.limit_train, args.limit_test, progress=not args.quiet)
     settings = CompareSettings(
         model=args.model, targets=targets, baselines=tuple(args.baselines), epochs=args.epochs,
         finetune_epochs=args.finetune_epochs, seeds=tuple(args.seeds), step=args.step,
         conventional_layers=args.conventional_layers, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
+        time_matched=args.time_matched,
     )  # fmt: skip
-    summary = run_comparison(settings, data, out, progress=not args.quiet)
+    summary = run_comparison(settings, data, out, progress=not args.quiet, resume=args.resume)
     print(markdown_table(summary) + f"\nwrote {out}/compare.md, compare.csv, compare.json, compare.png")
 
 

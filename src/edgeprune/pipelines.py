@@ -32,7 +32,8 @@ from edgeprune.report import reduction
 from edgeprune.train import TrainConfig, TrainResult, train
 
 DIRECT = "direct"
-AT_INIT = {"direct": "weighted", "unweighted": "uniform", "uniform": "ratio"}  # method -> layer selection
+MATCHED = "direct-matched"  # the direct pipeline trained as long as the conventional one
+AT_INIT = {DIRECT: "weighted", "unweighted": "uniform", "uniform": "ratio", MATCHED: "weighted"}  # -> layer selection
 CONVENTIONAL = ("l1", "nuclear")
 BASELINES = ("l1", "nuclear", "uniform", "unweighted")
 KEYS = {"params": "params", "flops": "flops", "memory": "memory_bytes"}
@@ -73,6 +74,7 @@ class CompareSettings:
     lr: float | None = None
     batch_size: int = 128
     calibration_images: int = 256
+    time_matched: bool = False  # also train the direct network for the conventional pipeline's training time
 
 
 def _totals(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
@@ -98,8 +100,24 @@ def _record(method: str, mode: str, seed: int, target: float, model: nn.Module, 
     )  # fmt: skip
 
 
-def run_comparison(settings: CompareSettings, data: ImageDataset, out_dir: str | Path, progress: bool = True) -> dict:
-    """Run every method x mode x seed; write records and tables; return the summary."""
+def matched_epochs(runs: list[RunRecord]) -> int:
+    """Epochs of the direct network that fit in the conventional pipeline's measured time (l1 first), at least 1."""
+    direct = next(r for r in runs if r.method == DIRECT)
+    reference = next(r for m in CONVENTIONAL for r in runs if r.method == m)
+    return max(1, int(reference.train_seconds // (direct.train_seconds / direct.epochs)))
+
+
+def run_comparison(
+    settings: CompareSettings, data: ImageDataset, out_dir: str | Path, progress: bool = True, resume: bool = False
+) -> dict:
+    """Run every method x mode x seed; write records and tables; return the summary.
+
+    With ``resume``, runs finished in ``out_dir`` are read back from their checkpoints (their measured
+    training seconds included) and an interrupted one continues from its last epoch. The tables are
+    rewritten after every mode, so a long comparison shows its finished part while it runs.
+    """
+    if settings.time_matched and not set(settings.baselines) & set(CONVENTIONAL):
+        raise EdgepruneError("time-matched training needs a conventional pipeline (l1 or nuclear) among the baselines")
     unknown = set(settings.baselines) - set(BASELINES)
     if unknown:
         raise EdgepruneError(f"unknown baseline(s) {sorted(unknown)}; choose from: {', '.join(BASELINES)}")
@@ -124,23 +142,24 @@ def run_comparison(settings: CompareSettings, data: ImageDataset, out_dir: str |
         if progress:
             print(text, flush=True)
 
+    def at_init(method: str, mode: str, target: float, seed: int, epochs: int) -> RunRecord:
+        torch.manual_seed(seed)
+        pruned = prune(fresh(), mode, target, settings.step, seed, "random", input_shape=shape,
+                       selection=AT_INIT[method]).model  # fmt: skip
+        log(f"[seed {seed}] {method} {mode}: pruned at init, training {epochs} epochs")
+        result = train(pruned, data, config(epochs, seed), out / f"{method}-{mode}-s{seed}", resume, progress)
+        return _record(method, mode, seed, target, pruned, shape, [result])
+
     for seed in settings.seeds:
         torch.manual_seed(seed)
         full = fresh()
         log(f"[seed {seed}] training the full {settings.model} for {settings.epochs} epochs (baseline, pre-training)")
-        pre = train(full, data, config(settings.epochs, seed), out / f"full-s{seed}", progress=progress)
+        pre = train(full, data, config(settings.epochs, seed), out / f"full-s{seed}", resume, progress)
         baseline[seed] = _record("full", "-", seed, 1.0, full, shape, [pre])
         calibration = calibration_batch(data, settings.calibration_images, seed)
         for mode, target in settings.targets.items():
-            for method in (DIRECT, *[b for b in settings.baselines if b in AT_INIT]):
-                torch.manual_seed(seed)
-                pruned = prune(fresh(), mode, target, settings.step, seed, "random", input_shape=shape,
-                               selection=AT_INIT[method]).model  # fmt: skip
-                log(f"[seed {seed}] {method} {mode}: pruned at init, training {settings.epochs} epochs")
-                result = train(
-                    pruned, data, config(settings.epochs, seed), out / f"{method}-{mode}-s{seed}", progress=progress
-                )
-                records.append(_record(method, mode, seed, target, pruned, shape, [result]))
+            methods = [m for m in AT_INIT if m in (DIRECT, *settings.baselines)]
+            mine = [at_init(m, mode, target, seed, settings.epochs) for m in methods]
             for method in [b for b in settings.baselines if b in CONVENTIONAL]:
                 pruned = prune(
                     copy.deepcopy(full), mode, target, settings.step, seed, method, input_shape=shape,
@@ -149,8 +168,13 @@ def run_comparison(settings: CompareSettings, data: ImageDataset, out_dir: str |
                 log(f"[seed {seed}] {method} {mode}: ranked and pruned the trained model, fine-tuning "
                     f"{settings.finetune_epochs} epochs")  # fmt: skip
                 tune = train(pruned, data, config(settings.finetune_epochs, seed), out / f"{method}-{mode}-s{seed}",
-                             progress=progress)  # fmt: skip
-                records.append(_record(method, mode, seed, target, pruned, shape, [pre, tune]))
+                             resume, progress)  # fmt: skip
+                mine.append(_record(method, mode, seed, target, pruned, shape, [pre, tune]))
+            if settings.time_matched:
+                mine.append(at_init(MATCHED, mode, target, seed, matched_epochs(mine)))
+            records.extend(mine)
+            done = list(baseline.values())
+            write_outputs(summarise(records, done, settings), records, done, out)
     summary = summarise(records, list(baseline.values()), settings)
     write_outputs(summary, records, list(baseline.values()), out)
     return summary
@@ -186,7 +210,7 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: Co
                 "flops_reduction_pct": _mean_std([reduction(b0.flops, r.flops) for r in runs]),
                 "memory_reduction_pct": _mean_std([reduction(b0.memory_bytes, r.memory_bytes) for r in runs]),
                 "params_reduction_pct": _mean_std([reduction(b0.params, r.params) for r in runs]),
-                "epochs": runs[0].epochs,
+                "epochs": _span([r.epochs for r in runs]),
                 "train_seconds": seconds,
                 "time_ratio_to_conventional": seconds[0] / ref_seconds if ref_seconds else None,
             }
@@ -204,8 +228,15 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: Co
         "rows": rows,
         "conventions": "accuracy change in points against the full model trained as long as the direct pipeline; "
         "reductions against the full model; time ratio = mean training seconds / the l1 conventional pipeline's "
-        "(pre-training included), measured in the same run; FLOPs = multiply-adds (MACs); MB = 10^6 bytes",
-    }
+        "(pre-training included), measured in the same run; FLOPs = multiply-adds (MACs); MB = 10^6 bytes"
+        + (f"; {MATCHED} = the direct pipeline's network trained for as many epochs as fit in the conventional "
+           "pipeline's measured time" if settings.time_matched else ""),
+    }  # fmt: skip
+
+
+def _span(values: list[int]) -> int | str:
+    """One number when every seed agrees, else 'min-max'."""
+    return values[0] if min(values) == max(values) else f"{min(values)}-{max(values)}"
 
 
 def _pm(pair: tuple[float, float] | list[float], digits: int = 2) -> str:
