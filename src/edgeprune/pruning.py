@@ -158,11 +158,14 @@ def make_plan(
             f"target {target:,} {mode} is unreachable: with every prunable layer at {min_filters} filter(s) "
             f"the smallest reachable is {smallest:,} {mode}"
         )
-    rng = np.random.default_rng(seed)
+    # Separate streams for the layer lottery and the random filter choice: the layers drawn (and so the
+    # widths) then depend on the seed alone, not on the criterion, and a conventional pipeline's
+    # network has exactly the widths of the direct pipeline's for the same seed.
+    lottery, picker = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     keep = {g.name: list(range(g.width)) for g in groups}
     settings = {"step": step, "seed": seed, "min_filters": min_filters, "selection": selection}
     if selection == "ratio":
-        return _ratio_plan(prof, groups, prunable, mode, target, scores, min_filters, rng, keep, settings)
+        return _ratio_plan(prof, groups, prunable, mode, target, scores, min_filters, picker, keep, settings)
     steps: list[Step] = []
     while current > target:
         active = [g for g in prunable if len(keep[g.name]) > min_filters]
@@ -170,12 +173,12 @@ def make_plan(
         if selection == "uniform" or weights.sum() == 0:
             weights = np.ones(len(active))
         probs = weights / weights.sum()
-        pick = int(rng.choice(len(active), p=probs))
+        pick = int(lottery.choice(len(active), p=probs))
         group = active[pick]
         width = len(keep[group.name])
         n = min(max(1, round(step * width)), width - min_filters)
         n = _smallest_sufficient(state, group, n, mode, current, target)
-        removed = _choose(keep[group.name], n, scores.get(group.name) if scores else None, rng)
+        removed = _choose(keep[group.name], n, scores.get(group.name) if scores else None, picker)
         keep[group.name] = [i for i in keep[group.name] if i not in set(removed)]
         current = state.total_after(group, n, mode, current)
         state.shapes.update(state.shrunk(group, n))
