@@ -37,7 +37,8 @@ def test_nuclear_scores_hook_the_layer_output():
 def test_nuclear_criterion_prunes_the_lowest_energy_channels():
     model = edgeprune.create("tiny")
     with torch.no_grad():
-        model.features[1].weight.copy_(torch.linspace(0.01, 1.0, 48))  # BN scales: channel i's energy grows with i
+        model.features[0].weight.copy_(model.features[0].weight[:1].expand(48, -1, -1, -1))  # equal filters...
+        model.features[1].weight.copy_(torch.linspace(0.01, 1.0, 48))  # ...so BN scales alone order the energies
         model.features[1].bias.zero_()
     batch = torch.randn(16, 3, 32, 32)
     # ratio selection prunes every layer, features.0 included, whatever the seed draws
