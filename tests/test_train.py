@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from edgeprune.train import (
     CHECKPOINT_FILE,
     ImageStore,
     Normalizer,
+    Progress,
     TrainConfig,
     check_compatible,
     evaluate,
@@ -352,3 +354,18 @@ def test_cli_missing_data_and_wrong_shapes(model_dir, tmp_path, capsys):
     assert "was built for 3x32x32 images, the data set 'gray' has 1x32x32 images" in err
     code, _, err = run_cli(capsys, "train", "nosuchnet", "--data", MINI, "--epochs", 1, "--out", tmp_path / "o")
     assert code == 2 and "unknown model 'nosuchnet'" in err
+
+
+def test_progress_in_a_log_prints_a_line_per_interval_and_the_final_one():
+    clock = iter([0.0, 10.0, 59.0, 61.0, 100.0, 120.0, 131.0]).__next__
+    log = io.StringIO()  # not a terminal
+    bar = Progress(True, stream=log, log_interval=60.0, clock=clock)  # starts its clock at 0
+    for done in range(1, 6):  # at t = 10, 59, 61, 100, 120
+        bar.update("epoch 1/1", done, 6, f"step {done}")
+    bar.update("epoch 1/1", 6, 6, "done", final=True)  # t = 131: the final line always prints
+    lines = log.getvalue().splitlines()
+    assert [line.split()[-1] for line in lines] == ["3", "done"]  # t = 61 (60 s after 0), then the end
+    assert "\r" not in log.getvalue() and lines[0].startswith("epoch 1/1 [") and "3/6" in lines[0]
+    quiet = io.StringIO()
+    Progress(False, stream=quiet).update("e", 1, 1, "x", final=True)
+    assert quiet.getvalue() == ""
