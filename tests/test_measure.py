@@ -11,6 +11,7 @@ from torch import nn
 import edgeprune
 from edgeprune.cli import main
 from edgeprune.errors import EdgepruneError
+from edgeprune.export import export_onnx
 from edgeprune.measure import bench, energy_estimate, latency_interleaved, latency_stats
 
 RUNS = 5
@@ -159,3 +160,33 @@ def test_latency_interleaved(pruned_dir):
     assert set(res) == {"parent", "pruned"}
     for r in res.values():
         assert r["latency_ms"]["n"] == 4 and _positive_finite(r["latency_ms"]["median"])
+
+
+def test_bench_an_onnx_file_as_it_is(tmp_path, capsys):
+    model = edgeprune.create("tiny")
+    path = tmp_path / "tiny.onnx"
+    export_onnx(model, path, (3, 32, 32))
+    before = path.read_bytes()
+    assert main(["bench", str(path), "--runs", "3", "--warmup", "1", "--threads", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["backends"]) == ["onnxruntime"] and out["input_shape"] == [3, 32, 32]  # from the file
+    ort = out["backends"]["onnxruntime"]
+    assert ort["size"] == {"file": "tiny.onnx", "bytes": len(before), "mb": len(before) / 1e6}
+    assert "export" not in ort and ort["latency_ms"]["n"] == 3 and ort["latency_ms"]["median"] > 0
+    macs, words = _own_counts(model)
+    folded = sum(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert out["complexity"]["flops"] == out["energy"]["macs"] == macs
+    assert out["energy"]["dram_words"] == words - folded  # BatchNorms folded into the convs' biases
+    assert "ONNX graph" in out["complexity"]["counted_from"] and path.read_bytes() == before
+    assert main(["bench", str(path), "--runs", "2", "--warmup", "0", "--threads", "1"]) == 0
+    assert "complexity counted from the ONNX graph" in capsys.readouterr().out
+    for args, message in [
+        (["--backends", "torch"], "runs on onnxruntime only (--backends onnxruntime)"),
+        (["--pad-channels", "16"], "--pad-channels needs a model folder or a zoo name"),
+        (["--input-size", "64"], "takes 3x32x32 inputs, not 3x64x64"),
+    ]:
+        assert main(["bench", str(path), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+    assert main(["bench", str(tmp_path / "gone.onnx")]) == 2
+    assert "gone.onnx: no such file" in capsys.readouterr().err

@@ -20,23 +20,31 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a zoo model name (see 'edgeprune models') or a model folder written by edgeprune")
+def _model_args(p: argparse.ArgumentParser, onnx: bool = False) -> None:
+    also = ", or an .onnx file from any exporter" if onnx else ""
+    p.add_argument(
+        "model", help=f"a zoo model name (see 'edgeprune models') or a model folder written by edgeprune{also}"
+    )
     p.add_argument("--num-classes", type=int, default=10, help="classes of a zoo model built by name (default 10)")
     p.add_argument("--in-channels", type=int, default=3, help="input channels of a zoo model built by name (default 3)")
     p.add_argument(
-        "--input-size", type=int, default=32, help="input height and width in pixels for complexity (default 32)"
+        "--input-size",
+        type=int,
+        default=None,
+        help="input height and width in pixels for complexity (default 32, or the size an .onnx file declares)",
     )
 
 
-def _input_shape(args: argparse.Namespace) -> tuple[int, int, int]:
+def _input_shape(args: argparse.Namespace) -> tuple[int, int, int] | None:
     from edgeprune.io import input_shape_of, is_model_dir
 
     if is_model_dir(args.model):
         return input_shape_of(args.model)  # type: ignore[return-value]
-    if args.input_size < 1:
+    if args.input_size is not None and args.input_size < 1:
         raise EdgepruneError(f"--input-size must be positive, got {args.input_size}")
-    return (args.in_channels, args.input_size, args.input_size)
+    if args.model.lower().endswith(".onnx") and args.input_size is None:
+        return None  # the file's own input size
+    return (args.in_channels, args.input_size or 32, args.input_size or 32)
 
 
 def _load_model(args: argparse.Namespace):  # noqa: ANN202 - returns nn.Module
@@ -89,9 +97,10 @@ def add_profile(sub: argparse._SubParsersAction) -> None:
         help="per-layer parameters, FLOPs and memory, and which layers are prunable",
         description="Complexity profile (fp32, batch 1): per layer and in total, parameters, FLOPs (one "
         "multiply-add counted once, i.e. MACs) and memory (4 bytes x (parameters + output feature map)), "
-        "each layer's share of each, and the channel groups that prune together.",
+        "each layer's share of each, and the channel groups that prune together. An .onnx file is counted "
+        "from its graph (Conv, Gemm and MatMul layers; no channel groups).",
     )
-    _model_args(p)
+    _model_args(p, onnx=True)
     p.add_argument("--json", action="store_true", help="print JSON (per-layer rows, groups and a 'total' object)")
     p.add_argument(
         "--plot", metavar="FILE.png", help="also save a bar chart of per-layer shares (like the paper's Fig. 1)"
@@ -101,16 +110,22 @@ def add_profile(sub: argparse._SubParsersAction) -> None:
 
 def cmd_profile(args: argparse.Namespace) -> None:
     """Print a model's complexity profile."""
-    from edgeprune.complexity import profile
+    from edgeprune.complexity import onnx_profile, profile
     from edgeprune.report import profile_table
 
-    model = _load_model(args)
-    prof = profile(model, _input_shape(args), prune_residual=args.prune_residual)
+    if args.model.lower().endswith(".onnx"):
+        if not Path(args.model).is_file():
+            raise EdgepruneError(f"{args.model}: no such file")
+        prof = onnx_profile(args.model, _input_shape(args))
+    else:
+        prof = profile(_load_model(args), _input_shape(args), prune_residual=args.prune_residual)
     if args.plot:
         from edgeprune.plots import plot_shares
 
         plot_shares(prof, args.plot, f"{args.model}: per-layer share of complexity")
     print(json.dumps(prof.to_dict(), indent=2) if args.json else profile_table(prof))
+    if not args.json and not prof.groups:
+        print("counted from the ONNX graph: a BatchNorm folded into a conv counts as its bias; prunable: unknown")
 
 
 # -- prune ------------------------------------------------------------------------------------
@@ -206,11 +221,13 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         "checked .onnx), each in a fresh process: latency (median, p90, mean) of --runs random inputs after "
         "--warmup, CPU utilisation (process CPU time / wall time, % of one core), resident memory (peak, and "
         "increase over the pre-model baseline), model size on disk, and the energy estimate per inference "
-        "(45 nm, Horowitz 2014: 4.6 pJ per multiply-add + 640 pJ per 32-bit DRAM word moved).",
+        "(45 nm, Horowitz 2014: 4.6 pJ per multiply-add + 640 pJ per 32-bit DRAM word moved). An .onnx "
+        "file runs on onnxruntime as it is, its complexity counted from its graph.",
     )
-    _model_args(p)
-    p.add_argument("--backends", nargs="+", default=list(BACKENDS), metavar="NAME",
-                   help=f"backends to measure: {', '.join(BACKENDS)} (default: both)")  # fmt: skip
+    _model_args(p, onnx=True)
+    p.add_argument("--backends", nargs="+", default=None, metavar="NAME",
+                   help=f"backends to measure: {', '.join(BACKENDS)} (default: both; onnxruntime for an .onnx "
+                   "file)")  # fmt: skip
     p.add_argument("--runs", type=int, default=100, help="timed inferences (default 100)")
     p.add_argument("--warmup", type=int, default=10, help="untimed inferences first (default 10)")
     p.add_argument("--batch-size", type=int, default=1, help="inputs per inference (default 1)")

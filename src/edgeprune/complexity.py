@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -203,3 +204,103 @@ def profile(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32), prune_
     prof.groups = find_groups(build_graph(model, example), model, prof, prune_residual=prune_residual)
     prof.prunable = {name: g.prunable for g in prof.groups for name in g.out_layers}
     return prof
+
+
+# -- ONNX files -------------------------------------------------------------------------------
+
+
+def onnx_profile(path: str | Path, input_shape: tuple[int, ...] | None = None) -> Profile:
+    """Complexity profile of an ONNX file from its graph: Conv, Gemm and MatMul layers with the SPEC formulas.
+
+    ``input_shape`` (no batch dim) fills or checks the graph input's dims. A BatchNorm folded into
+    a conv by the exporter counts as that conv's bias (C_out values, not 2 * C_out); one still in
+    the graph counts its two affine vectors, as in ``profile``.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # onnx raises DecodeError, OSError, ValueError... for a bad file
+        raise EdgepruneError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+    graph = model.graph
+    stored = {t.name: tuple(t.dims) for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in stored]
+    if len(inputs) != 1:
+        raise EdgepruneError(f"{path}: has {len(inputs)} inputs; only single-input models can be measured")
+    shape = _fix_input(path, inputs[0], input_shape)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+    except Exception as e:  # InferenceError names the failing node
+        raise EdgepruneError(f"{path}: shape inference failed: {str(e).splitlines()[0]}") from None
+    shapes = dict(stored)
+    for value in [*inferred.value_info, *inferred.input, *inferred.output]:
+        shapes[value.name] = tuple(d.dim_value for d in value.type.tensor_type.shape.dim)
+    constants = set(stored)
+    for node in graph.node:  # weights can also come from Constant nodes, or through Identity nodes
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            shapes[node.output[0]] = tuple(node.attribute[0].t.dims)
+            constants.add(node.output[0])
+        elif node.op_type == "Identity" and node.input[0] in constants:
+            constants.add(node.output[0])
+    layers = _onnx_layers(path, graph, shapes, constants)
+    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    stats = {n.input[i] for n in graph.node if n.op_type == "BatchNormalization" for i in (3, 4) if i < len(n.input)}
+    weights = sum(math.prod(t.dims) for t in graph.initializer if t.data_type in float_types and t.name not in stats)
+    attributed = sum(layer.params for layer in layers)
+    return Profile(layers, shape, other_params=max(weights - attributed, 0))
+
+
+def _fix_input(path: str | Path, value: object, input_shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Set the graph input to batch 1 and ``input_shape`` (checked against its static dims)."""
+    dims = value.type.tensor_type.shape.dim  # type: ignore[attr-defined]
+    declared = [d.dim_value if d.HasField("dim_value") else None for d in dims][1:]
+    shown = "x".join(str(d or "?") for d in declared)
+    if input_shape is None:
+        if None in declared or not declared:
+            raise EdgepruneError(f"{path}: the input's size is not fixed ({shown}); give it (--input-size)")
+        input_shape = tuple(declared)  # type: ignore[arg-type]
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) != len(declared) or any(d not in (None, s) for d, s in zip(declared, input_shape)):
+        wanted = "x".join(map(str, input_shape))
+        raise EdgepruneError(f"{path}: the model takes {shown} inputs, not {wanted}")
+    for dim, size in zip(dims, (1, *input_shape)):
+        dim.dim_value = size  # clears a symbolic dim_param too
+    return input_shape
+
+
+def _onnx_layers(path: str | Path, graph: object, shapes: dict, constants: set[str]) -> list[LayerShape]:
+    """LayerShapes of a graph's Conv, Gemm and constant-weight MatMul nodes; a BatchNorm after one is its ``bn``."""
+    layers: list[LayerShape] = []
+    by_output: dict[str, int] = {}
+
+    def dims(name: str, node: object) -> tuple[int, ...]:
+        found = shapes.get(name)
+        if not found or 0 in found:
+            raise EdgepruneError(f"{path}: cannot read the shape of '{name}' (node {node.name or node.op_type})")
+        return found
+
+    for node in graph.node:  # type: ignore[attr-defined]
+        attrs = {a.name: a for a in node.attribute}
+        name = node.name or node.output[0]
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        if node.op_type == "Conv":
+            w, out = dims(node.input[1], node), dims(node.output[0], node)
+            groups = attrs["group"].i if "group" in attrs else 1
+            layer = LayerShape(name, "conv", w[1] * groups, w[0], groups, _prod(w[2:]), _prod(out[2:]), has_bias)
+        elif node.op_type == "Gemm" or (node.op_type == "MatMul" and node.input[1] in constants):
+            w, out = dims(node.input[1], node), dims(node.output[0], node)
+            if len(w) != 2:
+                continue  # a batched MatMul of two activations has no weights
+            transposed = node.op_type == "Gemm" and "transB" in attrs and attrs["transB"].i == 1
+            c_in, c_out = (w[1], w[0]) if transposed else (w[0], w[1])
+            layer = LayerShape(name, "linear", c_in, c_out, spatial=_prod(out[1:-1]), bias=has_bias)
+        elif node.op_type == "BatchNormalization" and node.input[0] in by_output:
+            i = by_output[node.input[0]]
+            if layers[i].bn is None and layers[i].c_out == dims(node.input[1], node)[0]:
+                layers[i] = replace(layers[i], bn=name)
+            continue
+        else:
+            continue
+        by_output[node.output[0]] = len(layers)
+        layers.append(layer)
+    return layers

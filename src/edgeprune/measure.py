@@ -138,6 +138,7 @@ class Prepared:
     energy: dict
     onnx: Path | None = None
     export: dict | None = None
+    counted_from: str = "the PyTorch model"
 
     def file_for(self, backend: str) -> Path:
         """The model file a backend loads: the folder for torch, the .onnx file for onnxruntime."""
@@ -170,6 +171,8 @@ def prepare(
     from edgeprune.io import input_shape_of, is_model_dir, load, resolve_model, save
 
     backends = check_backends(tuple(backends))
+    if is_onnx_path(model_or_dir):
+        return _prepare_onnx(Path(model_or_dir), backends, input_shape, pad_to)
     workdir = Path(workdir)
     if isinstance(model_or_dir, nn.Module):
         model, folder = model_or_dir, None
@@ -204,6 +207,34 @@ def prepare(
     if isinstance(model_or_dir, nn.Module):
         model_or_dir.train(was_training)  # leave the caller's module as it was
     return prepared
+
+
+def is_onnx_path(source: Any) -> bool:
+    """True when ``source`` names an .onnx file (measured as it is, on onnxruntime)."""
+    return isinstance(source, (str, Path)) and str(source).lower().endswith(".onnx")
+
+
+def default_backends(source: Any) -> tuple[str, ...]:
+    """The backends that can run ``source``: onnxruntime alone for an .onnx file, else all."""
+    return ("onnxruntime",) if is_onnx_path(source) else BACKENDS
+
+
+def _prepare_onnx(
+    path: Path, backends: tuple[str, ...], input_shape: tuple[int, ...] | None, pad_to: int | None
+) -> Prepared:
+    """An .onnx file made ready for onnxruntime: its complexity counted from its graph, nothing written."""
+    from edgeprune.complexity import onnx_profile
+
+    if not path.is_file():
+        raise _error(f"{path}: no such file")
+    if "torch" in backends:
+        raise _error(f"{path}: an .onnx file runs on onnxruntime only (--backends onnxruntime)")
+    if pad_to:
+        raise _error(f"{path}: --pad-channels needs a model folder or a zoo name, not an .onnx file")
+    prof = onnx_profile(path, input_shape)
+    totals = prof.totals()
+    where = "the ONNX graph (a BatchNorm folded into a conv counts as its bias)"
+    return Prepared(str(path), path.parent, prof.input_shape, totals, energy_estimate(totals), path, None, where)
 
 
 def _run_worker(job: dict, threads: int) -> dict:
@@ -298,6 +329,7 @@ def measure_prepared(
             **prepared.totals,
             "conventions": "fp32, batch 1; flops = multiply-adds counted once (MACs); "
             "memory_bytes = 4 B x (params + output maps)",
+            "counted_from": prepared.counted_from,
         },
         "energy": prepared.energy,
         "machine": machine_info(),
@@ -317,7 +349,7 @@ def measure_prepared(
         job.update(interleaved=False, models={"model": str(prepared.file_for(backend))})
         result = _run_worker(job, threads)["model"]
         result["size"] = prepared.size(backend)
-        if backend == "onnxruntime":
+        if backend == "onnxruntime" and prepared.export is not None:
             result["export"] = prepared.export
         out["backends"][backend] = result
     return out
@@ -325,7 +357,7 @@ def measure_prepared(
 
 def bench(
     model_or_dir: Any,
-    backends: tuple[str, ...] | list[str] = BACKENDS,
+    backends: tuple[str, ...] | list[str] | None = None,
     runs: int = 100,
     warmup: int = 10,
     batch_size: int = 1,
@@ -339,11 +371,14 @@ def bench(
 ) -> dict:
     """Measure latency, CPU, RSS, size on disk and estimated energy of a model on each backend.
 
+    ``model_or_dir``: a zoo name, a model folder, an ``nn.Module`` or an .onnx file (onnxruntime
+    only; its complexity is counted from the graph). ``backends=None`` means all that can run it.
+
     ``spin=False`` makes idle worker threads sleep at once (torch: ``OMP_WAIT_POLICY=PASSIVE``;
     onnxruntime: ``session.intra_op.allow_spinning=0``) instead of busy-waiting: on a machine shared
     with other work, spinning threads steal the cores the busy ones need and latency can grow tenfold.
     """
-    backends = check_backends(backends)
+    backends = check_backends(default_backends(model_or_dir) if backends is None else backends)
     _check_positive(runs=runs, warmup=warmup, batch_size=batch_size, threads=threads, pad_to=pad_to)
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp:
         prepared = prepare(model_or_dir, tmp, backends, input_shape, num_classes, in_channels, pad_to)
@@ -434,11 +469,13 @@ def bench_table(result: dict) -> str:
         "CPU % = process CPU time of all threads / wall time of the timed loop; RSS peak = process "
         "high-water mark; RSS + = peak minus the RSS before the model was loaded"
     )
+    source = c.get("counted_from", "the PyTorch model")
+    counted = [] if source == "the PyTorch model" else [f"complexity counted from {source}"]
     export = [
         f"onnx export: {b['export']['exporter']}, opset {b['export']['opset']}, max |onnx - torch| = "
         f"{b['export']['check']['max_abs_diff']:.2e}"
         for b in result["backends"].values()
-        if "export" in b
+        if b.get("export")
     ]
     m = result.get("machine", {})
     busy = []
@@ -447,7 +484,7 @@ def bench_table(result: dict) -> str:
             f"note: load average {m['load_average_1m']:.1f} on {m['usable_cores']} cores when measured: other "
             "processes shared the CPU, so latencies are noisy (try --no-spin or --threads 1)"
         ]
-    return "\n".join([head, "", table(headers, rows), "", energy, notes, *export, *busy])
+    return "\n".join([head, "", table(headers, rows), "", energy, notes, *counted, *export, *busy])
 
 
 # -- the measuring process --------------------------------------------------------------------
@@ -620,6 +657,7 @@ __all__ = [
     "bench",
     "bench_table",
     "check_backends",
+    "default_backends",
     "energy_estimate",
     "latency_interleaved",
     "latency_stats",

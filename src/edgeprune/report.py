@@ -40,7 +40,7 @@ def profile_table(prof: Profile) -> str:
     rows = []
     for layer in prof.layers:
         g = group_of.get(layer.name)
-        status = ("yes" if g.prunable else f"no ({g.reason})") if g else "no"
+        status = ("yes" if g.prunable else f"no ({g.reason})") if g else ("no" if prof.groups else "-")
         shape = f"{layer.c_in}->{layer.c_out}" + (f" g{layer.groups}" if layer.groups > 1 else "")
         rows.append(
             [layer.name, layer.kind, shape]
