@@ -37,12 +37,13 @@ def _model_args(p: argparse.ArgumentParser, onnx: bool = False) -> None:
 
 def _input_shape(args: argparse.Namespace) -> tuple[int, int, int] | None:
     from edgeprune.io import input_shape_of, is_model_dir
+    from edgeprune.measure import is_onnx_path  # light: no torch import
 
     if is_model_dir(args.model):
         return input_shape_of(args.model)  # type: ignore[return-value]
     if args.input_size is not None and args.input_size < 1:
         raise EdgepruneError(f"--input-size must be positive, got {args.input_size}")
-    if args.model.lower().endswith(".onnx") and args.input_size is None:
+    if is_onnx_path(args.model) and args.input_size is None:
         return None  # the file's own input size
     return (args.in_channels, args.input_size or 32, args.input_size or 32)
 
@@ -111,11 +112,11 @@ def add_profile(sub: argparse._SubParsersAction) -> None:
 def cmd_profile(args: argparse.Namespace) -> None:
     """Print a model's complexity profile."""
     from edgeprune.complexity import onnx_profile, profile
+    from edgeprune.measure import is_onnx_path
     from edgeprune.report import profile_table
 
-    if args.model.lower().endswith(".onnx"):
-        if not Path(args.model).is_file():
-            raise EdgepruneError(f"{args.model}: no such file")
+    from_onnx = is_onnx_path(args.model)
+    if from_onnx:
         prof = onnx_profile(args.model, _input_shape(args))
     else:
         prof = profile(_load_model(args), _input_shape(args), prune_residual=args.prune_residual)
@@ -124,7 +125,7 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
         plot_shares(prof, args.plot, f"{args.model}: per-layer share of complexity")
     print(json.dumps(prof.to_dict(), indent=2) if args.json else profile_table(prof))
-    if not args.json and not prof.groups:
+    if from_onnx and not args.json:
         print("counted from the ONNX graph: a BatchNorm folded into a conv counts as its bias; prunable: unknown")
 
 

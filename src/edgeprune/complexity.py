@@ -218,6 +218,8 @@ def onnx_profile(path: str | Path, input_shape: tuple[int, ...] | None = None) -
     """
     import onnx
 
+    if not Path(path).is_file():
+        raise EdgepruneError(f"{path}: no such file")
     try:
         model = onnx.load(str(path))
     except Exception as e:  # onnx raises DecodeError, OSError, ValueError... for a bad file

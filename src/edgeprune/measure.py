@@ -225,8 +225,6 @@ def _prepare_onnx(
     """An .onnx file made ready for onnxruntime: its complexity counted from its graph, nothing written."""
     from edgeprune.complexity import onnx_profile
 
-    if not path.is_file():
-        raise _error(f"{path}: no such file")
     if "torch" in backends:
         raise _error(f"{path}: an .onnx file runs on onnxruntime only (--backends onnxruntime)")
     if pad_to:
