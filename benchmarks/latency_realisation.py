@@ -36,9 +36,8 @@ from pathlib import Path
 import torch
 
 import edgeprune
-from edgeprune.complexity import profile
 from edgeprune.export import pad_channels
-from edgeprune.graph import build_graph, cut
+from edgeprune.graph import build_graph, cut, profile
 from edgeprune.measure import default_threads, latency_interleaved, machine_info, prepare
 from edgeprune.pruning import make_plan, prune
 from edgeprune.report import table

@@ -25,7 +25,7 @@ import torch
 import torch_pruning as tp
 
 import edgeprune
-from edgeprune.complexity import record_shapes
+from edgeprune.trace import record_shapes
 
 
 def run_edgeprune(target: float) -> tuple[float, int, int]:

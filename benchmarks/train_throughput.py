@@ -81,7 +81,7 @@ def models(names: list[str]) -> list[tuple[str, nn.Module]]:
         if name == "tiny":
             out.append((name, edgeprune.create("tiny")))
         elif name == "tiny-w16":
-            out.append((name, edgeprune.create("tiny", width=16)))
+            out.append((name, edgeprune.create("tiny", channels=16)))
         elif name == "vgg16":
             out.append((name, edgeprune.create("vgg16")))
         elif name == "vgg16-fa50":

@@ -27,3 +27,11 @@ def cache(shared_cache, monkeypatch):
     """Every test reads and writes the session's cache."""
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(shared_cache))
     return shared_cache
+
+
+@pytest.fixture(autouse=True)
+def trust_list(tmp_path_factory, monkeypatch):
+    """Every test keeps its own trust list of user-code model references, never the user's real one."""
+    path = tmp_path_factory.mktemp("edgeprune-config")
+    monkeypatch.setenv("EDGEPRUNE_CONFIG", str(path))
+    return path

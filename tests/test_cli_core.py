@@ -131,7 +131,9 @@ def saved(tmp_path):
             "shape",
         ),
         (
-            lambda d: (d / "model.json").write_text((d / "model.json").read_text().replace('"tiny"', '"vgg16"')),
+            lambda d: (d / "model.json").write_text(
+                (d / "model.json").read_text().replace('"zoo:tiny"', '"zoo:vgg16"')
+            ),
             "do not match",
         ),
     ],

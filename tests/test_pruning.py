@@ -5,12 +5,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 import edgeprune
-from edgeprune.complexity import record_shapes
 from edgeprune.errors import EdgepruneError
 from edgeprune.models import list_models
 from edgeprune.pruning import parse_target
+from edgeprune.trace import record_shapes
 
 KEY = {"params": "params", "flops": "flops", "memory": "memory_bytes"}
 
@@ -174,3 +175,71 @@ def test_bad_arguments_raise_one_line_errors(kwargs, match):
     with pytest.raises(EdgepruneError, match=match) as info:
         edgeprune.prune(edgeprune.create("tiny"), **args)
     assert "\n" not in str(info.value)
+
+
+class _Grouped(nn.Module):
+    """1x1 -> grouped 3x3 (4 groups) with GroupNorm(4) -> 1x1 -> head: every middle group is cut in 4 aligned blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 32, 1)
+        self.b = nn.Conv2d(32, 32, 3, padding=1, groups=4)
+        self.gn = nn.GroupNorm(4, 32)
+        self.c = nn.Conv2d(32, 16, 1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.c(torch.relu(self.gn(self.b(torch.relu(self.a(x))))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_grouped_conv_and_groupnorm_are_cut_in_aligned_blocks():
+    model = _Grouped()
+    prof = edgeprune.profile(model, (3, 8, 8))
+    units = {g.name: g.unit for g in prof.groups}
+    assert units == {"a": 4, "b": 4, "c": 1, "head": 1}
+    assert prof.by_name()["b"].bn == "gn"  # GroupNorm's affine vectors are counted with the grouped conv
+    group = next(g for g in prof.groups if g.name == "b")
+    assert group.slots == 8 and group.channels([0, 7]) == [0, 7, 8, 15, 16, 23, 24, 31]
+    result = edgeprune.prune(model, "flops", 0.4, input_shape=(3, 8, 8), seed=3)
+    b, gn = result.model.b, result.model.gn
+    assert b.groups == 4 and b.in_channels % 4 == 0 and b.out_channels % 4 == 0 and gn.num_channels == b.out_channels
+    after = edgeprune.profile(result.model, (3, 8, 8)).totals()["flops"]
+    assert after == result.plan.after.total("flops") <= result.plan.target
+    # Kept channels are the same positions in every block: a group's kept list is closed under the block shift.
+    for g in result.plan.groups:
+        kept, block = set(result.plan.keep[g.name]), g.slots
+        assert all((c + block) % g.width in kept for c in kept)
+
+
+class _Sliced(nn.Module):
+    """A conv whose first 8 channels are sliced off in forward: its sizes are written in the code."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        y = torch.cat([self.b(x[:, :8]), x[:, 8:]], 1)
+        return self.head(y.mean((2, 3)))
+
+
+def test_a_group_torch_pruning_cannot_cut_is_left_out_with_a_reason():
+    # Torch-Pruning couples the slice wrongly; the probe cut finds it, so the plan never offers the group.
+    prof = edgeprune.profile(_Sliced(), (3, 8, 8))
+    group = next(g for g in prof.groups if g.name == "a")
+    assert not group.prunable and group.reason.startswith("cannot be cut")
+    with pytest.raises(EdgepruneError, match="unreachable"):
+        edgeprune.prune(_Sliced(), "flops", 0.5, input_shape=(3, 8, 8))
+
+
+def test_keep_protects_a_layer_and_names_an_unknown_one():
+    model = edgeprune.create("tiny")
+    result = edgeprune.prune(model, "flops", 0.5, keep=["features.4"])
+    assert result.model.features[4].out_channels == model.features[4].out_channels
+    assert result.plan.settings["keep"] == ["features.4"]
+    with pytest.raises(EdgepruneError, match="--keep nope"):
+        edgeprune.prune(model, "flops", 0.5, keep=["nope"])

@@ -54,7 +54,7 @@ def mini(shared_cache):
 
 def small_model(seed=0, **kwargs):
     torch.manual_seed(seed)
-    return edgeprune.create("tiny", width=4, **kwargs)
+    return edgeprune.create("tiny", channels=4, **kwargs)
 
 
 def quick(**kwargs):
@@ -205,7 +205,7 @@ def test_killed_process_resumes_to_the_same_weights(mini, tmp_path, shared_cache
         "from edgeprune.train import TrainConfig, train\n"
         f"d = load_dataset({str(MINI)!r}, limit_train=192, limit_test=64)\n"
         "torch.manual_seed(0)\n"
-        "m = edgeprune.create('tiny', width=4)\n"
+        "m = edgeprune.create('tiny', channels=4)\n"
         "def slow(r):\n"
         "    import time; time.sleep(30)\n"  # after each checkpoint: plenty of time to be killed
         f"train(m, d, TrainConfig(epochs=4, batch_size=32, seed=0), out_dir={str(tmp_path / 'run')!r},"

@@ -1,7 +1,8 @@
 """edgeprune: complexity-driven CNN compression for edge devices."""
 
-from edgeprune.complexity import Profile, profile
+from edgeprune.complexity import Profile
 from edgeprune.errors import EdgepruneError
+from edgeprune.graph import profile
 from edgeprune.io import load, save
 from edgeprune.models import create, list_models
 from edgeprune.pruning import PruneResult, prune

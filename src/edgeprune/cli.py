@@ -20,38 +20,99 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _model_args(p: argparse.ArgumentParser, onnx: bool = False) -> None:
-    also = ", or an .onnx file from any exporter" if onnx else ""
+_MODEL_HELP = (
+    "the model: a zoo name (see 'edgeprune models'), a model folder written by edgeprune, or your own code as "
+    "package.module:factory or path/to/file.py:factory (a function or class that returns an nn.Module: edgeprune "
+    "imports and runs the code you name, as torch.hub and uvicorn's module:app do)"
+)
+_WIDTH_HELP = (
+    "the zoo's width multiplier: every conv and hidden linear layer at round(width x channels) (default 1); a "
+    "factory with a width parameter gets it"
+)
+
+
+def _code_args(p: argparse.ArgumentParser, zoo_sizes: bool = True) -> None:
+    """The options of a model argument that may name user code: its arguments, and vouching for a folder's code."""
     p.add_argument(
-        "model", help=f"a zoo model name (see 'edgeprune models') or a model folder written by edgeprune{also}"
+        "--model-args",
+        metavar="JSON",
+        default=None,
+        help="keyword arguments of the factory (or zoo model) as a JSON object, e.g. '{\"num_classes\": 100}'",
     )
-    p.add_argument("--num-classes", type=int, default=10, help="classes of a zoo model built by name (default 10)")
-    p.add_argument("--in-channels", type=int, default=3, help="input channels of a zoo model built by name (default 3)")
+    if zoo_sizes:
+        p.add_argument(
+            "--num-classes",
+            type=int,
+            default=None,
+            help="classes of a zoo model (default 10), or of a factory with a num_classes parameter",
+        )
+        p.add_argument(
+            "--in-channels",
+            type=int,
+            default=None,
+            help="input channels (default 3 for a zoo model, else the first conv's); also given to a factory "
+            "with an in_channels parameter",
+        )
+    p.add_argument("--width", type=float, default=None, help=_WIDTH_HELP)
+    p.add_argument(
+        "--model",
+        dest="vouch",
+        metavar="REF",
+        default=None,
+        help="for a model folder built by your code: name its builder (package.module:factory or file.py:factory) "
+        "to vouch for that code, or to point at a file that moved",
+    )
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="run a model folder's code builder although you never named it on this machine (a folder cannot "
+        "vouch for itself: without this, such a folder is refused)",
+    )
+    p.add_argument(
+        "--allow-changed-code",
+        action="store_true",
+        help="load a model folder whose file.py builder changed since the model was saved",
+    )
+
+
+def _model_args(p: argparse.ArgumentParser, onnx: bool = False) -> None:
+    also = "; or an .onnx file from any exporter" if onnx else ""
+    p.add_argument("model", help=_MODEL_HELP + also)
     p.add_argument(
         "--input-size",
         type=int,
         default=None,
-        help="input height and width in pixels for complexity (default 32, or the size an .onnx file declares)",
+        help="input height and width in pixels (default 32, the size a model folder or an .onnx file records)",
     )
+    _code_args(p)
 
 
-def _input_shape(args: argparse.Namespace) -> tuple[int, int, int] | None:
-    from edgeprune.io import input_shape_of, is_model_dir
-    from edgeprune.measure import is_onnx_path  # light: no torch import
+def _model_ref(args: argparse.Namespace, **overrides: object):  # noqa: ANN202 - returns edgeprune.io.ModelRef
+    """The model a command names, with its options; the library decides what it is (folder or reference)."""
+    from edgeprune.builders import parse_model_args
+    from edgeprune.io import ModelRef
 
-    if is_model_dir(args.model):
-        return input_shape_of(args.model)  # type: ignore[return-value]
-    if args.input_size is not None and args.input_size < 1:
+    fields = {
+        "model_args": parse_model_args(args.model_args),
+        "num_classes": getattr(args, "num_classes", None),
+        "in_channels": getattr(args, "in_channels", None),
+        "width": args.width,
+        "input_size": getattr(args, "input_size", None),
+        "trust_code": args.trust_code,
+        "allow_changed": args.allow_changed_code,
+        "builder": args.vouch,
+        **overrides,
+    }
+    return ModelRef(args.model, **fields)
+
+
+def _onnx_shape(args: argparse.Namespace) -> tuple[int, int, int] | None:
+    """The input shape for an .onnx file: its own unless --input-size is given."""
+    if args.input_size is None:
+        return None
+    if args.input_size < 1:
         raise EdgepruneError(f"--input-size must be positive, got {args.input_size}")
-    if is_onnx_path(args.model) and args.input_size is None:
-        return None  # the file's own input size
-    return (args.in_channels, args.input_size or 32, args.input_size or 32)
-
-
-def _load_model(args: argparse.Namespace):  # noqa: ANN202 - returns nn.Module
-    from edgeprune.io import resolve_model
-
-    return resolve_model(args.model, args.num_classes, args.in_channels)
+    return (args.in_channels or 3, args.input_size, args.input_size)
 
 
 def prepare_out_dir(out: str, force: bool) -> Path:
@@ -70,6 +131,9 @@ def prepare_out_dir(out: str, force: bool) -> Path:
     if not os.access(path, os.W_OK):
         raise EdgepruneError(f"--out {out}: folder is not writable")
     return path
+
+
+_KEEP_HELP = "never prune this layer's filters (repeatable); the output layers are always kept"
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -107,19 +171,24 @@ def add_profile(sub: argparse._SubParsersAction) -> None:
         "--plot", metavar="FILE.png", help="also save a bar chart of per-layer shares (like the paper's Fig. 1)"
     )
     p.add_argument("--prune-residual", action="store_true", help="count residual-tied channel groups as prunable")
+    p.add_argument("--keep", action="append", default=[], metavar="LAYER", help=_KEEP_HELP)
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
     """Print a model's complexity profile."""
-    from edgeprune.complexity import onnx_profile, profile
+    from edgeprune.graph import profile
     from edgeprune.measure import is_onnx_path
+    from edgeprune.onnx_graph import onnx_profile
     from edgeprune.report import profile_table
 
     from_onnx = is_onnx_path(args.model)
     if from_onnx:
-        prof = onnx_profile(args.model, _input_shape(args))
+        prof = onnx_profile(args.model, _onnx_shape(args))
     else:
-        prof = profile(_load_model(args), _input_shape(args), prune_residual=args.prune_residual)
+        from edgeprune.io import resolve
+
+        resolved = resolve(_model_ref(args))
+        prof = profile(resolved.model, resolved.input_shape, prune_residual=args.prune_residual, keep=args.keep)
     if args.plot:
         from edgeprune.plots import plot_shares
 
@@ -167,6 +236,7 @@ def add_prune(sub: argparse._SubParsersAction) -> None:
         "(Algorithm 1 with an unweighted lottery), or ratio (the same fraction of every layer: width scaling)",
     )
     p.add_argument("--prune-residual", action="store_true", help="also prune channels tied to residual additions")
+    p.add_argument("--keep", action="append", default=[], metavar="LAYER", help=_KEEP_HELP)
     p.add_argument("--out", required=True, help="folder for model.json, model.safetensors and report.json")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing its files")
     p.add_argument("--json", action="store_true", help="print report.json instead of the table")
@@ -174,7 +244,7 @@ def add_prune(sub: argparse._SubParsersAction) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> None:
     """Prune, save and report."""
-    from edgeprune.io import save, write_json
+    from edgeprune.io import resolve, save, write_json
     from edgeprune.pruning import prune
     from edgeprune.report import prune_summary
 
@@ -184,13 +254,13 @@ def cmd_prune(args: argparse.Namespace) -> None:
         )
     import torch
 
-    torch.manual_seed(args.seed)  # a zoo model's initial weights come from the same seed as the pruning
-    model = _load_model(args)
-    shape = _input_shape(args)
+    torch.manual_seed(args.seed)  # a built model's initial weights come from the same seed as the pruning
+    resolved = resolve(_model_ref(args))
+    model, shape = resolved.model, resolved.input_shape
     out = prepare_out_dir(args.out, args.force)
     result = prune(
         model, args.mode, args.target, args.step, args.seed, args.criterion, input_shape=shape,
-        min_filters=args.min_filters, prune_residual=args.prune_residual, selection=args.selection,
+        min_filters=args.min_filters, prune_residual=args.prune_residual, selection=args.selection, keep=args.keep,
     )  # fmt: skip
     report = result.report()
     report["source"] = args.model
@@ -240,12 +310,13 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     """Measure a model on the CPU."""
-    from edgeprune.measure import bench, bench_table
+    from edgeprune.measure import bench, bench_table, is_onnx_path
 
+    onnx = is_onnx_path(args.model)
     result = bench(
-        args.model, args.backends, args.runs, args.warmup, args.batch_size, args.threads,
-        input_shape=_input_shape(args), num_classes=args.num_classes, in_channels=args.in_channels,
-        pad_to=args.pad_channels, spin=not args.no_spin,
+        args.model if onnx else _model_ref(args), args.backends, args.runs, args.warmup, args.batch_size,
+        args.threads, input_shape=_onnx_shape(args) if onnx else None, pad_to=args.pad_channels,
+        spin=not args.no_spin,
     )  # fmt: skip
     print(json.dumps(result, indent=2) if args.json else bench_table(result))
 
@@ -273,7 +344,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from edgeprune.export import export_onnx
 
     info = export_onnx(
-        _load_model(args), args.onnx, _input_shape(args), args.opset, args.exporter, args.atol, pad_to=args.pad_channels
+        _model_ref(args), args.onnx, None, args.opset, args.exporter, args.atol, pad_to=args.pad_channels
     )
     if args.json:
         print(json.dumps(info, indent=2))
@@ -330,12 +401,12 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     if args.threads is not None and args.threads < 1:
         raise EdgepruneError(f"--threads must be positive, got {args.threads}")
-    shape = _input_shape(args)
+    ref = _model_ref(args)
     out = prepare_out_dir(args.out, args.force)
     sweep(
-        args.model, out, args.modes, args.targets, args.seeds, args.backends, args.runs, args.warmup, args.threads,
-        args.step, args.epochs, args.data, args.y, args.num_classes, args.in_channels, shape, spin=not args.no_spin,
-        limit_train=args.limit_train, limit_test=args.limit_test,
+        ref, out, args.modes, args.targets, args.seeds, args.backends, args.runs, args.warmup, args.threads,
+        args.step, args.epochs, args.data, args.y, spin=not args.no_spin, limit_train=args.limit_train,
+        limit_test=args.limit_test,
     )  # fmt: skip
 
 
@@ -347,12 +418,15 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a (pruned) model on an image data set, with checkpoints and --resume",
-        description="Train a model folder written by 'edgeprune prune' (or a zoo model by name) on an image data "
-        "set held in memory: random crop (4-pixel padding) and flip, SGD with Nesterov momentum and a one-cycle "
-        "schedule (or RMSprop, lr 1e-3, as in the paper), label smoothing, test accuracy every epoch. Writes a "
-        "checkpoint after every epoch, metrics.jsonl, train.json and the trained model.json + model.safetensors.",
+        description="Train a model folder written by 'edgeprune prune' (or a model built from a zoo name or your "
+        "own factory, sized for the data set's classes and channels) on an image data set held in memory: random "
+        "crop (4-pixel padding) and flip, SGD with Nesterov momentum and a one-cycle schedule (or RMSprop, lr 1e-3, "
+        "as in the paper), label smoothing, test accuracy every epoch. Classification models only: the output must "
+        "be (N, classes). Writes a checkpoint after every epoch, metrics.jsonl, train.json and the trained "
+        "model.json + model.safetensors.",
     )
-    p.add_argument("model", help="a model folder (model.json + model.safetensors) or a zoo model name")
+    p.add_argument("model", help=_MODEL_HELP)
+    _code_args(p, zoo_sizes=False)
     p.add_argument(
         "--data",
         metavar="PATH",
@@ -400,7 +474,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--limit-test", metavar="N", default=None, help="use only this many test images (stratified subset)")
     p.add_argument(
-        "--out", metavar="DIR", help="output folder (default: the model folder itself; required for a zoo model name)"
+        "--out", metavar="DIR", help="output folder (default: the model folder itself; required for a reference)"
     )
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
@@ -429,8 +503,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
     from edgeprune.data import load_dataset
-    from edgeprune.io import input_shape_of, is_model_dir, load
-    from edgeprune.models import create, list_models
+    from edgeprune.io import classify, resolve_for_data
     from edgeprune.train import TrainConfig, train
 
     config = TrainConfig(
@@ -450,36 +523,23 @@ def cmd_train(args: argparse.Namespace) -> None:
     limit_train = _parse_number(args.limit_train, "--limit-train", int, 1)
     limit_test = _parse_number(args.limit_test, "--limit-test", int, 1)
     threads = _parse_number(args.threads, "--threads", int, 1)
-    model_dir = is_model_dir(args.model)
-    if not model_dir:
-        if Path(args.model).exists():
-            raise EdgepruneError(f"{args.model}: not a model folder (no model.json)")
-        if args.model not in list_models():
-            raise EdgepruneError(
-                f"unknown model '{args.model}'; choose a model folder or one of: {', '.join(list_models())}"
-            )
-        if not args.out:
-            raise EdgepruneError("--out is required when training a zoo model by name")
+    ref = _model_ref(args)
+    named = classify(args.model)  # None for a model folder; checked before the data set loads, runs no code
+    model_dir = named is None
+    if named is not None and not args.out:
+        what = f"a model built by {named.short}" if named.is_code else "a zoo model by name"
+        raise EdgepruneError(f"--out is required when training {what}")
     out = Path(args.out) if args.out else Path(args.model)
     if args.out and not (model_dir and out.resolve() == Path(args.model).resolve()):
         out = Path(args.out) if args.resume else prepare_out_dir(args.out, args.force)
     data = load_dataset(args.data, limit_train, limit_test, progress=not args.quiet)
     print(data.summary(), flush=True)
-    if model_dir:
-        shape = tuple(input_shape_of(args.model))
-        if shape != data.input_shape():
-            raise EdgepruneError(
-                f"{args.model} was built for {'x'.join(map(str, shape))} images, "
-                f"the data set '{data.name}' has {'x'.join(map(str, data.input_shape()))} images"
-            )
-        model = load(args.model)
-        report = Path(args.model) / "report.json"
-        if report.is_file() and not (out / "report.json").exists():
-            out.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(report, out / "report.json")
-    else:
-        torch.manual_seed(config.seed)
-        model = create(args.model, num_classes=data.num_classes, in_channels=data.input_shape()[0])
+    torch.manual_seed(config.seed)  # a built model's initial weights
+    model = resolve_for_data(ref, data.num_classes, data.input_shape(), data.name).model
+    report = Path(args.model) / "report.json"
+    if model_dir and report.is_file() and not (out / "report.json").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(report, out / "report.json")
     try:
         result = train(model, data, config, out_dir=out, resume=args.resume, progress=not args.quiet, threads=threads)
     except KeyboardInterrupt:
@@ -507,7 +567,11 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         "accuracy change, reductions in FLOPs, memory and parameters, and total training time with its ratio "
         "to the l1 conventional pipeline, mean and std over seeds.",
     )
-    p.add_argument("model", help="a zoo model name (see 'edgeprune models'); trained from scratch")
+    p.add_argument("model", help="a zoo model name (see 'edgeprune models') or your own package.module:factory or "
+                   "path/to/file.py:factory (edgeprune imports and runs that code); built fresh and trained from "
+                   "scratch for every run")  # fmt: skip
+    p.add_argument("--model-args", metavar="JSON", default=None,
+                   help="keyword arguments of the factory (or zoo model) as a JSON object")  # fmt: skip
     p.add_argument("--data", required=True, help="data set: image folder, .tar.gz of one, or CIFAR python folder")
     p.add_argument(
         "--target",
@@ -554,6 +618,9 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         help="continue an interrupted comparison in --out: finished runs are read back from their checkpoints "
         "(measured times included), an unfinished one continues from its last epoch; same settings needed",
     )
+    p.add_argument("--width", type=float, default=1.0, help="the zoo's width multiplier: every conv and hidden "
+                   "linear layer at round(width x channels) (default 1)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per training run (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -580,10 +647,15 @@ def parse_targets(items: list[str], modes: list[str]) -> dict[str, str]:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     """Run the comparison and print its table."""
+    from edgeprune.builders import parse_model_args
     from edgeprune.data import load_dataset
+    from edgeprune.io import classify
     from edgeprune.pipelines import CompareSettings, markdown_table, run_comparison
 
     targets = parse_targets(args.target, args.modes)
+    model_args = parse_model_args(args.model_args)
+    if classify(args.model) is None:
+        raise EdgepruneError(f"{args.model}: compare trains from scratch; give a zoo name or a model reference")
     for name in ("epochs", "finetune_epochs"):
         if getattr(args, name) < 1:
             raise EdgepruneError(f"--{name.replace('_', '-')} must be a positive integer")
@@ -593,7 +665,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         model=args.model, targets=targets, baselines=tuple(args.baselines), epochs=args.epochs,
         finetune_epochs=args.finetune_epochs, seeds=tuple(args.seeds), step=args.step,
         conventional_layers=args.conventional_layers, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
-        time_matched=args.time_matched,
+        time_matched=args.time_matched, width=args.width, threads=args.threads, model_args=model_args,
     )  # fmt: skip
     summary = run_comparison(settings, data, out, progress=not args.quiet, resume=args.resume)
     print(markdown_table(summary) + f"\nwrote {out}/compare.md, compare.csv, compare.json, compare.png")

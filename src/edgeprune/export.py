@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.io import atomic_write, input_shape_of, is_model_dir, resolve_model
+from edgeprune.files import atomic_write
+from edgeprune.io import ModelRef, Resolved, resolve
 
 EXPORTERS = ("auto", "torchscript", "dynamo")
 DEFAULT_OPSET = 17
@@ -77,8 +78,10 @@ def _dynamo_export(model: nn.Module, example: torch.Tensor, path: Path, opset: i
     program.save(str(path), external_data=False)
 
 
-def onnx_outputs(path: str | Path, x: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Run an exported model in onnxruntime (CPUExecutionProvider) on ``x`` and return its output."""
+def onnx_outputs(
+    path: str | Path, x: np.ndarray, threads: int | None = None, first_only: bool = True
+) -> np.ndarray | list[np.ndarray]:
+    """Run an exported model in onnxruntime (CPUExecutionProvider) on ``x``: its first output, or all of them."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -90,21 +93,34 @@ def onnx_outputs(path: str | Path, x: np.ndarray, threads: int | None = None) ->
     except Exception as e:  # onnxruntime raises its own exception types
         raise EdgepruneError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
     name = session.get_inputs()[0].name
-    return session.run(None, {name: x.astype(np.float32)})[0]
+    outputs = session.run(None, {name: x.astype(np.float32)})
+    return outputs[0] if first_only else outputs
 
 
 def check_onnx(model: nn.Module, path: str | Path, x: torch.Tensor) -> float:
     """Largest absolute difference between PyTorch's and onnxruntime's outputs on ``x``."""
     with torch.inference_mode():
-        expected = model.eval()(x).float().numpy()
-    got = onnx_outputs(path, x.numpy())
-    if got.shape != expected.shape:
-        raise EdgepruneError(f"{path}: onnxruntime output shape {got.shape} differs from PyTorch's {expected.shape}")
-    return float(np.max(np.abs(got - expected))) if expected.size else 0.0
+        expected = [t.float().numpy() for t in _tensors(model.eval()(x))]
+    got = onnx_outputs(path, x.numpy(), first_only=False)
+    if [g.shape for g in got] != [e.shape for e in expected]:
+        shapes = ([g.shape for g in got], [e.shape for e in expected])
+        raise EdgepruneError(f"{path}: onnxruntime output shapes {shapes[0]} differ from PyTorch's {shapes[1]}")
+    return max((float(np.max(np.abs(g - e))) for g, e in zip(got, expected, strict=True) if e.size), default=0.0)
+
+
+def _tensors(out: object) -> list[torch.Tensor]:
+    """A model's outputs flattened as the ONNX exporter flattens them (tuples, lists, dicts in order)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _tensors(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _tensors(v)]
+    return []
 
 
 def export_onnx(
-    model: nn.Module | str | Path,
+    model: nn.Module | str | Path | ModelRef | Resolved,
     path: str | Path,
     input_shape: tuple[int, ...] | None = None,
     opset: int = DEFAULT_OPSET,
@@ -114,7 +130,7 @@ def export_onnx(
     seed: int = 0,
     pad_to: int | None = None,
 ) -> dict:
-    """Export a model (module, folder or zoo name) to ONNX, check it in onnxruntime, write it atomically.
+    """Export a model (module, folder, reference or ``ModelRef``) to ONNX, check it in onnxruntime, write it atomically.
 
     ``pad_to`` zero-pads the pruned layers' widths to that multiple first (``pad_channels``); the check
     still compares with the model as given.
@@ -123,12 +139,8 @@ def export_onnx(
         raise EdgepruneError(f"unknown exporter '{exporter}'; choose from: {', '.join(EXPORTERS)}")
     if check_batch < 1:
         raise EdgepruneError(f"check batch must be positive, got {check_batch}")
-    if isinstance(model, (str, Path)):
-        source = str(model)
-        if input_shape is None and is_model_dir(source):
-            input_shape = input_shape_of(source)
-        model = resolve_model(source)
-    input_shape = tuple(input_shape or (3, 32, 32))
+    resolved = resolve(str(model) if isinstance(model, Path) else model)  # a module: its recorded input shape
+    model, input_shape = resolved.model, tuple(input_shape or resolved.input_shape)
     model = model.eval()
     reference = model
     if pad_to:
@@ -234,7 +246,7 @@ def pad_channels(model: nn.Module, multiple: int = 16, input_shape: tuple[int, .
     the function exactly and restores the fast paths, at the cost of the padded multiply-adds. Only
     prunable groups are padded (never the output layer, grouped convs or residual-tied channels).
     """
-    from edgeprune.complexity import profile
+    from edgeprune.graph import profile
 
     if multiple < 1:
         raise EdgepruneError(f"channel multiple must be positive, got {multiple}")
@@ -249,7 +261,7 @@ def pad_channels(model: nn.Module, multiple: int = 16, input_shape: tuple[int, .
 
     for group in prof.groups:
         n = (-group.width) % multiple
-        if not group.prunable or n == 0:
+        if not group.prunable or n == 0 or group.unit > 1:  # grouped convs / GroupNorm: padding would shift groups
             continue
         for member in group.members:
             replace(member.layer, member.dim, n * member.per_channel)

@@ -1,32 +1,48 @@
 """Coupled channel groups, found and cut by Torch-Pruning's dependency graph.
 
-A group is the set of channels that must shrink together: a layer's filters, its BatchNorm,
-the next layers' input channels, a depthwise conv that follows, every layer tied to the same
-residual addition. We read each group once, as per-channel counts on the recorded layer shapes
-(so Algorithm 1 can plan on numbers alone), and call Torch-Pruning again only to cut.
+A group is the set of channels that must shrink together: a layer's filters, its norm layer, the
+next layers' input channels (through concatenations, splits, channel multiplies, upsampling...), a
+depthwise conv that follows, every layer tied to the same residual addition. We read each group once
+as per-channel counts on the recorded layer shapes (so Algorithm 1 can plan on numbers alone), and
+call Torch-Pruning again only to cut.
+
+A group that feeds a grouped conv or a GroupNorm is cut the way Torch-Pruning cuts it: the same
+positions in every channel group, so a removal unit ("slot") is ``unit`` channels, one per group.
+Before a group is offered to the lottery it is probed: one slot is cut from a copy of the model and
+the copy's recorded shapes must equal what the arithmetic predicts. A group that Torch-Pruning
+cannot cut, or cuts differently, is left out with the reason, never a crash later.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune.complexity import Profile
+from edgeprune.complexity import LayerShape, Profile
+from edgeprune.errors import EdgepruneError
+from edgeprune.trace import record_shapes
 
 _RESIDUAL_OPS = ("AddBackward", "SubBackward")
 
 
 @dataclass(frozen=True)
 class Member:
-    """One layer dimension a group shrinks: ``per_channel`` of its ``dim`` go per group channel."""
+    """One layer dimension a group shrinks: ``counts[i]`` of its ``dim`` channels go with group channel i."""
 
     layer: str
     dim: str  # "out" (its filters) or "in" (its input channels)
-    per_channel: int
+    counts: tuple[int, ...]
+
+    @property
+    def per_channel(self) -> int:
+        """Channels removed per group channel (groups offered to the lottery map channels evenly)."""
+        return max(self.counts) if self.counts else 0
 
 
 @dataclass(frozen=True)
@@ -38,17 +54,38 @@ class ChannelGroup:
     members: tuple[Member, ...]
     prunable: bool
     reason: str = ""  # why it is not prunable
+    unit: int = 1  # channels per removal slot: the channel groups of a grouped conv / GroupNorm it feeds
 
     @property
     def out_layers(self) -> list[str]:
         """Layers whose output channels (filters) this group removes."""
         return [m.layer for m in self.members if m.dim == "out"]
 
+    @property
+    def slots(self) -> int:
+        """Removal slots: ``width / unit``."""
+        return self.width // self.unit
+
+    def channels(self, slots: Sequence[int]) -> list[int]:
+        """The group channels of ``slots``: position j in each of the ``unit`` blocks."""
+        return sorted(j + k * self.slots for j in slots for k in range(self.unit))
+
+    def shrunk(self, shapes: dict[str, LayerShape], slots: Sequence[int]) -> dict[str, LayerShape]:
+        """The member layers' shapes after removing ``slots`` (positions in the original width)."""
+        removed = self.channels(slots)
+        new = {m.layer: shapes[m.layer] for m in self.members}
+        for m in self.members:
+            n = sum(m.counts[i] for i in removed)
+            s = new[m.layer]
+            new[m.layer] = s.resized(c_out=s.c_out - n) if m.dim == "out" else s.resized(c_in=s.c_in - n)
+        return new
+
     def to_dict(self) -> dict:
         """JSON-ready view."""
         return {
             "name": self.name,
             "width": self.width,
+            "unit": self.unit,
             "prunable": self.prunable,
             "reason": self.reason,
             "out_layers": self.out_layers,
@@ -58,52 +95,95 @@ class ChannelGroup:
 
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """Trace ``model`` once into a Torch-Pruning dependency graph."""
-    with torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+    try:
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+    except Exception as e:  # tracing a user model can fail in many ways; say so in one line
+        text = (str(e).strip().splitlines() or [""])[0][:200]
+        raise EdgepruneError(f"Torch-Pruning cannot trace this model: {type(e).__name__}: {text}") from None
+
+
+def _channel_groups(module: nn.Module, shape: LayerShape | None) -> int:
+    """How many aligned blocks a group's channels must keep for this member (1 = no constraint)."""
+    if isinstance(module, nn.GroupNorm):
+        return module.num_groups
+    sizes = getattr(module, "split_sizes", None) if isinstance(module, tp.ops._SplitOp) else None
+    if sizes and len(sizes) > 1 and len(set(sizes)) == 1:
+        return len(sizes)  # torch.chunk splits evenly at run time: every chunk must lose the same positions
+    if shape is not None and shape.kind != "linear" and shape.groups > 1 and not shape.depthwise:
+        return shape.groups
+    return 1
 
 
 def find_groups(
-    graph: tp.DependencyGraph, model: nn.Module, prof: Profile, prune_residual: bool = False
+    graph: tp.DependencyGraph,
+    model: nn.Module,
+    prof: Profile,
+    prune_residual: bool = False,
+    keep: Sequence[str] = (),
 ) -> list[ChannelGroup]:
     """All channel groups of ``model``, in execution order, each marked prunable or not and why."""
     names = {m: n for n, m in model.named_modules()}
     shapes = prof.by_name()
     order = {layer.name: i for i, layer in enumerate(prof.layers)}
-    head = prof.layers[-1].name  # the output layer: one unit per class, never pruned
+    outputs, kept = set(prof.outputs), set(keep)
     groups = []
     for tp_group in graph.get_all_groups():
         width = len(tp_group[0].idxs)
-        members: dict[tuple[str, str], Member] = {}
-        residual = grouped = False
-        for dep, idxs in tp_group:
+        members: dict[tuple[str, str], list[int]] = {}
+        residual = False
+        unit = 1
+        for item in tp_group.items:
+            dep = item.dep
             module = dep.target.module
             if any(op in dep.target.name for op in _RESIDUAL_OPS):
                 residual = True
             name = names.get(module)
-            if name not in shapes:
-                continue  # BatchNorm (counted with its conv) or a parameter-free op
+            shape = shapes.get(name)
+            unit = math.lcm(unit, _channel_groups(module, shape))
+            if shape is None:
+                continue  # a norm (counted with its layer) or a parameter-free op
             dim = "out" if graph.is_out_channel_pruning_fn(dep.handler) else "in"
-            shape = shapes[name]
             if shape.depthwise:
                 dim = "out"  # inputs, outputs and groups of a depthwise conv shrink as one
-            elif shape.groups > 1:
-                grouped = True
-            members[(name, dim)] = Member(name, dim, len(idxs) // width)
+            counts = members.setdefault((name, dim), [0] * width)
+            if dim == "out" and shape.depthwise and any(counts):
+                continue  # the depthwise conv's in and out entries are the same channels
+            for root in item.root_idxs or []:
+                if root is not None and 0 <= root < width:
+                    counts[root] += 1
         if not members:
             continue
-        ordered = tuple(sorted(members.values(), key=lambda m: (order[m.layer], m.dim)))
+        ordered = tuple(
+            Member(layer, dim, tuple(c)) for (layer, dim), c in sorted(members.items(), key=lambda kv: order[kv[0][0]])
+        )
         outs = [m.layer for m in ordered if m.dim == "out"]
-        reason = ""
-        if head in outs:
-            reason = "output layer"
-        elif grouped:
-            reason = "grouped conv"
-        elif residual and not prune_residual:
-            reason = "residual-tied"
-        elif width < 2:
-            reason = "single channel"
-        groups.append(ChannelGroup(outs[0] if outs else ordered[0].layer, width, ordered, not reason, reason))
+        uneven = any(len(set(m.counts)) > 1 for m in ordered)
+        reason = _reason(outs, width, unit, residual, prune_residual, outputs, kept, uneven)
+        name = outs[0] if outs else ordered[0].layer
+        groups.append(ChannelGroup(name, width, ordered, not reason, reason, unit))
     return sorted(groups, key=lambda g: order[g.name])
+
+
+def _reason(
+    outs: list[str], width: int, unit: int, residual: bool, prune_residual: bool, outputs: set, kept: set, uneven: bool
+) -> str:
+    """Why a group is not prunable ('' when it is)."""
+    if outputs & set(outs):
+        return "output layer"
+    if kept & set(outs):
+        return "kept (--keep)"
+    if not outs:
+        return "no layer's filters"
+    if uneven:  # sizes written in forward (x[:, :8], split([8, 24])) would not follow the cut
+        return "uneven channel mapping (a slice or uneven split)"
+    if width % unit:
+        return f"{width} channels in {unit} groups"
+    if residual and not prune_residual:
+        return "residual-tied"
+    if width // unit < 2:
+        return "single channel" if unit == 1 else f"one channel per group ({unit} groups)"
+    return ""
 
 
 def cut(graph: tp.DependencyGraph, model: nn.Module, group_name: str, idxs: Sequence[int]) -> None:
@@ -111,3 +191,65 @@ def cut(graph: tp.DependencyGraph, model: nn.Module, group_name: str, idxs: Sequ
     module = dict(model.named_modules())[group_name]
     handler = graph.get_pruner_of_module(module).prune_out_channels
     graph.get_pruning_group(module, handler, list(idxs)).prune()
+
+
+def _try_cut(model: nn.Module, example: torch.Tensor, prof: Profile, groups: list[ChannelGroup]) -> str:
+    """Cut one slot of each group from a copy; '' when the copy's shapes equal the arithmetic's, else why not."""
+    trial = copy.deepcopy(model)
+    expected = prof.by_name()
+    try:
+        graph = build_graph(trial, example)
+        for g in groups:
+            expected.update(g.shrunk(expected, [g.slots - 1]))
+            cut(graph, trial, g.name, g.channels([g.slots - 1]))
+        actual = record_shapes(trial, example).by_name()
+    except Exception as e:  # what Torch-Pruning raises for a structure it cannot cut varies
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}"
+    for name, shape in actual.items():
+        if expected.get(name) != shape:
+            return (
+                f"cut gives {name} {shape.c_in}->{shape.c_out}, expected {expected[name].c_in}->{expected[name].c_out}"
+            )
+    return ""
+
+
+def probe(model: nn.Module, example: torch.Tensor, prof: Profile, groups: list[ChannelGroup]) -> list[ChannelGroup]:
+    """Mark the groups Torch-Pruning cannot cut as we count them unprunable, with the reason."""
+    candidates = [g for g in groups if g.prunable]
+    if not candidates or not _try_cut(model, example, prof, candidates):
+        return groups
+    failed = {g.name: why for g in candidates if (why := _try_cut(model, example, prof, [g]))}
+    if not failed:  # each cuts alone but not all together: keep the largest set that does
+        ok: list[ChannelGroup] = []
+        for g in candidates:
+            if _try_cut(model, example, prof, [*ok, g]):
+                failed[g.name] = "cannot be cut together with the groups before it"
+            else:
+                ok.append(g)
+    return [replace(g, prunable=False, reason=f"cannot be cut: {failed[g.name]}") if g.name in failed else g
+            for g in groups]  # fmt: skip
+
+
+def analyse(
+    model: nn.Module, example: torch.Tensor, prune_residual: bool = False, keep: Sequence[str] = ()
+) -> tuple[Profile, tp.DependencyGraph]:
+    """Profile ``model`` on ``example``, find its channel groups, probe them; the graph is returned for cutting."""
+    prof = record_shapes(model, example)
+    unknown = sorted(set(keep) - set(prof.by_name()))
+    if unknown:
+        raise EdgepruneError(f"--keep {unknown[0]}: no conv or linear layer of that name")
+    graph = build_graph(model, example)
+    groups = probe(model, example, prof, find_groups(graph, model, prof, prune_residual, keep))
+    prof.groups = groups
+    prof.prunable = {name: g.prunable for g in groups for name in g.out_layers}
+    return prof, graph
+
+
+def profile(
+    model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32), prune_residual: bool = False, keep: Sequence[str] = ()
+) -> Profile:
+    """Complexity profile of any ``nn.Module`` for one input of ``input_shape`` (no batch dim), with its groups."""
+    return analyse(model, torch.zeros(1, *input_shape), prune_residual, keep)[0]
+
+
+__all__ = ["ChannelGroup", "Member", "analyse", "build_graph", "cut", "find_groups", "profile"]

@@ -156,46 +156,42 @@ def prepare(
     workdir: str | Path,
     backends: tuple[str, ...] | list[str] = BACKENDS,
     input_shape: tuple[int, ...] | None = None,
-    num_classes: int = 10,
-    in_channels: int = 3,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
     pad_to: int | None = None,
 ) -> Prepared:
-    """Save (a zoo name or module) and export (for onnxruntime) a model into ``workdir``; count its complexity.
+    """Save and export (for onnxruntime) a model into ``workdir``; count its complexity.
 
-    ``pad_to`` zero-pads pruned layer widths to that multiple first (``edgeprune.export.pad_channels``).
+    ``model_or_dir``: a module with a known builder, a model folder, a reference (zoo name,
+    ``package.module:factory``, ``file.py:factory``), an ``edgeprune.io.ModelRef`` or ``Resolved``, or
+    an .onnx file. ``pad_to`` zero-pads pruned layer widths to that multiple first
+    (``edgeprune.export.pad_channels``).
     """
     import torch
     from torch import nn
 
-    from edgeprune.complexity import record_shapes
-    from edgeprune.io import input_shape_of, is_model_dir, load, resolve_model, save
+    from edgeprune.io import resolve, save
+    from edgeprune.trace import record_shapes
 
     backends = check_backends(tuple(backends))
     if is_onnx_path(model_or_dir):
         return _prepare_onnx(Path(model_or_dir), backends, input_shape, pad_to)
     workdir = Path(workdir)
-    if isinstance(model_or_dir, nn.Module):
-        model, folder = model_or_dir, None
-        arch = getattr(model_or_dir, "edgeprune_arch", None)
-        source = arch["name"] if arch else type(model_or_dir).__name__
+    if isinstance(model_or_dir, (str, Path)):
+        resolved = resolve(str(model_or_dir), num_classes=num_classes, in_channels=in_channels)
     else:
-        source = str(model_or_dir)
-        if is_model_dir(source):
-            model, folder = load(source), Path(source)
-            input_shape = input_shape or input_shape_of(source)
-        else:
-            model, folder = resolve_model(source, num_classes, in_channels), None
-    input_shape = tuple(input_shape or (in_channels, 32, 32))
+        resolved = resolve(model_or_dir)
+    model, source = resolved.model, resolved.source
+    input_shape = tuple(input_shape or resolved.input_shape)
     was_training = model.training
     model = model.eval()
     if pad_to:
         from edgeprune.export import pad_channels
 
-        model, folder = pad_channels(model, pad_to, input_shape), None
+        model = pad_channels(model, pad_to, input_shape)
         source += f" (channels zero-padded to x{pad_to})"
-    if folder is None:
-        folder = workdir / "model"
-        save(model, folder, input_shape)
+    folder = workdir / "model"  # saved again even from a model folder: the measuring process loads this copy
+    save(model, folder, input_shape)
     totals = record_shapes(model, torch.zeros(1, *input_shape)).totals()
     prepared = Prepared(source, folder, input_shape, totals, energy_estimate(totals))
     if "onnxruntime" in backends:
@@ -205,7 +201,7 @@ def prepare(
         info = export_onnx(model, prepared.onnx, input_shape)
         prepared.export = {k: info[k] for k in ("opset", "exporter", "check")}
     if isinstance(model_or_dir, nn.Module):
-        model_or_dir.train(was_training)  # leave the caller's module as it was
+        resolved.model.train(was_training)  # leave the caller's module as it was
     return prepared
 
 
@@ -223,7 +219,7 @@ def _prepare_onnx(
     path: Path, backends: tuple[str, ...], input_shape: tuple[int, ...] | None, pad_to: int | None
 ) -> Prepared:
     """An .onnx file made ready for onnxruntime: its complexity counted from its graph, nothing written."""
-    from edgeprune.complexity import onnx_profile
+    from edgeprune.onnx_graph import onnx_profile
 
     if "torch" in backends:
         raise _error(f"{path}: an .onnx file runs on onnxruntime only (--backends onnxruntime)")
@@ -297,8 +293,9 @@ def _cpu_model() -> str:
 def _job(
     backend: str, runs: int, warmup: int, batch_size: int, threads: int, shape: tuple, seed: int, spin: bool
 ) -> dict:
+    # sys_path: the measuring process imports a py: builder's module from the same places
     return {"backend": backend, "runs": runs, "warmup": warmup, "batch_size": batch_size, "threads": threads,
-            "input_shape": list(shape), "seed": seed, "spin": spin}  # fmt: skip
+            "input_shape": list(shape), "seed": seed, "spin": spin, "sys_path": [p for p in sys.path if p]}  # fmt: skip
 
 
 def measure_prepared(
@@ -361,16 +358,18 @@ def bench(
     batch_size: int = 1,
     threads: int | None = None,
     input_shape: tuple[int, ...] | None = None,
-    num_classes: int = 10,
-    in_channels: int = 3,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
     seed: int = 0,
     pad_to: int | None = None,
     spin: bool = True,
 ) -> dict:
     """Measure latency, CPU, RSS, size on disk and estimated energy of a model on each backend.
 
-    ``model_or_dir``: a zoo name, a model folder, an ``nn.Module`` or an .onnx file (onnxruntime
-    only; its complexity is counted from the graph). ``backends=None`` means all that can run it.
+    ``model_or_dir``: a model reference (zoo name, ``package.module:factory``, ``file.py:factory``), a
+    model folder, an ``nn.Module`` with a known builder, an ``edgeprune.io.ModelRef`` or ``Resolved``,
+    or an .onnx file (onnxruntime only; its complexity is counted from the graph). ``backends=None``
+    means all that can run it.
 
     ``spin=False`` makes idle worker threads sleep at once (torch: ``OMP_WAIT_POLICY=PASSIVE``;
     onnxruntime: ``session.intra_op.allow_spinning=0``) instead of busy-waiting: on a machine shared
@@ -545,11 +544,13 @@ def _worker_main(job_file: str) -> None:
 
         from edgeprune.io import load
 
+        sys.path.extend(p for p in job.get("sys_path", []) if p not in sys.path)
         torch.set_num_threads(threads)
         inputs = [torch.from_numpy(a).contiguous(memory_format=torch.channels_last) for a in arrays]
 
         def loader(path: str):  # noqa: ANN202
-            model = load(path).eval().to(memory_format=torch.channels_last)
+            # prepare() wrote this folder after the user vouched for its builder (trust list, --model, --trust-code)
+            model = load(path, trust_code=True, allow_changed=True).eval().to(memory_format=torch.channels_last)
 
             def run(x: Any) -> None:
                 with torch.inference_mode():

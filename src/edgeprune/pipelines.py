@@ -16,19 +16,19 @@ model's pre-training, which the run trains once and shares between them.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from edgeprune.complexity import MODES, record_shapes
+from edgeprune.complexity import MODES, reduction
 from edgeprune.data import ImageDataset
 from edgeprune.errors import EdgepruneError
-from edgeprune.io import write_json
-from edgeprune.models import create
+from edgeprune.files import write_json
+from edgeprune.io import ModelRef, is_folder_ref, resolve
 from edgeprune.pruning import prune
-from edgeprune.report import reduction
+from edgeprune.trace import record_shapes
 from edgeprune.train import TrainConfig, TrainResult, train
 
 DIRECT = "direct"
@@ -59,7 +59,11 @@ class RunRecord:
 
 @dataclass
 class CompareSettings:
-    """One comparison: model, targets per mode, methods, epochs and seeds."""
+    """One comparison: model, targets per mode, methods, epochs and seeds.
+
+    ``model`` is a reference (zoo name, ``package.module:factory``, ``path/file.py:factory``) built
+    fresh, after seeding, for every run, with ``model_args`` and the data set's classes and channels.
+    """
 
     model: str
     targets: dict[str, float]
@@ -75,6 +79,9 @@ class CompareSettings:
     batch_size: int = 128
     calibration_images: int = 256
     time_matched: bool = False  # also train the direct network for the conventional pipeline's training time
+    width: float = 1.0  # the zoo's width multiplier (a factory gets it only when it is not 1)
+    model_args: dict = field(default_factory=dict)  # keyword arguments of the reference's factory
+    threads: int | None = None  # CPU threads per training run (default: all cores)
 
 
 def _totals(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
@@ -124,9 +131,14 @@ def run_comparison(
     for mode in settings.targets:
         if mode not in MODES:
             raise EdgepruneError(f"unknown mode '{mode}'; choose from: {', '.join(MODES)}")
+    if is_folder_ref(settings.model):
+        raise EdgepruneError(f"{settings.model}: compare trains from scratch; give a zoo name or a model reference")
     out = Path(out_dir)
     shape = data.input_shape()
     classes = settings.num_classes or data.num_classes
+    ref = ModelRef(
+        settings.model, dict(settings.model_args), width=settings.width if settings.width != 1 else None
+    ).with_data(classes, shape)
     records: list[RunRecord] = []
     baseline: dict[int, RunRecord] = {}
 
@@ -136,7 +148,7 @@ def run_comparison(
         )
 
     def fresh() -> nn.Module:
-        return create(settings.model, num_classes=classes, in_channels=shape[0])
+        return resolve(ref).model
 
     def log(text: str) -> None:
         if progress:
@@ -147,14 +159,16 @@ def run_comparison(
         pruned = prune(fresh(), mode, target, settings.step, seed, "random", input_shape=shape,
                        selection=AT_INIT[method]).model  # fmt: skip
         log(f"[seed {seed}] {method} {mode}: pruned at init, training {epochs} epochs")
-        result = train(pruned, data, config(epochs, seed), out / f"{method}-{mode}-s{seed}", resume, progress)
+        result = train(pruned, data, config(epochs, seed), out / f"{method}-{mode}-s{seed}", resume, progress,
+                       threads=settings.threads)  # fmt: skip
         return _record(method, mode, seed, target, pruned, shape, [result])
 
     for seed in settings.seeds:
         torch.manual_seed(seed)
         full = fresh()
         log(f"[seed {seed}] training the full {settings.model} for {settings.epochs} epochs (baseline, pre-training)")
-        pre = train(full, data, config(settings.epochs, seed), out / f"full-s{seed}", resume, progress)
+        pre = train(full, data, config(settings.epochs, seed), out / f"full-s{seed}", resume, progress,
+                    threads=settings.threads)  # fmt: skip
         baseline[seed] = _record("full", "-", seed, 1.0, full, shape, [pre])
         calibration = calibration_batch(data, settings.calibration_images, seed)
         for mode, target in settings.targets.items():
@@ -168,7 +182,7 @@ def run_comparison(
                 log(f"[seed {seed}] {method} {mode}: ranked and pruned the trained model, fine-tuning "
                     f"{settings.finetune_epochs} epochs")  # fmt: skip
                 tune = train(pruned, data, config(settings.finetune_epochs, seed), out / f"{method}-{mode}-s{seed}",
-                             resume, progress)  # fmt: skip
+                             resume, progress, threads=settings.threads)  # fmt: skip
                 mine.append(_record(method, mode, seed, target, pruned, shape, [pre, tune]))
             if settings.time_matched:
                 mine.append(at_init(MATCHED, mode, target, seed, matched_epochs(mine)))
@@ -292,7 +306,7 @@ def write_outputs(summary: dict, records: list[RunRecord], baselines: list[RunRe
     import csv
     import io
 
-    from edgeprune.io import atomic_write
+    from edgeprune.files import atomic_write
     from edgeprune.plots import plot_accuracy_vs_time
 
     buf = io.StringIO()

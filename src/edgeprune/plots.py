@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edgeprune.complexity import MODES, Profile  # noqa: E402
-from edgeprune.io import atomic_write  # noqa: E402
+from edgeprune.files import atomic_write  # noqa: E402
 
 MODE_NAMES = {"params": "parameters", "flops": "FLOPs (MACs)", "memory": "memory (weights + output map)"}
 

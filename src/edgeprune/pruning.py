@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 from torch_pruning import DependencyGraph
 
-from edgeprune.complexity import MODES, LayerShape, Profile, check_mode, record_shapes
+from edgeprune.complexity import CONVENTIONS, MODES, LayerShape, Profile, check_mode, reduction
 from edgeprune.criteria import check_criterion, filter_scores
 from edgeprune.errors import EdgepruneError
-from edgeprune.graph import ChannelGroup, build_graph, cut, find_groups
+from edgeprune.graph import ChannelGroup, analyse, build_graph, cut
+from edgeprune.trace import record_shapes
 
 SELECTIONS = ("weighted", "uniform", "ratio")  # Algorithm 1, its unweighted lottery, one ratio for all
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -82,6 +84,32 @@ class PrunePlan:
     steps: list[Step] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
 
+    def to_dict(self, criterion: str) -> dict:
+        """Everything about one pruning run, JSON-ready (the content of report.json)."""
+        before, after = self.before, self.after
+        after_shapes = after.by_name()
+        return {
+            "mode": self.mode,
+            "target": self.target,
+            "target_fraction": self.target / before.total(self.mode),
+            "criterion": criterion,
+            "settings": self.settings,
+            "conventions": CONVENTIONS,
+            "before": before.totals(),
+            "after": after.totals(),
+            "reduction_pct": {k: reduction(before.totals()[k], after.totals()[k]) for k in before.totals()},
+            "layers": [
+                {
+                    "name": layer.name,
+                    "filters_before": layer.c_out,
+                    "filters_after": after_shapes[layer.name].c_out,
+                    "prunable": before.prunable.get(layer.name, False),
+                }
+                for layer in before.layers
+            ],
+            "steps": [asdict(s) for s in self.steps],
+        }
+
 
 class _State:
     """Mutable layer shapes while the plan is made."""
@@ -93,19 +121,12 @@ class _State:
     def total(self, mode: str) -> int:
         return Profile(list(self.shapes.values()), self.prof.input_shape, self.prof.other_params).total(mode)
 
-    def shrunk(self, group: ChannelGroup, n: int) -> dict[str, LayerShape]:
-        """The member layers' shapes after removing ``n`` channels of ``group``."""
-        new = {m.layer: self.shapes[m.layer] for m in group.members}
-        for m in group.members:
-            s = new[m.layer]
-            if m.dim == "out":
-                new[m.layer] = s.resized(c_out=s.c_out - n * m.per_channel)
-            else:
-                new[m.layer] = s.resized(c_in=s.c_in - n * m.per_channel)
-        return new
+    def shrunk(self, group: ChannelGroup, slots: list[int]) -> dict[str, LayerShape]:
+        """The member layers' shapes after removing ``slots`` of ``group``."""
+        return group.shrunk(self.shapes, slots)
 
-    def total_after(self, group: ChannelGroup, n: int, mode: str, current: int) -> int:
-        new = self.shrunk(group, n)
+    def total_after(self, group: ChannelGroup, slots: list[int], mode: str, current: int) -> int:
+        new = self.shrunk(group, slots)
         return current - sum(self.shapes[k].measure(mode) for k in new) + sum(s.measure(mode) for s in new.values())
 
     def weight(self, group: ChannelGroup, mode: str) -> int:
@@ -113,18 +134,30 @@ class _State:
         return sum(self.shapes[layer].measure(mode) for layer in set(group.out_layers))
 
 
-def _smallest_sufficient(state: _State, group: ChannelGroup, n: int, mode: str, current: int, target: int) -> int:
-    """Fewest channels (<= n) whose removal reaches ``target``; n if even n does not."""
-    if state.total_after(group, n, mode, current) > target:
+def _smallest_sufficient(state: _State, group: ChannelGroup, order: list[int], mode: str, current: int,
+                         target: int) -> int:  # fmt: skip
+    """Fewest slots (a prefix of ``order``) whose removal reaches ``target``; all of them if even that does not."""
+    n = len(order)
+    if state.total_after(group, order, mode, current) > target:
         return n
     lo, hi = 1, n
     while lo < hi:
         mid = (lo + hi) // 2
-        if state.total_after(group, mid, mode, current) <= target:
+        if state.total_after(group, order[:mid], mode, current) <= target:
             hi = mid
         else:
             lo = mid + 1
     return lo
+
+
+def _slot_scores(group: ChannelGroup, scores: dict[str, np.ndarray] | None) -> np.ndarray | None:
+    """A criterion's per-channel scores averaged over each slot's channels (as Torch-Pruning does for groups)."""
+    if not scores or group.name not in scores:
+        return None
+    per_channel = np.asarray(scores[group.name], dtype=float)
+    if group.unit == 1:
+        return per_channel
+    return per_channel.reshape(group.unit, group.slots).mean(axis=0)
 
 
 def make_plan(
@@ -146,12 +179,13 @@ def make_plan(
         raise EdgepruneError(f"min filters must be at least 1, got {min_filters}")
     if selection not in SELECTIONS:
         raise EdgepruneError(f"unknown selection '{selection}'; choose from: {', '.join(SELECTIONS)}")
-    prunable = [g for g in groups if g.prunable and g.width > min_filters]
+    floors = {g.name: max(1, -(-min_filters // g.unit)) for g in groups}  # in slots
+    prunable = [g for g in groups if g.prunable and g.slots > floors[g.name]]
     state = _State(prof)
     current = state.total(mode)
     floor = _State(prof)
     for g in prunable:
-        floor.shapes.update(floor.shrunk(g, g.width - min_filters))
+        floor.shapes.update(floor.shrunk(g, list(range(floors[g.name], g.slots))))
     smallest = floor.total(mode)
     if smallest > target:
         raise EdgepruneError(
@@ -162,31 +196,40 @@ def make_plan(
     # widths) then depend on the seed alone, not on the criterion, and a conventional pipeline's
     # network has exactly the widths of the direct pipeline's for the same seed.
     lottery, picker = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    keep = {g.name: list(range(g.width)) for g in groups}
+    slots = {g.name: list(range(g.slots)) for g in groups}  # the slots each group keeps
     settings = {"step": step, "seed": seed, "min_filters": min_filters, "selection": selection}
     if selection == "ratio":
-        return _ratio_plan(prof, groups, prunable, mode, target, scores, min_filters, picker, keep, settings)
+        plan = _ratio_plan(prof, groups, prunable, mode, target, scores, floors, picker, slots, settings)
+        return plan
     steps: list[Step] = []
     while current > target:
-        active = [g for g in prunable if len(keep[g.name]) > min_filters]
+        active = [g for g in prunable if len(slots[g.name]) > floors[g.name]]
         weights = np.array([state.weight(g, mode) for g in active], dtype=float)
         if selection == "uniform" or weights.sum() == 0:
             weights = np.ones(len(active))
         probs = weights / weights.sum()
         pick = int(lottery.choice(len(active), p=probs))
         group = active[pick]
-        width = len(keep[group.name])
-        n = min(max(1, round(step * width)), width - min_filters)
-        n = _smallest_sufficient(state, group, n, mode, current, target)
-        removed = _choose(keep[group.name], n, scores.get(group.name) if scores else None, picker)
-        keep[group.name] = [i for i in keep[group.name] if i not in set(removed)]
-        current = state.total_after(group, n, mode, current)
-        state.shapes.update(state.shrunk(group, n))
+        remaining = slots[group.name]
+        n = min(max(1, round(step * len(remaining))), len(remaining) - floors[group.name])
+        # Groups are uniform (graph.find_groups): which slots go does not change the count, so size the step first.
+        n = _smallest_sufficient(state, group, remaining[:n], mode, current, target)
+        removed = _choose(remaining, n, _slot_scores(group, scores), picker)
+        slots[group.name] = [i for i in remaining if i not in set(removed)]
+        current = state.total_after(group, removed, mode, current)
+        state.shapes.update(state.shrunk(group, removed))
+        width = len(remaining) * group.unit
         steps.append(
-            Step(len(steps) + 1, group.name, int(weights[pick]), float(probs[pick]), removed, width - n, current)
-        )
+            Step(len(steps) + 1, group.name, int(weights[pick]), float(probs[pick]), group.channels(removed),
+                 width - len(removed) * group.unit, current)
+        )  # fmt: skip
     after = Profile(list(state.shapes.values()), prof.input_shape, prof.other_params)
-    return PrunePlan(mode, target, prof, after, groups, keep, steps, settings)
+    return PrunePlan(mode, target, prof, after, groups, _kept_channels(groups, slots), steps, settings)
+
+
+def _kept_channels(groups: list[ChannelGroup], slots: dict[str, list[int]]) -> dict[str, list[int]]:
+    """The channels each group keeps, from the slots it keeps."""
+    return {g.name: g.channels(slots[g.name]) for g in groups}
 
 
 def _ratio_plan(
@@ -196,9 +239,9 @@ def _ratio_plan(
     mode: str,
     target: int,
     scores: dict[str, np.ndarray] | None,
-    min_filters: int,
+    floors: dict[str, int],
     rng: np.random.Generator,
-    keep: dict[str, list[int]],
+    slots: dict[str, list[int]],
     settings: dict,
 ) -> PrunePlan:
     """Remove the same fraction r of every prunable group's filters, r the smallest that fits.
@@ -209,9 +252,9 @@ def _ratio_plan(
 
     def shapes_at(ratio: float) -> tuple[_State, dict[str, int]]:
         state = _State(prof)
-        counts = {g.name: min(round(ratio * g.width), g.width - min_filters) for g in prunable}
+        counts = {g.name: min(round(ratio * g.slots), g.slots - floors[g.name]) for g in prunable}
         for g in prunable:
-            state.shapes.update(state.shrunk(g, counts[g.name]))
+            state.shapes.update(state.shrunk(g, list(range(counts[g.name]))))
         return state, counts
 
     lo, hi = 0.0, 1.0  # the total at ratio 1 is the floor, which make_plan checked is <= target
@@ -219,19 +262,20 @@ def _ratio_plan(
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if shapes_at(mid)[0].total(mode) <= target else (mid, hi)
     state, counts = shapes_at(hi)
+    after_shapes = _State(prof)
     for g in prunable:
-        removed = set(_choose(keep[g.name], counts[g.name], scores.get(g.name) if scores else None, rng))
-        keep[g.name] = [i for i in keep[g.name] if i not in removed]
-    after = Profile(list(state.shapes.values()), prof.input_shape, prof.other_params)
-    return PrunePlan(mode, target, prof, after, groups, keep, [], {**settings, "ratio": hi})
+        removed = set(_choose(slots[g.name], counts[g.name], _slot_scores(g, scores), rng))
+        slots[g.name] = [i for i in slots[g.name] if i not in removed]
+        after_shapes.shapes.update(after_shapes.shrunk(g, sorted(removed)))
+    after = Profile(list(after_shapes.shapes.values()), prof.input_shape, prof.other_params)
+    return PrunePlan(mode, target, prof, after, groups, _kept_channels(groups, slots), [], {**settings, "ratio": hi})
 
 
 def _choose(remaining: list[int], n: int, scores: np.ndarray | None, rng: np.random.Generator) -> list[int]:
-    """Pick ``n`` filters to remove: at random, or the lowest-scoring (ties by index)."""
+    """Pick ``n`` slots to remove: at random, or the lowest-scoring (ties by index)."""
     if scores is None:
         return sorted(int(i) for i in rng.choice(remaining, size=n, replace=False))
-    ranked = sorted(remaining, key=lambda i: (scores[i], i))
-    return sorted(ranked[:n])
+    return sorted(sorted(remaining, key=lambda i: (scores[i], i))[:n])
 
 
 def apply_plan(
@@ -243,12 +287,20 @@ def apply_plan(
         kept = set(plan.keep[group.name])
         removed = [i for i in range(group.width) if i not in kept]
         if removed:
-            cut(graph, model, group.name, removed)
+            try:
+                cut(graph, model, group.name, removed)
+            except Exception as e:  # the probe should have caught it; never leak a raw error
+                raise EdgepruneError(
+                    f"Torch-Pruning failed to cut group {group.name}: {type(e).__name__}: {e}"
+                ) from None
     actual = record_shapes(model, example_input)
     expected = plan.after.by_name()
     for layer in actual.layers:
-        if layer != expected.get(layer.name):
-            raise RuntimeError(f"pruned layer {layer.name} is {layer}, the plan expected {expected.get(layer.name)}")
+        want = expected.get(layer.name)
+        if layer != want:
+            got = f"{layer.c_in}->{layer.c_out}"
+            raise EdgepruneError(f"pruned layer {layer.name} is {got}, the plan expected "
+                                 f"{f'{want.c_in}->{want.c_out}' if want else 'no such layer'}")  # fmt: skip
     return model
 
 
@@ -262,9 +314,7 @@ class PruneResult:
 
     def report(self) -> dict:
         """Before/after totals, per-layer filters and the per-step log, JSON-ready."""
-        from edgeprune.report import prune_report
-
-        return prune_report(self.plan, self.criterion)
+        return self.plan.to_dict(self.criterion)
 
 
 def prune(
@@ -280,22 +330,31 @@ def prune(
     prune_residual: bool = False,
     selection: str = "weighted",
     calibration: torch.Tensor | None = None,
+    keep: Sequence[str] = (),
 ) -> PruneResult:
-    """Prune a copy of ``model`` to ``target`` complexity in ``mode`` with Algorithm 1."""
+    """Prune a copy of ``model`` to ``target`` complexity in ``mode`` with Algorithm 1.
+
+    ``keep`` names layers whose filters must stay (besides the output layers, which always do).
+    """
     check_mode(mode)
     check_criterion(criterion, calibration)
     example = example_input if example_input is not None else torch.zeros(1, *input_shape)
-    prof = record_shapes(model, example)
-    absolute = parse_target(target, mode, prof.total(mode))
     pruned = copy.deepcopy(model)
-    graph = build_graph(pruned, example)
-    groups = find_groups(graph, pruned, prof, prune_residual=prune_residual)
-    prof.prunable = {name: g.prunable for g in groups for name in g.out_layers}
+    prof, graph = analyse(pruned, example, prune_residual, keep)
+    if prof.functional:
+        raise EdgepruneError(
+            f"parameter '{prof.functional[0]}' takes part in a conv/linear op outside its own module (a functional "
+            "call): profile counts it, but pruning cannot follow it; make that op an nn.Module layer"
+        )
+    absolute = parse_target(target, mode, prof.total(mode))
+    groups = prof.groups
     bns = {layer.name: layer.bn for layer in prof.layers}
     scores = filter_scores(model, [(g.name, bns.get(g.name)) for g in groups if g.prunable], criterion, calibration)
     plan = make_plan(prof, groups, mode, absolute, step, seed, scores, min_filters, selection)
     apply_plan(pruned, plan, example, graph)
     plan.settings["prune_residual"] = prune_residual
+    if keep:
+        plan.settings["keep"] = list(keep)
     return PruneResult(pruned, plan, criterion)
 
 

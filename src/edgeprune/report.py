@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
-from edgeprune.complexity import CONVENTIONS, MODES, Profile
-from edgeprune.pruning import PrunePlan
+from edgeprune.complexity import MODES, Profile
 
 MODE_LABEL = {"params": "params", "flops": "FLOPs (MACs)", "memory": "memory"}
 
@@ -42,6 +39,7 @@ def profile_table(prof: Profile) -> str:
         g = group_of.get(layer.name)
         status = ("yes" if g.prunable else f"no ({g.reason})") if g else ("no" if prof.groups else "-")
         shape = f"{layer.c_in}->{layer.c_out}" + (f" g{layer.groups}" if layer.groups > 1 else "")
+        shape += f" x{layer.calls} calls" if layer.calls > 1 else ""
         rows.append(
             [layer.name, layer.kind, shape]
             + [f"{human(layer.measure(m), m)} {100 * layer.measure(m) / totals[m]:5.1f}%" for m in MODES]
@@ -52,39 +50,10 @@ def profile_table(prof: Profile) -> str:
     note = "fp32, batch 1; FLOPs count a multiply-add once; memory = 4 B x (params + output map)"
     if prof.other_params:
         note += f"; {prof.other_params:,} params outside conv/linear layers counted in the totals"
+    if prof.functional:
+        note += (f"\nused outside their modules (functional calls), counted as layers of their own and not prunable: "
+                 f"{', '.join(prof.functional)}")  # fmt: skip
     return table(headers, rows) + "\n" + note
-
-
-def reduction(before: float, after: float) -> float:
-    """Percentage reduction from ``before`` to ``after``."""
-    return 100.0 * (before - after) / before if before else 0.0
-
-
-def prune_report(plan: PrunePlan, criterion: str) -> dict:
-    """Everything about one pruning run, JSON-ready (the content of report.json)."""
-    before, after = plan.before, plan.after
-    after_shapes = after.by_name()
-    return {
-        "mode": plan.mode,
-        "target": plan.target,
-        "target_fraction": plan.target / before.total(plan.mode),
-        "criterion": criterion,
-        "settings": plan.settings,
-        "conventions": CONVENTIONS,
-        "before": before.totals(),
-        "after": after.totals(),
-        "reduction_pct": {k: reduction(before.totals()[k], after.totals()[k]) for k in before.totals()},
-        "layers": [
-            {
-                "name": layer.name,
-                "filters_before": layer.c_out,
-                "filters_after": after_shapes[layer.name].c_out,
-                "prunable": before.prunable.get(layer.name, False),
-            }
-            for layer in before.layers
-        ],
-        "steps": [asdict(s) for s in plan.steps],
-    }
 
 
 def prune_summary(report: dict) -> str:

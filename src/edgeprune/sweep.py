@@ -31,9 +31,10 @@ from pathlib import Path
 
 import torch
 
-from edgeprune.complexity import MODES, check_mode, record_shapes
+from edgeprune.complexity import MODES, check_mode
 from edgeprune.errors import EdgepruneError
-from edgeprune.io import input_shape_of, is_model_dir, resolve_model, write_json
+from edgeprune.files import write_json
+from edgeprune.io import ModelRef, Resolved, is_folder_ref, resolve
 from edgeprune.measure import (
     BACKENDS,
     ENERGY_NOTE,
@@ -45,6 +46,7 @@ from edgeprune.measure import (
     measure_prepared,
     prepare,
 )
+from edgeprune.trace import record_shapes
 
 DEFAULT_TARGETS = (0.9, 0.7, 0.5, 0.3)
 DEFAULT_RUNS = 30  # timed runs per model and backend: VGG-16's 13 models x 2 backends in a few minutes
@@ -109,10 +111,10 @@ def _check_args(modes: Sequence[str], targets: Sequence[float], seeds: Sequence[
         raise EdgepruneError(f"epochs must be positive, got {epochs}")
 
 
-def _base_model(model: str, seed: int, num_classes: int, in_channels: int) -> torch.nn.Module:
-    """The unpruned model: a saved folder as is, or a zoo model initialised with ``seed``."""
+def _base_model(ref: ModelRef, seed: int) -> Resolved:
+    """The unpruned model: a saved folder as is, or a reference (zoo or user factory) built after seeding ``seed``."""
     torch.manual_seed(seed)
-    return resolve_model(model, num_classes, in_channels)
+    return resolve(ref)
 
 
 def _trainer(
@@ -159,7 +161,7 @@ def _row(name: str, mode: str, target: float, seed: int, measured: dict, ref: di
 
 def write_csv(path: Path, rows: list[dict], cols: list[str]) -> None:
     """Write result rows as CSV atomically (empty cells for missing figures)."""
-    from edgeprune.io import atomic_write
+    from edgeprune.files import atomic_write
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
@@ -170,7 +172,7 @@ def write_csv(path: Path, rows: list[dict], cols: list[str]) -> None:
 
 
 def sweep(
-    model: str,
+    model: str | ModelRef,
     out_dir: str | Path,
     modes: Sequence[str] = MODES,
     targets: Sequence[float] = DEFAULT_TARGETS,
@@ -183,8 +185,8 @@ def sweep(
     epochs: int | None = None,
     data: str | None = None,
     y: str | None = None,
-    num_classes: int = 10,
-    in_channels: int = 3,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
     input_shape: tuple[int, ...] | None = None,
     log: Callable[[str], None] | None = print,
     spin: bool = True,
@@ -204,7 +206,9 @@ def sweep(
     if threads is not None and threads < 1:
         raise EdgepruneError(f"threads must be positive, got {threads}")
     threads = threads or default_threads()
-    resolve_model(model, num_classes, in_channels)  # fail early on a bad name or folder
+    if not isinstance(model, ModelRef):
+        model = ModelRef(str(model), num_classes=num_classes, in_channels=in_channels)
+    resolve(model)  # fail early on a bad name, folder or reference
     say = log or (lambda _msg: None)
     from edgeprune.pruning import prune
 
@@ -215,17 +219,15 @@ def sweep(
     with tempfile.TemporaryDirectory(prefix="edgeprune-sweep-") as tmp_name:
         tmp = Path(tmp_name)
         dataset, trainer = _trainer(data, epochs, tmp / "train", limit_train, limit_test)
-        if dataset is not None and not is_model_dir(model):
-            num_classes, input_shape = dataset.num_classes, dataset.input_shape()
-            in_channels = input_shape[0]
-        if input_shape is None:
-            input_shape = input_shape_of(model) if is_model_dir(model) else (in_channels, 32, 32)
-        input_shape = tuple(input_shape)
+        if dataset is not None and not is_folder_ref(model):
+            model = model.with_data(dataset.num_classes, dataset.input_shape())
+            input_shape = dataset.input_shape()
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        name = Path(model).name if is_model_dir(model) else model
+        name = Path(model.ref).name if is_folder_ref(model) else model.ref
         for seed in seeds:
-            base = _base_model(model, seed, num_classes, in_channels)
+            resolved = _base_model(model, seed)
+            base, input_shape = resolved.model, tuple(input_shape or resolved.input_shape)
             ref_totals = record_shapes(base, torch.zeros(1, *input_shape)).totals()
             jobs: list[tuple[str, float]] = [("unpruned", 1.0)] + [(m, t) for m in modes for t in targets]
             for mode, target in jobs:

@@ -35,7 +35,7 @@ from torch import nn
 
 from edgeprune.data import ImageDataset
 from edgeprune.errors import EdgepruneError
-from edgeprune.io import atomic_write, write_json
+from edgeprune.files import atomic_write, write_json
 
 OPTIMIZERS = ("sgd", "rmsprop")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -228,7 +228,17 @@ def check_compatible(model: nn.Module, data: ImageDataset) -> None:
         raise EdgepruneError(f"the model cannot take the data set's {c}x{h}x{w} images ({msg})") from None
     finally:
         model.train(was_training)
-    if out.ndim != 2 or out.shape[1] != data.num_classes:
+    if not isinstance(out, torch.Tensor):
+        raise EdgepruneError(
+            f"train handles classification models with one (N, classes) output; this model returns a "
+            f"{type(out).__name__}"
+        )
+    if out.ndim != 2:
+        raise EdgepruneError(
+            f"train handles classification models with one (N, classes) output; this model's output has shape "
+            f"{tuple(out.shape)} for 2 images"
+        )
+    if out.shape[1] != data.num_classes:
         raise EdgepruneError(
             f"the model has {tuple(out.shape[1:])} outputs, the data set '{data.name}' has {data.num_classes} classes"
         )
@@ -463,6 +473,10 @@ def train(
     _check_data(data)
     check_compatible(model, data)
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        from edgeprune.io import model_spec
+
+        model_spec(model, data.input_shape())  # the final save must work: refuse a model with no builder now
     if resume and out is None:
         raise EdgepruneError("resuming needs the output folder that holds the checkpoint")
     if threads is not None and threads < 1:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeprune.models.registry import register
+from edgeprune.models.registry import register, scaled
 
 
 def _conv(c_in: int, c_out: int) -> list[nn.Module]:
@@ -25,21 +25,30 @@ def _conv(c_in: int, c_out: int) -> list[nn.Module]:
 class AlexNet(nn.Module):
     """Five conv layers and three fully connected layers."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, hidden: int = 4096, dropout: float = 0.5):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        hidden: int = 4096,
+        dropout: float = 0.5,
+        width: float = 1.0,
+    ):
         super().__init__()
+        c1, c2, c3, c4, c5 = (scaled(c, width) for c in (64, 192, 384, 256, 256))
+        hidden = scaled(hidden, width)
         self.features = nn.Sequential(
-            *_conv(in_channels, 64),
+            *_conv(in_channels, c1),
             nn.MaxPool2d(2),
-            *_conv(64, 192),
+            *_conv(c1, c2),
             nn.MaxPool2d(2),
-            *_conv(192, 384),
-            *_conv(384, 256),
-            *_conv(256, 256),
+            *_conv(c2, c3),
+            *_conv(c3, c4),
+            *_conv(c4, c5),
             nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
             nn.Dropout(dropout),
-            nn.Linear(256 * 4 * 4, hidden),
+            nn.Linear(c5 * 4 * 4, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(hidden, hidden),
@@ -53,6 +62,6 @@ class AlexNet(nn.Module):
 
 
 @register("alexnet", "AlexNet, 5 conv (BN) + 3 FC (4096 hidden), 35.9M params, 200M FLOPs")
-def alexnet(num_classes: int = 10, in_channels: int = 3, hidden: int = 4096) -> AlexNet:
-    """AlexNet for 32x32 inputs."""
-    return AlexNet(num_classes, in_channels, hidden)
+def alexnet(num_classes: int = 10, in_channels: int = 3, hidden: int = 4096, width: float = 1.0) -> AlexNet:
+    """AlexNet for 32x32 inputs; ``width`` scales every conv and hidden layer."""
+    return AlexNet(num_classes, in_channels, hidden, width=width)

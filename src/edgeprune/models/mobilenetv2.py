@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeprune.models.registry import register
+from edgeprune.models.registry import register, scaled
 
 CFG = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
@@ -49,18 +49,19 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """MobileNetV2 with CIFAR strides."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.2):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.2, width: float = 1.0):
         super().__init__()
-        layers: list[nn.Module] = [nn.Sequential(*_conv_bn_act(in_channels, 32, 3))]
-        c = 32
-        for t, width, n, s in CFG:
+        c = scaled(32, width)
+        layers: list[nn.Module] = [nn.Sequential(*_conv_bn_act(in_channels, c, 3))]
+        for t, channels, n, s in CFG:
             for i in range(n):
-                layers.append(InvertedResidual(c, width, s if i == 0 else 1, t))
-                c = width
-        layers.append(nn.Sequential(*_conv_bn_act(c, 1280, 1)))
+                layers.append(InvertedResidual(c, scaled(channels, width), s if i == 0 else 1, t))
+                c = scaled(channels, width)
+        last = scaled(1280, width)
+        layers.append(nn.Sequential(*_conv_bn_act(c, last, 1)))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Classify a batch of images."""
@@ -68,6 +69,6 @@ class MobileNetV2(nn.Module):
 
 
 @register("mobilenetv2", "MobileNetV2 (CIFAR strides), 2.24M params, 88.0M FLOPs")
-def mobilenetv2(num_classes: int = 10, in_channels: int = 3) -> MobileNetV2:
-    """MobileNetV2 for 32x32 inputs."""
-    return MobileNetV2(num_classes, in_channels)
+def mobilenetv2(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> MobileNetV2:
+    """MobileNetV2 for 32x32 inputs; ``width`` scales every conv (the expansion factor stays)."""
+    return MobileNetV2(num_classes, in_channels, width=width)

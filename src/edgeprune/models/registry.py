@@ -48,10 +48,23 @@ def _entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def create(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: object) -> nn.Module:
-    """Build a registered model by name; the arguments are recorded on it for saving."""
+def scaled(channels: int, width: float) -> int:
+    """A layer's width under the width multiplier: ``round(width * channels)``, at least 1."""
+    return max(1, round(width * channels))
+
+
+def create(name: str, num_classes: int = 10, in_channels: int = 3, width: float = 1.0, **kwargs: object) -> nn.Module:
+    """Build a registered model by name; ``width`` scales every conv and hidden linear layer.
+
+    The arguments are recorded on the model as ``edgeprune_builder`` for saving (``width`` only when it is not 1).
+    """
     if num_classes < 1 or in_channels < 1:
         raise EdgepruneError("num_classes and in_channels must be positive integers")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 16:
+        raise EdgepruneError(f"width must be a number in (0, 16], got {width!r}")
+    if width != 1:
+        kwargs["width"] = float(width)
     model = _entry(name).fn(num_classes=num_classes, in_channels=in_channels, **kwargs)
-    model.edgeprune_arch = {"name": name, "kwargs": {"num_classes": num_classes, "in_channels": in_channels, **kwargs}}
+    kwargs = {"num_classes": num_classes, "in_channels": in_channels, **kwargs}
+    model.edgeprune_builder = {"builder": f"zoo:{name}", "kwargs": kwargs}  # how edgeprune.save rebuilds it
     return model

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeprune.models.registry import register
+from edgeprune.models.registry import register, scaled
 
 
 def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Sequential:
@@ -77,9 +77,12 @@ class ResNet(nn.Module):
         widths: list[int],
         num_classes: int = 10,
         in_channels: int = 3,
+        width: float = 1.0,
     ):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, widths[0] if block is BasicBlock else 64, 3, 1, 1, bias=False)
+        stem = scaled(widths[0] if block is BasicBlock else 64, width)
+        widths = [scaled(w, width) for w in widths]
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(self.conv1.out_channels)
         c = self.conv1.out_channels
         stages = []
@@ -103,12 +106,12 @@ class ResNet(nn.Module):
 
 
 @register("resnet50", "ResNet-50 (bottleneck, 3x3 stem, no max-pool), 23.5M params, 1.30G FLOPs")
-def resnet50(num_classes: int = 10, in_channels: int = 3) -> ResNet:
-    """ResNet-50 for 32x32 inputs."""
-    return ResNet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], num_classes, in_channels)
+def resnet50(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> ResNet:
+    """ResNet-50 for 32x32 inputs; ``width`` scales every conv."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], num_classes, in_channels, width)
 
 
 @register("resnet56", "ResNet-56 (basic blocks, 16/32/64), 0.86M params, 126M FLOPs")
-def resnet56(num_classes: int = 10, in_channels: int = 3) -> ResNet:
-    """ResNet-56 for 32x32 inputs."""
-    return ResNet(BasicBlock, [9, 9, 9], [16, 32, 64], num_classes, in_channels)
+def resnet56(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> ResNet:
+    """ResNet-56 for 32x32 inputs; ``width`` scales every conv."""
+    return ResNet(BasicBlock, [9, 9, 9], [16, 32, 64], num_classes, in_channels, width)

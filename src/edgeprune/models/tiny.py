@@ -1,6 +1,6 @@
 """A tiny CNN for tests and quick runs: three conv layers and one hidden fully connected layer.
 
-Layers (width w = 48 by default): conv3x3 w -> pool -> conv3x3 2w -> pool -> conv3x3 4w -> global
+Layers (w = channels x width, 48 by default): conv3x3 w -> pool -> conv3x3 2w -> pool -> conv3x3 4w -> global
 average pool -> fc 4w -> num_classes; every conv has BatchNorm and ReLU.
 
 Totals at 10 classes, batch 1 (width 48): 248,314 parameters, 22.6M FLOPs (MACs), 1.34 MB.
@@ -11,15 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeprune.models.registry import register
+from edgeprune.models.registry import register, scaled
 
 
 class TinyCNN(nn.Module):
     """Small enough to train on CIFAR-10 in seconds per epoch on two cores."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 48):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, channels: int = 48, width: float = 1.0):
         super().__init__()
-        w = width
+        w = scaled(channels, width)
 
         def block(c_in: int, c_out: int) -> list[nn.Module]:
             return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
@@ -38,6 +38,6 @@ class TinyCNN(nn.Module):
 
 
 @register("tiny", "tiny CNN for tests: 3 conv (BN) + 1 hidden FC, 248k params, 22.6M FLOPs")
-def tiny(num_classes: int = 10, in_channels: int = 3, width: int = 48) -> TinyCNN:
-    """The tiny test CNN."""
-    return TinyCNN(num_classes, in_channels, width)
+def tiny(num_classes: int = 10, in_channels: int = 3, channels: int = 48, width: float = 1.0) -> TinyCNN:
+    """The tiny test CNN: first conv ``channels`` wide (x ``width``)."""
+    return TinyCNN(num_classes, in_channels, channels, width)

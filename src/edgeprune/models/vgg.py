@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeprune.models.registry import register
+from edgeprune.models.registry import register, scaled
 
 CFG_16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
@@ -23,9 +23,17 @@ class VGG(nn.Module):
     """VGG with BatchNorm: a conv feature stack and a three-layer classifier."""
 
     def __init__(
-        self, cfg: list, num_classes: int = 10, in_channels: int = 3, hidden: int = 4096, dropout: float = 0.5
+        self,
+        cfg: list,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        hidden: int = 4096,
+        dropout: float = 0.5,
+        width: float = 1.0,
     ):
         super().__init__()
+        cfg = [v if v == "M" else scaled(v, width) for v in cfg]
+        hidden = scaled(hidden, width)
         layers: list[nn.Module] = []
         c = in_channels
         for v in cfg:
@@ -51,6 +59,6 @@ class VGG(nn.Module):
 
 
 @register("vgg16", "VGG-16 with BatchNorm, 13 conv + 3 FC (4096 hidden), 33.6M params, 332M FLOPs")
-def vgg16(num_classes: int = 10, in_channels: int = 3, hidden: int = 4096) -> VGG:
-    """VGG-16 (BN) for 32x32 inputs."""
-    return VGG(CFG_16, num_classes, in_channels, hidden)
+def vgg16(num_classes: int = 10, in_channels: int = 3, hidden: int = 4096, width: float = 1.0) -> VGG:
+    """VGG-16 (BN) for 32x32 inputs; ``width`` scales every conv and hidden layer."""
+    return VGG(CFG_16, num_classes, in_channels, hidden, width=width)
