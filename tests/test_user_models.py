@@ -376,3 +376,16 @@ def test_tables_are_consistent():
     assert not set(ARCHS) & set(EXTRA)
     for name, (factory, kwargs, shape) in ALL.items():
         assert callable(factory) and isinstance(kwargs, dict) and len(shape) == 3, name
+
+
+def test_bench_of_a_module_without_a_builder(tmp_path):
+    """Was: 'only models built by edgeprune.create ... can be saved'. It is measured as its torch.export program."""
+    from edgeprune.measure import bench
+
+    model, shape = build("gray28")
+    result = bench(model, backends=["torch", "onnxruntime"], runs=3, warmup=1, input_shape=shape, spin=False)
+    assert "torch.export" in result["model"]
+    for backend in ("torch", "onnxruntime"):
+        row = result["backends"][backend]
+        assert row["latency_ms"]["median"] > 0
+    assert result["complexity"]["flops"] == totals(model, shape)["flops"]

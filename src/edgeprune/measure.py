@@ -140,13 +140,17 @@ class Prepared:
     export: dict | None = None
     counted_from: str = "the PyTorch model"
 
+    graph: Path | None = None  # a torch.export program, for a module edgeprune cannot rebuild from model.json
+
     def file_for(self, backend: str) -> Path:
-        """The model file a backend loads: the folder for torch, the .onnx file for onnxruntime."""
-        return self.folder if backend == "torch" else self.onnx  # type: ignore[return-value]
+        """The model file a backend loads: the folder (or exported program) for torch, the .onnx for onnxruntime."""
+        if backend == "torch":
+            return self.graph or self.folder
+        return self.onnx  # type: ignore[return-value]
 
     def size(self, backend: str) -> dict:
         """Size on disk of the backend's model file."""
-        file = self.folder / "model.safetensors" if backend == "torch" else self.onnx
+        file = (self.graph or self.folder / "model.safetensors") if backend == "torch" else self.onnx
         size = file.stat().st_size
         return {"file": file.name, "bytes": size, "mb": size / MB}
 
@@ -162,14 +166,15 @@ def prepare(
 ) -> Prepared:
     """Save and export (for onnxruntime) a model into ``workdir``; count its complexity.
 
-    ``model_or_dir``: a module with a known builder, a model folder, a reference (zoo name,
-    ``package.module:factory``, ``file.py:factory``), an ``edgeprune.io.ModelRef`` or ``Resolved``, or
-    an .onnx file. ``pad_to`` zero-pads pruned layer widths to that multiple first
-    (``edgeprune.export.pad_channels``).
+    ``model_or_dir``: a module (one without a builder is measured on torch as its ``torch.export``
+    program), a model folder, a reference (zoo name, ``package.module:factory``, ``file.py:factory``),
+    an ``edgeprune.io.ModelRef`` or ``Resolved``, or an .onnx file. ``pad_to`` zero-pads pruned layer
+    widths to that multiple first (``edgeprune.export.pad_channels``).
     """
     import torch
     from torch import nn
 
+    from edgeprune.builders import builder_of
     from edgeprune.io import resolve, save
     from edgeprune.trace import record_shapes
 
@@ -191,9 +196,13 @@ def prepare(
         model = pad_channels(model, pad_to, input_shape)
         source += f" (channels zero-padded to x{pad_to})"
     folder = workdir / "model"  # saved again even from a model folder: the measuring process loads this copy
-    save(model, folder, input_shape)
     totals = record_shapes(model, torch.zeros(1, *input_shape)).totals()
     prepared = Prepared(source, folder, input_shape, totals, energy_estimate(totals))
+    if builder_of(model) is not None:
+        save(model, folder, input_shape)
+    elif "torch" in backends:
+        prepared.graph = _export_program(model, workdir / "model.pt2", input_shape)
+        prepared.source += " (no builder: measured as its torch.export program)"
     if "onnxruntime" in backends:
         from edgeprune.export import export_onnx
 
@@ -203,6 +212,28 @@ def prepare(
     if isinstance(model_or_dir, nn.Module):
         resolved.model.train(was_training)  # leave the caller's module as it was
     return prepared
+
+
+def _export_program(model: Any, path: Path, input_shape: tuple[int, ...]) -> Path:
+    """Save a module that has no builder as a ``torch.export`` program the measuring process can load.
+
+    A plain ``nn.Module`` (built in a notebook, say) cannot be rebuilt from model.json in another
+    process; its exported graph runs the same aten operators eagerly, with its weights, and needs
+    none of the user's code. The file is ours, written here and read once by our own worker.
+    """
+    import torch
+
+    try:
+        program = torch.export.export(model, (torch.zeros(1, *input_shape),))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.export.save(program, str(path))
+    except Exception as e:  # torch.export raises many kinds of errors for code it cannot trace
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise _error(
+            f"this model has no builder and torch.export cannot trace it ({first}); build it from a reference "
+            "(edgeprune.builders.build_model) or record one with edgeprune.builders.set_builder"
+        ) from None
+    return path
 
 
 def is_onnx_path(source: Any) -> bool:
@@ -367,7 +398,7 @@ def bench(
     """Measure latency, CPU, RSS, size on disk and estimated energy of a model on each backend.
 
     ``model_or_dir``: a model reference (zoo name, ``package.module:factory``, ``file.py:factory``), a
-    model folder, an ``nn.Module`` with a known builder, an ``edgeprune.io.ModelRef`` or ``Resolved``,
+    model folder, an ``nn.Module`` (with or without a builder), an ``edgeprune.io.ModelRef`` or ``Resolved``,
     or an .onnx file (onnxruntime only; its complexity is counted from the graph). ``backends=None``
     means all that can run it.
 
@@ -549,8 +580,11 @@ def _worker_main(job_file: str) -> None:
         inputs = [torch.from_numpy(a).contiguous(memory_format=torch.channels_last) for a in arrays]
 
         def loader(path: str):  # noqa: ANN202
-            # prepare() wrote this folder after the user vouched for its builder (trust list, --model, --trust-code)
-            model = load(path, trust_code=True, allow_changed=True).eval().to(memory_format=torch.channels_last)
+            if path.endswith(".pt2"):  # prepare() exported a module without a builder; our own file
+                model = torch.export.load(path).module()
+            else:  # prepare() wrote this folder after the user vouched for its builder (trust list, --model, ...)
+                model = load(path, trust_code=True, allow_changed=True).eval()
+            model = model.to(memory_format=torch.channels_last)
 
             def run(x: Any) -> None:
                 with torch.inference_mode():
