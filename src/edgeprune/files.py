@@ -1,4 +1,7 @@
-"""Files: atomic writes, an inter-process lock and checksums; imports nothing else of edgeprune."""
+"""Files: atomic writes, locks (a read-modify-write lock, a folder's writer lock), checksums, --force cleaning.
+
+Imports nothing of edgeprune but its error type.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,27 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import socket
+import struct
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
+
+from edgeprune.errors import EdgepruneError
+
+LOCK_FILE = ".edgeprune.lock"
+# What edgeprune writes into an output folder; --force removes these (and run subfolders made only of
+# them) and nothing else, so a user's own files beside a run survive.
+OWN_FILES = frozenset(
+    {
+        "model.json", "model.safetensors", "report.json", "train.json", "checkpoint.safetensors",
+        "metrics.jsonl", "compare.json", "compare.csv", "compare.md", "compare.png", "results.json",
+        "results.csv", "latency_vs_flops.png", "shares.png", "model.onnx", LOCK_FILE,
+    }
+)  # fmt: skip
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -64,4 +85,143 @@ def locked(path: str | Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-__all__ = ["atomic_write", "locked", "sha256_file", "write_json"]
+def tensors_digest(tensors: Mapping[str, Any]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order (stored in safetensors metadata)."""
+    import torch  # lazily: this module stays light for the CLI's --help
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        header = json.dumps([name, str(t.dtype), list(t.shape)]).encode()
+        digest.update(struct.pack("<Q", len(header)) + header)
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# -- one writer per folder -----------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    """True when a process ``pid`` exists on this host (signal 0 probes without touching it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class FolderLock:
+    """``DIR/.edgeprune.lock``, created exclusively, naming the pid, host and command that writes ``DIR``."""
+
+    def __init__(self, folder: str | Path, command: str) -> None:
+        """Describe the lock of ``folder`` for ``command``; :meth:`acquire` takes it."""
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_FILE
+        self.command = command
+        self.note = ""  # said aloud by the CLI: a stale lock taken over
+        self.held = False
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def acquire(self) -> FolderLock:
+        """Take the lock; refuse (one line) while a live process holds it; take over a dead one's, said in ``note``."""
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command, "started": time.time()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None:
+                    continue  # released between the two calls
+                pid, host = holder.get("pid"), holder.get("host")
+                who = f"'{holder.get('command', '?')}' (pid {pid} on {host})"
+                if isinstance(pid, int) and host == mine["host"] and not _alive(pid):
+                    self.note = f"{self.folder}: took over the lock of {who}, which is no longer running"
+                elif not holder:
+                    self.note = f"{self.folder}: replaced an unreadable lock file {self.path.name}"
+                elif host != mine["host"]:
+                    raise EdgepruneError(
+                        f"{self.folder} is being written by {who}; if that run is over, delete {self.path}"
+                    ) from None
+                else:
+                    raise EdgepruneError(
+                        f"{self.folder} is being written by {who}; wait for it or use another folder"
+                    ) from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(mine) + "\n")
+            self.held = True
+            return self
+        raise EdgepruneError(f"{self.folder}: could not take the lock {self.path} (another run keeps taking it)")
+
+    def release(self) -> None:
+        """Remove the lock if this process holds it."""
+        if self.held:
+            holder = self._holder()
+            if holder and holder.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> FolderLock:
+        """Acquire on entering a ``with`` block."""
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        """Release on leaving it."""
+        self.release()
+
+
+def _is_own(path: Path) -> bool:
+    """An edgeprune file: a known name, or the temporary file of an interrupted atomic write of one."""
+    name = path.name
+    return name in OWN_FILES or any(name.startswith(f".{own}.") for own in OWN_FILES)
+
+
+def remove_own_files(folder: str | Path, keep: Iterable[str] = (LOCK_FILE,)) -> list[Path]:
+    """Remove edgeprune's own files from ``folder`` (and run subfolders left empty); return what stays."""
+    folder, keep = Path(folder), set(keep)
+    left: list[Path] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            rest = remove_own_files(entry, keep=())
+            if not rest:
+                entry.rmdir()
+            left += rest
+        elif _is_own(entry):
+            entry.unlink()
+        else:
+            left.append(entry)
+    return left
+
+
+def remove_tree(folder: str | Path) -> None:
+    """Remove a folder this process created (best effort: a failed command's output)."""
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+__all__ = [
+    "LOCK_FILE",
+    "OWN_FILES",
+    "FolderLock",
+    "atomic_write",
+    "locked",
+    "remove_own_files",
+    "remove_tree",
+    "sha256_file",
+    "tensors_digest",
+    "write_json",
+]
