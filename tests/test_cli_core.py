@@ -59,7 +59,7 @@ def test_absolute_target_with_unit(tmp_path, capsys):
         (["prune", "tiny", "--mode", "params", "--target", "10"], "unreachable"),
         (["prune", "tiny", "--mode", "params", "--target", "0.5", "--step", "1.5"], "step must be in"),
         (["prune", "tiny", "--mode", "params", "--target", "0.5", "--step", "0"], "step must be in"),
-        (["prune", "tiny", "--mode", "params", "--target", "0.5", "--step", "abc"], "invalid float"),
+        (["prune", "tiny", "--mode", "params", "--target", "0.5", "--step", "abc"], "must be a number"),
         (["profile", "no/such/dir"], "not a model folder"),
     ],
 )
@@ -128,7 +128,7 @@ def saved(tmp_path):
             lambda d: (d / "model.json").write_text(
                 (d / "model.json").read_text().replace('"out_features": 10', '"out_features": 7')
             ),
-            "shape",
+            "model.safetensors disagrees",
         ),
         (
             lambda d: (d / "model.json").write_text(

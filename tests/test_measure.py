@@ -141,8 +141,9 @@ def test_cli_bench_json_and_errors(capsys, pruned_dir):
     assert main(["bench", "tiny", "--backends", "tflite"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown backend 'tflite'" in err
-    assert main(["bench", "tiny", "--runs", "0"]) == 2
-    assert "runs must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # checked by argparse, before any work
+        main(["bench", "tiny", "--runs", "0"])
+    assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
     assert main(["bench", "/no/such/dir"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 

@@ -20,6 +20,56 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+MAX_SEED = 2**32 - 1
+MAX_INPUT_SIZE = 4096  # pixels a side: a 3x4096x4096 input is 200 MB before any activation
+
+
+def _seed(text: str) -> int:
+    """argparse type: a seed in [0, 2**32 - 1] (numpy refuses negatives; larger ones overflow)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be an integer, got '{text}'") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed must be from 0 to {MAX_SEED}, got {text}")
+    return value
+
+
+def _input_size(text: str) -> int:
+    """argparse type: an input side in pixels, 1 to MAX_INPUT_SIZE."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input size must be an integer, got '{text}'") from None
+    if not 1 <= value <= MAX_INPUT_SIZE:
+        raise argparse.ArgumentTypeError(f"input size must be from 1 to {MAX_INPUT_SIZE} pixels, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _finite(text: str) -> float:
+    """argparse type: a finite float (no nan, no inf)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got '{text}'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got '{text}'")
+    return value
+
+
 _MODEL_HELP = (
     "the model: a zoo name (see 'edgeprune models'), a model folder written by edgeprune, or your own code as "
     "package.module:factory or path/to/file.py:factory (a function or class that returns an nn.Module: edgeprune "
@@ -42,18 +92,18 @@ def _code_args(p: argparse.ArgumentParser, zoo_sizes: bool = True) -> None:
     if zoo_sizes:
         p.add_argument(
             "--num-classes",
-            type=int,
+            type=_positive_int,
             default=None,
             help="classes of a zoo model (default 10), or of a factory with a num_classes parameter",
         )
         p.add_argument(
             "--in-channels",
-            type=int,
+            type=_positive_int,
             default=None,
             help="input channels (default 3 for a zoo model, else the first conv's); also given to a factory "
             "with an in_channels parameter",
         )
-    p.add_argument("--width", type=float, default=None, help=_WIDTH_HELP)
+    p.add_argument("--width", type=_finite, default=None, help=_WIDTH_HELP)
     p.add_argument(
         "--model",
         dest="vouch",
@@ -80,9 +130,10 @@ def _model_args(p: argparse.ArgumentParser, onnx: bool = False) -> None:
     p.add_argument("model", help=_MODEL_HELP + also)
     p.add_argument(
         "--input-size",
-        type=int,
+        type=_input_size,
         default=None,
-        help="input height and width in pixels (default 32, the size a model folder or an .onnx file records)",
+        help=f"input height and width in pixels, 1 to {MAX_INPUT_SIZE} (default 32, the size a model folder or an "
+        ".onnx file records)",
     )
     _code_args(p)
 
@@ -115,22 +166,74 @@ def _onnx_shape(args: argparse.Namespace) -> tuple[int, int, int] | None:
     return (args.in_channels or 3, args.input_size, args.input_size)
 
 
-def prepare_out_dir(out: str, force: bool) -> Path:
-    """Check that ``out`` can take new files: writable, and empty unless ``force``."""
-    import os
+class _Outputs:
+    """The folders a command writes: each locked while it runs (one writer per folder); a folder the command
+    created is removed again if it fails before writing anything resumable (a training checkpoint); files that
+    --force replaces come back if it fails."""
 
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise EdgepruneError(f"--out {out}: exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise EdgepruneError(f"--out {out}: folder is not empty (use --force to overwrite its files)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise EdgepruneError(f"--out {out}: cannot create folder ({e.strerror})") from None
-    if not os.access(path, os.W_OK):
-        raise EdgepruneError(f"--out {out}: folder is not writable")
-    return path
+    def __init__(self) -> None:
+        self.locks: list = []
+        self.created: list[Path] = []
+        self.stashes: list[tuple[Path, Path]] = []  # (folder, stash of the files --force replaces)
+
+    def lock(self, path: Path, command: str) -> None:
+        """Hold ``path``'s writer lock until the command ends; say so when a dead run's lock is taken over."""
+        from edgeprune.files import FolderLock
+
+        lock = FolderLock(path, command).acquire()
+        self.locks.append(lock)
+        if lock.note:
+            sys.stderr.write(f"edgeprune {command}: note: {lock.note}\n")
+
+    def prepare(self, out: str, force: bool, command: str, keep: bool = False) -> Path:
+        """Create or lock ``out``; it must be empty unless ``force`` (edgeprune's own files are set aside, removed
+        when the command succeeds and put back if it fails) or ``keep`` (resume: its files are continued)."""
+        import os
+
+        from edgeprune.files import LOCK_FILE, STASH_DIR, stash_own_files
+
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise EdgepruneError(f"--out {out}: exists and is not a folder")
+        if not path.exists():
+            try:
+                path.mkdir(parents=True)
+            except OSError as e:
+                raise EdgepruneError(f"--out {out}: cannot create folder ({e.strerror})") from None
+            self.created.append(path)
+        if not os.access(path, os.W_OK):
+            raise EdgepruneError(f"--out {out}: folder is not writable")
+        self.lock(path, command)
+        if keep:
+            return path
+        if force:
+            stash = stash_own_files(path)
+            if stash is not None:
+                self.stashes.append((path, stash))
+        elif any(p.name not in (LOCK_FILE, STASH_DIR) for p in path.iterdir()):
+            raise EdgepruneError(f"--out {out}: folder is not empty (use --force to replace edgeprune's files in it)")
+        return path
+
+    def close(self, failed: bool) -> None:
+        """Release the locks; after a failure, remove the folders this command created that hold nothing resumable."""
+        from edgeprune.files import remove_tree, restore_stash
+
+        for folder, stash in self.stashes:
+            restore_stash(folder, stash) if failed else remove_tree(stash)
+        for path in self.created if failed else []:
+            if path.is_dir() and not any(path.rglob("checkpoint.safetensors")):
+                remove_tree(path)
+        for lock in reversed(self.locks):
+            lock.release()
+        self.locks, self.created, self.stashes = [], [], []
+
+
+_OUTPUTS = _Outputs()
+
+
+def prepare_out_dir(out: str, force: bool, command: str = "edgeprune", keep: bool = False) -> Path:
+    """Check, create and lock ``out`` for this command (see :class:`_Outputs`)."""
+    return _OUTPUTS.prepare(out, force, command, keep)
 
 
 _KEEP_HELP = "never prune this layer's filters (repeatable); the output layers are always kept"
@@ -181,6 +284,10 @@ def cmd_profile(args: argparse.Namespace) -> None:
     from edgeprune.onnx_graph import onnx_profile
     from edgeprune.report import profile_table
 
+    if args.plot:
+        from edgeprune.files import check_writable_file
+
+        check_writable_file(args.plot, "--plot")
     from_onnx = is_onnx_path(args.model)
     if from_onnx:
         prof = onnx_profile(args.model, _onnx_shape(args))
@@ -220,15 +327,17 @@ def add_prune(sub: argparse._SubParsersAction) -> None:
         "and flops (2M, 150M), bytes with B/KB/MB/GB/KiB/MiB/GiB for memory (4MB)",
     )
     p.add_argument(
-        "--step", type=float, default=0.1, help="fraction of a picked layer's filters removed per step (default 0.1)"
+        "--step", type=_finite, default=0.1, help="fraction of a picked layer's filters removed per step (default 0.1)"
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same result (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed; the same seed gives the same result (default 0)")
     p.add_argument(
         "--criterion",
         default="random",
         help="which filters go: random (default, the paper's), l1 or l2 (weight norms, for trained models)",
     )
-    p.add_argument("--min-filters", type=int, default=1, help="no layer keeps fewer filters than this (default 1)")
+    p.add_argument(
+        "--min-filters", type=_positive_int, default=1, help="no layer keeps fewer filters than this (default 1)"
+    )
     p.add_argument(
         "--selection",
         default="weighted",
@@ -257,7 +366,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)  # a built model's initial weights come from the same seed as the pruning
     resolved = resolve(_model_ref(args))
     model, shape = resolved.model, resolved.input_shape
-    out = prepare_out_dir(args.out, args.force)
+    out = prepare_out_dir(args.out, args.force, "prune")
     result = prune(
         model, args.mode, args.target, args.step, args.seed, args.criterion, input_shape=shape,
         min_filters=args.min_filters, prune_residual=args.prune_residual, selection=args.selection, keep=args.keep,
@@ -299,11 +408,11 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backends", nargs="+", default=None, metavar="NAME",
                    help=f"backends to measure: {', '.join(BACKENDS)} (default: both; onnxruntime for an .onnx "
                    "file)")  # fmt: skip
-    p.add_argument("--runs", type=int, default=100, help="timed inferences (default 100)")
+    p.add_argument("--runs", type=_positive_int, default=100, help="timed inferences (default 100)")
     p.add_argument("--warmup", type=int, default=10, help="untimed inferences first (default 10)")
-    p.add_argument("--batch-size", type=int, default=1, help="inputs per inference (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
-    p.add_argument("--pad-channels", type=int, default=None, metavar="N", help=_PAD_HELP)
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="inputs per inference (default 1)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="intra-op threads (default: all cores)")
+    p.add_argument("--pad-channels", type=_positive_int, default=None, metavar="N", help=_PAD_HELP)
     p.add_argument("--no-spin", action="store_true", help=_SPIN_HELP)
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
 
@@ -331,18 +440,21 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     )
     _model_args(p)
     p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 7 to 20 (default 17)")
     p.add_argument("--exporter", default="auto", help="torchscript, dynamo (needs onnxscript) or auto (default: "
                    "torchscript, else dynamo)")  # fmt: skip
-    p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |onnx - torch| (default 1e-4)")
-    p.add_argument("--pad-channels", type=int, default=None, metavar="N", help=_PAD_HELP)
+    p.add_argument("--atol", type=_finite, default=1e-4, help="largest allowed |onnx - torch| (default 1e-4)")
+    p.add_argument("--pad-channels", type=_positive_int, default=None, metavar="N", help=_PAD_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Export and check."""
-    from edgeprune.export import export_onnx
+    from edgeprune.export import check_export_args, export_onnx
+    from edgeprune.files import check_writable_file
 
+    check_export_args(args.opset, args.atol, args.exporter)
+    check_writable_file(args.onnx, "--onnx")
     info = export_onnx(
         _model_ref(args), args.onnx, None, args.opset, args.exporter, args.atol, pad_to=args.pad_channels
     )
@@ -373,18 +485,23 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
         default=["params", "flops", "memory"],
         help="complexity modes (default: params flops memory)",
     )
-    p.add_argument("--targets", nargs="+", type=float, default=[0.9, 0.7, 0.5, 0.3],
+    p.add_argument("--targets", nargs="+", type=_finite, default=[0.9, 0.7, 0.5, 0.3],
                    help="fractions of the model's own complexity (default 0.9 0.7 0.5 0.3)")  # fmt: skip
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="random seeds (default 0)")
-    p.add_argument("--step", type=float, default=0.1, help="pruning step (default 0.1)")
-    p.add_argument("--epochs", type=int, default=None, help="train every model for this many epochs (needs --data)")
+    p.add_argument("--seeds", nargs="+", type=_seed, default=[0], help="random seeds (default 0)")
+    p.add_argument("--step", type=_finite, default=0.1, help="pruning step (default 0.1)")
+    p.add_argument(
+        "--epochs", type=_positive_int, default=None, help="train every model for this many epochs (needs --data)"
+    )
     p.add_argument("--data", default=None, help="data set for training (needs --epochs)")
-    p.add_argument("--limit-train", type=int, default=None, metavar="N", help="train on this many images only")
-    p.add_argument("--limit-test", type=int, default=None, metavar="N", help="test on this many images only")
+    p.add_argument(
+        "--limit-train", type=_positive_int, default=None, metavar="N", help="train on this many images only"
+    )
+    p.add_argument("--limit-test", type=_positive_int, default=None, metavar="N", help="test on this many images only")
+    _data_caps(p)
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), metavar="NAME", help="as for bench (default: both)")
-    p.add_argument("--runs", type=int, default=30, help="timed runs per model and backend (default 30)")
+    p.add_argument("--runs", type=_positive_int, default=30, help="timed runs per model and backend (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="warm-up runs (default 5)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--no-spin", action="store_true", help=_SPIN_HELP)
     p.add_argument(
         "--y",
@@ -402,10 +519,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if args.threads is not None and args.threads < 1:
         raise EdgepruneError(f"--threads must be positive, got {args.threads}")
     ref = _model_ref(args)
-    out = prepare_out_dir(args.out, args.force)
+    if (args.data is None) != (args.epochs is None):
+        raise EdgepruneError("training needs both --data and --epochs (or neither, for an untrained sweep)")
+    data = _load_data(args, args.limit_train, args.limit_test, progress=False) if args.data else None
+    out = prepare_out_dir(args.out, args.force, "sweep")
     sweep(
         ref, out, args.modes, args.targets, args.seeds, args.backends, args.runs, args.warmup, args.threads,
-        args.step, args.epochs, args.data, args.y, spin=not args.no_spin, limit_train=args.limit_train,
+        args.step, args.epochs, data, args.y, spin=not args.no_spin, limit_train=args.limit_train,
         limit_test=args.limit_test,
     )  # fmt: skip
 
@@ -473,6 +593,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "--limit-train", metavar="N", default=None, help="use only this many training images (stratified subset)"
     )
     p.add_argument("--limit-test", metavar="N", default=None, help="use only this many test images (stratified subset)")
+    _data_caps(p)
     p.add_argument(
         "--out", metavar="DIR", help="output folder (default: the model folder itself; required for a reference)"
     )
@@ -480,6 +601,22 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--threads", metavar="N", default=None, help="CPU threads (default: all cores)")
+
+
+def _data_caps(p: argparse.ArgumentParser) -> None:
+    """Options that cap what a data set may make edgeprune read (checked from headers, before decoding)."""
+    p.add_argument("--max-image-pixels", type=_positive_int, default=None, metavar="N",
+                   help="refuse an image of more than N pixels, from its header (default 4096x4096)")  # fmt: skip
+    p.add_argument("--max-file-bytes", type=_positive_int, default=None, metavar="N",
+                   help="refuse an image file (or archive member) over N bytes, unread (default 64 MiB)")  # fmt: skip
+
+
+def _load_data(args: argparse.Namespace, limit_train: int | None, limit_test: int | None, progress: bool):  # noqa: ANN202
+    """The data set ``--data`` names, with the size caps the options set."""
+    from edgeprune.data import load_dataset
+
+    caps = {"max_image_pixels": args.max_image_pixels, "max_file_bytes": args.max_file_bytes}
+    return load_dataset(args.data, limit_train, limit_test, progress=progress, **{k: v for k, v in caps.items() if v})
 
 
 def _parse_number(text: str | None, option: str, kind: type, minimum: float | None = None) -> float | int | None:
@@ -496,13 +633,20 @@ def _parse_number(text: str | None, option: str, kind: type, minimum: float | No
     return value
 
 
+def _parse_seed(text: str) -> int:
+    """``--seed`` of train (parsed late, as its other numbers are): an integer in [0, 2**32 - 1]."""
+    try:
+        return _seed(text)
+    except argparse.ArgumentTypeError as e:
+        raise EdgepruneError(f"--seed: {e}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     """Train a model and print its test accuracy."""
     import shutil
 
     import torch
 
-    from edgeprune.data import load_dataset
     from edgeprune.io import classify, resolve_for_data
     from edgeprune.train import TrainConfig, train
 
@@ -516,7 +660,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         schedule=args.schedule,
         warmup_epochs=_parse_number(args.warmup_epochs, "--warmup-epochs", float),
         label_smoothing=_parse_number(args.label_smoothing, "--label-smoothing", float),
-        seed=_parse_number(args.seed, "--seed", int, 0),
+        seed=_parse_seed(args.seed),
         augment=not args.no_augment,
         precision=args.precision,
     ).validate()
@@ -531,13 +675,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise EdgepruneError(f"--out is required when training {what}")
     out = Path(args.out) if args.out else Path(args.model)
     if args.out and not (model_dir and out.resolve() == Path(args.model).resolve()):
-        out = Path(args.out) if args.resume else prepare_out_dir(args.out, args.force)
-    data = load_dataset(args.data, limit_train, limit_test, progress=not args.quiet)
+        out = prepare_out_dir(args.out, args.force, "train", keep=args.resume)
+    else:
+        _OUTPUTS.lock(out, "train")  # training in place: the model folder is the output
+    data = _load_data(args, limit_train, limit_test, progress=not args.quiet)
     print(data.summary(), flush=True)
     torch.manual_seed(config.seed)  # a built model's initial weights
     model = resolve_for_data(ref, data.num_classes, data.input_shape(), data.name).model
     report = Path(args.model) / "report.json"
-    if model_dir and report.is_file() and not (out / "report.json").exists():
+    if model_dir and report.is_file() and not args.resume and not (out / "report.json").exists():
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy2(report, out / "report.json")
     try:
@@ -588,10 +734,14 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         help="l1 and nuclear (conventional: train, rank, prune, fine-tune), uniform (width scaling, trained from "
         "scratch), unweighted (Algorithm 1 with a uniform layer lottery); default all four",
     )
-    p.add_argument("--epochs", type=int, default=10, help="epochs of from-scratch training (and pre-training)")
-    p.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs of the conventional pipelines")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; mean and std are over these")
-    p.add_argument("--step", type=float, default=0.1, help="Algorithm 1's step (default 0.1)")
+    p.add_argument(
+        "--epochs", type=_positive_int, default=10, help="epochs of from-scratch training (and pre-training)"
+    )
+    p.add_argument(
+        "--finetune-epochs", type=_positive_int, default=5, help="fine-tuning epochs of the conventional pipelines"
+    )
+    p.add_argument("--seeds", type=_seed, nargs="+", default=[0], help="seeds; mean and std are over these")
+    p.add_argument("--step", type=_finite, default=0.1, help="Algorithm 1's step (default 0.1)")
     p.add_argument(
         "--conventional-layers",
         choices=["weighted", "ratio"],
@@ -600,10 +750,11 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         "ratio for every layer",
     )
     p.add_argument("--optimizer", choices=["sgd", "rmsprop"], default="sgd", help="optimiser (rmsprop = the paper's)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default per optimiser)")
-    p.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
-    p.add_argument("--limit-train", type=int, default=None, help="use only this many training images")
-    p.add_argument("--limit-test", type=int, default=None, help="use only this many test images")
+    p.add_argument("--lr", type=_finite, default=None, help="peak learning rate (default per optimiser)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="training batch size (default 128)")
+    p.add_argument("--limit-train", type=_positive_int, default=None, help="use only this many training images")
+    p.add_argument("--limit-test", type=_positive_int, default=None, help="use only this many test images")
+    _data_caps(p)
     p.add_argument("--out", required=True, help="folder for the tables, plot, records and trained models")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
     p.add_argument(
@@ -618,9 +769,11 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         help="continue an interrupted comparison in --out: finished runs are read back from their checkpoints "
         "(measured times included), an unfinished one continues from its last epoch; same settings needed",
     )
-    p.add_argument("--width", type=float, default=1.0, help="the zoo's width multiplier: every conv and hidden "
+    p.add_argument("--width", type=_finite, default=1.0, help="the zoo's width multiplier: every conv and hidden "
                    "linear layer at round(width x channels) (default 1)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per training run (default: all cores)")
+    p.add_argument(
+        "--threads", type=_positive_int, default=None, help="CPU threads per training run (default: all cores)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -648,7 +801,6 @@ def parse_targets(items: list[str], modes: list[str]) -> dict[str, str]:
 def cmd_compare(args: argparse.Namespace) -> None:
     """Run the comparison and print its table."""
     from edgeprune.builders import parse_model_args
-    from edgeprune.data import load_dataset
     from edgeprune.io import classify
     from edgeprune.pipelines import CompareSettings, markdown_table, run_comparison
 
@@ -659,8 +811,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     for name in ("epochs", "finetune_epochs"):
         if getattr(args, name) < 1:
             raise EdgepruneError(f"--{name.replace('_', '-')} must be a positive integer")
-    out = prepare_out_dir(args.out, args.force or args.resume)
-    data = load_dataset(args.data, args.limit_train, args.limit_test, progress=not args.quiet)
+    out = prepare_out_dir(args.out, args.force and not args.resume, "compare", keep=args.resume)
+    data = _load_data(args, args.limit_train, args.limit_test, progress=not args.quiet)
     settings = CompareSettings(
         model=args.model, targets=targets, baselines=tuple(args.baselines), epochs=args.epochs,
         finetune_epochs=args.finetune_epochs, seeds=tuple(args.seeds), step=args.step,
@@ -701,14 +853,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors print one line and return a non-zero status."""
     args = build_parser().parse_args(argv)
+    failed = True
     try:
         COMMANDS[args.command][1](args)
+        failed = False
     except EdgepruneError as e:
         sys.stderr.write(f"edgeprune {args.command}: error: {e}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"edgeprune {args.command}: interrupted\n")
         return 130
+    except OSError as e:  # a file the library did not expect to fail (disk full, a folder vanished): one line
+        where = f": {e.filename}" if e.filename else ""
+        sys.stderr.write(f"edgeprune {args.command}: error: {e.strerror or e}{where}\n")
+        return 2
+    finally:
+        _OUTPUTS.close(failed)
     return 0
 
 

@@ -13,6 +13,11 @@ Two layouts load with :func:`load_dataset`:
 Either may also come as a ``.tar.gz`` / ``.tgz`` / ``.tar`` archive, read straight from the archive
 (nothing is written out but the cache). A root holding nothing but one folder is descended into.
 
+Nothing is read or decoded blindly: a file's size is checked (from ``stat`` or the archive's member
+header) before it is read, against ``max_file_bytes``; an image's width and height are checked
+(from its header) before it is decoded, against ``max_image_pixels`` and the data set's one size.
+Archive members that are neither images nor CIFAR batch files are never read.
+
 Decoded images are cached as one safetensors file per data set in ``$EDGEPRUNE_CACHE`` (default
 ``~/.cache/edgeprune``), keyed by the archive's content hash, or for a folder by every image's
 name, size and modification time, so later loads take about a second.
@@ -28,7 +33,10 @@ import pickle
 import sys
 import tarfile
 import time
+import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -45,6 +53,12 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 TEST_SPLITS = ("test", "val")
 GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "F")
 CACHE_FORMAT = "edgeprune-images/1"
+CIFAR_FILES = frozenset(
+    [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta", "train", "test", "meta"]
+)
+MAX_IMAGE_PIXELS = 4096 * 4096  # default cap on one image's width x height, checked before decoding
+MAX_FILE_BYTES = 64 * 2**20  # default cap on one image file's size, checked before reading
+MAX_BATCH_BYTES = 256 * 2**20  # least cap on a CIFAR batch file (the official CIFAR-100 train file is 155 MB)
 
 Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]
 
@@ -91,13 +105,27 @@ def cache_dir() -> Path:
 
 
 def load_dataset(
-    path: str | Path, limit_train: int | None = None, limit_test: int | None = None, progress: bool = False
+    path: str | Path,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    progress: bool = False,
+    *,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> ImageDataset:
-    """Load an image-folder data set, an archive of one, or an official CIFAR-10/100 python folder."""
+    """Load an image-folder data set, an archive of one, or an official CIFAR-10/100 python folder.
+
+    ``max_image_pixels`` caps one image's width x height (checked from its header, before decoding);
+    ``max_file_bytes`` caps one image file's size (checked before reading; CIFAR batch files may have
+    ``max(max_file_bytes, MAX_BATCH_BYTES)``). Archive members that are neither are never read.
+    """
     path = Path(path).expanduser()
     for name, limit in (("limit_train", limit_train), ("limit_test", limit_test)):
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise EdgepruneError(f"{name} must be a positive integer, got {limit!r}")
+    for name, cap in (("max_image_pixels", max_image_pixels), ("max_file_bytes", max_file_bytes)):
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+            raise EdgepruneError(f"{name} must be a positive integer, got {cap!r}")
     if not path.exists():
         raise EdgepruneError(
             f"{path}: no such data set (expected an image folder, a .tar.gz of one, or a CIFAR python folder)"
@@ -113,9 +141,10 @@ def load_dataset(
         key = hashlib.sha256(f"{CACHE_FORMAT}\0archive\0{digest}".encode()).hexdigest()[:32]
         arrays = _read_cache(key)
         if arrays is None:
-            arrays = _store_cache(key, _load_tree(_Tree(path, digest, progress), progress, cache=False), path)
+            tree = _Tree(path, max_file_bytes, digest, progress)
+            arrays = _store_cache(key, _load_tree(tree, progress, False, max_image_pixels), path)
     else:
-        arrays = _load_tree(_Tree(path), progress, cache=True)
+        arrays = _load_tree(_Tree(path, max_file_bytes), progress, True, max_image_pixels)
     train_x, train_y, test_x, test_y, classes = arrays
     train_x, train_y = _subset(train_x, train_y, limit_train)
     test_x, test_y = _subset(test_x, test_y, limit_test)
@@ -173,31 +202,43 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _wanted(rel: PurePosixPath) -> bool:
+    """Whether the loader may need a file's content: an image or an official CIFAR batch file."""
+    return rel.suffix.lower() in IMAGE_EXTENSIONS or rel.name in CIFAR_FILES
+
+
 class _Tree:
     """A read-only file tree addressed by relative POSIX paths: a folder on disk, or a tar archive."""
 
-    def __init__(self, root: Path, digest: str = "", progress: bool = False):
+    def __init__(self, root: Path, max_file_bytes: int = MAX_FILE_BYTES, digest: str = "", progress: bool = False):
         self.root = root
-        self.digest = digest  # set for an archive, read into memory here
-        self.files: dict[PurePosixPath, bytes] = {}
+        self.max_file_bytes = max_file_bytes
+        self.digest = digest  # set for an archive, whose wanted files are read into memory here
+        self.sizes: dict[PurePosixPath, int] = {}  # every visible regular file of an archive, from its header
+        self.files: dict[PurePosixPath, bytes] = {}  # the content of those the loader may need
         self.kids: dict[PurePosixPath, set[str]] = {}
         if digest:
             self._read_archive(progress)
-            for p in self.files:
+            for p in self.sizes:
                 for child in [p, *p.parents][:-1]:
                     self.kids.setdefault(child.parent, set()).add(child.name)
 
     def _read_archive(self, progress: bool) -> None:
+        """Read the wanted members within the cap; note every member's size from its header."""
         if progress:
             print(f"reading {self.root}", file=sys.stderr, flush=True)
         try:
             with tarfile.open(self.root, "r:*") as tar:
                 for member in tar:
                     parts = [p for p in PurePosixPath(member.name).parts if p not in ("/", "")]
-                    if member.isfile() and parts and not any(p.startswith(".") for p in parts):
+                    if not member.isfile() or not parts or any(p.startswith(".") for p in parts):
+                        continue
+                    rel = PurePosixPath(*parts)
+                    self.sizes[rel] = member.size
+                    if _wanted(rel) and member.size <= self.limit(rel):
                         f = tar.extractfile(member)
                         if f is not None:
-                            self.files[PurePosixPath(*parts)] = f.read()
+                            self.files[rel] = f.read()
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             raise EdgepruneError(f"{self.root}: not a readable tar archive ({e})") from None
 
@@ -216,7 +257,7 @@ class _Tree:
 
     def is_file(self, rel: PurePosixPath) -> bool:
         """Whether ``rel`` is a file."""
-        return rel in self.files if self.is_archive else (self.root / rel).is_file()
+        return rel in self.sizes if self.is_archive else (self.root / rel).is_file()
 
     def children(self, rel: PurePosixPath) -> list[PurePosixPath]:
         """Visible entries of folder ``rel`` (hidden names skipped), sorted."""
@@ -226,19 +267,37 @@ class _Tree:
             kids = {p.name for p in (self.root / rel).iterdir()}
         return [rel / k for k in sorted(kids) if not k.startswith(".")]
 
+    def limit(self, rel: PurePosixPath) -> int:
+        """The most bytes read of one file: ``max_file_bytes``, at least ``MAX_BATCH_BYTES`` for CIFAR batches."""
+        is_batch = rel.suffix.lower() not in IMAGE_EXTENSIONS and rel.name in CIFAR_FILES
+        return max(self.max_file_bytes, MAX_BATCH_BYTES) if is_batch else self.max_file_bytes
+
+    def _too_big(self, rel: PurePosixPath, size: int) -> EdgepruneError:
+        """The one-line error for a file over its size cap."""
+        return EdgepruneError(
+            f"{self.display(rel)}: file is {size:,} bytes, over the cap of {self.limit(rel):,} bytes "
+            "(raise max_file_bytes to read it)"
+        )
+
     def read(self, rel: PurePosixPath) -> bytes:
-        """A file's content."""
+        """A file's content; a file over the size cap is refused from its size, unread."""
         if self.is_archive:
+            if rel not in self.files:
+                raise self._too_big(rel, self.sizes[rel])
             return self.files[rel]
         try:
-            return (self.root / rel).read_bytes()
+            with open(self.root / rel, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > self.limit(rel):
+                    raise self._too_big(rel, size)
+                return f.read(size)  # never more than the size checked, even if the file grows meanwhile
         except OSError as e:
             raise EdgepruneError(f"{self.display(rel)}: cannot read ({e.strerror})") from None
 
     def stamp(self, rel: PurePosixPath) -> str:
         """Size and modification time of a file on disk (content is covered by the digest in an archive)."""
         if self.is_archive:
-            return str(len(self.files[rel]))
+            return str(self.sizes[rel])
         st = (self.root / rel).stat()
         return f"{st.st_size}:{st.st_mtime_ns}"
 
@@ -388,7 +447,7 @@ def _list_split(tree: _Tree, split: PurePosixPath) -> dict[str, list[PurePosixPa
     }
 
 
-def _load_tree(tree: _Tree, progress: bool, cache: bool) -> Arrays:
+def _load_tree(tree: _Tree, progress: bool, cache: bool, max_image_pixels: int = MAX_IMAGE_PIXELS) -> Arrays:
     """Find the data set in ``tree`` and load it (decoding images, or reading them from the cache)."""
     root, kind = _find_root(tree)
     if kind != "folders":
@@ -421,7 +480,7 @@ def _load_tree(tree: _Tree, progress: bool, cache: bool) -> Arrays:
     start = time.perf_counter()
     if progress:
         print(f"decoding {len(files):,} images of {tree.display(root)} (once)", file=sys.stderr, flush=True)
-    x, color = _decode_all(tree, [p for p, _ in files], progress)
+    x, color = _decode_all(tree, [p for p, _ in files], progress, max_image_pixels)
     y = torch.tensor([i for _, i in files], dtype=torch.int64)
     if not color:
         x = x[:, :1].contiguous()
@@ -432,36 +491,93 @@ def _load_tree(tree: _Tree, progress: bool, cache: bool) -> Arrays:
     return _store_cache(key, arrays, tree.display(root)) if cache else arrays
 
 
-def _decode_all(tree: _Tree, files: list[PurePosixPath], progress: bool) -> tuple[torch.Tensor, bool]:
-    """Decode every image to uint8 [N, 3, H, W]; also say whether any was in colour."""
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a WebP file's first chunk header, or None if not a WebP file."""
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # extended: 24-bit canvas width - 1, height - 1
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8L" and data[20] == 0x2F:  # lossless: 14-bit width - 1, height - 1
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 ":  # lossy key frame: 14-bit width, height after the start code
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    return None
+
+
+@contextmanager
+def _pillow_limit(max_pixels: int) -> Iterator[None]:
+    """Let Pillow open what ``max_pixels`` admits (its bomb check stops at 2x its own cap), warning-free."""
+    from PIL import Image
+
+    old = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if old is not None and max_pixels > old:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
+def _check_size(where: str, size: tuple[int, int], max_pixels: int, first: tuple[str, tuple[int, int]] | None) -> None:
+    """Refuse an image, from its header, that is over the pixel cap or not the data set's one size."""
+    w, h = size
+    if w * h > max_pixels:
+        raise EdgepruneError(
+            f"{where}: image is {w}x{h} ({w * h:,} pixels), over the cap of {max_pixels:,} pixels "
+            "(raise max_image_pixels to load it)"
+        )
+    if first is not None and size != first[1]:
+        raise EdgepruneError(
+            f"{where}: image is {w}x{h}, but {first[0]} is {first[1][0]}x{first[1][1]}; "
+            "all images of a data set must have one size"
+        )
+
+
+def _decode_one(
+    tree: _Tree, rel: PurePosixPath, max_pixels: int, first: tuple[str, tuple[int, int]] | None
+) -> tuple[np.ndarray, bool]:
+    """Decode one image to uint8 [H, W, 3], its size checked first; also say whether it is in colour."""
     from PIL import Image, UnidentifiedImageError
 
-    first_size: tuple[int, int] | None = None
+    where, data = tree.display(rel), tree.read(rel)
+    webp = _webp_size(data)  # Pillow's WebP reader allocates the whole canvas when it opens a file
+    if webp is not None:
+        _check_size(where, webp, max_pixels, first)
+    try:
+        with Image.open(_io.BytesIO(data)) as im:
+            _check_size(where, im.size, max_pixels, first)
+            im.load()
+            return np.asarray(im.convert("RGB")), im.mode not in GRAY_MODES
+    except Image.DecompressionBombError as e:
+        raise EdgepruneError(f"{where}: refused by Pillow ({e}); raise max_image_pixels to load it") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise EdgepruneError(f"{where}: unreadable image ({e})") from None
+
+
+def _decode_all(
+    tree: _Tree, files: list[PurePosixPath], progress: bool, max_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[torch.Tensor, bool]:
+    """Decode every image to uint8 [N, 3, H, W]; also say whether any was in colour."""
+    first: tuple[str, tuple[int, int]] | None = None
     out: np.ndarray | None = None
     color = False
     last = time.perf_counter()
     show = progress and sys.stderr.isatty()
-    for i, rel in enumerate(files):
-        try:
-            with Image.open(_io.BytesIO(tree.read(rel))) as im:
-                im.load()
-                color = color or im.mode not in GRAY_MODES
-                arr = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise EdgepruneError(f"{tree.display(rel)}: unreadable image ({e})") from None
-        size = (arr.shape[1], arr.shape[0])
-        if first_size is None:
-            first_size = size
-            out = np.empty((len(files), arr.shape[0], arr.shape[1], 3), dtype=np.uint8)
-        elif size != first_size:
-            raise EdgepruneError(
-                f"{tree.display(rel)}: image is {size[0]}x{size[1]}, but {tree.display(files[0])} is "
-                f"{first_size[0]}x{first_size[1]}; all images of a data set must have one size"
-            )
-        out[i] = arr
-        if show and time.perf_counter() - last > 0.5:
-            last = time.perf_counter()
-            print(f"\rdecoded {i + 1:,}/{len(files):,}", end="", file=sys.stderr, flush=True)
+    with _pillow_limit(max_pixels):
+        for i, rel in enumerate(files):
+            arr, in_color = _decode_one(tree, rel, max_pixels, first)
+            color = color or in_color
+            if out is None:
+                first = (tree.display(rel), (arr.shape[1], arr.shape[0]))
+                out = np.empty((len(files), *arr.shape), dtype=np.uint8)
+            out[i] = arr
+            if show and time.perf_counter() - last > 0.5:
+                last = time.perf_counter()
+                print(f"\rdecoded {i + 1:,}/{len(files):,}", end="", file=sys.stderr, flush=True)
     if show:
         print(f"\rdecoded {len(files):,}/{len(files):,}", file=sys.stderr, flush=True)
     assert out is not None

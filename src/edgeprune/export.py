@@ -20,6 +20,7 @@ docs/results/latency_realisation.md).
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from pathlib import Path
 
@@ -119,6 +120,19 @@ def _tensors(out: object) -> list[torch.Tensor]:
     return []
 
 
+MIN_OPSET, MAX_OPSET = 7, 20  # what torch's torchscript exporter writes (the dynamo one writes 18 and up)
+
+
+def check_export_args(opset: object, atol: object, exporter: str = "auto") -> None:
+    """One-line errors for an opset the exporters cannot write, a tolerance that is not a finite number >= 0."""
+    if exporter not in EXPORTERS:
+        raise EdgepruneError(f"unknown exporter '{exporter}'; choose from: {', '.join(EXPORTERS)}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise EdgepruneError(f"opset must be an integer from {MIN_OPSET} to {MAX_OPSET}, got {opset!r}")
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not math.isfinite(atol) or atol < 0:
+        raise EdgepruneError(f"atol must be a finite number >= 0, got {atol!r}")
+
+
 def export_onnx(
     model: nn.Module | str | Path | ModelRef | Resolved,
     path: str | Path,
@@ -135,8 +149,7 @@ def export_onnx(
     ``pad_to`` zero-pads the pruned layers' widths to that multiple first (``pad_channels``); the check
     still compares with the model as given.
     """
-    if exporter not in EXPORTERS:
-        raise EdgepruneError(f"unknown exporter '{exporter}'; choose from: {', '.join(EXPORTERS)}")
+    check_export_args(opset, atol, exporter)
     if check_batch < 1:
         raise EdgepruneError(f"check batch must be positive, got {check_batch}")
     resolved = resolve(str(model) if isinstance(model, Path) else model)  # a module: its recorded input shape

@@ -14,7 +14,7 @@ import socket
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -189,23 +189,65 @@ def _is_own(path: Path) -> bool:
     return name in OWN_FILES or any(name.startswith(f".{own}.") for own in OWN_FILES)
 
 
-def remove_own_files(folder: str | Path, keep: Iterable[str] = (LOCK_FILE,)) -> list[Path]:
-    """Remove edgeprune's own files from ``folder`` (and run subfolders left empty); return what stays."""
-    folder, keep = Path(folder), set(keep)
-    left: list[Path] = []
-    for entry in sorted(folder.iterdir()):
-        if entry.name in keep:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            rest = remove_own_files(entry, keep=())
-            if not rest:
-                entry.rmdir()
-            left += rest
-        elif _is_own(entry):
-            entry.unlink()
-        else:
-            left.append(entry)
-    return left
+STASH_DIR = ".edgeprune-replaced"
+
+
+def _all_own(folder: Path) -> bool:
+    """True when every file under ``folder`` is edgeprune's (a run subfolder of a comparison, say)."""
+    return all(_is_own(p) for p in folder.rglob("*") if not p.is_dir())
+
+
+def stash_own_files(folder: str | Path) -> Path | None:
+    """Move edgeprune's own files (and run subfolders made only of them) from ``folder`` into a stash in it.
+
+    ``--force`` does this before a run: the new run never sees the old one's files, and if it fails
+    :func:`restore_stash` puts them back, so nothing written before is lost. Returns the stash, or None.
+    """
+    folder = Path(folder)
+    stash = folder / STASH_DIR
+    if stash.exists():  # left by a --force run that was killed: it held the files that run replaced
+        shutil.rmtree(stash)
+    moving = [
+        e
+        for e in sorted(folder.iterdir())
+        if e.name not in (LOCK_FILE, STASH_DIR)
+        and ((e.is_dir() and not e.is_symlink() and _all_own(e)) or (not e.is_dir() and _is_own(e)))
+    ]
+    if not moving:
+        return None
+    stash.mkdir()
+    for entry in moving:
+        os.replace(entry, stash / entry.name)
+    return stash
+
+
+def restore_stash(folder: str | Path, stash: Path) -> None:
+    """Put stashed files back in place of what a failed run wrote, and remove the stash."""
+    for entry in sorted(stash.iterdir()):
+        target = Path(folder) / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        os.replace(entry, target)
+    stash.rmdir()
+
+
+def check_writable_file(path: str | Path, option: str) -> Path:
+    """A file path that can be written: its folder exists and is writable, and it is not a folder itself."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise EdgepruneError(f"{option} {path}: is a folder; give a file name")
+    if not parent.is_dir():
+        raise EdgepruneError(f"{option} {path}: folder {parent} does not exist")
+    try:  # a real probe: os.access says yes to root even where nothing can be created (/proc)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise EdgepruneError(f"{option} {path}: cannot write in {parent} ({e.strerror})") from None
+    return path
 
 
 def remove_tree(folder: str | Path) -> None:
@@ -218,10 +260,12 @@ __all__ = [
     "OWN_FILES",
     "FolderLock",
     "atomic_write",
+    "check_writable_file",
     "locked",
-    "remove_own_files",
+    "restore_stash",
     "remove_tree",
     "sha256_file",
+    "stash_own_files",
     "tensors_digest",
     "write_json",
 ]

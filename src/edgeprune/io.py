@@ -10,6 +10,15 @@ the builder, resizes those layers to the recorded widths and loads the weights s
 missing, truncated or mismatched file is a one-line error, never a pickle. Format 1 files (a zoo
 ``arch`` and conv/linear/BatchNorm widths) still load.
 
+Nothing corrupt gets in: ``save`` records a checksum of every tensor (``tensors_sha256`` in the
+safetensors metadata) and ``load`` verifies it. Before anything is built or allocated, ``load``
+checks model.json against its format's schema (exact keys, types, bounds, groups dividing
+channels) and every recorded width against the safetensors header (read on its own: its length
+and each tensor's offsets against the file's size), and a zoo model's arguments against its
+factory's signature; a zoo model is then built on the meta device, so memory is only taken for the
+tensors the file holds. Weights of another dtype than the model's are refused unless
+``allow_cast``. Every failure is one ``EdgepruneError`` line; loading writes nothing.
+
 A ``py:``/``file:`` builder is code: ``load`` runs it only when the user vouched for it (the trust
 list, naming it again with ``builder=``, or ``trust_code=True``), and refuses a ``file:`` builder
 whose file changed since saving unless ``allow_changed=True``.
@@ -20,7 +29,14 @@ reference (zoo name, ``package.module:factory``, ``path/file.py:factory``) with 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
+import math
+import os
+import struct
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +50,7 @@ from edgeprune.builders import (
     BUILDER_ATTR,
     FILE,
     REFERENCE_HELP,
+    ZOO,
     Reference,
     build_model,
     builder_of,
@@ -43,7 +60,7 @@ from edgeprune.builders import (
     record_trust,
 )
 from edgeprune.errors import EdgepruneError
-from edgeprune.files import atomic_write, sha256_file, write_json
+from edgeprune.files import atomic_write, sha256_file, tensors_digest, write_json
 
 FORMAT = "edgeprune-model/2"
 FORMAT_V1 = "edgeprune-model/1"
@@ -51,6 +68,33 @@ SPEC_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_SIZE = 32
 _STANDARD = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+CHECKSUM_KEY = "tensors_sha256"  # safetensors metadata: files.tensors_digest of every tensor
+MAX_SPEC_BYTES = 16 << 20  # a model.json larger than this is refused unread
+MAX_HEADER_BYTES = 64 << 20  # a safetensors header larger than this is refused unread
+MAX_WIDTH = 1 << 24  # any recorded width, and a LayerNorm's normalized size
+MAX_DIMS = 8  # dimensions of a recorded tensor shape
+MAX_INPUT_DIMS = 4  # (C,), (C, L), (C, H, W) or (C, D, H, W)
+MAX_INPUT_ELEMENTS = 1 << 28  # C x H x W of one input
+MAX_UNSTORED = 1 << 24  # elements of recorded custom tensors the weights file does not hold (non-persistent buffers)
+# safetensors dtype -> (bytes per element, torch dtype name)
+_DTYPES = {
+    "F64": (8, "float64"), "F32": (4, "float32"), "F16": (2, "float16"), "BF16": (2, "bfloat16"),
+    "I64": (8, "int64"), "I32": (4, "int32"), "I16": (2, "int16"), "I8": (1, "int8"), "U8": (1, "uint8"),
+    "U16": (2, "uint16"), "U32": (4, "uint32"), "U64": (8, "uint64"), "BOOL": (1, "bool"), "C64": (8, "complex64"),
+    "F8_E4M3": (1, "float8_e4m3fn"), "F8_E5M2": (1, "float8_e5m2"), "F8_E4M3FNUZ": (1, "float8_e4m3fnuz"),
+    "F8_E5M2FNUZ": (1, "float8_e5m2fnuz"),
+}  # fmt: skip
+# model.json keys by format: (required, optional)
+_SPEC_KEYS = {
+    FORMAT: (frozenset({"format", "builder", "kwargs", "input_shape", "layers"}), frozenset({"tensors", "sha256"})),
+    FORMAT_V1: (frozenset({"format", "arch", "kwargs", "input_shape", "layers"}), frozenset()),
+}
+_DTYPE_NAMES = {getattr(torch, name): key for key, (_, name) in _DTYPES.items() if hasattr(torch, name)}
+_CONV = frozenset({"in_channels", "out_channels", "groups"})
+_LINEAR = frozenset({"in_features", "out_features"})
+_NORM = frozenset({"num_features"})
+_GROUP_NORM = frozenset({"num_groups", "num_channels"})
+_LAYER_NORM = frozenset({"normalized_shape"})
 _LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -151,13 +195,49 @@ def save(
     the user's trust list, as naming it anywhere does.
     """
     directory = Path(directory)
-    spec = model_spec(model, input_shape, builder, kwargs)
+    spec = validate_spec(model_spec(model, input_shape, builder, kwargs))  # never write what load would refuse
     if builder is not None:
         record_trust(parse_reference(spec["builder"]), spec.get("sha256"))
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    metadata = {"format": FORMAT, CHECKSUM_KEY: tensors_digest(tensors)}
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata=metadata))
     write_json(directory / SPEC_FILE, spec)
     return directory
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for one-line messages about untrusted content."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _brief(e: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
+def _is_count(value: object, low: int = 1, high: int = MAX_WIDTH) -> bool:
+    """True for an int (not a bool) in ``[low, high]``."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_shape(value: object, low: int = 0, max_dims: int = MAX_DIMS) -> bool:
+    """True for a list of at most ``max_dims`` ints in ``[low, MAX_WIDTH]``."""
+    return isinstance(value, list) and len(value) <= max_dims and all(_is_count(d, low) for d in value)
+
+
+def _read_json(path: Path) -> object:
+    """Parse a JSON file of at most MAX_SPEC_BYTES; a one-line error for anything else."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise EdgepruneError(f"{path}: {size} bytes, too large for a model.json (at most {MAX_SPEC_BYTES})")
+        return json.loads(path.read_bytes())
+    except OSError as e:
+        raise EdgepruneError(f"{path}: cannot read ({e.strerror})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too-long integers
+        raise EdgepruneError(f"{path}: not valid JSON ({_brief(e)})") from None
 
 
 def read_spec(directory: str | Path) -> dict:
@@ -165,81 +245,375 @@ def read_spec(directory: str | Path) -> dict:
     path = Path(directory) / SPEC_FILE
     if not path.is_file():
         raise EdgepruneError(f"{path}: not found (is '{directory}' a model folder written by edgeprune?)")
-    try:
-        spec = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgepruneError(f"{path}: not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
-    if not isinstance(spec, dict) or spec.get("format") not in (FORMAT, FORMAT_V1):
+    return validate_spec(_read_json(path), path)
+
+
+def validate_spec(spec: object, path: str | Path = SPEC_FILE) -> dict:
+    """Check a parsed model.json against its format's schema (keys, types, bounds); format 1 comes back as 2."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("format"), str) or spec["format"] not in _SPEC_KEYS:
         raise EdgepruneError(f"{path}: not an {FORMAT} (or {FORMAT_V1}) file")
+    spec, (required, optional) = dict(spec), _SPEC_KEYS[spec["format"]]
+    missing, extra = sorted(required - set(spec)), sorted(set(spec) - required - optional, key=str)
+    if missing:
+        raise EdgepruneError(f"{path}: missing '{missing[0]}'")
+    if extra:
+        raise EdgepruneError(
+            f"{path}: unknown key {_show(extra[0])} (a {spec['format']} file has {sorted(required | optional)})"
+        )
     legacy = spec["format"] == FORMAT_V1
-    for key in ("arch" if legacy else "builder", "kwargs", "layers", "input_shape"):
-        if key not in spec:
-            raise EdgepruneError(f"{path}: missing '{key}'")
     if legacy:
+        if not isinstance(spec["arch"], str):
+            raise EdgepruneError(f"{path}: 'arch' must be a zoo model name, got {_show(spec['arch'])}")
         spec = {**spec, "builder": f"zoo:{spec['arch']}", "tensors": {}, "legacy": True}
-    if not isinstance(spec["kwargs"], dict) or not isinstance(spec["layers"], dict):
-        raise EdgepruneError(f"{path}: 'kwargs' and 'layers' must be JSON objects")
-    shape = spec["input_shape"]
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise EdgepruneError(f"{path}: 'input_shape' must be a list of positive integers")
-    if not isinstance(spec.get("tensors", {}), dict):
-        raise EdgepruneError(f"{path}: 'tensors' must be a JSON object")
-    ref = parse_reference(spec["builder"]) if isinstance(spec["builder"], str) else None
-    if ref is None or spec["builder"] != ref.builder:
-        raise EdgepruneError(f"{path}: 'builder' must be zoo:NAME, py:module:factory or file:/path.py:factory")
-    if ref.kind == FILE and not isinstance(spec.get("sha256"), str):
-        raise EdgepruneError(f"{path}: a file: builder needs its 'sha256'")
+    _check_builder_field(spec, path)
+    spec["kwargs"] = _check_kwargs_field(spec["kwargs"], path)
+    _check_input_shape(spec["input_shape"], path)
+    _check_layers(spec["layers"], legacy, path)
+    _check_tensors_field(spec.get("tensors", {}), path)
     return spec
 
 
-def _resize(m: nn.Module, w: dict[str, Any]) -> None:
-    """Give layer ``m`` the recorded widths in place (fresh parameters of the new shapes, its own class kept)."""
+def _check_builder_field(spec: dict, path: str | Path) -> None:
+    """``builder`` is a canonical reference; a ``file:`` one comes with its ``sha256``, no other does."""
+    text = spec["builder"]
+    hint = f"{path}: 'builder' must be zoo:NAME, py:module:factory or file:/path.py:factory"
+    if not isinstance(text, str) or not text or len(text) > 4096:
+        raise EdgepruneError(f"{hint}, got {_show(text)}")
+    try:
+        ref = parse_reference(text)
+    except EdgepruneError:
+        raise EdgepruneError(f"{hint}, got {_show(text)}") from None
+    if text != ref.builder:
+        raise EdgepruneError(f"{hint}, got {_show(text)}")
+    sha = spec.get("sha256")
+    if ref.kind == FILE and not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise EdgepruneError(f"{path}: a file: builder needs its 'sha256' (64 hex digits), got {_show(sha)}")
+    if ref.kind != FILE and "sha256" in spec:
+        raise EdgepruneError(f"{path}: 'sha256' belongs to a file: builder only, not {_show(text)}")
 
-    def param(shape: tuple[int, ...], old: torch.Tensor) -> nn.Parameter:
-        return nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device), requires_grad=old.requires_grad)
 
-    def per_channel(n: int, names: tuple[str, ...] = ("weight", "bias")) -> None:
-        for key in names:
-            old = getattr(m, key, None)
-            if isinstance(old, nn.Parameter):
-                setattr(m, key, param((n,), old))
-        for key in ("running_mean", "running_var"):
-            old = getattr(m, key, None)
-            if isinstance(old, torch.Tensor):
-                setattr(m, key, torch.empty(n, dtype=old.dtype, device=old.device))
+def _check_kwargs_field(kwargs: object, path: str | Path) -> dict[str, Any]:
+    """``kwargs`` is a JSON object with string keys and finite JSON values."""
+    if not isinstance(kwargs, dict):
+        raise EdgepruneError(f"{path}: 'kwargs' must be a JSON object, got {_show(kwargs)}")
+    try:
+        return check_kwargs(kwargs)
+    except EdgepruneError as e:
+        raise EdgepruneError(f"{path}: 'kwargs': {e}") from None
 
+
+def _check_input_shape(shape: object, path: str | Path) -> None:
+    """``input_shape`` is 1 to MAX_INPUT_DIMS positive ints, of at most MAX_INPUT_ELEMENTS elements."""
+    if not (_is_shape(shape, 1, MAX_INPUT_DIMS) and shape and math.prod(shape) <= MAX_INPUT_ELEMENTS):
+        raise EdgepruneError(
+            f"{path}: 'input_shape' must be a list of 1 to {MAX_INPUT_DIMS} positive integers such as [3, 32, 32] "
+            f"(at most {MAX_INPUT_ELEMENTS} elements), got {_show(shape)}"
+        )
+
+
+def _check_layers(layers: object, legacy: bool, path: str | Path) -> None:
+    """``layers`` maps module names to one known set of widths each, within bounds, groups dividing channels."""
+    if not isinstance(layers, dict):
+        raise EdgepruneError(f"{path}: 'layers' must be a JSON object, got {_show(layers)}")
+    kinds = (_CONV, _LINEAR, _NORM) if legacy else (_CONV, _LINEAR, _NORM, _GROUP_NORM, _LAYER_NORM)
+    for name, widths in layers.items():
+        problem = _layer_problem(widths, kinds)
+        if problem:
+            raise EdgepruneError(f"{path}: layer {_show(name)}: {problem}")
+
+
+def _layer_problem(widths: object, kinds: tuple[frozenset[str], ...]) -> str | None:
+    """What is wrong with one layer's recorded widths, or None."""
+    if not isinstance(widths, dict) or frozenset(widths) not in kinds:
+        return f"expected one of {[sorted(k) for k in kinds]}, got {_show(widths)}"
+    if "normalized_shape" in widths:
+        shape = widths["normalized_shape"]
+        if not (_is_shape(shape, 1) and shape and math.prod(shape) <= MAX_WIDTH):
+            return f"normalized_shape must be 1 to {MAX_DIMS} positive integers, got {_show(shape)}"
+        return None
+    for key, value in widths.items():
+        if not _is_count(value):
+            return f"{key} must be a positive integer (at most {MAX_WIDTH}), got {_show(value)}"
+    if "groups" in widths and (widths["in_channels"] % widths["groups"] or widths["out_channels"] % widths["groups"]):
+        return f"{widths['groups']} groups do not divide {widths['in_channels']} -> {widths['out_channels']} channels"
+    if "num_groups" in widths and widths["num_channels"] % widths["num_groups"]:
+        return f"{widths['num_groups']} groups do not divide {widths['num_channels']} channels"
+    return None
+
+
+def _check_tensors_field(tensors: object, path: str | Path) -> None:
+    """``tensors`` maps parameter/buffer names to shapes (lists of non-negative ints)."""
+    if not isinstance(tensors, dict):
+        raise EdgepruneError(f"{path}: 'tensors' must be a JSON object, got {_show(tensors)}")
+    for name, shape in tensors.items():
+        if not _is_shape(shape):
+            raise EdgepruneError(
+                f"{path}: tensor {_show(name)}: shape must be a list of at most {MAX_DIMS} integers in "
+                f"[0, {MAX_WIDTH}], got {_show(shape)}"
+            )
+
+
+# -- the weights file's header, read without reading any tensor --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as a safetensors header describes it: its dtype (safetensors' name) and shape."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def torch_dtype(self) -> str:
+        """The dtype as torch names it (``float32``)."""
+        return _DTYPES[self.dtype][1]
+
+
+@dataclass(frozen=True)
+class WeightsHeader:
+    """A safetensors file's validated header: its tensors by name, its metadata, its data size in bytes."""
+
+    path: Path
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+    data_bytes: int
+
+
+def read_header(path: str | Path) -> WeightsHeader:
+    """Read and validate a safetensors header against the file's size, reading no tensor data."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgepruneError(f"{path}: not found")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise EdgepruneError(f"{path}: truncated ({size} bytes, shorter than a safetensors header)")
+            length = struct.unpack("<Q", prefix)[0]
+            if length > min(size - 8, MAX_HEADER_BYTES):
+                raise EdgepruneError(
+                    f"{path}: corrupt or truncated (header length {length} bytes, the file has {size - 8} after it; "
+                    f"at most {MAX_HEADER_BYTES})"
+                )
+            raw = f.read(length)
+    except OSError as e:
+        raise EdgepruneError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise EdgepruneError(f"{path}: corrupt header (not valid JSON: {_brief(e)})") from None
+    return _check_header(path, header, size - 8 - length)
+
+
+def _check_header(path: Path, header: object, data_bytes: int) -> WeightsHeader:
+    """Every entry names a known dtype and a shape whose bytes fill its offsets, the whole data and no more."""
+    if not isinstance(header, dict):
+        raise EdgepruneError(f"{path}: corrupt header (not a JSON object)")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise EdgepruneError(f"{path}: corrupt header ('__metadata__' must map strings to strings)")
+    tensors: dict[str, TensorInfo] = {}
+    spans: list[tuple[int, int]] = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        info, span = _header_entry(entry, data_bytes)
+        if info is None:
+            raise EdgepruneError(f"{path}: corrupt or truncated header (tensor {_show(name)}: {span})")
+        tensors[name] = info
+        spans.append(span)
+    covered = 0
+    for begin, end in sorted(spans):
+        covered = end if begin == covered else -1
+    if covered != data_bytes:
+        raise EdgepruneError(
+            f"{path}: corrupt or truncated (its tensors do not cover its {data_bytes} data bytes end to end)"
+        )
+    return WeightsHeader(path, tensors, metadata, data_bytes)
+
+
+def _header_entry(entry: object, data_bytes: int) -> tuple[TensorInfo | None, Any]:
+    """A header entry as (TensorInfo, (begin, end)), or (None, what is wrong with it)."""
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        return None, "not {dtype, shape, data_offsets}"
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _DTYPES or not hasattr(torch, _DTYPES[dtype][1]):
+        return None, f"unsupported dtype {_show(dtype)}"
+    if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(_is_count(d, 0, 1 << 62) for d in shape)):
+        return None, f"bad shape {_show(shape)}"
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o, 0, data_bytes) for o in offsets)):
+        return None, f"data_offsets {_show(offsets)} outside the {data_bytes} data bytes"
+    begin, end = offsets
+    if end - begin != math.prod(shape) * _DTYPES[dtype][0]:
+        return None, f"{dtype} {shape} takes {math.prod(shape) * _DTYPES[dtype][0]} bytes, data_offsets {offsets}"
+    return TensorInfo(dtype, tuple(shape)), (begin, end)
+
+
+def _join(module: str, key: str) -> str:
+    """A state_dict key: ``module.key`` (just ``key`` for the root module)."""
+    return f"{module}.{key}" if module else key
+
+
+def check_against_header(spec: dict, header: WeightsHeader, where: str = "") -> None:
+    """Every recorded width and tensor shape in a validated spec agrees with the weights header (before building)."""
+    for name, widths in spec["layers"].items():
+        problem = _header_problem(name, widths, header)
+        if problem:
+            raise EdgepruneError(f"{where}model.json layer {_show(name)} {problem} ({header.path.name} disagrees)")
+    unstored = 0
+    for name, shape in spec.get("tensors", {}).items():
+        info = header.tensors.get(name)
+        if info is None:
+            unstored += math.prod(shape)
+        elif list(info.shape) != shape:
+            raise EdgepruneError(
+                f"{where}model.json says tensor {_show(name)} is {shape}, {header.path.name} has {list(info.shape)}"
+            )
+    if unstored > MAX_UNSTORED:
+        raise EdgepruneError(f"{where}model.json records {unstored} elements of tensors the weights file does not hold")
+    if parse_reference(spec["builder"]).kind == ZOO:
+        _check_input_channels(spec, where)
+
+
+def _header_problem(name: str, w: dict[str, Any], header: WeightsHeader) -> str | None:
+    """How layer ``name``'s recorded widths contradict the header's tensor shapes, or None."""
+
+    def shape(key: str) -> tuple[int, ...] | None:
+        info = header.tensors.get(_join(name, key))
+        return None if info is None else info.shape
+
+    if "in_channels" in w:
+        c_in, c_out, groups = w["in_channels"], w["out_channels"], w["groups"]
+        weight = shape("weight")
+        if weight is None or weight[:2] not in ((c_out, c_in // groups), (c_in, c_out // groups)):
+            return f"has {c_in} -> {c_out} channels in {groups} groups, its weight is {_shape_text(weight)}"
+        wanted = {"bias": (c_out,)}
+    elif "in_features" in w:
+        weight = shape("weight")
+        if weight != (w["out_features"], w["in_features"]):
+            return f"has {w['in_features']} -> {w['out_features']} features, its weight is {_shape_text(weight)}"
+        wanted = {"bias": (w["out_features"],)}
+    elif "num_features" in w:
+        wanted = dict.fromkeys(("weight", "bias", "running_mean", "running_var"), (w["num_features"],))
+    elif "num_channels" in w:
+        wanted = dict.fromkeys(("weight", "bias"), (w["num_channels"],))
+    else:
+        wanted = dict.fromkeys(("weight", "bias"), tuple(w["normalized_shape"]))
+    for key, want in wanted.items():
+        got = shape(key)
+        if got is not None and got != want:
+            return f"has width {list(want)}, its {key} is {_shape_text(got)}"
+    return None
+
+
+def _shape_text(shape: tuple[int, ...] | None) -> str:
+    """A header shape for a message: ``[4, 3, 3, 3]``, or ``missing``."""
+    return "missing" if shape is None else str(list(shape))
+
+
+def _check_input_channels(spec: dict, where: str) -> None:
+    """A zoo model's first conv takes the recorded input's channels (and its ``in_channels`` argument's)."""
+    first = next((w for w in spec["layers"].values() if "in_channels" in w), None)
+    if first is None:
+        return
+    channels = [("input_shape", spec["input_shape"][0])]
+    if "in_channels" in spec["kwargs"]:
+        channels.append(("kwargs in_channels", spec["kwargs"]["in_channels"]))
+    for what, c in channels:
+        if c != first["in_channels"]:
+            raise EdgepruneError(
+                f"{where}model.json {what} says {_show(c)} input channels, the first conv takes {first['in_channels']}"
+            )
+
+
+def check_zoo_kwargs(name: str, kwargs: dict[str, Any], where: str = "") -> None:
+    """Check a zoo model's recorded arguments against its factory's signature and types before building it."""
+    from edgeprune.models.registry import _entry, create
+
+    fn = _entry(name).fn
+    params = {**inspect.signature(create).parameters, **inspect.signature(fn).parameters}
+    params = {k: p for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and k != "name"}
+    for key, value in kwargs.items():
+        if key not in params:
+            raise EdgepruneError(
+                f"{where}zoo model '{name}' takes no argument {_show(key)} (it takes {sorted(params)})"
+            )
+        kind = _param_kind(params[key])
+        if kind is int and not _is_count(value):
+            raise EdgepruneError(
+                f"{where}zoo model '{name}': {key} must be a positive integer (at most {MAX_WIDTH}), got {_show(value)}"
+            )
+        if kind is float and not _is_positive_number(value):
+            raise EdgepruneError(f"{where}zoo model '{name}': {key} must be a positive number, got {_show(value)}")
+
+
+def _param_kind(p: inspect.Parameter) -> type | None:
+    """``int`` or ``float`` for a parameter annotated (or defaulting to) one, else None."""
+    for kind in (int, float):
+        if p.annotation in (kind, kind.__name__) or (p.annotation is p.empty and type(p.default) is kind):
+            return kind
+    return None
+
+
+def _is_positive_number(value: object) -> bool:
+    """True for a finite int or float above zero (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _planned(m: nn.Module, w: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The shapes ``_resize`` gives layer ``m``'s own weight, bias and running statistics (those it has)."""
     if isinstance(m, nn.modules.conv._ConvNd):
         c_in, c_out, groups = (int(w[k]) for k in ("in_channels", "out_channels", "groups"))
         if min(c_in, c_out, groups) < 1 or c_in % groups or c_out % groups:
             raise ValueError(f"{c_in} -> {c_out} channels in {groups} groups")
-        m.in_channels, m.out_channels, m.groups = c_in, c_out, groups
         k = tuple(m.kernel_size)
-        m.weight = param((c_in, c_out // groups, *k) if m.transposed else (c_out, c_in // groups, *k), m.weight)
-        per_channel(c_out, ("bias",))
+        weight = (c_in, c_out // groups, *k) if m.transposed else (c_out, c_in // groups, *k)
+        shapes = {"weight": weight, "bias": (c_out,)}
     elif isinstance(m, nn.Linear):
-        m.in_features, m.out_features = int(w["in_features"]), int(w["out_features"])
-        m.weight = param((m.out_features, m.in_features), m.weight)
-        per_channel(m.out_features, ("bias",))
+        shapes = {"weight": (int(w["out_features"]), int(w["in_features"])), "bias": (int(w["out_features"]),)}
     elif isinstance(m, nn.modules.batchnorm._NormBase):
-        m.num_features = int(w["num_features"])
-        per_channel(m.num_features)
+        shapes = dict.fromkeys(("weight", "bias", "running_mean", "running_var"), (int(w["num_features"]),))
     elif isinstance(m, nn.GroupNorm):
         groups, channels = int(w["num_groups"]), int(w["num_channels"])
         if min(groups, channels) < 1 or channels % groups:
             raise ValueError(f"{channels} channels in {groups} groups")
-        m.num_groups, m.num_channels = groups, channels
-        per_channel(channels)
+        shapes = dict.fromkeys(("weight", "bias"), (channels,))
     elif isinstance(m, nn.LayerNorm):
-        shape = tuple(int(d) for d in w["normalized_shape"])
-        m.normalized_shape = shape
-        for key in ("weight", "bias"):
-            old = getattr(m, key, None)
-            if isinstance(old, nn.Parameter):
-                setattr(m, key, param(shape, old))
+        shapes = dict.fromkeys(("weight", "bias"), tuple(int(d) for d in w["normalized_shape"]))
     else:
         raise ValueError(f"a {type(m).__name__} cannot take layer widths")
+    return {key: shape for key, shape in shapes.items() if isinstance(getattr(m, key, None), torch.Tensor)}
+
+
+def _resize(m: nn.Module, w: dict[str, Any]) -> None:
+    """Give layer ``m`` the recorded widths in place (fresh parameters of the new shapes, its own class kept)."""
+    shapes = _planned(m, w)
+    for key, value in w.items():  # in_channels, out_features, num_groups, normalized_shape, ...
+        setattr(m, key, tuple(int(d) for d in value) if key == "normalized_shape" else int(value))
+    for key, shape in shapes.items():
+        old = getattr(m, key)
+        new = torch.empty(shape, dtype=old.dtype, device=old.device)
+        setattr(m, key, nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new)
     if hasattr(m, "reset_parameters"):
         m.reset_parameters()
+
+
+def _check_planned(model: nn.Module, layers: dict, current: dict, weights: WeightsHeader, where: str) -> None:
+    """Every layer to resize gets exactly the shapes the weights header holds, so resizing allocates no more."""
+    modules, stored = dict(model.named_modules()), set(model.state_dict())
+    for name, widths in layers.items():
+        if widths == current[name]:
+            continue
+        for key, shape in _planned(modules[name], widths).items():
+            full = _join(name, key)
+            info = weights.tensors.get(full)
+            if full in stored and (info is None or info.shape != shape):
+                have = "nothing" if info is None else list(info.shape)
+                raise EdgepruneError(
+                    f"{where}model.json layer {_show(name)} makes '{full}' {list(shape)}, "
+                    f"{weights.path.name} has {have}"
+                )
 
 
 def _reshape_tensor(model: nn.Module, name: str, shape: list[int]) -> None:
@@ -262,55 +636,89 @@ def build(
     allow_changed: bool = False,
     builder: str | None = None,
     where: str = "",
+    weights: WeightsHeader | None = None,
+    meta: bool = False,
 ) -> nn.Module:
     """Build the (possibly pruned) architecture a spec describes, with fresh weights; checks trust first.
 
     ``builder`` names the reference again now (vouching for it, or pointing at a moved file); ``where``
-    prefixes messages (the folder).
+    prefixes messages (the folder). ``weights`` (the folder's validated safetensors header) must hold
+    every resized layer's shapes before it is resized; ``meta`` builds a zoo model on the meta device
+    (shapes only, no memory: ``load`` materializes it once the weights file agrees).
     """
-    recorded = parse_reference(spec["builder"])
-    named = parse_reference(builder) if builder is not None else None
-    use: Reference = named or recorded
-    sha_now = None
-    if use.kind == FILE:
-        if not Path(use.target).is_file():
-            raise EdgepruneError(
-                f"{where}builder {use.builder}: {use.target} does not exist; if it moved, name its new place "
-                f"(--model NEW/PATH.py:{use.attr}; Python: builder=...)"
-            )
-        sha_now = sha256_file(use.target)
-        saved = spec.get("sha256")
-        if saved is not None and saved != sha_now and not allow_changed:
-            raise EdgepruneError(
-                f"{where}{use.target} has changed since the model was saved (sha256 {saved} then, {sha_now} now); "
-                "if it still builds the same architecture, pass --allow-changed-code (allow_changed=True)"
-            )
-    if named is None:
-        check_trusted(use, sha_now, trust_code=trust_code, where=where)
+    use, sha_now = vouched(spec, trust_code=trust_code, allow_changed=allow_changed, builder=builder, where=where)
+    on_meta = meta and use.kind == ZOO
+    if use.kind == ZOO:
+        check_zoo_kwargs(use.target, spec["kwargs"], where)
     try:
-        model = build_model(
-            use, spec["kwargs"], input_shape=tuple(spec["input_shape"]), sha256=sha_now, remember=named is not None
-        )
+        with torch.device("meta") if on_meta else contextlib.nullcontext():
+            model = build_model(
+                use,
+                spec["kwargs"],
+                input_shape=tuple(spec["input_shape"]),
+                sha256=sha_now,
+                remember=builder is not None,
+            )
     except EdgepruneError as e:
         raise EdgepruneError(f"{where}{e}") from None
+    except Exception as e:  # a zoo constructor given odd (but well-typed) arguments
+        raise EdgepruneError(f"{where}building {use.builder} raised {_brief(e)}") from None
+    _apply_widths(model, spec, use, where, weights)
+    return model
+
+
+def vouched(
+    spec: dict, *, trust_code: bool = False, allow_changed: bool = False, builder: str | None = None, where: str = ""
+) -> tuple[Reference, str | None]:
+    """The reference to build a spec with and its file's SHA-256 now; refuses code the user has not vouched for."""
+    named = parse_reference(builder) if builder is not None else None
+    use = named or parse_reference(spec["builder"])
+    sha_now = _check_code_file(use, spec, allow_changed, where) if use.kind == FILE else None
+    if named is None:
+        check_trusted(use, sha_now, trust_code=trust_code, where=where)
+    return use, sha_now
+
+
+def _check_code_file(use: Reference, spec: dict, allow_changed: bool, where: str) -> str:
+    """The SHA-256 of a ``file:`` builder's file now; refuse a missing file, or a changed one unless allowed."""
+    if not Path(use.target).is_file():
+        raise EdgepruneError(
+            f"{where}builder {use.builder}: {use.target} does not exist; if it moved, name its new place "
+            f"(--model NEW/PATH.py:{use.attr}; Python: builder=...)"
+        )
+    sha_now = sha256_file(use.target)
+    saved = spec.get("sha256")
+    if saved is not None and saved != sha_now and not allow_changed:
+        raise EdgepruneError(
+            f"{where}{use.target} has changed since the model was saved (sha256 {saved} then, {sha_now} now); "
+            "if it still builds the same architecture, pass --allow-changed-code (allow_changed=True)"
+        )
+    return sha_now
+
+
+def _apply_widths(model: nn.Module, spec: dict, use: Reference, where: str, weights: WeightsHeader | None) -> None:
+    """Resize the built model's layers and custom tensors to the spec's (checked against ``weights`` first)."""
     layers = spec["layers"]
     current = layer_widths(model, legacy=spec.get("legacy", False))
     if set(layers) != set(current):
         missing, extra = sorted(set(current) - set(layers)), sorted(set(layers) - set(current))
         raise EdgepruneError(
-            f"{where}model.json layers do not match what {use.builder} builds (not in model.json: {missing[:3]}, "
-            f"not in the model: {extra[:3]})"
+            f"{where}model.json layers do not match what {use.builder} builds (not in model.json: "
+            f"{_show(missing[:3])}, not in the model: {_show(extra[:3])})"
         )
-    modules = dict(model.named_modules())
     try:
+        if weights is not None:
+            _check_planned(model, layers, current, weights, where)
+        modules = dict(model.named_modules())
         for name, widths in layers.items():
             if widths != current[name]:
                 _resize(modules[name], widths)
         for name, shape in spec.get("tensors", {}).items():
             _reshape_tensor(model, name, shape)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise EdgepruneError(f"{where}model.json has invalid layer widths ({type(e).__name__}: {e})") from None
-    return model
+    except EdgepruneError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise EdgepruneError(f"{where}model.json has invalid layer widths ({_brief(e)})") from None
 
 
 def load(
@@ -319,37 +727,95 @@ def load(
     trust_code: bool = False,
     allow_changed: bool = False,
     builder: str | None = None,
+    allow_cast: bool = False,
 ) -> nn.Module:
-    """Rebuild a saved model from ``DIR/model.json`` and ``DIR/model.safetensors``; no pickle.
+    """Rebuild a saved model from ``DIR/model.json`` and ``DIR/model.safetensors``; no pickle, no write.
 
     A ``py:``/``file:`` builder runs only if the user vouched for it: it is in their trust list,
     ``builder`` names it now, or ``trust_code=True``. A ``file:`` builder whose file changed since
-    saving is refused unless ``allow_changed=True``.
+    saving is refused unless ``allow_changed=True``. Both files are validated against each other
+    before anything is built or allocated; weights of another dtype than the model's are refused
+    unless ``allow_cast=True`` (then cast, with a warning); a checksum mismatch is refused.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise EdgepruneError(f"{directory}: no such model folder")
+    where = f"{directory}: "
     spec = read_spec(directory)
-    model = build(spec, trust_code=trust_code, allow_changed=allow_changed, builder=builder, where=f"{directory}: ")
-    path = directory / WEIGHTS_FILE
-    if not path.is_file():
-        raise EdgepruneError(f"{path}: not found")
+    options: dict[str, Any] = {"trust_code": trust_code, "allow_changed": allow_changed, "builder": builder}
+    vouched(spec, **options, where=where)  # first: a folder naming code the user never vouched for is refused as such
+    header = read_header(directory / WEIGHTS_FILE)
+    check_against_header(spec, header, where)
+    model = build(spec, **options, where=where, weights=header, meta=True)
+    expected = {k: v.dtype for k, v in model.state_dict().items()}
+    casts = _check_state(model, header, allow_cast)
+    model = _materialize(model, lambda: build(spec, **options, where=where, weights=header))
+    tensors = _read_tensors(header)
+    if casts:
+        tensors.update({k: tensors[k].to(expected[k]) for k in casts})
+        first = casts[0]
+        warnings.warn(
+            f"{header.path}: cast {len(casts)} tensor(s) to the model's dtypes ('{first}' "
+            f"{header.tensors[first].torch_dtype} -> {str(expected[first]).removeprefix('torch.')})",
+            stacklevel=2,
+        )
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise EdgepruneError(f"{header.path}: weights do not fit the model ({_brief(e)})") from None
+    return model.eval()
+
+
+def _check_state(model: nn.Module, header: WeightsHeader, allow_cast: bool) -> list[str]:
+    """The model's state_dict names and shapes are the header's; returns the names whose dtype differs."""
+    expected, path = model.state_dict(), header.path
+    missing, extra = sorted(set(expected) - set(header.tensors)), sorted(set(header.tensors) - set(expected))
+    if missing or extra:
+        raise EdgepruneError(
+            f"{path}: weights do not match model.json (missing {_show(missing[:3])}, unexpected {_show(extra[:3])})"
+        )
+    casts = []
+    for key, value in expected.items():
+        info = header.tensors[key]
+        if info.shape != tuple(value.shape):
+            raise EdgepruneError(f"{path}: '{key}' has shape {info.shape}, model.json says {tuple(value.shape)}")
+        if info.torch_dtype != str(value.dtype).removeprefix("torch."):
+            casts.append(key)
+    if casts and not allow_cast:
+        key, dtype = casts[0], str(expected[casts[0]].dtype).removeprefix("torch.")
+        raise EdgepruneError(
+            f"{path}: '{key}' is {header.tensors[key].torch_dtype}, the model takes {dtype} ({len(casts)} tensor(s) "
+            "differ; load(..., allow_cast=True) casts them)"
+        )
+    return casts
+
+
+def _materialize(model: nn.Module, rebuild: Callable[[], nn.Module]) -> nn.Module:
+    """A meta-device model with real (uninitialised) storage; ``rebuild()`` when it has non-persistent buffers."""
+    if not any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        return model
+    if {name for name, _ in model.named_buffers()} - set(model.state_dict()):
+        return rebuild()  # the weights file cannot fill those
+    return model.to_empty(device="cpu")
+
+
+def _read_tensors(header: WeightsHeader) -> dict[str, torch.Tensor]:
+    """The tensors of a validated weights file, verified against the header and its checksum."""
+    path = header.path
     try:
         tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise EdgepruneError(f"{path}: unreadable or truncated ({str(e).splitlines()[0]})") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise EdgepruneError(f"{path}: weights do not match model.json (missing {missing[:3]}, unexpected {extra[:3]})")
-    for key, value in tensors.items():
-        if value.shape != expected[key].shape:
-            raise EdgepruneError(
-                f"{path}: '{key}' has shape {tuple(value.shape)}, model.json says {tuple(expected[key].shape)}"
-            )
-    model.load_state_dict(tensors, strict=True)
-    return model.eval()
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise EdgepruneError(f"{path}: unreadable or truncated ({_brief(e)})") from None
+    found = {k: (_DTYPE_NAMES.get(v.dtype), tuple(v.shape)) for k, v in tensors.items()}
+    if found != {k: (v.dtype, v.shape) for k, v in header.tensors.items()}:
+        raise EdgepruneError(f"{path}: its tensors do not match its header (corrupt, or changed while being read)")
+    recorded = header.metadata.get(CHECKSUM_KEY)
+    if recorded is not None and tensors_digest(tensors) != recorded:
+        raise EdgepruneError(
+            f"{path}: checksum mismatch (the file is corrupt: its tensors do not hash to the {CHECKSUM_KEY} "
+            "recorded when it was saved)"
+        )
+    return tensors
 
 
 def input_shape_of(directory: str | Path) -> tuple[int, ...]:
@@ -374,7 +840,7 @@ class ModelRef:
     reference takes ``input_shape`` (C, H, W), else (channels, input_size, input_size) with size 32 and
     channels from ``in_channels`` or the first conv (a folder keeps its recorded shape); ``builder``
     names a folder's builder again (vouching for it); ``remember`` records a reference named here in
-    the trust list.
+    the trust list; ``allow_cast`` lets a folder's weights of another dtype be cast (see :func:`load`).
     """
 
     ref: str
@@ -388,6 +854,7 @@ class ModelRef:
     allow_changed: bool = False
     builder: str | None = None
     remember: bool = True
+    allow_cast: bool = False
 
     def with_data(self, num_classes: int, input_shape: tuple[int, ...]) -> ModelRef:
         """The same reference sized for a data set's classes and images (a folder keeps its own sizes)."""
@@ -475,7 +942,13 @@ def resolve(model: str | Path | ModelRef | nn.Module | Resolved, **options: Any)
     if parsed is None:
         if ref.model_args or ref.width is not None:
             raise EdgepruneError(f"{text}: a model folder keeps its own arguments (no --model-args or --width)")
-        loaded = load(text, trust_code=ref.trust_code, allow_changed=ref.allow_changed, builder=ref.builder)
+        loaded = load(
+            text,
+            trust_code=ref.trust_code,
+            allow_changed=ref.allow_changed,
+            builder=ref.builder,
+            allow_cast=ref.allow_cast,
+        )
         return Resolved(loaded, input_shape_of(text), text, Path(text))
     if ref.builder is not None and parse_reference(ref.builder) != parsed:
         raise EdgepruneError(f"--model {ref.builder} names a model folder's builder; the model here is {text}")
@@ -508,10 +981,15 @@ def resolve_model(
 
 
 __all__ = [
+    "CHECKSUM_KEY",
     "ModelRef",
     "Resolved",
+    "TensorInfo",
+    "WeightsHeader",
     "atomic_write",
     "build",
+    "check_against_header",
+    "check_zoo_kwargs",
     "classify",
     "input_shape_of",
     "is_folder_ref",
@@ -519,10 +997,13 @@ __all__ = [
     "layer_widths",
     "load",
     "model_spec",
+    "read_header",
     "read_spec",
     "resolve",
     "resolve_for_data",
     "resolve_model",
     "save",
+    "validate_spec",
+    "vouched",
     "write_json",
 ]

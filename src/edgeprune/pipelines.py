@@ -27,7 +27,7 @@ from edgeprune.data import ImageDataset
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import write_json
 from edgeprune.io import ModelRef, is_folder_ref, resolve
-from edgeprune.pruning import prune
+from edgeprune.pruning import check_seed, prune
 from edgeprune.trace import record_shapes
 from edgeprune.train import TrainConfig, TrainResult, train
 
@@ -125,6 +125,10 @@ def run_comparison(
     """
     if settings.time_matched and not set(settings.baselines) & set(CONVENTIONAL):
         raise EdgepruneError("time-matched training needs a conventional pipeline (l1 or nuclear) among the baselines")
+    if not settings.seeds:
+        raise EdgepruneError("no seeds given")
+    for seed in settings.seeds:
+        check_seed(seed)
     unknown = set(settings.baselines) - set(BASELINES)
     if unknown:
         raise EdgepruneError(f"unknown baseline(s) {sorted(unknown)}; choose from: {', '.join(BASELINES)}")

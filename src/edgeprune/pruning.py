@@ -160,6 +160,16 @@ def _slot_scores(group: ChannelGroup, scores: dict[str, np.ndarray] | None) -> n
     return per_channel.reshape(group.unit, group.slots).mean(axis=0)
 
 
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are 32-bit unsigned here
+
+
+def check_seed(seed: object, option: str = "seed") -> int:
+    """A seed in [0, 2**32 - 1], else a one-line EdgepruneError (numpy refuses negatives, torch overflows)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
+        raise EdgepruneError(f"{option} must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    return int(seed)
+
+
 def make_plan(
     prof: Profile,
     groups: list[ChannelGroup],
@@ -173,6 +183,7 @@ def make_plan(
 ) -> PrunePlan:
     """Run Algorithm 1 on recorded shapes and return which filters each group keeps."""
     check_mode(mode)
+    check_seed(seed)
     if not 0 < step < 1:
         raise EdgepruneError(f"step must be in (0, 1), got {step}")
     if min_filters < 1:

@@ -46,6 +46,7 @@ from edgeprune.measure import (
     measure_prepared,
     prepare,
 )
+from edgeprune.pruning import check_seed
 from edgeprune.trace import record_shapes
 
 DEFAULT_TARGETS = (0.9, 0.7, 0.5, 0.3)
@@ -105,6 +106,8 @@ def _check_args(modes: Sequence[str], targets: Sequence[float], seeds: Sequence[
             raise EdgepruneError(f"sweep targets are fractions of the model's own complexity in (0, 1), got {t}")
     if not seeds:
         raise EdgepruneError("no seeds given")
+    for seed in seeds:
+        check_seed(seed)
     if (epochs is None) != (data is None):
         raise EdgepruneError("training needs both --data and --epochs (or neither, for an untrained sweep)")
     if epochs is not None and epochs < 1:
@@ -118,7 +121,11 @@ def _base_model(ref: ModelRef, seed: int) -> Resolved:
 
 
 def _trainer(
-    data: str | None, epochs: int | None, work: Path, limit_train: int | None = None, limit_test: int | None = None
+    data: str | Path | object | None,
+    epochs: int | None,
+    work: Path,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
 ) -> tuple[object, Callable | None]:
     """The data set and a function (model, seed, tag) -> (accuracy in [0, 1], seconds); (None, None) untrained."""
     if data is None:
@@ -128,7 +135,8 @@ def _trainer(
         from edgeprune.train import TrainConfig, train
     except ImportError as e:
         raise EdgepruneError(f"training is not available in this installation ({e})") from None
-    dataset = load_dataset(data, limit_train=limit_train, limit_test=limit_test)
+    # a data set the caller loaded (the CLI, with its size caps) is used as it is
+    dataset = data if not isinstance(data, (str, Path)) else load_dataset(data, limit_train, limit_test)
 
     def run(model: torch.nn.Module, seed: int, tag: str) -> tuple[float, float]:
         result = train(model, dataset, TrainConfig(epochs=epochs, seed=seed), out_dir=work / tag, progress=False)
@@ -183,7 +191,7 @@ def sweep(
     threads: int | None = None,
     step: float = 0.1,
     epochs: int | None = None,
-    data: str | None = None,
+    data: str | Path | object | None = None,  # a path, or an ImageDataset already loaded
     y: str | None = None,
     num_classes: int | None = None,
     in_channels: int | None = None,
@@ -279,7 +287,7 @@ def sweep(
             "batch_size": 1,
             "step": step,
             "epochs": epochs,
-            "data": data,
+            "data": data if data is None or isinstance(data, (str, Path)) else data.name,
             "limit_train": limit_train,
             "limit_test": limit_test,
             "input_shape": list(input_shape),
