@@ -319,12 +319,28 @@ def add_prune(sub: argparse._SubParsersAction) -> None:
         "model.safetensors and report.json to --out and prints a before/after table.",
     )
     _model_args(p)
-    p.add_argument("--mode", required=True, help="what the budget counts: params (PA), flops (FA) or memory (MA)")
+    p.add_argument(
+        "--mode",
+        default=None,
+        help="what a single --target counts: params (PA, a count), flops (FA, multiply-adds) or memory (MA, bytes of "
+        "weights + output maps)",
+    )
     p.add_argument(
         "--target",
         required=True,
-        help="a fraction of the model's own complexity (0.5), or an amount: a count with K/M/G for params "
-        "and flops (2M, 150M), bytes with B/KB/MB/GB/KiB/MiB/GiB for memory (4MB)",
+        action="append",
+        metavar="[COST=]VALUE",
+        help="with --mode: one limit; else COST=VALUE, repeatable, every limit met at once (--target flops=0.5 "
+        "--target memory=4MB). A VALUE is a fraction of the model's own cost (0.5) or an amount: a count with "
+        "K/M/G for params and flops (2M, 150M), bytes with B/KB/MB/GB/KiB/MiB/GiB for memory (4MB)",
+    )
+    p.add_argument(
+        "--round-to",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="every pruned layer keeps a multiple of N filters (fast CPU kernels like 8 or 16); the budget is met on "
+        "the rounded widths (default 1: the paper's widths)",
     )
     p.add_argument(
         "--step", type=_finite, default=0.1, help="fraction of a picked layer's filters removed per step (default 0.1)"
@@ -361,6 +377,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         raise EdgepruneError(
             "criterion 'nuclear' needs data: use 'edgeprune compare' (or the Python API with calibration)"
         )
+    budget = prune_budget(args.mode, args.target)
     import torch
 
     torch.manual_seed(args.seed)  # a built model's initial weights come from the same seed as the pruning
@@ -368,8 +385,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
     model, shape = resolved.model, resolved.input_shape
     out = prepare_out_dir(args.out, args.force, "prune")
     result = prune(
-        model, args.mode, args.target, args.step, args.seed, args.criterion, input_shape=shape,
+        model, step=args.step, seed=args.seed, criterion=args.criterion, input_shape=shape,
         min_filters=args.min_filters, prune_residual=args.prune_residual, selection=args.selection, keep=args.keep,
+        budget=budget, round_to=args.round_to,
     )  # fmt: skip
     report = result.report()
     report["source"] = args.model
@@ -445,7 +463,38 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                    "torchscript, else dynamo)")  # fmt: skip
     p.add_argument("--atol", type=_finite, default=1e-4, help="largest allowed |onnx - torch| (default 1e-4)")
     p.add_argument("--pad-channels", type=_positive_int, default=None, metavar="N", help=_PAD_HELP)
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also quantize to int8 (onnxruntime static quantization, QDQ, per-channel int8 weights, int8 "
+        "activations calibrated on --calibration): --onnx gets the int8 model, FILE-fp32.onnx the checked fp32 one",
+    )
+    p.add_argument("--calibration", metavar="PATH", default=None,
+                   help="data set for --int8: training images calibrate, the test split checks accuracy")  # fmt: skip
+    p.add_argument("--calibration-images", type=_positive_int, default=256, metavar="N",
+                   help="training images calibrating activation ranges, chosen by --seed (default 256)")  # fmt: skip
+    p.add_argument("--calibration-method", default="minmax", metavar="NAME",
+                   help="minmax (default: measured best here), entropy or percentile")  # fmt: skip
+    p.add_argument("--max-drop", type=_finite, default=1.0, metavar="POINTS",
+                   help="largest allowed fall in test top-1 accuracy from fp32 to int8, in points (default 1.0); "
+                   "over it the file is kept and the command exits 2 with the numbers")  # fmt: skip
+    p.add_argument("--limit-test", type=_positive_int, default=None, metavar="N",
+                   help="check the int8 accuracy on this many test images only")  # fmt: skip
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the calibration images (default 0)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _export_int8(args: argparse.Namespace, fp32: Path) -> dict:
+    """Quantize the checked fp32 export to ``args.onnx`` and check its test accuracy against fp32."""
+    from edgeprune.data import load_dataset
+    from edgeprune.quantize import int8_check, quantize_onnx
+
+    data = load_dataset(args.calibration, None, args.limit_test, progress=False)
+    info = quantize_onnx(
+        fp32, args.onnx, data, images=args.calibration_images, seed=args.seed, method=args.calibration_method
+    )
+    info["check"] = int8_check(fp32, args.onnx, data, args.max_drop)
+    return info
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -455,15 +504,38 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     check_export_args(args.opset, args.atol, args.exporter)
     check_writable_file(args.onnx, "--onnx")
-    info = export_onnx(
-        _model_ref(args), args.onnx, None, args.opset, args.exporter, args.atol, pad_to=args.pad_channels
+    if args.int8 != (args.calibration is not None):
+        raise EdgepruneError("--int8 needs --calibration PATH (a data set), and --calibration is only for --int8")
+    if args.int8:
+        from edgeprune.quantize import METHODS
+
+        if not Path(args.calibration).expanduser().exists():  # before the export, not after it
+            raise EdgepruneError(f"--calibration {args.calibration}: no such data set")
+        if args.calibration_method not in METHODS:
+            raise EdgepruneError(f"unknown calibration method '{args.calibration_method}'; choose from: "
+                                 f"{', '.join(METHODS)}")  # fmt: skip
+    target = Path(args.onnx)
+    fp32 = target.with_name(target.stem + "-fp32.onnx") if args.int8 else target
+    info = export_onnx(_model_ref(args), fp32, None, args.opset, args.exporter, args.atol, pad_to=args.pad_channels)
+    line = (
+        f"wrote {info['path']} ({info['bytes'] / 1e6:.2f} MB, opset {info['opset']}, {info['exporter']} exporter); "
+        f"max |onnxruntime - torch| = {info['check']['max_abs_diff']:.2e} (limit {info['check']['atol']:g})"
     )
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        print(
-            f"wrote {info['path']} ({info['bytes'] / 1e6:.2f} MB, opset {info['opset']}, {info['exporter']} exporter); "
-            f"max |onnxruntime - torch| = {info['check']['max_abs_diff']:.2e} (limit {info['check']['atol']:g})"
+    if args.int8:
+        info = {"fp32": info, "int8": _export_int8(args, fp32)}
+        check = info["int8"]["check"]
+        line += (
+            f"\nwrote {args.onnx} (int8 QDQ, {check['int8']['bytes'] / 1e6:.2f} MB, "
+            f"{info['int8']['method']} calibration on {info['int8']['calibration']['images']} images); test top-1 "
+            f"fp32 {100 * check['fp32']['top1']:.2f}%, int8 {100 * check['int8']['top1']:.2f}% "
+            f"(drop {check['drop_points']:+.2f} points, limit {check['max_drop_points']:g}) on {check['images']} images"
+        )
+    print(json.dumps(info, indent=2) if args.json else line)
+    if args.int8 and not info["int8"]["check"]["passed"]:
+        check = info["int8"]["check"]
+        raise EdgepruneError(
+            f"int8 accuracy fell {check['drop_points']:.2f} points, over --max-drop {check['max_drop_points']:g} "
+            f"(file kept: {args.onnx}; try --calibration-method entropy or percentile, or more --calibration-images)"
         )
 
 
@@ -501,7 +573,8 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), metavar="NAME", help="as for bench (default: both)")
     p.add_argument("--runs", type=_positive_int, default=30, help="timed runs per model and backend (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="warm-up runs (default 5)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="intra-op threads (default: all cores; with --ray, a point's --cpus-per-run)")  # fmt: skip
     p.add_argument("--no-spin", action="store_true", help=_SPIN_HELP)
     p.add_argument(
         "--y",
@@ -510,12 +583,17 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="folder for results.csv, results.json and the plots")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing its files")
+    from edgeprune.cluster import add_ray_arguments  # light: Ray itself is imported only when --ray is given
+
+    add_ray_arguments(p, "point", "prune, train if asked, bench; timings from different nodes are not comparable")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     """Run a sweep."""
+    from edgeprune.cluster import options_from_args
     from edgeprune.sweep import sweep
 
+    ray = options_from_args(args)
     if args.threads is not None and args.threads < 1:
         raise EdgepruneError(f"--threads must be positive, got {args.threads}")
     ref = _model_ref(args)
@@ -526,7 +604,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     sweep(
         ref, out, args.modes, args.targets, args.seeds, args.backends, args.runs, args.warmup, args.threads,
         args.step, args.epochs, data, args.y, spin=not args.no_spin, limit_train=args.limit_train,
-        limit_test=args.limit_test,
+        limit_test=args.limit_test, ray=ray,
     )  # fmt: skip
 
 
@@ -600,7 +678,17 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--threads", metavar="N", default=None, help="CPU threads (default: all cores)")
+    p.add_argument(
+        "--threads", metavar="N", default=None, help="CPU threads per process (default: the cores, shared by processes)"
+    )
+    p.add_argument(
+        "--device",
+        metavar="D",
+        default="auto",
+        help="auto (default: CUDA, else Apple MPS, else CPU), cpu, cuda or mps. Several processes: launch with "
+        "'torchrun --nproc-per-node N [--nnodes M ...] -m edgeprune train ...' (DistributedDataParallel, gloo on "
+        "CPU, nccl on CUDA); --batch-size is the global batch, shared by the processes; rank 0 writes the files",
+    )
 
 
 def _data_caps(p: argparse.ArgumentParser) -> None:
@@ -648,7 +736,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
     from edgeprune.io import classify, resolve_for_data
-    from edgeprune.train import TrainConfig, train
+    from edgeprune.train import TrainConfig, process_ranks, resolve_device, train
 
     config = TrainConfig(
         epochs=_parse_number(args.epochs, "--epochs", int, 1),
@@ -667,6 +755,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     limit_train = _parse_number(args.limit_train, "--limit-train", int, 1)
     limit_test = _parse_number(args.limit_test, "--limit-test", int, 1)
     threads = _parse_number(args.threads, "--threads", int, 1)
+    ranks = process_ranks()  # torchrun's; rank 0 alone prepares, locks, writes and prints
+    resolve_device(args.device, ranks.local_rank)  # an unknown or absent device fails before the data loads
     ref = _model_ref(args)
     named = classify(args.model)  # None for a model folder; checked before the data set loads, runs no code
     model_dir = named is None
@@ -674,28 +764,72 @@ def cmd_train(args: argparse.Namespace) -> None:
         what = f"a model built by {named.short}" if named.is_code else "a zoo model by name"
         raise EdgepruneError(f"--out is required when training {what}")
     out = Path(args.out) if args.out else Path(args.model)
-    if args.out and not (model_dir and out.resolve() == Path(args.model).resolve()):
+    if not ranks.main:
+        pass  # rank 0 prepares the folder; the others never write to it
+    elif args.out and not (model_dir and out.resolve() == Path(args.model).resolve()):
         out = prepare_out_dir(args.out, args.force, "train", keep=args.resume)
     else:
         _OUTPUTS.lock(out, "train")  # training in place: the model folder is the output
-    data = _load_data(args, limit_train, limit_test, progress=not args.quiet)
-    print(data.summary(), flush=True)
+    data = _load_data(args, limit_train, limit_test, progress=not args.quiet and ranks.main)
+    if ranks.main:
+        print(data.summary(), flush=True)
     torch.manual_seed(config.seed)  # a built model's initial weights
     model = resolve_for_data(ref, data.num_classes, data.input_shape(), data.name).model
     report = Path(args.model) / "report.json"
-    if model_dir and report.is_file() and not args.resume and not (out / "report.json").exists():
+    if ranks.main and model_dir and report.is_file() and not args.resume and not (out / "report.json").exists():
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy2(report, out / "report.json")
     try:
-        result = train(model, data, config, out_dir=out, resume=args.resume, progress=not args.quiet, threads=threads)
+        result = train(model, data, config, out, args.resume, not args.quiet, threads=threads, device=args.device)
     except KeyboardInterrupt:
-        sys.stderr.write(
-            f"edgeprune train: stopped; continue with the same command and --resume (checkpoint in {out}/)\n"
-        )
+        if ranks.main:
+            sys.stderr.write(
+                f"edgeprune train: stopped; continue with the same command and --resume (checkpoint in {out}/)\n"
+            )
         raise
+    if ranks.main:
+        print(
+            f"test accuracy {100 * result.test_accuracy:.2f}% after {len(result.history)} epochs "
+            f"({result.train_seconds:.1f} s of training); wrote {out}/"
+        )
+
+
+# -- evaluate ---------------------------------------------------------------------------------
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    """Register ``edgeprune evaluate``."""
+    p = sub.add_parser(
+        "evaluate",
+        help="test-split accuracy of a model folder, a reference or an .onnx file (onnxruntime)",
+        description="Top-1 accuracy (and top-5 when there are more than 10 classes) on the test split of --data, "
+        "with the preprocessing train uses (the data set's mean and std). An .onnx file runs in onnxruntime as it "
+        "is (fp32 or int8); a zoo name or a factory is built untrained, sized for the data set.",
+    )
+    _model_args(p, onnx=True)
+    p.add_argument("--data", required=True, metavar="PATH", help="the data set (as for train)")
+    p.add_argument("--limit-test", type=_positive_int, default=None, metavar="N", help="use this many test images")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
+    _data_caps(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Print a model's test accuracy."""
+    from edgeprune.evaluate import evaluate
+    from edgeprune.measure import is_onnx_path
+
+    model = args.model if is_onnx_path(args.model) else _model_ref(args)
+    data = _load_data(args, None, args.limit_test, progress=False)
+    result = evaluate(model, data, batch_size=args.batch_size, threads=args.threads)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    top5 = f", top-5 {100 * result['top5']:.2f}%" if "top5" in result else ""
     print(
-        f"test accuracy {100 * result.test_accuracy:.2f}% after {len(result.history)} epochs "
-        f"({result.train_seconds:.1f} s of training); wrote {out}/"
+        f"{args.model}: top-1 {100 * result['top1']:.2f}%{top5} on {result['images']:,} test images of "
+        f"{data.name} ({result['backend']})"
     )
 
 
@@ -772,9 +906,36 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=_finite, default=1.0, help="the zoo's width multiplier: every conv and hidden "
                    "linear layer at round(width x channels) (default 1)")  # fmt: skip
     p.add_argument(
-        "--threads", type=_positive_int, default=None, help="CPU threads per training run (default: all cores)"
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads per training run (default: all cores; with --ray, the run's --cpus-per-run)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from edgeprune.cluster import add_ray_arguments  # light: Ray itself is imported only when --ray is given
+
+    add_ray_arguments(p, "run", "a seed's full model, a direct or baseline run, a prune + fine-tune")
+
+
+def prune_budget(mode: str | None, items: list[str]) -> dict[str, str]:
+    """``--mode M --target T`` or repeated ``--target COST=VALUE`` -> {cost: limit}."""
+    from edgeprune.complexity import check_mode
+
+    if mode is not None:
+        check_mode(mode)
+        if len(items) != 1 or "=" in items[0]:
+            raise EdgepruneError("--mode takes one plain --target; for several limits drop --mode and use COST=VALUE")
+        return {mode: items[0]}
+    budget: dict[str, str] = {}
+    for item in items:
+        cost, sep, value = item.partition("=")
+        if not sep:
+            raise EdgepruneError(f"--target {item}: name its cost (flops={item}) or give --mode")
+        check_mode(cost)
+        if cost in budget:
+            raise EdgepruneError(f"--target gives {cost} twice")
+        budget[cost] = value
+    return budget
 
 
 def parse_targets(items: list[str], modes: list[str]) -> dict[str, str]:
@@ -801,9 +962,11 @@ def parse_targets(items: list[str], modes: list[str]) -> dict[str, str]:
 def cmd_compare(args: argparse.Namespace) -> None:
     """Run the comparison and print its table."""
     from edgeprune.builders import parse_model_args
+    from edgeprune.cluster import options_from_args
     from edgeprune.io import classify
     from edgeprune.pipelines import CompareSettings, markdown_table, run_comparison
 
+    ray = options_from_args(args)
     targets = parse_targets(args.target, args.modes)
     model_args = parse_model_args(args.model_args)
     if classify(args.model) is None:
@@ -819,7 +982,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         conventional_layers=args.conventional_layers, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
         time_matched=args.time_matched, width=args.width, threads=args.threads, model_args=model_args,
     )  # fmt: skip
-    summary = run_comparison(settings, data, out, progress=not args.quiet, resume=args.resume)
+    summary = run_comparison(settings, data, out, progress=not args.quiet, resume=args.resume, ray=ray)
     print(markdown_table(summary) + f"\nwrote {out}/compare.md, compare.csv, compare.json, compare.png")
 
 
@@ -833,6 +996,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "export": (add_export, cmd_export),
     "sweep": (add_sweep, cmd_sweep),
     "train": (add_train, cmd_train),
+    "evaluate": (add_evaluate, cmd_evaluate),
     "compare": (add_compare, cmd_compare),
 }
 

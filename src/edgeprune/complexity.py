@@ -13,6 +13,10 @@ kernel). A layer called several times counts FLOPs and output maps once per call
 once. This module holds the arithmetic only: shapes are recorded by ``edgeprune.trace`` (one
 forward pass) or read from an ONNX graph, and every number after that comes from the shapes
 alone, which is what lets the pruning loop recompute complexity without running the model.
+
+A quantized ONNX graph (``edgeprune.onnx_graph``) keeps these parameter and FLOP counts (values and
+MACs) but stores weights and outputs narrower: ``LayerShape.weight_bytes`` and ``output_bytes`` (4 by
+default, 1 for int8) give M = weight_bytes * weights + 4 B * (bias + norm vectors) + output_bytes * C_out * H * W.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from edgeprune.errors import EdgepruneError
 MODES = ("params", "flops", "memory")
 BYTES_PER_VALUE = 4  # fp32
 CONVENTIONS = "fp32, batch 1; flops = multiply-adds counted once (MACs); memory_bytes = 4 B x (params + output map)"
+QUANTIZED_CONVENTIONS = (
+    "quantized graph, batch 1; flops = multiply-adds counted once (MACs); params = values; memory_bytes = "
+    "weights at their stored width (int8: 1 B) + bias and norm vectors (4 B) + output map at its stored width"
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,8 @@ class LayerShape:
     bn: str | None = None  # the norm layer (BatchNorm, GroupNorm...) whose affine vectors are counted here
     in_spatial: int = 0  # input positions, summed over calls (what a transposed conv's FLOPs scale with)
     calls: int = 1
+    weight_bytes: int = BYTES_PER_VALUE  # stored width of one weight value (1 for int8)
+    output_bytes: int = BYTES_PER_VALUE  # stored width of one output value (1 for a quantized activation)
 
     @property
     def depthwise(self) -> bool:
@@ -48,9 +58,14 @@ class LayerShape:
         return self.groups > 1 and self.groups == self.c_in == self.c_out
 
     @property
+    def weights(self) -> int:
+        """Weight values, without bias or norm vectors."""
+        return (self.c_in // self.groups) * self.kernel * self.c_out
+
+    @property
     def params(self) -> int:
         """Weights, bias and BatchNorm affine vectors."""
-        return (self.c_in // self.groups) * self.kernel * self.c_out + self.c_out * (int(self.bias) + 2 * bool(self.bn))
+        return self.weights + self.c_out * (int(self.bias) + 2 * bool(self.bn))
 
     @property
     def flops(self) -> int:
@@ -60,8 +75,9 @@ class LayerShape:
 
     @property
     def memory(self) -> int:
-        """Bytes of weights plus the output feature map."""
-        return BYTES_PER_VALUE * (self.params + self.c_out * self.spatial)
+        """Bytes of weights plus the output feature map, each at its stored width (4 B for fp32)."""
+        vectors = BYTES_PER_VALUE * (self.params - self.weights)  # bias and norm vectors: fp32 or int32
+        return self.weight_bytes * self.weights + vectors + self.output_bytes * self.c_out * self.spatial
 
     def measure(self, mode: str) -> int:
         """This layer's complexity in ``mode`` (params, flops or memory)."""
@@ -88,6 +104,12 @@ class Profile:
     groups: list = field(default_factory=list)  # ChannelGroup list, filled by graph.analyse()
     outputs: tuple[str, ...] = ()  # layers whose outputs reach the model's outputs (never pruned)
     functional: tuple[str, ...] = ()  # parameters used by a conv/linear op outside their module (counted here)
+
+    @property
+    def precision(self) -> str:
+        """The weights' precision: fp32 (no layer has 1-byte weights), int8 (all have) or mixed."""
+        int8 = sum(layer.weight_bytes == 1 for layer in self.layers)
+        return "fp32" if int8 == 0 else "int8" if int8 == len(self.layers) else "mixed"
 
     def total(self, mode: str) -> int:
         """The model's total complexity in ``mode``."""
@@ -116,7 +138,8 @@ class Profile:
             rows.append(row)
         return {
             "input_shape": list(self.input_shape),
-            "conventions": CONVENTIONS,
+            "conventions": CONVENTIONS if self.precision == "fp32" else QUANTIZED_CONVENTIONS,
+            "precision": self.precision,
             "layers": rows,
             "other_params": self.other_params,
             "output_layers": list(self.outputs),

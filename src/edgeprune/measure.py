@@ -24,6 +24,16 @@ and 640 pJ per 32-bit DRAM access, with every weight and activation word moved o
 
     E = 4.6 pJ x MACs + 640 pJ x (params + output activations)
 
+An int8 model (an .onnx file quantized by ``edgeprune.quantize``, counted by ``edgeprune.onnx_graph``)
+takes the 8-bit figures of the same table: 0.2 pJ per 8-bit integer multiply + 0.03 pJ per 8-bit add
+= 0.23 pJ per MAC, and DRAM traffic per byte actually stored, 640 pJ / 4 = 160 pJ per byte, with
+weights at 1 byte, biases at 4 and quantized activations at 1 (``memory_bytes`` of its profile):
+
+    E = 0.23 pJ x MACs + 160 pJ x memory_bytes
+
+The DRAM term is the same formula in both cases (640 pJ per 4 bytes); a graph with both kinds of
+layers ("mixed") prices each layer's MACs at its own figure.
+
 This module imports neither torch nor edgeprune at load time: the onnxruntime worker runs this
 very file in a process that only has onnxruntime, numpy and psutil.
 """
@@ -45,9 +55,16 @@ BACKENDS = ("torch", "onnxruntime")
 PJ_PER_MAC = 4.6  # 3.7 pJ fp32 multiply + 0.9 pJ fp32 add, 45 nm
 PJ_PER_DRAM_WORD = 640.0  # one 32-bit DRAM access, 45 nm
 ENERGY_SOURCE = "45 nm, Horowitz 2014"
+PJ_PER_INT8_MAC = 0.23  # 0.2 pJ 8-bit integer multiply + 0.03 pJ 8-bit add, 45 nm
+PJ_PER_DRAM_BYTE = PJ_PER_DRAM_WORD / 4  # 160 pJ: the same DRAM figure per byte stored
 ENERGY_NOTE = (
     f"estimate ({ENERGY_SOURCE}): {PJ_PER_MAC} pJ per fp32 multiply-add + {PJ_PER_DRAM_WORD:g} pJ per "
     "32-bit DRAM word, every weight and activation moved once (memory_bytes / 4 words), batch 1"
+)
+INT8_ENERGY_NOTE = (
+    f"estimate ({ENERGY_SOURCE}): {PJ_PER_INT8_MAC} pJ per int8 multiply-add (0.2 pJ multiply + 0.03 pJ add) + "
+    f"{PJ_PER_DRAM_BYTE:g} pJ per DRAM byte (640 pJ per 32-bit word), every weight and activation moved once "
+    "at its stored width (memory_bytes), batch 1"
 )
 MB = 1e6
 CPU_WINDOW_S = 0.5  # CPU utilisation is measured over at least this much wall time
@@ -71,22 +88,46 @@ def _error(message: str) -> Exception:
 # -- energy -----------------------------------------------------------------------------------
 
 
-def energy_estimate(profile: Any) -> dict:
-    """Energy per inference in microjoules from a Profile (or a totals dict): compute + DRAM."""
+def energy_estimate(profile: Any, precision: str | None = None) -> dict:
+    """Energy per inference in microjoules from a Profile (or a totals dict): compute + DRAM, fp32 or int8 figures.
+
+    A Profile's layers with 1-byte weights are priced as int8 MACs, the rest as fp32; a totals dict is
+    all one ``precision`` (its "precision" key, else fp32). ``precision`` overrides either.
+    """
     totals = profile.totals() if hasattr(profile, "totals") else dict(profile)
     macs = int(totals["flops"])
-    words = totals["memory_bytes"] / 4
-    compute_uj = PJ_PER_MAC * macs * 1e-6
-    dram_uj = PJ_PER_DRAM_WORD * words * 1e-6
-    return {
+    precision = precision or getattr(profile, "precision", None) or totals.get("precision", "fp32")
+    if precision not in ("fp32", "int8", "mixed"):
+        raise _error(f"unknown precision '{precision}'; choose from: fp32, int8")
+    if precision == "mixed":
+        if not hasattr(profile, "layers"):
+            raise _error("a mixed-precision energy estimate needs the profile's layers, not its totals")
+        int8_macs = sum(layer.flops for layer in profile.layers if layer.weight_bytes == 1)
+    else:
+        int8_macs = macs if precision == "int8" else 0
+    memory_bytes = int(totals["memory_bytes"])
+    compute_uj = (PJ_PER_MAC * (macs - int8_macs) + PJ_PER_INT8_MAC * int8_macs) * 1e-6
+    dram_uj = PJ_PER_DRAM_WORD * (memory_bytes / 4) * 1e-6
+    out = {
         "total_uj": compute_uj + dram_uj,
         "compute_uj": compute_uj,
         "dram_uj": dram_uj,
         "macs": macs,
-        "dram_words": words,
-        "constants": {"pj_per_mac": PJ_PER_MAC, "pj_per_dram_word": PJ_PER_DRAM_WORD, "source": ENERGY_SOURCE},
-        "model": ENERGY_NOTE,
+        "int8_macs": int8_macs,
+        "fp32_macs": macs - int8_macs,
+        "dram_words": memory_bytes / 4,
+        "dram_bytes": memory_bytes,
+        "precision": precision,
+        "source": "estimate",
     }
+    if precision == "fp32":
+        constants = {"pj_per_mac": PJ_PER_MAC, "pj_per_dram_word": PJ_PER_DRAM_WORD, "source": ENERGY_SOURCE}
+        return {**out, "constants": constants, "model": ENERGY_NOTE}
+    constants = {"pj_per_mac": PJ_PER_INT8_MAC, "pj_per_dram_byte": PJ_PER_DRAM_BYTE, "source": ENERGY_SOURCE}
+    if precision == "mixed":
+        constants["pj_per_fp32_mac"] = PJ_PER_MAC
+    note = INT8_ENERGY_NOTE + ("; fp32 layers at 4.6 pJ per MAC" if precision == "mixed" else "")
+    return {**out, "constants": constants, "model": note}
 
 
 # -- argument checks --------------------------------------------------------------------------
@@ -141,6 +182,7 @@ class Prepared:
     counted_from: str = "the PyTorch model"
 
     graph: Path | None = None  # a torch.export program, for a module edgeprune cannot rebuild from model.json
+    precision: str = "fp32"  # of the weights: fp32, or int8 / mixed for a quantized .onnx file
 
     def file_for(self, backend: str) -> Path:
         """The model file a backend loads: the folder (or exported program) for torch, the .onnx for onnxruntime."""
@@ -259,7 +301,11 @@ def _prepare_onnx(
     prof = onnx_profile(path, input_shape)
     totals = prof.totals()
     where = "the ONNX graph (a BatchNorm folded into a conv counts as its bias)"
-    return Prepared(str(path), path.parent, prof.input_shape, totals, energy_estimate(totals), path, None, where)
+    if prof.precision != "fp32":
+        where = "the quantized ONNX graph (weights and activations at their stored width)"
+    prepared = Prepared(str(path), path.parent, prof.input_shape, totals, energy_estimate(prof), path, None, where)
+    prepared.precision = prof.precision
+    return prepared
 
 
 def _run_worker(job: dict, threads: int) -> dict:
@@ -353,8 +399,8 @@ def measure_prepared(
         "spin_wait": spin,
         "complexity": {
             **prepared.totals,
-            "conventions": "fp32, batch 1; flops = multiply-adds counted once (MACs); "
-            "memory_bytes = 4 B x (params + output maps)",
+            "precision": prepared.precision,
+            "conventions": _conventions(prepared.precision),
             "counted_from": prepared.counted_from,
         },
         "energy": prepared.energy,
@@ -379,6 +425,16 @@ def measure_prepared(
             result["export"] = prepared.export
         out["backends"][backend] = result
     return out
+
+
+def _conventions(precision: str) -> str:
+    """How the complexity figures of a bench result are counted."""
+    if precision == "fp32":
+        return "fp32, batch 1; flops = multiply-adds counted once (MACs); memory_bytes = 4 B x (params + output maps)"
+    return (
+        f"{precision}, batch 1; flops = multiply-adds counted once (MACs); params = values; memory_bytes = weights "
+        "at their stored width (int8: 1 B) + biases (4 B) + output maps at their stored width (quantized: 1 B)"
+    )
 
 
 def bench(
@@ -456,7 +512,7 @@ def bench_table(result: dict) -> str:
         f"{result['threads']} thread(s){'' if result.get('spin_wait', True) else ' (no spin-waiting)'}, "
         "each backend in its own process\n"
         f"complexity: {human(c['params'], 'params')} params, {human(c['flops'], 'flops')} FLOPs (MACs), "
-        f"memory {human(c['memory_bytes'], 'memory')} (weights + output maps, fp32)"
+        f"memory {human(c['memory_bytes'], 'memory')} (weights + output maps, {_width_note(c)})"
     )
     headers = [
         "backend",
@@ -485,14 +541,7 @@ def bench_table(result: dict) -> str:
                 f"{b['size']['mb']:.2f} MB ({b['size']['file']})",
             ]
         )
-    e = result["energy"]
-    energy = (
-        f"energy per inference: {e['total_uj']:.1f} uJ = compute {e['compute_uj']:.1f} uJ "
-        f"({e['macs']:,} MACs x {PJ_PER_MAC} pJ) + DRAM {e['dram_uj']:.1f} uJ "
-        f"({e['dram_words']:,.0f} 32-bit words x {PJ_PER_DRAM_WORD:g} pJ)\n"
-        f"  estimate, not a measurement: {ENERGY_SOURCE} figures (fp32 multiply 3.7 pJ + add 0.9 pJ; "
-        "DRAM 640 pJ per 32-bit word), every weight and activation moved once, batch 1"
-    )
+    energy = _energy_lines(result["energy"])
     notes = (
         "CPU % = process CPU time of all threads / wall time of the timed loop; RSS peak = process "
         "high-water mark; RSS + = peak minus the RSS before the model was loaded"
@@ -513,6 +562,34 @@ def bench_table(result: dict) -> str:
             "processes shared the CPU, so latencies are noisy (try --no-spin or --threads 1)"
         ]
     return "\n".join([head, "", table(headers, rows), "", energy, notes, *counted, *export, *busy])
+
+
+def _width_note(complexity: dict) -> str:
+    """How the memory of a bench result is counted, in a few words."""
+    if complexity.get("precision", "fp32") == "fp32":
+        return "fp32"
+    return f"{complexity['precision']}: values at their stored width"
+
+
+def _energy_lines(e: dict) -> str:
+    """The energy estimate of a bench result, with its constants, as two lines of text."""
+    if e.get("precision", "fp32") == "fp32":
+        return (
+            f"energy per inference: {e['total_uj']:.1f} uJ = compute {e['compute_uj']:.1f} uJ "
+            f"({e['macs']:,} MACs x {PJ_PER_MAC} pJ) + DRAM {e['dram_uj']:.1f} uJ "
+            f"({e['dram_words']:,.0f} 32-bit words x {PJ_PER_DRAM_WORD:g} pJ)\n"
+            f"  estimate, not a measurement: {ENERGY_SOURCE} figures (fp32 multiply 3.7 pJ + add 0.9 pJ; "
+            "DRAM 640 pJ per 32-bit word), every weight and activation moved once, batch 1"
+        )
+    fp32 = f" + {e['fp32_macs']:,} fp32 MACs x {PJ_PER_MAC} pJ" if e["fp32_macs"] else ""
+    return (
+        f"energy per inference ({e['precision']}): {e['total_uj']:.1f} uJ = compute {e['compute_uj']:.1f} uJ "
+        f"({e['int8_macs']:,} int8 MACs x {PJ_PER_INT8_MAC} pJ{fp32}) + DRAM {e['dram_uj']:.1f} uJ "
+        f"({e['dram_bytes']:,} bytes x {PJ_PER_DRAM_BYTE:g} pJ)\n"
+        f"  estimate, not a measurement: {ENERGY_SOURCE} figures (8-bit multiply 0.2 pJ + add 0.03 pJ; "
+        "DRAM 640 pJ per 32-bit word = 160 pJ per byte), every weight and activation moved once at its "
+        "stored width, batch 1"
+    )
 
 
 # -- the measuring process --------------------------------------------------------------------

@@ -14,6 +14,18 @@ A norm layer's affine vectors count with the layer before it, as in ``edgeprune.
 BatchNormalization, an InstanceNormalization or GroupNormalization with stored per-channel vectors,
 and torch's GroupNorm export (Reshape -> InstanceNormalization -> Reshape -> Mul -> Add). A
 BatchNorm folded into a conv by the exporter counts as that conv's bias (C_out values, not 2 * C_out).
+
+Quantized graphs count the same layers with the same parameters (values) and FLOPs (MACs):
+
+- QDQ (``onnxruntime.quantization`` with ``QuantFormat.QDQ``): a Conv, Gemm or MatMul whose weight
+  comes from a DequantizeLinear of a stored int8 tensor;
+- QOperator: QLinearConv, QLinearMatMul and onnxruntime's QGemm; dynamic quantization's ConvInteger
+  and MatMulInteger.
+
+Memory counts bytes at their stored width: int8 weights 1 B, int32 or fp32 bias 4 B, an output map
+1 B when it is stored quantized (a QLinear op's output, or a float output that goes straight, or
+through a Relu/Clip, into QuantizeLinear), 4 B for an int32 (ConvInteger) or float output. The scales
+and zero points of the quantization are metadata, counted neither as parameters nor as memory.
 This module imports no torch.
 """
 
@@ -28,14 +40,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgeprune.complexity import LayerShape, Profile
+from edgeprune.complexity import BYTES_PER_VALUE, LayerShape, Profile
 from edgeprune.errors import EdgepruneError
 
 Shape = tuple[int, ...]
 
 
 def onnx_profile(path: str | Path, input_shape: tuple[int, ...] | None = None) -> Profile:
-    """Complexity profile of an ONNX file from its graph: Conv, ConvTranspose, Gemm and MatMul layers.
+    """Complexity profile of an ONNX file from its graph: Conv, ConvTranspose, Gemm and MatMul layers, or quantized.
 
     ``input_shape`` (no batch dim) fills or checks the graph input's dims. Shapes come from onnx's
     inference, else onnxruntime's symbolic inference, else one onnxruntime run. A BatchNorm folded
@@ -59,23 +71,24 @@ def onnx_profile(path: str | Path, input_shape: tuple[int, ...] | None = None) -
     shapes: dict[str, Shape] = dict(stored)
     shapes[inputs[0].name] = (1, *shape)
     constants, params = set(stored), set(stored)
-    for node in graph.node:  # weights can also come from Constant nodes, or through Identity nodes
+    dtypes = {t.name: t.data_type for t in graph.initializer}  # the element type each constant is stored in
+    for node in graph.node:  # weights can also come from Constant nodes, or through Identity/DequantizeLinear
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             shapes[node.output[0]] = tuple(node.attribute[0].t.dims)
+            dtypes[node.output[0]] = node.attribute[0].t.data_type
             constants.add(node.output[0])
-        elif node.op_type == "Identity" and node.input[0] in constants:
+        elif node.op_type in ("Identity", "DequantizeLinear") and node.input[0] in constants:
             constants.add(node.output[0])
-            if node.input[0] in params:  # an initializer the exporter shared between equal tensors
+            dtypes[node.output[0]] = dtypes.get(node.input[0], 0)  # a dequantized weight: stored as int8
+            if node.input[0] in params:  # an initializer the exporter shared, or a quantized weight
                 params.add(node.output[0])
             if node.input[0] in shapes:
                 shapes[node.output[0]] = shapes[node.input[0]]
     needed = _needed(graph, constants)
     _infer(path, model, shapes, needed, inputs[0], shape)
-    layers, synthetic = _onnx_layers(path, graph, shapes, constants, params)
-    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    layers, synthetic = _onnx_layers(path, graph, shapes, constants, params, dtypes)
     stats = {n.input[i] for n in graph.node if n.op_type == "BatchNormalization" for i in (3, 4) if i < len(n.input)}
-    skip = stats | synthetic
-    weights = sum(math.prod(t.dims) for t in graph.initializer if t.data_type in float_types and t.name not in skip)
+    weights = sum(math.prod(t.dims) for t in _parameters(graph, stats | synthetic))
     attributed = sum(layer.params for layer in layers)
     return Profile(layers, shape, other_params=max(weights - attributed, 0))
 
@@ -98,11 +111,50 @@ def _fix_input(path: str | Path, value: Any, input_shape: tuple[int, ...] | None
     return input_shape
 
 
+# Layer ops: (weight input, bias input or None); the data input is input 0 of each.
+LAYER_OPS: dict[str, tuple[int, int | None]] = {
+    "Conv": (1, 2),
+    "ConvTranspose": (1, 2),
+    "Gemm": (1, 2),
+    "MatMul": (1, None),
+    "QLinearConv": (3, 8),
+    "QLinearMatMul": (3, None),
+    "QGemm": (3, 6),  # com.microsoft
+    "ConvInteger": (1, None),
+    "MatMulInteger": (1, None),
+}
+CONV_OPS = ("Conv", "ConvTranspose", "QLinearConv", "ConvInteger")
+MATMUL_OPS = ("MatMul", "QLinearMatMul", "MatMulInteger")  # layers only with a constant weight
+# Inputs that hold scales and zero points: quantization metadata, not parameters.
+QUANT_META: dict[str, tuple[int, ...]] = {
+    "QuantizeLinear": (1, 2),
+    "DequantizeLinear": (1, 2),
+    "QLinearConv": (1, 2, 4, 5, 6, 7),
+    "QLinearMatMul": (1, 2, 4, 5, 6, 7),
+    "QGemm": (1, 2, 4, 5, 7, 8),
+    "ConvInteger": (2, 3),
+    "MatMulInteger": (2, 3),
+}
+# Stored width in bytes of the narrow element types; every other type counts 4 B (SPEC's fp32 convention).
+NARROW_BYTES = {
+    2: 1,  # UINT8
+    3: 1,  # INT8
+    4: 2,  # UINT16
+    5: 2,  # INT16
+    17: 1,  # FLOAT8E4M3FN (and the other float8 types, 18-20)
+    18: 1,
+    19: 1,
+    20: 1,
+    21: 1,  # UINT4, two to a byte: counted as one byte each
+    22: 1,  # INT4
+}
+
+
 def _counted(node: Any, constants: set[str]) -> bool:
-    """True for the nodes counted as layers: Conv, ConvTranspose, Gemm and MatMul with a constant weight."""
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
-        return True
-    return node.op_type == "MatMul" and node.input[1] in constants
+    """True for the nodes counted as layers: convs, Gemms, and MatMuls with a constant weight, float or quantized."""
+    if node.op_type not in LAYER_OPS:
+        return False
+    return node.op_type not in MATMUL_OPS or node.input[LAYER_OPS[node.op_type][0]] in constants
 
 
 def _needed(graph: Any, constants: set[str]) -> list[str]:
@@ -110,9 +162,80 @@ def _needed(graph: Any, constants: set[str]) -> list[str]:
     names: list[str] = []
     for node in graph.node:
         if _counted(node, constants):
-            data = [node.input[0]] if node.op_type in ("Conv", "ConvTranspose") else []
-            names += [*data, node.input[1], node.output[0]]
+            data = [node.input[0]] if node.op_type in CONV_OPS else []
+            names += [*data, node.input[LAYER_OPS[node.op_type][0]], node.output[0]]
     return list(dict.fromkeys(names))
+
+
+def _parameters(graph: Any, skip: set[str]) -> list[Any]:
+    """The initializers that are model parameters: float tensors, and quantized weights and biases.
+
+    Left out: ``skip``, the scales and zero points of a quantization, and other integer tensors
+    (shapes, indices). The float constants a dynamic quantization multiplies with a
+    DynamicQuantizeLinear scale (its weight scales), and every input of other QLinear ops (QLinearAdd,
+    QLinearGlobalAveragePool...), count as metadata too.
+    """
+    import onnx
+
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    integers = {*NARROW_BYTES, onnx.TensorProto.INT32}
+    meta, quantized = set(skip), set()
+    dynamic_scales = {n.output[1] for n in graph.node if n.op_type == "DynamicQuantizeLinear" and len(n.output) > 1}
+    for node in graph.node:
+        inputs = list(node.input)
+        meta.update(inputs[i] for i in QUANT_META.get(node.op_type, ()) if i < len(inputs))
+        if node.op_type == "DequantizeLinear":
+            quantized.add(inputs[0])  # a constant input is a stored int8 weight or int32 bias
+        elif node.op_type in LAYER_OPS:
+            quantized.update(inputs[i] for i in LAYER_OPS[node.op_type] if i is not None and i < len(inputs))
+        elif node.op_type.startswith("QLinear") or (node.op_type == "Mul" and dynamic_scales & set(inputs)):
+            meta.update(inputs)
+
+    def counted(t: Any) -> bool:
+        if t.name in meta:
+            return False
+        return t.data_type in floats or (t.name in quantized and t.data_type in integers)
+
+    return [t for t in graph.initializer if counted(t)]
+
+
+def _widths(node: Any, consumers: dict[str, list[Any]], dtypes: dict[str, int]) -> dict[str, int]:
+    """A layer's stored widths: ``weight_bytes`` from its weight's element type, ``output_bytes`` (see below)."""
+    weight = node.input[LAYER_OPS[node.op_type][0]]
+    return {
+        "weight_bytes": NARROW_BYTES.get(dtypes.get(weight, 0), BYTES_PER_VALUE),
+        "output_bytes": _output_bytes(node, consumers, dtypes),
+    }
+
+
+def _output_bytes(node: Any, consumers: dict[str, list[Any]], dtypes: dict[str, int]) -> int:
+    """Stored width of a layer's output values: 1 B when quantized (8-bit), 4 B for int32 or float."""
+    op, inputs = node.op_type, list(node.input)
+    if op in ("ConvInteger", "MatMulInteger"):
+        return 4  # int32 accumulators
+    if op in ("QLinearConv", "QLinearMatMul", "QGemm"):
+        scale = 7 if op == "QGemm" else 6
+        if len(inputs) <= scale or not inputs[scale]:
+            return 4  # QGemm without an output scale writes float
+        zero = inputs[scale + 1] if len(inputs) > scale + 1 else ""
+        return NARROW_BYTES.get(dtypes.get(zero, 2), BYTES_PER_VALUE)  # no zero point: uint8
+    value = node.output[0]
+    for _ in range(4):  # through a Relu or Clip that the quantized kernel fuses
+        after = consumers.get(value, [])
+        if after and all(c.op_type == "QuantizeLinear" for c in after):
+            return max(_quantized_bytes(c, dtypes) for c in after)
+        if len(after) != 1 or after[0].op_type not in ("Relu", "Clip"):
+            return 4
+        value = after[0].output[0]
+    return 4
+
+
+def _quantized_bytes(node: Any, dtypes: dict[str, int]) -> int:
+    """Width of a QuantizeLinear's output: its zero point's type, else its output_dtype attribute, else uint8."""
+    if len(node.input) > 2 and node.input[2] in dtypes:
+        return NARROW_BYTES.get(dtypes[node.input[2]], 4)
+    attrs = {a.name: a.i for a in node.attribute}
+    return NARROW_BYTES.get(attrs.get("output_dtype", 2) or 2, 4)
 
 
 def _static(value: Any) -> Shape | None:
@@ -201,7 +324,12 @@ def _measure(path: str | Path, model: Any, names: list[str], input_value: Any, s
 
 
 def _onnx_layers(
-    path: str | Path, graph: Any, shapes: dict[str, Shape], constants: set[str], params: set[str]
+    path: str | Path,
+    graph: Any,
+    shapes: dict[str, Shape],
+    constants: set[str],
+    params: set[str],
+    dtypes: dict[str, int],
 ) -> tuple[list[LayerShape], set[str]]:
     """LayerShapes of a graph's counted nodes, each with the norm that follows it; also the synthetic norm constants.
 
@@ -246,23 +374,28 @@ def _onnx_layers(
     for node in graph.node:
         attrs = {a.name: a for a in node.attribute}
         name = node.name or node.output[0]
-        has_bias = len(node.input) > 2 and bool(node.input[2])
-        if node.op_type in ("Conv", "ConvTranspose"):
-            w, x, out = dims(node.input[1], node), dims(node.input[0], node), dims(node.output[0], node)
+        w_at, b_at = LAYER_OPS.get(node.op_type, (1, None))
+        has_bias = b_at is not None and len(node.input) > b_at and bool(node.input[b_at])
+        if node.op_type in CONV_OPS:
+            widths = _widths(node, consumers, dtypes)
+            w, x, out = dims(node.input[w_at], node), dims(node.input[0], node), dims(node.output[0], node)
             groups = attrs["group"].i if "group" in attrs else 1
-            if node.op_type == "Conv":  # weight (C_out, C_in / g, k...)
+            if node.op_type != "ConvTranspose":  # weight (C_out, C_in / g, k...)
                 kind, c_in, c_out = "conv", w[1] * groups, w[0]
             else:  # weight (C_in, C_out / g, k...)
                 kind, c_in, c_out = "conv_transpose", w[0], w[1] * groups
             kernel, spatial, in_spatial = math.prod(w[2:]), math.prod(out[2:]), math.prod(x[2:])
-            layer = LayerShape(name, kind, c_in, c_out, groups, kernel, spatial, has_bias, in_spatial=in_spatial)
-        elif node.op_type in ("Gemm", "MatMul") and _counted(node, constants):
-            w, out = dims(node.input[1], node), dims(node.output[0], node)
+            layer = LayerShape(
+                name, kind, c_in, c_out, groups, kernel, spatial, has_bias, in_spatial=in_spatial, **widths
+            )
+        elif node.op_type in LAYER_OPS and _counted(node, constants):
+            widths = _widths(node, consumers, dtypes)
+            w, out = dims(node.input[w_at], node), dims(node.output[0], node)
             if len(w) != 2:
                 continue  # a batched MatMul of two activations has no weights
-            transposed = node.op_type == "Gemm" and "transB" in attrs and attrs["transB"].i == 1
+            transposed = node.op_type in ("Gemm", "QGemm") and "transB" in attrs and attrs["transB"].i == 1
             c_in, c_out = (w[1], w[0]) if transposed else (w[0], w[1])
-            layer = LayerShape(name, "linear", c_in, c_out, spatial=math.prod(out[1:-1]), bias=has_bias)
+            layer = LayerShape(name, "linear", c_in, c_out, spatial=math.prod(out[1:-1]), bias=has_bias, **widths)
         elif node.op_type == "BatchNormalization" and node.input[0] in by_output:
             attach(by_output[node.input[0]], name, dims(node.input[1], node)[0])
             continue

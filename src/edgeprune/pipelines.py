@@ -11,17 +11,29 @@
 
 Training time counts every epoch a pipeline runs: a conventional pipeline's includes the full
 model's pre-training, which the run trains once and shares between them.
+
+Each run (a seed's full model, a network pruned at initialisation and trained, a prune + fine-tune of
+the trained full model) is one function of a :class:`RunContext`. The serial path calls them one after
+the other; with ``ray`` (:mod:`edgeprune.cluster`) each is a Ray task, a conventional run waiting for
+its own seed's full model only. Every run records the machine it trained on, and a table's training
+time says when its runs ran on different machines.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
 
+from edgeprune import cluster
+from edgeprune.cluster import CRASH_ENV, MAX_RETRIES, NOT_COMPARABLE, RayOptions, crash_hook, hosts, node_info
 from edgeprune.complexity import MODES, reduction
 from edgeprune.data import ImageDataset
 from edgeprune.errors import EdgepruneError
@@ -36,12 +48,11 @@ MATCHED = "direct-matched"  # the direct pipeline trained as long as the convent
 AT_INIT = {DIRECT: "weighted", "unweighted": "uniform", "uniform": "ratio", MATCHED: "weighted"}  # -> layer selection
 CONVENTIONAL = ("l1", "nuclear")
 BASELINES = ("l1", "nuclear", "uniform", "unweighted")
-KEYS = {"params": "params", "flops": "flops", "memory": "memory_bytes"}
 
 
 @dataclass
 class RunRecord:
-    """What one pipeline run measured: accuracy, complexity, and every second of training."""
+    """What one pipeline run measured: accuracy, complexity, every second of training, and where it ran."""
 
     method: str
     mode: str
@@ -55,6 +66,7 @@ class RunRecord:
     pretrain_seconds: float
     epochs: int  # all epochs of this pipeline, pre-training included
     history: list[dict]
+    nodes: list[dict] = field(default_factory=list)  # per training stage: hostname, Ray node id (None outside Ray)
 
 
 @dataclass
@@ -81,7 +93,39 @@ class CompareSettings:
     time_matched: bool = False  # also train the direct network for the conventional pipeline's training time
     width: float = 1.0  # the zoo's width multiplier (a factory gets it only when it is not 1)
     model_args: dict = field(default_factory=dict)  # keyword arguments of the reference's factory
-    threads: int | None = None  # CPU threads per training run (default: all cores)
+    threads: int | None = None  # CPU threads per training run (default: all cores; with Ray, the run's CPUs)
+
+
+@dataclass
+class RunContext:
+    """What every run of one comparison needs: settings, data, output folder, model reference, how to log."""
+
+    settings: CompareSettings
+    data: ImageDataset
+    out: Path
+    ref: ModelRef
+    shape: tuple[int, ...]
+    resume: bool = False
+    progress: bool = True
+    in_ray: bool = False  # runs are Ray tasks: they record Ray's node id
+    crash_once: str | None = None  # test hook: the run tag that exits once after its first checkpoint (CRASH_ENV)
+
+    def fresh(self, seed: int) -> nn.Module:
+        """The model, built anew after seeding ``seed``."""
+        torch.manual_seed(seed)
+        return resolve(self.ref).model
+
+    def log(self, text: str) -> None:
+        """Print a progress line, unless quiet."""
+        if self.progress:
+            print(text, flush=True)
+
+    def train(self, model: nn.Module, epochs: int, seed: int, tag: str) -> TrainResult:
+        """Train ``model`` in ``out/tag``, resuming from its checkpoint when asked."""
+        s = self.settings
+        config = TrainConfig(epochs=epochs, seed=seed, optimizer=s.optimizer, lr=s.lr, batch_size=s.batch_size)
+        return train(model, self.data, config, self.out / tag, self.resume, self.progress,
+                     callback=crash_hook(tag, self.out, self.crash_once), threads=s.threads)  # fmt: skip
 
 
 def _totals(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
@@ -98,12 +142,18 @@ def calibration_batch(data: ImageDataset, n: int, seed: int) -> torch.Tensor:
     return (x - mean) / std
 
 
-def _record(method: str, mode: str, seed: int, target: float, model: nn.Module, shape: tuple, runs: list[TrainResult]):
-    totals = _totals(model, shape)
+def _record(
+    ctx: RunContext, method: str, mode: str, seed: int, model: nn.Module, runs: list[TrainResult],
+    before: list[dict] | None = None,
+) -> RunRecord:  # fmt: skip
+    """The record of a run whose stages are ``runs``; ``before``: the nodes of the stages it did not train itself."""
+    totals = _totals(model, ctx.shape)
+    target = 1.0 if method == "full" else ctx.settings.targets[mode]
     history = [dict(h, stage=i) for i, r in enumerate(runs) for h in r.history]
     return RunRecord(
         method, mode, seed, target, runs[-1].test_accuracy, totals["params"], totals["flops"], totals["memory_bytes"],
         sum(r.train_seconds for r in runs), runs[0].train_seconds if len(runs) > 1 else 0.0, len(history), history,
+        [*(before or []), node_info(ctx.in_ray)],
     )  # fmt: skip
 
 
@@ -114,15 +164,67 @@ def matched_epochs(runs: list[RunRecord]) -> int:
     return max(1, int(reference.train_seconds // (direct.train_seconds / direct.epochs)))
 
 
-def run_comparison(
-    settings: CompareSettings, data: ImageDataset, out_dir: str | Path, progress: bool = True, resume: bool = False
-) -> dict:
-    """Run every method x mode x seed; write records and tables; return the summary.
+# -- the runs: each independent of the others but for its inputs, called by the serial and the Ray paths --
 
-    With ``resume``, runs finished in ``out_dir`` are read back from their checkpoints (their measured
-    training seconds included) and an interrupted one continues from its last epoch. The tables are
-    rewritten after every mode, so a long comparison shows its finished part while it runs.
-    """
+
+def run_tag(method: str, mode: str, seed: int) -> str:
+    """A run's folder in the output folder: ``full-s0``, ``direct-flops-s0``, ``l1-params-s1``..."""
+    return f"full-s{seed}" if method == "full" else f"{method}-{mode}-s{seed}"
+
+
+def run_full(ctx: RunContext, seed: int) -> tuple[RunRecord, nn.Module]:
+    """The full model trained from scratch: the baseline, and the conventional pipelines' pre-training."""
+    full = ctx.fresh(seed)
+    epochs = ctx.settings.epochs
+    ctx.log(f"[seed {seed}] training the full {ctx.settings.model} for {epochs} epochs (baseline, pre-training)")
+    pre = ctx.train(full, epochs, seed, run_tag("full", "-", seed))
+    return _record(ctx, "full", "-", seed, full, [pre]), full
+
+
+def run_at_init(ctx: RunContext, method: str, mode: str, seed: int, epochs: int) -> RunRecord:
+    """Prune a fresh model at initialisation (the layer lottery of ``AT_INIT[method]``) and train it ``epochs``."""
+    s = ctx.settings
+    pruned = prune(ctx.fresh(seed), mode, s.targets[mode], s.step, seed, "random", input_shape=ctx.shape,
+                   selection=AT_INIT[method]).model  # fmt: skip
+    ctx.log(f"[seed {seed}] {method} {mode}: pruned at init, training {epochs} epochs")
+    result = ctx.train(pruned, epochs, seed, run_tag(method, mode, seed))
+    return _record(ctx, method, mode, seed, pruned, [result])
+
+
+def run_conventional(
+    ctx: RunContext, method: str, mode: str, seed: int, full: nn.Module, baseline: RunRecord
+) -> RunRecord:
+    """Rank the trained full model's filters by ``method`` (l1, nuclear), prune a copy to the target, fine-tune it."""
+    s = ctx.settings
+    calibration = calibration_batch(ctx.data, s.calibration_images, seed)
+    pruned = prune(
+        copy.deepcopy(full), mode, s.targets[mode], s.step, seed, method, input_shape=ctx.shape,
+        selection=s.conventional_layers, calibration=calibration,
+    ).model  # fmt: skip
+    ctx.log(f"[seed {seed}] {method} {mode}: ranked and pruned the trained model, fine-tuning "
+            f"{s.finetune_epochs} epochs")  # fmt: skip
+    tune = ctx.train(pruned, s.finetune_epochs, seed, run_tag(method, mode, seed))
+    pre = TrainResult(baseline.history, baseline.test_accuracy, baseline.train_seconds)
+    return _record(ctx, method, mode, seed, pruned, [pre, tune], baseline.nodes)
+
+
+def run_matched(ctx: RunContext, mode: str, seed: int, mine: list[RunRecord]) -> RunRecord:
+    """The direct network trained as many epochs as fit in the conventional pipeline's time (``mine``: both runs)."""
+    return run_at_init(ctx, MATCHED, mode, seed, matched_epochs(mine))
+
+
+def _at_init_methods(settings: CompareSettings) -> list[str]:
+    """The methods pruned at initialisation, in table order (without the time-matched one)."""
+    return [m for m in AT_INIT if m in (DIRECT, *settings.baselines)]
+
+
+def _conventional_methods(settings: CompareSettings) -> list[str]:
+    """The conventional baselines asked for."""
+    return [b for b in settings.baselines if b in CONVENTIONAL]
+
+
+def _check_settings(settings: CompareSettings) -> None:
+    """One-line errors for settings no run can use, before any work."""
     if settings.time_matched and not set(settings.baselines) & set(CONVENTIONAL):
         raise EdgepruneError("time-matched training needs a conventional pipeline (l1 or nuclear) among the baselines")
     if not settings.seeds:
@@ -132,69 +234,155 @@ def run_comparison(
     unknown = set(settings.baselines) - set(BASELINES)
     if unknown:
         raise EdgepruneError(f"unknown baseline(s) {sorted(unknown)}; choose from: {', '.join(BASELINES)}")
+    if not settings.targets:
+        raise EdgepruneError("no modes given")
     for mode in settings.targets:
         if mode not in MODES:
             raise EdgepruneError(f"unknown mode '{mode}'; choose from: {', '.join(MODES)}")
     if is_folder_ref(settings.model):
         raise EdgepruneError(f"{settings.model}: compare trains from scratch; give a zoo name or a model reference")
-    out = Path(out_dir)
+
+
+def make_context(
+    settings: CompareSettings, data: ImageDataset, out_dir: str | Path, progress: bool = True, resume: bool = False
+) -> RunContext:
+    """The context of every run of ``settings`` on ``data`` into ``out_dir``."""
     shape = data.input_shape()
     classes = settings.num_classes or data.num_classes
     ref = ModelRef(
         settings.model, dict(settings.model_args), width=settings.width if settings.width != 1 else None
     ).with_data(classes, shape)
+    crash_once = os.environ.get(CRASH_ENV) or None
+    return RunContext(settings, data, Path(out_dir), ref, shape, resume, progress, crash_once=crash_once)
+
+
+Batch = tuple[RunRecord, list[RunRecord]]  # a seed's baseline, and the runs of one of its modes
+
+
+def _runs_here(ctx: RunContext) -> Iterator[Batch]:
+    """Every run, one after the other in this process; yielded per seed and mode."""
+    s = ctx.settings
+    for seed in s.seeds:
+        baseline, full = run_full(ctx, seed)
+        for mode in s.targets:
+            mine = [run_at_init(ctx, m, mode, seed, s.epochs) for m in _at_init_methods(s)]
+            mine += [run_conventional(ctx, m, mode, seed, full, baseline) for m in _conventional_methods(s)]
+            if s.time_matched:
+                mine.append(run_matched(ctx, mode, seed, mine))
+            yield baseline, mine
+
+
+def _full_task(ctx: RunContext, seed: int) -> tuple[RunRecord, dict[str, torch.Tensor]]:
+    """Ray task: :func:`run_full`, returning the trained weights for the seed's conventional runs."""
+    record, full = run_full(ctx, seed)
+    return record, full.state_dict()
+
+
+def _conventional_task(
+    ctx: RunContext, method: str, mode: str, seed: int, full: tuple[RunRecord, dict[str, torch.Tensor]]
+) -> RunRecord:
+    """Ray task: :func:`run_conventional` on the seed's trained full model (``full``: what its task returned)."""
+    baseline, weights = full
+    model = ctx.fresh(seed)
+    model.load_state_dict(weights)
+    model.eval()  # as train() leaves it
+    return run_conventional(ctx, method, mode, seed, model, baseline)
+
+
+def _matched_task(ctx: RunContext, mode: str, seed: int, *mine: RunRecord) -> RunRecord:
+    """Ray task: :func:`run_matched`, after the mode's direct and conventional runs."""
+    return run_matched(ctx, mode, seed, list(mine))
+
+
+Plan = list[tuple[int, str, Any, list[Any]]]  # seed, mode, the seed's full-model task, the mode's tasks (ObjectRefs)
+
+
+def _submit(ray: ModuleType, shared: Any, settings: CompareSettings, options: RayOptions) -> Plan:
+    """Submit every run as a Ray task, a conventional one depending on its own seed's full model only."""
+    s = settings
+    full_task, at_init, conventional, matched = (
+        cluster.task(ray, f, options) for f in (_full_task, run_at_init, _conventional_task, _matched_task)
+    )
+    plan = []
+    for seed in s.seeds:
+        full = full_task.remote(shared, seed)
+        for mode in s.targets:
+            refs = [at_init.remote(shared, m, mode, seed, s.epochs) for m in _at_init_methods(s)]
+            refs += [conventional.remote(shared, m, mode, seed, full) for m in _conventional_methods(s)]
+            if s.time_matched:
+                refs.append(matched.remote(shared, mode, seed, *refs))
+            plan.append((seed, mode, full, refs))
+    return plan
+
+
+def _runs_on_ray(ctx: RunContext, options: RayOptions) -> Iterator[Batch]:
+    """Every run as a Ray task (a retry resumes from the run's checkpoint); yielded in the serial order."""
+    with cluster.connected(options) as ray:
+        cluster.check_shared_folder(ray, ctx.out)
+        ref = replace(ctx.ref, ref=cluster.portable_ref(ctx.ref.ref), remember=False)
+        shared = ray.put(replace(ctx, ref=ref, progress=False, resume=True, in_ray=True))
+        plan = _submit(ray, shared, ctx.settings, options)
+        ctx.log(f"{len(ctx.settings.seeds) + sum(len(p[3]) for p in plan)} runs submitted to Ray ({options.address}, "
+                f"{options.cpus_per_run:g} CPU(s) and {options.gpus_per_run:g} GPU(s) per run)")  # fmt: skip
+        baselines: dict[int, RunRecord] = {}
+        for seed, mode, full, refs in plan:
+            if seed not in baselines:
+                baselines[seed] = cluster.get(ray, full, f"the full model, seed {seed}")[0]
+                ctx.log(_finished(baselines[seed]))
+            mine = [cluster.get(ray, r, f"a {mode} run, seed {seed}") for r in refs]
+            for record in mine:
+                ctx.log(_finished(record))
+            yield baselines[seed], mine
+
+
+def _finished(record: RunRecord) -> str:
+    """A progress line for a run done elsewhere."""
+    where = record.nodes[-1]["hostname"] if record.nodes else "?"
+    return (f"[seed {record.seed}] {record.method} {record.mode}: test accuracy {100 * record.test_accuracy:.2f}% "
+            f"after {record.epochs} epochs, {record.train_seconds:.0f} s on {where}")  # fmt: skip
+
+
+def run_comparison(
+    settings: CompareSettings,
+    data: ImageDataset,
+    out_dir: str | Path,
+    progress: bool = True,
+    resume: bool = False,
+    ray: RayOptions | None = None,
+) -> dict:
+    """Run every method x mode x seed; write records and tables; return the summary.
+
+    With ``resume``, runs finished in ``out_dir`` are read back from their checkpoints (their measured
+    training seconds included) and an interrupted one continues from its last epoch. The tables are
+    rewritten after every mode, so a long comparison shows its finished part while it runs. With
+    ``ray``, every run is a Ray task (see :mod:`edgeprune.cluster`): the same runs, the same results
+    for the same seeds and threads; ``out_dir`` must be storage every node sees.
+    """
+    _check_settings(settings)
+    if ray is not None:
+        settings = replace(settings, threads=settings.threads or ray.threads())
+    ctx = make_context(settings, data, out_dir, progress, resume)
+    if ray is not None:
+        ctx = replace(ctx, out=ctx.out.resolve())
     records: list[RunRecord] = []
-    baseline: dict[int, RunRecord] = {}
+    baselines: dict[int, RunRecord] = {}
+    for baseline, mine in _runs_on_ray(ctx, ray) if ray is not None else _runs_here(ctx):
+        baselines[baseline.seed] = baseline
+        records.extend(mine)
+        done = list(baselines.values())
+        write_outputs(_summary(records, done, settings, ray), records, done, ctx.out)
+    summary = _summary(records, list(baselines.values()), settings, ray)
+    write_outputs(summary, records, list(baselines.values()), ctx.out)
+    return summary
 
-    def config(epochs: int, seed: int) -> TrainConfig:
-        return TrainConfig(
-            epochs=epochs, seed=seed, optimizer=settings.optimizer, lr=settings.lr, batch_size=settings.batch_size
-        )
 
-    def fresh() -> nn.Module:
-        return resolve(ref).model
-
-    def log(text: str) -> None:
-        if progress:
-            print(text, flush=True)
-
-    def at_init(method: str, mode: str, target: float, seed: int, epochs: int) -> RunRecord:
-        torch.manual_seed(seed)
-        pruned = prune(fresh(), mode, target, settings.step, seed, "random", input_shape=shape,
-                       selection=AT_INIT[method]).model  # fmt: skip
-        log(f"[seed {seed}] {method} {mode}: pruned at init, training {epochs} epochs")
-        result = train(pruned, data, config(epochs, seed), out / f"{method}-{mode}-s{seed}", resume, progress,
-                       threads=settings.threads)  # fmt: skip
-        return _record(method, mode, seed, target, pruned, shape, [result])
-
-    for seed in settings.seeds:
-        torch.manual_seed(seed)
-        full = fresh()
-        log(f"[seed {seed}] training the full {settings.model} for {settings.epochs} epochs (baseline, pre-training)")
-        pre = train(full, data, config(settings.epochs, seed), out / f"full-s{seed}", resume, progress,
-                    threads=settings.threads)  # fmt: skip
-        baseline[seed] = _record("full", "-", seed, 1.0, full, shape, [pre])
-        calibration = calibration_batch(data, settings.calibration_images, seed)
-        for mode, target in settings.targets.items():
-            methods = [m for m in AT_INIT if m in (DIRECT, *settings.baselines)]
-            mine = [at_init(m, mode, target, seed, settings.epochs) for m in methods]
-            for method in [b for b in settings.baselines if b in CONVENTIONAL]:
-                pruned = prune(
-                    copy.deepcopy(full), mode, target, settings.step, seed, method, input_shape=shape,
-                    selection=settings.conventional_layers, calibration=calibration,
-                ).model  # fmt: skip
-                log(f"[seed {seed}] {method} {mode}: ranked and pruned the trained model, fine-tuning "
-                    f"{settings.finetune_epochs} epochs")  # fmt: skip
-                tune = train(pruned, data, config(settings.finetune_epochs, seed), out / f"{method}-{mode}-s{seed}",
-                             resume, progress, threads=settings.threads)  # fmt: skip
-                mine.append(_record(method, mode, seed, target, pruned, shape, [pre, tune]))
-            if settings.time_matched:
-                mine.append(at_init(MATCHED, mode, target, seed, matched_epochs(mine)))
-            records.extend(mine)
-            done = list(baseline.values())
-            write_outputs(summarise(records, done, settings), records, done, out)
-    summary = summarise(records, list(baseline.values()), settings)
-    write_outputs(summary, records, list(baseline.values()), out)
+def _summary(
+    records: list[RunRecord], baselines: list[RunRecord], settings: CompareSettings, ray: RayOptions | None
+) -> dict:
+    """:func:`summarise`, and with Ray, how the runs were placed."""
+    summary = summarise(records, baselines, settings)
+    if ray is not None:
+        summary["ray"] = {**asdict(ray), "max_retries": MAX_RETRIES, "note": "one Ray task per run"}
     return summary
 
 
@@ -230,6 +418,7 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: Co
                 "params_reduction_pct": _mean_std([reduction(b0.params, r.params) for r in runs]),
                 "epochs": _span([r.epochs for r in runs]),
                 "train_seconds": seconds,
+                "train_hosts": _hosts(runs),
                 "time_ratio_to_conventional": seconds[0] / ref_seconds if ref_seconds else None,
             }
             rows.append(row)
@@ -241,6 +430,7 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: Co
             "memory_mb": b0.memory_bytes / 1e6,
             "params_m": b0.params / 1e6,
             "train_seconds": _mean_std([b.train_seconds for b in baselines]),
+            "train_hosts": _hosts(baselines),
             "epochs": b0.epochs,
         },
         "rows": rows,
@@ -248,8 +438,21 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: Co
         "reductions against the full model; time ratio = mean training seconds / the l1 conventional pipeline's "
         "(pre-training included), measured in the same run; FLOPs = multiply-adds (MACs); MB = 10^6 bytes"
         + (f"; {MATCHED} = the direct pipeline's network trained for as many epochs as fit in the conventional "
-           "pipeline's measured time" if settings.time_matched else ""),
+           "pipeline's measured time" if settings.time_matched else "")
+        + (f"; training time '(N machines)': {NOT_COMPARABLE.format(n='N', hosts='in train_hosts')}"
+           if any(len(r["train_hosts"]) > 1 for r in rows) or len(_hosts(baselines)) > 1 else ""),
     }  # fmt: skip
+
+
+def _hosts(runs: list[RunRecord]) -> list[str]:
+    """The machines the runs' training stages ran on."""
+    return hosts([n for r in runs for n in r.nodes])
+
+
+def _machines(figure: dict) -> str:
+    """' (N machines)' after a training time whose runs ran on N > 1 machines, else nothing."""
+    n = len(figure.get("train_hosts", []))
+    return f" ({n} machines)" if n > 1 else ""
 
 
 def _span(values: list[int]) -> int | str:
@@ -269,7 +472,7 @@ def markdown_table(summary: dict) -> str:
     lines = [
         f"Baseline (full model, {b['epochs']} epochs): accuracy {acc:.2f}% ± {acc_sd:.2f}, "
         f"FLOPs {b['flops'] / 1e6:.1f}M (MACs), memory {b['memory_mb']:.2f} MB, parameters {b['params_m']:.3f}M, "
-        f"training {b['train_seconds'][0]:.0f} s",
+        f"training {b['train_seconds'][0]:.0f} s{_machines(b)}",
         "",
         "| method | mode | target | accuracy (%) | Δ accuracy (pts) | FLOPs ↓ (%) | memory ↓ (%) | params ↓ (%) "
         "| epochs | training time (s) | time / conventional |",
@@ -281,7 +484,7 @@ def markdown_table(summary: dict) -> str:
             f"| {r['method']} | {r['mode']} | {r['target']} | {r['accuracy_pct'][0]:.2f} ± {r['accuracy_pct'][1]:.2f} "
             f"| {_pm(r['accuracy_change_pts'])} | {r['flops_reduction_pct'][0]:.2f} "
             f"| {r['memory_reduction_pct'][0]:.2f} | {r['params_reduction_pct'][0]:.2f} | {r['epochs']} "
-            f"| {_pm(r['train_seconds'], 0)} | {ratio} |"
+            f"| {_pm(r['train_seconds'], 0)}{_machines(r)} | {ratio} |"
         )
     return "\n".join(lines) + "\n\n" + summary["conventions"] + "\n"
 

@@ -11,6 +11,7 @@ against the plan with one forward pass.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -83,15 +84,29 @@ class PrunePlan:
     keep: dict[str, list[int]]
     steps: list[Step] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    budget: dict[str, int] = field(default_factory=dict)  # every (cost, limit); {mode: target} for one budget
+    bound_last: list[str] = field(default_factory=list)  # the costs still over their limits before the last step
 
     def to_dict(self, criterion: str) -> dict:
         """Everything about one pruning run, JSON-ready (the content of report.json)."""
         before, after = self.before, self.after
         after_shapes = after.by_name()
+        budget = self.budget or {self.mode: self.target}
         return {
             "mode": self.mode,
             "target": self.target,
             "target_fraction": self.target / before.total(self.mode),
+            "budget": {
+                cost: {
+                    "limit": limit,
+                    "fraction": limit / before.total(cost),
+                    "before": before.total(cost),
+                    "after": after.total(cost),
+                    "met": after.total(cost) <= limit,
+                }
+                for cost, limit in budget.items()
+            },  # fmt: skip
+            "bound_last": self.bound_last,
             "criterion": criterion,
             "settings": self.settings,
             "conventions": CONVENTIONS,
@@ -134,20 +149,29 @@ class _State:
         return sum(self.shapes[layer].measure(mode) for layer in set(group.out_layers))
 
 
-def _smallest_sufficient(state: _State, group: ChannelGroup, order: list[int], mode: str, current: int,
-                         target: int) -> int:  # fmt: skip
-    """Fewest slots (a prefix of ``order``) whose removal reaches ``target``; all of them if even that does not."""
+def _meets(state: _State, group: ChannelGroup, slots: list[int], budget: dict[str, int],
+           current: dict[str, int]) -> bool:  # fmt: skip
+    """True when removing ``slots`` of ``group`` brings every cost of ``budget`` to its limit."""
+    return all(state.total_after(group, slots, k, current[k]) <= limit for k, limit in budget.items())
+
+
+def _smallest_sufficient(state: _State, group: ChannelGroup, order: list[int], budget: dict[str, int],
+                         current: dict[str, int], quantum: int = 1) -> int:  # fmt: skip
+    """Fewest slots (a prefix of ``order``, in whole quanta from the end) that meet every limit of ``budget``;
+    all of them if even that does not."""
     n = len(order)
-    if state.total_after(group, order, mode, current) > target:
+    if not _meets(state, group, order, budget, current):
         return n
-    lo, hi = 1, n
+    # candidates: n, n - quantum, ...; each leaves the group a whole number of quanta (n itself does)
+    candidates = list(range(n, 0, -quantum))[::-1]
+    lo, hi = 0, len(candidates) - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if state.total_after(group, order[:mid], mode, current) <= target:
+        if _meets(state, group, order[: candidates[mid]], budget, current):
             hi = mid
         else:
             lo = mid + 1
-    return lo
+    return candidates[lo]
 
 
 def _slot_scores(group: ChannelGroup, scores: dict[str, np.ndarray] | None) -> np.ndarray | None:
@@ -180,62 +204,126 @@ def make_plan(
     scores: dict[str, np.ndarray] | None = None,
     min_filters: int = 1,
     selection: str = "weighted",
+    round_to: int = 1,
 ) -> PrunePlan:
-    """Run Algorithm 1 on recorded shapes and return which filters each group keeps."""
-    check_mode(mode)
+    """Run Algorithm 1 on recorded shapes for one budget and return which filters each group keeps."""
+    return make_budget_plan(prof, groups, {mode: target}, step, seed, scores, min_filters, selection, round_to)
+
+
+def _quantum(group: ChannelGroup, round_to: int) -> int:
+    """Slots per step of ``round_to`` channels: the group keeps a multiple of ``round_to`` channels."""
+    return round_to // math.gcd(round_to, group.unit)
+
+
+def _floor_slots(group: ChannelGroup, min_filters: int, round_to: int) -> int:
+    """The fewest slots the group may keep: ``min_filters`` channels, rounded up to whole quanta."""
+    q = _quantum(group, round_to)
+    slots = max(1, -(-min_filters // group.unit))
+    return -(-slots // q) * q
+
+
+def _check_budget(prof: Profile, budget: dict[str, int], floor: _State, min_filters: int) -> None:
+    """Refuse an unreachable combination up front, naming the cost and its smallest reachable value."""
+    if not budget:
+        raise EdgepruneError("no budget given: name at least one cost and its limit")
+    for cost, limit in budget.items():
+        check_mode(cost)
+        smallest = floor.total(cost)
+        if smallest > limit:
+            raise EdgepruneError(
+                f"target {limit:,} {cost} is unreachable: with every prunable layer at {min_filters} filter(s) "
+                f"the smallest reachable is {smallest:,} {cost}"
+            )
+
+
+def _weights(state: _State, active: list[ChannelGroup], over: dict[str, int], totals: dict[str, int],
+             selection: str) -> np.ndarray:  # fmt: skip
+    """Each group's lottery weight: its complexity in the one cost over its limit (Algorithm 1 exactly), or the sum
+    of its shares of every cost still over its limit (SPEC, multi-budget)."""
+    if selection == "uniform":
+        return np.ones(len(active))
+    if len(over) == 1:
+        (cost,) = over
+        weights = np.array([state.weight(g, cost) for g in active], dtype=float)
+    else:
+        weights = np.array([sum(state.weight(g, k) / totals[k] for k in over) for g in active], dtype=float)
+    return weights if weights.sum() > 0 else np.ones(len(active))
+
+
+def make_budget_plan(
+    prof: Profile,
+    groups: list[ChannelGroup],
+    budget: dict[str, int],
+    step: float = 0.1,
+    seed: int = 0,
+    scores: dict[str, np.ndarray] | None = None,
+    min_filters: int = 1,
+    selection: str = "weighted",
+    round_to: int = 1,
+) -> PrunePlan:
+    """Algorithm 1 against several limits at once (SPEC, multi-budget): loop while any cost is over its limit.
+
+    With one cost it is the paper's algorithm exactly (same seed, same plan). ``round_to`` N makes every
+    pruned group keep a multiple of N channels (a group narrower than N is left as it is).
+    """
     check_seed(seed)
     if not 0 < step < 1:
         raise EdgepruneError(f"step must be in (0, 1), got {step}")
     if min_filters < 1:
         raise EdgepruneError(f"min filters must be at least 1, got {min_filters}")
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise EdgepruneError(f"round_to must be a positive integer, got {round_to!r}")
     if selection not in SELECTIONS:
         raise EdgepruneError(f"unknown selection '{selection}'; choose from: {', '.join(SELECTIONS)}")
-    floors = {g.name: max(1, -(-min_filters // g.unit)) for g in groups}  # in slots
-    prunable = [g for g in groups if g.prunable and g.slots > floors[g.name]]
+    budget = {k: int(v) for k, v in budget.items()}
+    floors = {g.name: _floor_slots(g, min_filters, round_to) for g in groups}  # in slots
+    prunable = [g for g in groups if g.prunable and g.slots * g.unit >= round_to and g.slots > floors[g.name]]
     state = _State(prof)
-    current = state.total(mode)
     floor = _State(prof)
     for g in prunable:
         floor.shapes.update(floor.shrunk(g, list(range(floors[g.name], g.slots))))
-    smallest = floor.total(mode)
-    if smallest > target:
-        raise EdgepruneError(
-            f"target {target:,} {mode} is unreachable: with every prunable layer at {min_filters} filter(s) "
-            f"the smallest reachable is {smallest:,} {mode}"
-        )
+    _check_budget(prof, budget, floor, min_filters)
+    mode, target = next(iter(budget.items()))
     # Separate streams for the layer lottery and the random filter choice: the layers drawn (and so the
     # widths) then depend on the seed alone, not on the criterion, and a conventional pipeline's
     # network has exactly the widths of the direct pipeline's for the same seed.
     lottery, picker = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     slots = {g.name: list(range(g.slots)) for g in groups}  # the slots each group keeps
-    settings = {"step": step, "seed": seed, "min_filters": min_filters, "selection": selection}
+    settings = {"step": step, "seed": seed, "min_filters": min_filters, "selection": selection, "round_to": round_to}
     if selection == "ratio":
-        plan = _ratio_plan(prof, groups, prunable, mode, target, scores, floors, picker, slots, settings)
-        return plan
+        return _ratio_plan(prof, groups, prunable, budget, scores, floors, picker, slots, settings, round_to)
+    totals = {k: prof.total(k) for k in budget}
+    current = dict(totals)
     steps: list[Step] = []
-    while current > target:
+    bound_last: list[str] = []
+    while any(current[k] > limit for k, limit in budget.items()):
+        over = {k: limit for k, limit in budget.items() if current[k] > limit}
+        bound_last = list(over)
         active = [g for g in prunable if len(slots[g.name]) > floors[g.name]]
-        weights = np.array([state.weight(g, mode) for g in active], dtype=float)
-        if selection == "uniform" or weights.sum() == 0:
-            weights = np.ones(len(active))
+        weights = _weights(state, active, over, totals, selection)
         probs = weights / weights.sum()
         pick = int(lottery.choice(len(active), p=probs))
         group = active[pick]
         remaining = slots[group.name]
-        n = min(max(1, round(step * len(remaining))), len(remaining) - floors[group.name])
+        q = _quantum(group, round_to)
+        keep = max(floors[group.name], (len(remaining) - max(1, round(step * len(remaining)))) // q * q)
+        n = len(remaining) - keep
         # Groups are uniform (graph.find_groups): which slots go does not change the count, so size the step first.
-        n = _smallest_sufficient(state, group, remaining[:n], mode, current, target)
+        n = _smallest_sufficient(state, group, remaining[:n], over, current, q)
         removed = _choose(remaining, n, _slot_scores(group, scores), picker)
         slots[group.name] = [i for i in remaining if i not in set(removed)]
-        current = state.total_after(group, removed, mode, current)
+        current = {k: state.total_after(group, removed, k, current[k]) for k in budget}
         state.shapes.update(state.shrunk(group, removed))
         width = len(remaining) * group.unit
+        weight = float(weights[pick]) if len(over) > 1 or selection == "uniform" else int(weights[pick])
         steps.append(
-            Step(len(steps) + 1, group.name, int(weights[pick]), float(probs[pick]), group.channels(removed),
-                 width - len(removed) * group.unit, current)
+            Step(len(steps) + 1, group.name, weight, float(probs[pick]), group.channels(removed),
+                 width - len(removed) * group.unit, current[mode])
         )  # fmt: skip
     after = Profile(list(state.shapes.values()), prof.input_shape, prof.other_params)
-    return PrunePlan(mode, target, prof, after, groups, _kept_channels(groups, slots), steps, settings)
+    plan = PrunePlan(mode, target, prof, after, groups, _kept_channels(groups, slots), steps, settings)
+    plan.budget, plan.bound_last = budget, bound_last
+    return plan
 
 
 def _kept_channels(groups: list[ChannelGroup], slots: dict[str, list[int]]) -> dict[str, list[int]]:
@@ -247,31 +335,41 @@ def _ratio_plan(
     prof: Profile,
     groups: list[ChannelGroup],
     prunable: list[ChannelGroup],
-    mode: str,
-    target: int,
+    budget: dict[str, int],
     scores: dict[str, np.ndarray] | None,
     floors: dict[str, int],
     rng: np.random.Generator,
     slots: dict[str, list[int]],
     settings: dict,
+    round_to: int = 1,
 ) -> PrunePlan:
-    """Remove the same fraction r of every prunable group's filters, r the smallest that fits.
+    """Remove the same fraction r of every prunable group's filters, r the smallest that meets every limit.
 
     This is uniform width scaling when filters are chosen at random at initialisation, and the
     usual uniform per-layer ratio of ranking-based pruning when they are chosen by a criterion.
     """
 
+    def count(g: ChannelGroup, ratio: float) -> int:
+        removed, q = round(ratio * g.slots), _quantum(g, round_to)
+        if q == 1:
+            return min(removed, g.slots - floors[g.name])
+        keep = -(-(g.slots - removed) // q) * q  # rounded up to whole quanta: the ratio is a lower bound
+        return g.slots - min(g.slots, max(floors[g.name], keep))
+
     def shapes_at(ratio: float) -> tuple[_State, dict[str, int]]:
         state = _State(prof)
-        counts = {g.name: min(round(ratio * g.slots), g.slots - floors[g.name]) for g in prunable}
+        counts = {g.name: count(g, ratio) for g in prunable}
         for g in prunable:
             state.shapes.update(state.shrunk(g, list(range(counts[g.name]))))
         return state, counts
 
-    lo, hi = 0.0, 1.0  # the total at ratio 1 is the floor, which make_plan checked is <= target
+    def fits(state: _State) -> bool:
+        return all(state.total(k) <= limit for k, limit in budget.items())
+
+    lo, hi = 0.0, 1.0  # the totals at ratio 1 are the floors, which were checked against the budget
     for _ in range(50):
         mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if shapes_at(mid)[0].total(mode) <= target else (mid, hi)
+        lo, hi = (lo, mid) if fits(shapes_at(mid)[0]) else (mid, hi)
     state, counts = shapes_at(hi)
     after_shapes = _State(prof)
     for g in prunable:
@@ -279,7 +377,10 @@ def _ratio_plan(
         slots[g.name] = [i for i in slots[g.name] if i not in removed]
         after_shapes.shapes.update(after_shapes.shrunk(g, sorted(removed)))
     after = Profile(list(after_shapes.shapes.values()), prof.input_shape, prof.other_params)
-    return PrunePlan(mode, target, prof, after, groups, _kept_channels(groups, slots), [], {**settings, "ratio": hi})
+    mode, target = next(iter(budget.items()))
+    plan = PrunePlan(mode, target, prof, after, groups, _kept_channels(groups, slots), [], {**settings, "ratio": hi})
+    plan.budget = budget
+    return plan
 
 
 def _choose(remaining: list[int], n: int, scores: np.ndarray | None, rng: np.random.Generator) -> list[int]:
@@ -328,10 +429,17 @@ class PruneResult:
         return self.plan.to_dict(self.criterion)
 
 
+def parse_budget(budget: dict[str, str | float], prof: Profile) -> dict[str, int]:
+    """``{"flops": 0.5, "memory": "4MB"}`` -> absolute limits, each parsed like a single target."""
+    if not isinstance(budget, dict) or not budget:
+        raise EdgepruneError("a budget is a non-empty mapping of cost to limit, e.g. {'flops': 0.5, 'memory': '4MB'}")
+    return {cost: parse_target(limit, cost, prof.total(cost)) for cost, limit in budget.items()}
+
+
 def prune(
     model: nn.Module,
-    mode: str,
-    target: str | float,
+    mode: str | None = None,
+    target: str | float | None = None,
     step: float = 0.1,
     seed: int = 0,
     criterion: str = "random",
@@ -342,12 +450,20 @@ def prune(
     selection: str = "weighted",
     calibration: torch.Tensor | None = None,
     keep: Sequence[str] = (),
+    budget: dict[str, str | float] | None = None,
+    round_to: int = 1,
 ) -> PruneResult:
-    """Prune a copy of ``model`` to ``target`` complexity in ``mode`` with Algorithm 1.
+    """Prune a copy of ``model`` with Algorithm 1 to ``target`` in ``mode``, or to every limit of ``budget``.
 
-    ``keep`` names layers whose filters must stay (besides the output layers, which always do).
+    ``budget`` maps costs to limits (``{"flops": 0.5, "memory": "4MB"}``); ``mode``/``target`` is the
+    one-cost case. ``round_to`` N keeps every pruned group's width a multiple of N. ``keep`` names
+    layers whose filters must stay (besides the output layers, which always do).
     """
-    check_mode(mode)
+    if (budget is None) == (mode is None or target is None):
+        raise EdgepruneError("give either mode and target, or a budget of several costs (not both)")
+    limits: dict[str, str | float] = dict(budget) if budget is not None else {mode: target}  # type: ignore[dict-item]
+    for cost in limits:
+        check_mode(cost)
     check_criterion(criterion, calibration)
     example = example_input if example_input is not None else torch.zeros(1, *input_shape)
     pruned = copy.deepcopy(model)
@@ -357,11 +473,11 @@ def prune(
             f"parameter '{prof.functional[0]}' takes part in a conv/linear op outside its own module (a functional "
             "call): profile counts it, but pruning cannot follow it; make that op an nn.Module layer"
         )
-    absolute = parse_target(target, mode, prof.total(mode))
+    absolute = parse_budget(limits, prof)
     groups = prof.groups
     bns = {layer.name: layer.bn for layer in prof.layers}
     scores = filter_scores(model, [(g.name, bns.get(g.name)) for g in groups if g.prunable], criterion, calibration)
-    plan = make_plan(prof, groups, mode, absolute, step, seed, scores, min_filters, selection)
+    plan = make_budget_plan(prof, groups, absolute, step, seed, scores, min_filters, selection, round_to)
     apply_plan(pruned, plan, example, graph)
     plan.settings["prune_residual"] = prune_residual
     if keep:
@@ -369,4 +485,13 @@ def prune(
     return PruneResult(pruned, plan, criterion)
 
 
-__all__ = ["MODES", "PrunePlan", "PruneResult", "make_plan", "parse_target", "prune"]
+__all__ = [
+    "MODES",
+    "PrunePlan",
+    "PruneResult",
+    "make_budget_plan",
+    "make_plan",
+    "parse_budget",
+    "parse_target",
+    "prune",
+]

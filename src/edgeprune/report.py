@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgeprune.complexity import MODES, Profile
+from edgeprune.complexity import MODES, QUANTIZED_CONVENTIONS, Profile
 
 MODE_LABEL = {"params": "params", "flops": "FLOPs (MACs)", "memory": "memory"}
 
@@ -48,6 +48,8 @@ def profile_table(prof: Profile) -> str:
     rows.append(["TOTAL", "", ""] + [human(totals[m], m) for m in MODES] + ["", ""])
     headers = ["layer", "kind", "channels", "params", "FLOPs (MACs)", "memory", "prunable", "group"]
     note = "fp32, batch 1; FLOPs count a multiply-add once; memory = 4 B x (params + output map)"
+    if prof.precision != "fp32":
+        note = f"{prof.precision}: {QUANTIZED_CONVENTIONS}"
     if prof.other_params:
         note += f"; {prof.other_params:,} params outside conv/linear layers counted in the totals"
     if prof.functional:
@@ -78,9 +80,30 @@ def prune_summary(report: dict) -> str:
         ]
         for m, k in keys.items()
     ]
-    head = (
-        f"mode {report['mode']}, target {human(report['target'], report['mode'])} "
-        f"({100 * report['target_fraction']:.1f}% of the original), criterion {report['criterion']}, "
-        f"{len(report['steps'])} steps"
-    )
+    budget = report.get("budget") or {}
+    if len(budget) > 1:
+        head = f"{len(budget)} limits, criterion {report['criterion']}, {len(report['steps'])} steps"
+        bound = ", ".join(report.get("bound_last") or []) or "-"
+        limits = table(
+            ["cost", "limit", "before", "after", "met"],
+            [
+                [
+                    MODE_LABEL[c],
+                    f"{human(b['limit'], c)} ({100 * b['fraction']:.1f}%)",
+                    human(b["before"], c),
+                    human(b["after"], c),
+                    "yes" if b["met"] else "NO",
+                ]
+                for c, b in budget.items()
+            ],  # fmt: skip
+        )
+        head += f"\n\n{limits}\nbound last: {bound}"
+    else:
+        head = (
+            f"mode {report['mode']}, target {human(report['target'], report['mode'])} "
+            f"({100 * report['target_fraction']:.1f}% of the original), criterion {report['criterion']}, "
+            f"{len(report['steps'])} steps"
+        )
+    if report.get("settings", {}).get("round_to", 1) > 1:
+        head += f"\nwidths rounded to multiples of {report['settings']['round_to']} filters"
     return "\n\n".join([head, layer_table, table(["total", "before", "after", "reduction"], totals)])

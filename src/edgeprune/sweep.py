@@ -26,11 +26,14 @@ import csv
 import io
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from edgeprune.cluster import MAX_RETRIES, RayOptions, node_info
 from edgeprune.complexity import MODES, check_mode
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import write_json
@@ -49,6 +52,15 @@ from edgeprune.measure import (
 from edgeprune.pruning import check_seed
 from edgeprune.trace import record_shapes
 
+if TYPE_CHECKING:
+    from edgeprune.data import ImageDataset
+
+RAY_NOTE = (
+    "each point was pruned, trained and benched in its own Ray task on the node named in 'node': its "
+    "<backend>_latency_isolated_median_ms, cpu_pct, rss_* and train/prune/bench seconds were measured on that node, "
+    "and such figures from different nodes are not comparable with each other; <backend>_latency_median/p90/mean_ms "
+    "come from the interleaved pass on the machine that ran the command: comparable with each other"
+)
 DEFAULT_TARGETS = (0.9, 0.7, 0.5, 0.3)
 DEFAULT_RUNS = 30  # timed runs per model and backend: VGG-16's 13 models x 2 backends in a few minutes
 DEFAULT_WARMUP = 5
@@ -71,8 +83,8 @@ _BACKEND_FIELDS = {
 }
 
 
-def columns(backends: Sequence[str]) -> list[str]:
-    """The CSV columns, in order, for the given backends."""
+def columns(backends: Sequence[str], nodes: bool = False) -> list[str]:
+    """The CSV columns, in order, for the given backends (and, for a sweep on Ray, where each point ran)."""
     cols = [
         "model",
         "mode",
@@ -90,7 +102,7 @@ def columns(backends: Sequence[str]) -> list[str]:
     ]
     for b in backends:
         cols += [f"{b}_{f}" for f in _BACKEND_FIELDS]
-    return cols + ["accuracy", "train_seconds", "prune_seconds", "bench_seconds"]
+    return cols + ["accuracy", "train_seconds", "prune_seconds", "bench_seconds"] + (["node", "ray_node_id"] * nodes)
 
 
 def _check_args(modes: Sequence[str], targets: Sequence[float], seeds: Sequence[int], epochs: int | None,
@@ -120,29 +132,110 @@ def _base_model(ref: ModelRef, seed: int) -> Resolved:
     return resolve(ref)
 
 
-def _trainer(
-    data: str | Path | object | None,
-    epochs: int | None,
-    work: Path,
-    limit_train: int | None = None,
-    limit_test: int | None = None,
-) -> tuple[object, Callable | None]:
-    """The data set and a function (model, seed, tag) -> (accuracy in [0, 1], seconds); (None, None) untrained."""
+def _dataset(
+    data: str | Path | object | None, limit_train: int | None = None, limit_test: int | None = None
+) -> ImageDataset | None:
+    """The data set to train on: one the caller loaded (the CLI, with its size caps) as it is, else ``data`` loaded."""
     if data is None:
-        return None, None
+        return None
     try:
         from edgeprune.data import load_dataset
-        from edgeprune.train import TrainConfig, train
+        from edgeprune.train import train  # noqa: F401 - training must be there
     except ImportError as e:
         raise EdgepruneError(f"training is not available in this installation ({e})") from None
-    # a data set the caller loaded (the CLI, with its size caps) is used as it is
-    dataset = data if not isinstance(data, (str, Path)) else load_dataset(data, limit_train, limit_test)
+    return data if not isinstance(data, (str, Path)) else load_dataset(data, limit_train, limit_test)
 
-    def run(model: torch.nn.Module, seed: int, tag: str) -> tuple[float, float]:
-        result = train(model, dataset, TrainConfig(epochs=epochs, seed=seed), out_dir=work / tag, progress=False)
-        return float(result.test_accuracy), float(result.train_seconds)
 
-    return dataset, run
+@dataclass
+class SweepContext:
+    """What every sweep point needs: the model, how to train and measure it, where its files go."""
+
+    model: ModelRef
+    name: str
+    input_shape: tuple[int, ...]
+    backends: list[str]
+    runs: int
+    warmup: int
+    threads: int
+    spin: bool
+    step: float
+    work: Path  # the points' prepared models (m<index>/) and training folders (train/<tag>/)
+    dataset: ImageDataset | None = None
+    epochs: int | None = None
+    train_threads: int | None = None  # None: all cores
+    resume: bool = False  # a point Ray retries continues its training from the checkpoint
+
+
+def _train_point(ctx: SweepContext, model: torch.nn.Module, seed: int, tag: str) -> tuple[float, float]:
+    """Train a point's model from scratch; its test accuracy in [0, 1] and training seconds."""
+    from edgeprune.train import TrainConfig, train
+
+    result = train(model, ctx.dataset, TrainConfig(epochs=ctx.epochs, seed=seed), out_dir=ctx.work / "train" / tag,
+                   resume=ctx.resume, progress=False, threads=ctx.train_threads)  # fmt: skip
+    return float(result.test_accuracy), float(result.train_seconds)
+
+
+def _point(
+    ctx: SweepContext, base: torch.nn.Module, ref_totals: dict, seed: int, mode: str, target: float, index: int
+) -> tuple[dict, Prepared]:
+    """One sweep point: ``base`` pruned (or kept: ``unpruned``), trained if asked, measured in fresh processes."""
+    from edgeprune.pruning import prune
+
+    t0 = time.perf_counter()
+    if mode == "unpruned":
+        # Train a copy of the unpruned model: the pruned ones are cut from the untrained base.
+        candidate = copy.deepcopy(base) if ctx.dataset is not None else base
+    else:
+        candidate = prune(base, mode, target, step=ctx.step, seed=seed, input_shape=ctx.input_shape).model
+    prune_s = time.perf_counter() - t0
+    acc = train_s = None
+    if ctx.dataset is not None:
+        acc, train_s = _train_point(ctx, candidate, seed, f"{mode}-{target:g}-s{seed}")
+    t1 = time.perf_counter()
+    ready = prepare(candidate, ctx.work / f"m{index}", ctx.backends, ctx.input_shape)
+    measured = measure_prepared(ready, ctx.backends, ctx.runs, ctx.warmup, 1, ctx.threads, spin=ctx.spin)
+    row = _row(ctx.name, mode, target, seed, measured, ref_totals)
+    row.update(accuracy=acc, train_seconds=train_s, prune_seconds=prune_s, bench_seconds=time.perf_counter() - t1)
+    return row, ready
+
+
+def _reference(ctx: SweepContext, seed: int) -> tuple[torch.nn.Module, dict]:
+    """The unpruned model of ``seed`` and its complexity totals."""
+    base = _base_model(ctx.model, seed).model
+    return base, record_shapes(base, torch.zeros(1, *ctx.input_shape)).totals()
+
+
+Job = tuple[int, str, float]  # seed, mode ("unpruned" for the reference point), target
+
+
+def _points_here(ctx: SweepContext, jobs: list[Job]) -> Iterator[tuple[dict, Prepared]]:
+    """Every point in this process, one after the other; each seed's unpruned model is built once."""
+    bases: dict[int, tuple[torch.nn.Module, dict]] = {}
+    for index, (seed, mode, target) in enumerate(jobs):
+        if seed not in bases:
+            bases = {seed: _reference(ctx, seed)}
+        yield _point(ctx, *bases[seed], seed, mode, target, index)
+
+
+def _point_task(ctx: SweepContext, seed: int, mode: str, target: float, index: int) -> tuple[dict, Prepared]:
+    """Ray task: one point, its unpruned model built from the seed; the row names the node it ran on."""
+    row, ready = _point(ctx, *_reference(ctx, seed), seed, mode, target, index)
+    node = node_info(in_ray=True)
+    row.update(node=node["hostname"], ray_node_id=node["ray_node_id"])
+    return row, ready
+
+
+def _points_on_ray(ctx: SweepContext, jobs: list[Job], options: RayOptions) -> Iterator[tuple[dict, Prepared]]:
+    """Every point as a Ray task, yielded in the serial order."""
+    from edgeprune import cluster
+
+    with cluster.connected(options) as ray:
+        cluster.check_shared_folder(ray, ctx.work.parent)
+        shared = ray.put(ctx)
+        point = cluster.task(ray, _point_task, options)
+        refs = [point.remote(shared, seed, mode, target, i) for i, (seed, mode, target) in enumerate(jobs)]
+        for (seed, mode, target), ref in zip(jobs, refs):
+            yield cluster.get(ray, ref, f"the sweep point {mode} {target:g} seed {seed}")
 
 
 def _row(name: str, mode: str, target: float, seed: int, measured: dict, ref: dict | None) -> dict:
@@ -200,8 +293,13 @@ def sweep(
     spin: bool = True,
     limit_train: int | None = None,
     limit_test: int | None = None,
+    ray: RayOptions | None = None,
 ) -> dict:
-    """Prune ``model`` in every mode to every target (and seed), bench each, write results and plots."""
+    """Prune ``model`` in every mode to every target (and seed), bench each, write results and plots.
+
+    With ``ray``, each point (prune, train if asked, bench) is a Ray task (see :mod:`edgeprune.cluster`) and
+    ``threads`` defaults to the CPUs of a run; the final interleaved latency pass still runs here.
+    """
     _check_args(modes, targets, seeds, epochs, data)
     backends = list(check_backends(tuple(backends)))
     y = y or ("accuracy" if data else "params")
@@ -213,58 +311,41 @@ def sweep(
         raise EdgepruneError(f"runs must be positive and warmup >= 0, got runs={runs}, warmup={warmup}")
     if threads is not None and threads < 1:
         raise EdgepruneError(f"threads must be positive, got {threads}")
-    threads = threads or default_threads()
+    threads = threads or (ray.threads() if ray is not None else default_threads())
     if not isinstance(model, ModelRef):
         model = ModelRef(str(model), num_classes=num_classes, in_channels=in_channels)
-    resolve(model)  # fail early on a bad name, folder or reference
+    checked = resolve(model)  # fail early on a bad name, folder or reference
     say = log or (lambda _msg: None)
-    from edgeprune.pruning import prune
 
     started = time.perf_counter()
     rows: list[dict] = []
     prepared: list[Prepared] = []
-    total = len(seeds) * (1 + len(modes) * len(targets))
-    with tempfile.TemporaryDirectory(prefix="edgeprune-sweep-") as tmp_name:
-        tmp = Path(tmp_name)
-        dataset, trainer = _trainer(data, epochs, tmp / "train", limit_train, limit_test)
-        if dataset is not None and not is_folder_ref(model):
-            model = model.with_data(dataset.num_classes, dataset.input_shape())
-            input_shape = dataset.input_shape()
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        name = Path(model.ref).name if is_folder_ref(model) else model.ref
-        for seed in seeds:
-            resolved = _base_model(model, seed)
-            base, input_shape = resolved.model, tuple(input_shape or resolved.input_shape)
-            ref_totals = record_shapes(base, torch.zeros(1, *input_shape)).totals()
-            jobs: list[tuple[str, float]] = [("unpruned", 1.0)] + [(m, t) for m in modes for t in targets]
-            for mode, target in jobs:
-                t0 = time.perf_counter()
-                if mode == "unpruned":
-                    # Train a copy of the unpruned model: the pruned ones are cut from the untrained base.
-                    candidate = copy.deepcopy(base) if trainer is not None else base
-                else:
-                    candidate = prune(base, mode, target, step=step, seed=seed, input_shape=input_shape).model
-                prune_s = time.perf_counter() - t0
-                acc = train_s = None
-                if trainer is not None:
-                    acc, train_s = trainer(candidate, seed, f"{mode}-{target:g}-s{seed}")
-                t1 = time.perf_counter()
-                ready = prepare(candidate, tmp / f"m{len(rows)}", backends, input_shape)
-                measured = measure_prepared(ready, backends, runs, warmup, 1, threads, spin=spin)
-                row = _row(name, mode, target, seed, measured, ref_totals)
-                row.update(
-                    accuracy=acc, train_seconds=train_s, prune_seconds=prune_s, bench_seconds=time.perf_counter() - t1
-                )
-                rows.append(row)
-                prepared.append(ready)
-                del candidate
-                lat = ", ".join(f"{b} {row[f'{b}_latency_isolated_median_ms']:.2f} ms" for b in backends)
-                acc_text = f", accuracy {100 * acc:.2f}%" if acc is not None else ""
-                say(
-                    f"[{len(rows)}/{total}] {mode} {target:g} seed {seed}: {row['params_pct']:.0f}% params, "
-                    f"{row['flops_pct']:.0f}% FLOPs, {row['memory_pct']:.0f}% memory; own process: {lat}{acc_text}"
-                )
+    points = [("unpruned", 1.0)] + [(m, t) for m in modes for t in targets]
+    jobs: list[Job] = [(seed, m, t) for seed in seeds for m, t in points]
+    out = Path(out_dir)
+    dataset = _dataset(data, limit_train, limit_test)
+    if dataset is not None and not is_folder_ref(model):
+        model = model.with_data(dataset.num_classes, dataset.input_shape())
+        input_shape = dataset.input_shape()
+    out.mkdir(parents=True, exist_ok=True)
+    # with Ray, the points' files go where every node and this process see them
+    where = {"prefix": ".edgeprune-sweep-", "dir": out.resolve()} if ray is not None else {"prefix": "edgeprune-sweep-"}
+    with tempfile.TemporaryDirectory(**where) as tmp_name:
+        ctx = SweepContext(
+            model, Path(model.ref).name if is_folder_ref(model) else model.ref,
+            tuple(input_shape or checked.input_shape), backends, runs, warmup, threads, spin, step, Path(tmp_name),
+            dataset, epochs,
+        )  # fmt: skip
+        if ray is not None:
+            from edgeprune.cluster import portable_ref
+
+            ref = replace(model, ref=portable_ref(model.ref), remember=False)
+            ctx = replace(ctx, model=ref, train_threads=threads, resume=True)
+        measured = _points_on_ray(ctx, jobs, ray) if ray is not None else _points_here(ctx, jobs)
+        for row, ready in measured:
+            rows.append(row)
+            prepared.append(ready)
+            say(_progress_line(row, len(rows), len(jobs), backends))
         for b in backends:
             say(f"timing all {len(rows)} models interleaved in one {b} process ({runs} rounds)")
             lat = latency_interleaved(dict(enumerate(prepared)), b, runs, warmup, 1, threads, spin=spin)
@@ -272,6 +353,7 @@ def sweep(
                 stats = lat[str(i)]["latency_ms"]
                 row.update({f"{b}_latency_median_ms": stats["median"], f"{b}_latency_p90_ms": stats["p90"],
                             f"{b}_latency_mean_ms": stats["mean"]})  # fmt: skip
+    name, input_shape = ctx.name, ctx.input_shape
     elapsed = time.perf_counter() - started
     result = {
         "model": name,
@@ -310,11 +392,25 @@ def sweep(
         "machine": machine_info(),
         "rows": rows,
     }
-    write_csv(out / "results.csv", rows, columns(backends))
+    if ray is not None:
+        result["settings"]["ray"] = {**asdict(ray), "max_retries": MAX_RETRIES, "threads_per_run": threads}
+        result["conventions"]["nodes"] = RAY_NOTE
+    write_csv(out / "results.csv", rows, columns(backends, nodes=ray is not None))
     result["plots"] = plot_sweep(result, out)
     write_json(out / "results.json", result)
     say(f"{len(rows)} models in {elapsed:.0f} s; wrote {out}/: results.csv, results.json, {', '.join(result['plots'])}")
     return result
+
+
+def _progress_line(row: dict, done: int, total: int, backends: list[str]) -> str:
+    """What a finished point measured, on one line."""
+    lat = ", ".join(f"{b} {row[f'{b}_latency_isolated_median_ms']:.2f} ms" for b in backends)
+    acc = f", accuracy {100 * row['accuracy']:.2f}%" if row["accuracy"] is not None else ""
+    where = f" on {row['node']}" if "node" in row else ""
+    return (
+        f"[{done}/{total}] {row['mode']} {row['target']:g} seed {row['seed']}{where}: {row['params_pct']:.0f}% params, "
+        f"{row['flops_pct']:.0f}% FLOPs, {row['memory_pct']:.0f}% memory; own process: {lat}{acc}"
+    )
 
 
 def plot_sweep(result: dict, out: Path) -> list[str]:

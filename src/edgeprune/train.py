@@ -17,6 +17,22 @@ restores all of it, so an interrupted and resumed run ends with exactly the weig
 uninterrupted one. ``metrics.jsonl`` gets one line per epoch, ``train.json`` the final summary
 (including the normalisation the model expects), and the trained weights are saved with
 :func:`edgeprune.io.save` as ``model.json`` + ``model.safetensors``.
+
+Devices: ``train(..., device=...)`` runs on ``cpu`` (the default), ``cuda``, ``mps`` or ``auto`` (CUDA, else
+MPS, else the CPU). The uint8 images go to the device once and crops, flips and normalisation run there; every
+random draw still comes from the CPU generator, so the data order and augmentation do not depend on the device,
+and on the CPU nothing changes.
+
+Processes: launched by ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK set; WORLD_SIZE > 1), ``train`` joins the job's
+process group (nccl on CUDA, gloo otherwise) and trains with DistributedDataParallel. ``batch_size`` stays the
+global batch: every process draws the same permutation and the same crop and flip parameters for the whole batch
+and takes its contiguous share (:meth:`Ranks.part`), so images, order and augmentation are those of a
+one-process run, and the generator state is the same in every process. Gradients are averaged (weighted by
+share when the batch does not divide evenly); BatchNorm normalises each share on its own, and rank 0's running
+statistics are given to all at every epoch end. Rank 0 alone writes the checkpoint (the unwrapped model's
+weights, its RNG states, the world size), the metrics and the final model, and on resume verifies and restores
+the checkpoint and sends the optimiser and generator state to the others (over the job's own process group).
+A checkpoint resumes with any number of processes; a change is said.
 """
 
 from __future__ import annotations
@@ -27,11 +43,12 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -52,6 +69,7 @@ LEGACY_CHECKPOINT_FORMAT = "edgeprune-checkpoint/1"  # no checksums: resumed aft
 TENSORS_SHA256 = "tensors_sha256"  # metadata key: edgeprune.files.tensors_digest of all tensors
 STATE_SHA256 = "state_sha256"  # metadata key: SHA-256 of the "state" JSON text
 RNG_TENSORS = ("rng.torch", "rng.generator")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 PAD = 4
 
 
@@ -125,7 +143,7 @@ class ImageStore:
     """
 
     def __init__(self, x: torch.Tensor):
-        self.x = x.contiguous()
+        self.x = x.contiguous()  # on any device: the gathers run where the images are
         _, self.channels, self.height, self.width = x.shape
         self._grids: dict[int, torch.Tensor] = {}
 
@@ -137,7 +155,8 @@ class ImageStore:
             i = torch.arange(h).view(h, 1, 1) * wp
             j = torch.arange(w).view(1, w, 1)
             ch = torch.arange(c).view(1, 1, c) * (hp * wp)
-            self._grids[pad] = torch.stack([ch + i + j, ch + i + (w - 1 - j)]).to(torch.int32)
+            grid = torch.stack([ch + i + j, ch + i + (w - 1 - j)]).to(torch.int32)
+            self._grids[pad] = grid.to(self.x.device)
         return self._grids[pad]
 
     def crop_flip(
@@ -150,13 +169,15 @@ class ImageStore:
         """
         b, c, h, w = len(index), self.channels, self.height, self.width
         hp, wp = h + 2 * pad, w + 2 * pad
+        device = self.x.device
+        index, dy, dx, flip = (t.to(device) for t in (index, dy, dx, flip))
         src = self.x.index_select(0, index)
         if pad:
             padded = src.new_zeros((b, c, hp, wp))
             padded[:, :, pad : pad + h, pad : pad + w] = src
         else:
             padded = src
-        base = torch.arange(b) * (c * hp * wp) + dy * wp + dx  # where each crop starts
+        base = torch.arange(b, device=device) * (c * hp * wp) + dy * wp + dx  # where each crop starts
         dtype = torch.int32 if b * c * hp * wp < 2**31 else torch.int64  # int32: half the index traffic
         flat = self._grid(pad).index_select(0, flip.long()).to(dtype).view(b, -1)
         flat.add_(base.to(dtype).view(b, 1))
@@ -168,13 +189,15 @@ class ImageStore:
         zeros = torch.zeros(len(index), dtype=torch.int64)
         return self.crop_flip(index, zeros, zeros, torch.zeros(len(index), dtype=torch.bool), pad=0)
 
-    def random_crop_flip(self, index: torch.Tensor, generator: torch.Generator, pad: int = PAD) -> torch.Tensor:
-        """``crop_flip`` with offsets and flips drawn from ``generator``."""
+    def random_crop_flip(
+        self, index: torch.Tensor, generator: torch.Generator, pad: int = PAD, part: slice = slice(None)
+    ) -> torch.Tensor:
+        """``crop_flip`` of ``index[part]``, with offsets and flips drawn from ``generator`` for all of ``index``."""
         b = len(index)
         dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
         dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
         flip = torch.randint(0, 2, (b,), generator=generator).bool()
-        return self.crop_flip(index, dy, dx, flip, pad)
+        return self.crop_flip(index[part], dy[part], dx[part], flip[part], pad)
 
 
 class Normalizer:
@@ -183,20 +206,21 @@ class Normalizer:
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
-        self._full: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._full: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _constants(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _constants(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         # Full-size constants broadcast only over the batch: much faster than a size-3 inner broadcast.
-        if (h, w) not in self._full:
+        key = (h, w, str(device))
+        if key not in self._full:
             c = self.mean.shape[1]
             scale = self.inv_std.expand(1, c, h, w).contiguous(memory_format=torch.channels_last)
             shift = (-self.mean * self.inv_std).expand(1, c, h, w).contiguous(memory_format=torch.channels_last)
-            self._full[(h, w)] = (scale, shift)
-        return self._full[(h, w)]
+            self._full[key] = (scale.to(device), shift.to(device))
+        return self._full[key]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Convert a uint8 [B, C, H, W] batch to normalised float32, channels-last."""
-        scale, shift = self._constants(x.shape[2], x.shape[3])
+        """Convert a uint8 [B, C, H, W] batch to normalised float32, channels-last, on its device."""
+        scale, shift = self._constants(x.shape[2], x.shape[3], x.device)
         out = x.to(torch.float32, memory_format=torch.channels_last)
         return out.mul_(scale).add_(shift)
 
@@ -229,7 +253,7 @@ def check_compatible(model: nn.Module, data: ImageDataset) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, c, h, w))
+            out = model(torch.zeros(2, c, h, w, device=_device_of(model)))
     except RuntimeError as e:
         msg = str(e).splitlines()[0][:160]
         raise EdgepruneError(f"the model cannot take the data set's {c}x{h}x{w} images ({msg})") from None
@@ -266,6 +290,155 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+# -- devices and processes --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a torchrun job; the defaults are a single process."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        """More than one process."""
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        """The process that writes files and shows progress: rank 0."""
+        return self.rank == 0
+
+    def part(self, n: int) -> slice:
+        """This process's contiguous share of ``n`` items; shares differ in size by at most one."""
+        return slice(n * self.rank // self.world, n * (self.rank + 1) // self.world)
+
+
+def _env_int(env: Mapping[str, str], key: str, default: int) -> int:
+    """An integer environment variable; ``default`` when it is unset or empty."""
+    text = env.get(key, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise EdgepruneError(f"environment variable {key} must be an integer, got {text[:40]!r}") from None
+
+
+def process_ranks(environ: Mapping[str, str] | None = None) -> Ranks:
+    """The ranks torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE); one process when they are unset."""
+    env = os.environ if environ is None else environ
+    keys = (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0), ("LOCAL_WORLD_SIZE", 1))
+    ranks = Ranks(*(_env_int(env, key, default) for key, default in keys))
+    if ranks.world < 1 or not 0 <= ranks.rank < ranks.world or ranks.local_rank < 0 or ranks.local_world < 1:
+        raise EdgepruneError(
+            f"inconsistent process environment: RANK={ranks.rank} WORLD_SIZE={ranks.world} "
+            f"LOCAL_RANK={ranks.local_rank} LOCAL_WORLD_SIZE={ranks.local_world}"
+        )
+    return ranks
+
+
+def _mps_available() -> bool:
+    """Whether Apple's Metal (MPS) device can be used."""
+    backend = getattr(torch.backends, "mps", None)
+    return backend is not None and backend.is_available()
+
+
+def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` (CUDA, else MPS, else CPU), ``cpu``, ``cuda`` (GPU ``local_rank``) or ``mps``; an error if absent."""
+    if isinstance(device, torch.device):
+        index = device.index if device.index is not None else local_rank
+        name = device.type
+    else:
+        index, name = local_rank, device
+    if name not in DEVICES:
+        raise EdgepruneError(f"unknown device {str(name)[:40]!r}; choose from: {', '.join(DEVICES)}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise EdgepruneError("device cuda is not available (no CUDA GPU, or a torch build without CUDA)")
+        if index >= torch.cuda.device_count():
+            raise EdgepruneError(f"device cuda:{index} is not available: {torch.cuda.device_count()} GPU(s)")
+        return torch.device("cuda", index)
+    if name == "mps" and not _mps_available():
+        raise EdgepruneError("device mps is not available (Apple silicon and a torch build with MPS needed)")
+    return torch.device(name)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (the CPU for a model without either)."""
+    first = next(iter(model.parameters()), None)
+    first = first if first is not None else next(iter(model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _on_device(data: ImageDataset, device: torch.device) -> ImageDataset:
+    """The data set with its four tensors on ``device`` (the same object on the CPU)."""
+    if device.type == "cpu":
+        return data
+    moved = {k: getattr(data, k).to(device) for k in ("train_x", "train_y", "test_x", "test_y")}
+    return replace(data, **moved)
+
+
+def _start_group(ranks: Ranks, device: torch.device) -> bool:
+    """Join the torchrun job's process group (nccl on CUDA, gloo otherwise); True when this call created it."""
+    if not ranks.distributed or (dist.is_available() and dist.is_initialized()):
+        return False
+    if not dist.is_available():
+        raise EdgepruneError("this torch build has no torch.distributed: train in one process")
+    if device.type == "mps":
+        raise EdgepruneError("multi-process training runs on cpu or cuda devices, not mps")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def _seed_epoch(device: torch.device, seed: int, rank: int, epoch: int) -> None:
+    """Seed the dropout streams no checkpoint holds from (seed, rank, epoch), so that a resumed run repeats them.
+
+    Rank 0's CPU stream is the checkpoint's ``rng.torch`` and just continues: a single CPU process is unchanged.
+    """
+    digest = hashlib.sha256(f"edgeprune:{seed}:{rank}:{epoch}".encode()).digest()
+    derived = int.from_bytes(digest[:8], "little") >> 1
+    if rank > 0:
+        torch.default_generator.manual_seed(derived)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(derived)
+    elif device.type == "mps":
+        torch.mps.manual_seed(derived)
+
+
+def _share(obj: object) -> object:
+    """Rank 0's ``obj`` in every process (pickled by torch.distributed, between the job's own processes)."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _sync_buffers(model: nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm statistics), which each process updated on its own share."""
+    for buffer in model.buffers():
+        flat = buffer if buffer.is_contiguous() else buffer.contiguous()
+        dist.broadcast(flat, src=0)
+        if flat is not buffer:
+            buffer.copy_(flat)
+
+
+def _on_cpu(state: dict) -> dict:
+    """An optimiser ``state_dict`` with its tensors on the CPU, to send to the other processes."""
+    moved = {
+        i: {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in e.items()} for i, e in state["state"].items()
+    }
+    return {"state": moved, "param_groups": state["param_groups"]}
+
+
 # -- optimiser and checkpoints ----------------------------------------------------------------
 
 
@@ -290,17 +463,22 @@ def _data_signature(data: ImageDataset) -> dict:
     }
 
 
+def _host(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy of ``tensor``, detached."""
+    return tensor.detach().to("cpu").contiguous().clone()
+
+
 def save_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, state: dict
 ) -> None:
     """Write model, optimiser and RNG state (tensors) and ``state`` (JSON) atomically, with checksums of both."""
-    tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": _host(v) for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     scalars: dict[str, dict] = {}
     for idx, entry in opt["state"].items():
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optim.{idx}.{key}"] = value.detach().contiguous().clone()
+                tensors[f"optim.{idx}.{key}"] = _host(value)
             else:
                 scalars.setdefault(str(idx), {})[key] = value
     tensors["rng.torch"] = torch.get_rng_state()
@@ -418,6 +596,8 @@ def _check_state(path: Path, state: dict, verified: bool) -> None:
             raise _bad(path, f"checkpoint state has no '{key}'")
         if not ok:
             raise _bad(path, f"checkpoint '{key}' must be {what}, got {_short(state[key], 40)}")
+    if "world_size" in state and not _is_int(state["world_size"], 1):  # absent before multi-process training
+        raise _bad(path, f"checkpoint 'world_size' must be a positive integer, got {_short(state['world_size'], 40)}")
     _check_history(path, state.get("history"), state["epoch"])
 
 
@@ -587,71 +767,160 @@ class Progress:
 class TrainStep:
     """One training step on the in-memory data set: gather, augment, normalise, forward, backward, update.
 
-    Converts ``model`` to channels-last and training mode, and owns its optimiser.
+    Moves ``model`` to ``device`` in channels-last layout and training mode, and owns its optimiser. In a
+    torchrun job (``ranks``) each step trains this process's share of the batch, and the model is wrapped in
+    DistributedDataParallel at the first step (after a resume has restored rank 0's state).
     """
 
-    def __init__(self, model: nn.Module, data: ImageDataset, config: TrainConfig, generator: torch.Generator):
-        self.model = model.to(memory_format=torch.channels_last).train()
+    def __init__(
+        self,
+        model: nn.Module,
+        data: ImageDataset,
+        config: TrainConfig,
+        generator: torch.Generator,
+        device: torch.device | None = None,
+        ranks: Ranks | None = None,
+    ):
+        self.device = device if device is not None else torch.device("cpu")
+        self.ranks = ranks or Ranks()
+        self.model = model.to(self.device, memory_format=torch.channels_last).train()
+        self._net: nn.Module | None = None if self.ranks.distributed else self.model
         self.config = config
         self.generator = generator
-        self.store = ImageStore(data.train_x)
-        self.labels = data.train_y
+        self.store = ImageStore(data.train_x.to(self.device))
+        self.labels = data.train_y.to(self.device)
         self.normalize = Normalizer(data.mean, data.std)
         self.optimizer = make_optimizer(model, config)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
-    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``index`` augmented (when configured) and normalised, and their labels.
+    @property
+    def net(self) -> nn.Module:
+        """The module to train: the model, or in a torchrun job the model in DistributedDataParallel."""
+        if self._net is None:  # wrapping sends rank 0's weights and buffers to every process
+            from torch.nn.parallel import DistributedDataParallel
 
-        Runs on one thread: these few memory-bound passes take about 2 ms per 128 CIFAR images, and
-        OpenMP's spin-waiting makes them 20x slower with 2 threads when other processes share the cores.
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._net = DistributedDataParallel(self.model, device_ids=ids)
+        return self._net
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's share of images ``index``, augmented (when configured) and normalised, and their labels.
+
+        Crops and flips are drawn for all of ``index``, so every process draws the same. Runs on one thread:
+        these few memory-bound passes take about 2 ms per 128 CIFAR images, and OpenMP's spin-waiting makes
+        them 20x slower with 2 threads when other processes share the cores.
         """
+        part = self.ranks.part(len(index))
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            x = self.store.random_crop_flip(index, self.generator) if self.config.augment else self.store.batch(index)
-            return self.normalize(x), self.labels[index]
+            if self.config.augment:
+                x = self.store.random_crop_flip(index, self.generator, part=part)
+            else:
+                x = self.store.batch(index[part])
+            return self.normalize(x), self.labels[index[part].to(self.device)]
         finally:
             torch.set_num_threads(threads)
+
+    def _batch_totals(
+        self, loss: torch.Tensor, correct: torch.Tensor, share: int, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole batch's mean loss (float64) and count of correct outputs, summed over the job's processes."""
+        totals = torch.stack([loss.detach().double() * share, correct.double()])
+        dist.all_reduce(totals)
+        return totals[0] / batch, totals[1].long()
 
     def __call__(self, index: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Train on images ``index`` at learning rate ``lr``; return the loss and the count of correct outputs.
 
-        A non-finite loss is returned without updating the weights.
+        In a torchrun job both are the whole batch's, over all processes. A non-finite loss is returned
+        without updating the weights (in every process: they all see the same loss).
         """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x, y = self.batch(index)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
-            logits = self.model(x)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
+            logits = self.net(x)
         loss = self.criterion(logits.float(), y)
-        if not torch.isfinite(loss):
-            return loss.detach(), torch.zeros((), dtype=torch.int64)
+        correct = (logits.detach().argmax(1) == y).sum()
+        shown = loss.detach()
+        if self.ranks.distributed:
+            shown, correct = self._batch_totals(loss, correct, len(y), len(index))
+            if len(y) * self.ranks.world != len(index):  # uneven shares: DDP's mean of means, re-weighted
+                loss = loss * (len(y) * self.ranks.world / len(index))
+        if not torch.isfinite(shown):
+            return shown, torch.zeros((), dtype=torch.int64)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return loss.detach(), (logits.detach().argmax(1) == y).sum()
+        return shown, correct
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: ImageDataset, batch_size: int = 512) -> float:
-    """Accuracy on the test split, in [0, 1]."""
+def evaluate(model: nn.Module, data: ImageDataset, batch_size: int = 512, ranks: Ranks | None = None) -> float:
+    """Accuracy on the test split, in [0, 1], on the model's device; in a torchrun job each process scores a share."""
+    ranks = ranks or Ranks()
+    device = _device_of(model)
     normalize = Normalizer(data.mean, data.std)
+    part = ranks.part(len(data.test_y))
+    test_x, test_y = data.test_x[part], data.test_y[part]
     was_training = model.training
     model.eval()
     correct = 0
     try:
-        for start in range(0, len(data.test_y), batch_size):
-            x = normalize(data.test_x[start : start + batch_size])
-            correct += int((model(x).argmax(1) == data.test_y[start : start + batch_size]).sum())
+        for start in range(0, len(test_y), batch_size):
+            x = normalize(test_x[start : start + batch_size].to(device))
+            y = test_y[start : start + batch_size].to(device)
+            correct += int((model(x).argmax(1) == y).sum())
     finally:
         model.train(was_training)
+    if ranks.distributed:
+        total = torch.tensor(correct, dtype=torch.int64, device=device)
+        dist.all_reduce(total)
+        correct = int(total)
     return correct / max(1, len(data.test_y))
 
 
 def _write_metrics(out_dir: Path, history: list[dict]) -> None:
     text = "".join(json.dumps(r) + "\n" for r in history)
     atomic_write(out_dir / METRICS_FILE, lambda p: p.write_text(text))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A run's shape: training images, (global) batch, steps per epoch and in all, warm-up steps, schedule."""
+
+    n: int
+    batch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+    peak: float
+    schedule: str
+
+    @classmethod
+    def of(cls, n: int, config: TrainConfig) -> _Plan:
+        """The plan of ``config`` on ``n`` training images."""
+        batch = min(config.batch_size, n)
+        steps = n // batch  # the incomplete last batch is left out; the permutation changes every epoch
+        total = config.epochs * steps
+        warmup = min(round(config.warmup_epochs * steps), int(0.3 * total))
+        return cls(n, batch, steps, total, warmup, config.peak_lr, config.schedule)
+
+    def lr(self, step: int) -> float:
+        """The learning rate of optimiser step ``step``."""
+        return lr_at(step, self.total_steps, self.warmup, self.peak, self.schedule)
+
+
+@dataclass
+class _Run:
+    """Where a run stands: epochs done, optimiser steps, records, seconds trained, the newest checkpoint's epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    last_good: int = 0
 
 
 def train(
@@ -663,10 +932,14 @@ def train(
     progress: bool = True,
     callback: Callable[[dict], None] | None = None,
     threads: int | None = None,
+    device: str | torch.device = "cpu",
 ) -> TrainResult:
     """Train ``model`` in place on ``data``; with ``out_dir``, checkpoint every epoch, log metrics and save it.
 
-    ``callback`` gets each epoch's metrics after its checkpoint; ``threads`` defaults to all cores.
+    ``callback`` gets each epoch's metrics after its checkpoint (in every process of a torchrun job);
+    ``threads`` defaults to all cores, shared among the job's processes on this machine; ``device`` is
+    ``cpu``, ``cuda``, ``mps`` or ``auto`` (the model ends on the device it came from). Under torchrun
+    (WORLD_SIZE > 1) this process joins the job; see the module's docstring.
     """
     config.validate()
     _check_data(data)
@@ -680,117 +953,210 @@ def train(
         raise EdgepruneError("resuming needs the output folder that holds the checkpoint")
     if threads is not None and threads < 1:
         raise EdgepruneError(f"threads must be positive, got {threads}")
-    torch.set_num_threads(threads or cpu_count())
+    ranks = process_ranks()
+    target = resolve_device(device, ranks.local_rank)
+    torch.set_num_threads(threads or max(1, cpu_count() // ranks.local_world))
+    created = _start_group(ranks, target)
+    try:
+        if ranks.distributed:
+            ranks = replace(ranks, rank=dist.get_rank(), world=dist.get_world_size())
+        return _train(model, data, config, out, resume, Progress(progress and ranks.main), callback, target, ranks)
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(
+    model: nn.Module,
+    data: ImageDataset,
+    config: TrainConfig,
+    out: Path | None,
+    resume: bool,
+    bar: Progress,
+    callback: Callable[[dict], None] | None,
+    device: torch.device,
+    ranks: Ranks,
+) -> TrainResult:
+    """:func:`train` once its arguments are checked and its process group joined."""
     torch.manual_seed(config.seed)  # dropout
-    generator = torch.Generator().manual_seed(config.seed)  # sampling and augmentation
-
-    n = len(data.train_y)
-    batch = min(config.batch_size, n)
-    steps_per_epoch = n // batch  # the incomplete last batch is left out; the permutation changes every epoch
-    total_steps = config.epochs * steps_per_epoch
-    warmup = min(round(config.warmup_epochs * steps_per_epoch), int(0.3 * total_steps))
-
-    stepper = TrainStep(model, data, config, generator)
-    optimizer = stepper.optimizer
+    generator = torch.Generator().manual_seed(config.seed)  # sampling and augmentation, the same in every process
+    home = _device_of(model)
+    data = _on_device(data, device)  # the images go to the device once
+    plan = _Plan.of(len(data.train_y), config)
+    if plan.batch < ranks.world:
+        raise EdgepruneError(f"a batch of {plan.batch} images cannot be shared by {ranks.world} processes")
+    stepper = TrainStep(model, data, config, generator, device, ranks)
     signature = {"config": asdict(config), "data": _data_signature(data)}
-
-    history: list[dict] = []
-    last_good = 0  # epoch of the newest checkpoint of this run
-    start_epoch, step, seconds_before = 0, 0, 0.0
     ckpt = out / CHECKPOINT_FILE if out is not None else None
-    bar = Progress(progress)
-    if resume and ckpt is not None and ckpt.is_file():
-        saved = read_checkpoint(ckpt)  # verified before anything is changed or written
-        _check_resumable(ckpt, saved.state, signature, steps_per_epoch)
-        meta = restore_checkpoint(ckpt, saved, model, optimizer, generator)
-        start_epoch, step, history = meta["epoch"], meta["step"], meta["history"]
-        last_good = start_epoch
-        seconds_before = float(meta["train_seconds"])
-        unverified = "" if saved.verified else " (an older checkpoint without checksums: not verified)"
-        bar.line(f"resuming after epoch {start_epoch}/{config.epochs} from {ckpt}{unverified}")
-    elif resume:
-        bar.line(f"no checkpoint in {out}; starting from epoch 1")
-    if out is not None:
+    run = _resume(ckpt, signature, plan.steps_per_epoch, stepper, ranks, bar) if resume and ckpt else _Run()
+    if out is not None and ranks.main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_metrics(out, history)
-
-    lr = lr_at(max(step - 1, 0), total_steps, warmup, config.peak_lr, config.schedule)
-    for epoch in range(start_epoch, config.epochs):
-        label = f"epoch {epoch + 1}/{config.epochs}"
-        perm = torch.randperm(n, generator=generator)
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros((), dtype=torch.int64)
-        seen = 0
-        t0 = time.perf_counter()
-        for s in range(steps_per_epoch):
-            lr = lr_at(step, total_steps, warmup, config.peak_lr, config.schedule)
-            index = perm[s * batch : (s + 1) * batch]
-            loss, correct_here = stepper(index, lr)
-            if not torch.isfinite(loss):
-                kept = f"; the last good checkpoint (epoch {last_good}) is kept in {ckpt}" if last_good else ""
-                raise EdgepruneError(
-                    f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {s + 1}: training diverged "
-                    f"(try a lower --lr){kept}"
-                )
-            step += 1
-            seen += len(index)
-            loss_sum += loss.double() * len(index)
-            correct += correct_here
-            elapsed = time.perf_counter() - t0
-            bar.update(
-                label, s + 1, steps_per_epoch,
-                f"loss {float(loss_sum) / seen:.3f} acc {100 * int(correct) / seen:.1f}% {seen / elapsed:.0f} img/s",
-            )  # fmt: skip
-        epoch_seconds = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        test_acc = evaluate(model, data)
-        record = {
-            "epoch": epoch + 1,
-            "loss": float(loss_sum) / max(seen, 1),
-            "train_acc": int(correct) / max(seen, 1),
-            "test_acc": test_acc,
-            "epoch_seconds": round(epoch_seconds, 3),
-            "eval_seconds": round(time.perf_counter() - t1, 3),
-            "train_seconds": round(seconds_before + epoch_seconds, 3),
-            "images_per_s": round(seen / max(epoch_seconds, 1e-9), 1),
-            "lr": lr,
-        }
-        seconds_before += epoch_seconds
-        history.append(record)
-        bar.update(
-            label, steps_per_epoch, steps_per_epoch,
-            f"loss {record['loss']:.3f} acc {100 * record['train_acc']:.1f}% test {100 * test_acc:.2f}% "
-            f"{record['images_per_s']:.0f} img/s {epoch_seconds:.1f}s",
-            final=True,
-        )  # fmt: skip
+        _write_metrics(out, run.history)
+    while run.epoch < config.epochs:
+        record = _epoch(stepper, data, plan, run, config, bar, ckpt)
         if out is not None and ckpt is not None:
-            state = dict(signature, epoch=epoch + 1, step=step, history=history, train_seconds=seconds_before)
-            save_checkpoint(ckpt, model, optimizer, generator, state)
-            last_good = epoch + 1
-            _write_metrics(out, history)
+            if ranks.main:
+                state = dict(signature, epoch=run.epoch, step=run.step, history=run.history)
+                state.update(train_seconds=run.seconds, world_size=ranks.world)
+                save_checkpoint(ckpt, model, stepper.optimizer, generator, state)
+                _write_metrics(out, run.history)
+            run.last_good = run.epoch
         if callback is not None:
             callback(record)
-
-    model.to(memory_format=torch.contiguous_format)
+    final = run.history[-1]["test_acc"] if run.history else evaluate(model, data, ranks=ranks)
+    model.to(home, memory_format=torch.contiguous_format)
     model.eval()
-    final = history[-1]["test_acc"] if history else evaluate(model, data)
-    result = TrainResult(history, final, seconds_before, out)
-    if out is not None:
-        from edgeprune.io import save
+    if out is not None and ranks.main:
+        _save_trained(model, out, data, config, run, final, device, ranks)
+    if ranks.distributed:
+        dist.barrier()  # the other processes end once rank 0 has written the model
+    return TrainResult(run.history, final, run.seconds, out)
 
-        save(model, out, data.input_shape())
-        write_json(
-            out / SUMMARY_FILE,
-            {
-                "test_accuracy": final,
-                "epochs": len(history),
-                "train_seconds": round(seconds_before, 3),
-                "config": asdict(config),
-                "data": _data_signature(data),
-                "normalize": {"mean": list(data.mean), "std": list(data.std), "scale": "pixels / 255"},
-            },
+
+def _save_trained(
+    model: nn.Module,
+    out: Path,
+    data: ImageDataset,
+    config: TrainConfig,
+    run: _Run,
+    final: float,
+    device: torch.device,
+    ranks: Ranks,
+) -> None:
+    """Write the trained model and ``train.json``, its summary."""
+    from edgeprune.io import save
+
+    save(model, out, data.input_shape())
+    summary = {
+        "test_accuracy": final,
+        "epochs": len(run.history),
+        "train_seconds": round(run.seconds, 3),
+        "config": asdict(config),
+        "data": _data_signature(data),
+        "normalize": {"mean": list(data.mean), "std": list(data.std), "scale": "pixels / 255"},
+        "device": device.type,
+        "processes": ranks.world,
+    }
+    write_json(out / SUMMARY_FILE, summary)
+
+
+def _resume(ckpt: Path, signature: dict, steps_per_epoch: int, stepper: TrainStep, ranks: Ranks, bar: Progress) -> _Run:
+    """The checkpoint's run, or a fresh one when there is none; in a torchrun job rank 0 reads it and shares it."""
+    if not ranks.distributed:
+        return _read_run(ckpt, signature, steps_per_epoch, stepper, ranks, bar)
+    shared = _share(_resume_main(ckpt, signature, steps_per_epoch, stepper, ranks, bar) if ranks.main else None)
+    assert isinstance(shared, dict)
+    if "error" in shared:
+        raise EdgepruneError(shared["error"])
+    if not ranks.main:
+        stepper.optimizer.load_state_dict(shared["optimizer"])
+        stepper.generator.set_state(shared["generator"])
+    return shared["run"]
+
+
+def _resume_main(
+    ckpt: Path, signature: dict, steps_per_epoch: int, stepper: TrainStep, ranks: Ranks, bar: Progress
+) -> dict:
+    """Rank 0's part of a resume in a torchrun job: what the others need, or the error they all stop with."""
+    try:
+        run = _read_run(ckpt, signature, steps_per_epoch, stepper, ranks, bar)
+    except EdgepruneError as e:
+        return {"error": str(e)}
+    optimizer = _on_cpu(stepper.optimizer.state_dict())
+    return {"run": run, "optimizer": optimizer, "generator": stepper.generator.get_state()}
+
+
+def _read_run(
+    ckpt: Path, signature: dict, steps_per_epoch: int, stepper: TrainStep, ranks: Ranks, bar: Progress
+) -> _Run:
+    """Verify the checkpoint, load it into model, optimiser and generator, and return its run (a fresh one if none)."""
+    if not ckpt.is_file():
+        bar.line(f"no checkpoint in {ckpt.parent}; starting from epoch 1")
+        return _Run()
+    saved = read_checkpoint(ckpt)  # verified before anything is changed or written
+    _check_resumable(ckpt, saved.state, signature, steps_per_epoch)
+    meta = restore_checkpoint(ckpt, saved, stepper.model, stepper.optimizer, stepper.generator)
+    unverified = "" if saved.verified else " (an older checkpoint without checksums: not verified)"
+    bar.line(f"resuming after epoch {meta['epoch']}/{signature['config']['epochs']} from {ckpt}{unverified}")
+    before = meta.get("world_size", 1)
+    if before != ranks.world:
+        bar.line(
+            f"the checkpoint was written by {before} process(es), this run has {ranks.world}: the same global batch, "
+            "data order and augmentation continue; BatchNorm sees each process's share of a batch"
         )
-    return result
+    return _Run(meta["epoch"], meta["step"], meta["history"], float(meta["train_seconds"]), meta["epoch"])
+
+
+def _epoch(
+    stepper: TrainStep,
+    data: ImageDataset,
+    plan: _Plan,
+    run: _Run,
+    config: TrainConfig,
+    bar: Progress,
+    ckpt: Path | None,
+) -> dict:
+    """Train and test one epoch; append its record to ``run.history`` and return it."""
+    ranks = stepper.ranks
+    label = f"epoch {run.epoch + 1}/{config.epochs}"
+    _seed_epoch(stepper.device, config.seed, ranks.rank, run.epoch)
+    loss, accuracy, seen, seconds, lr = _steps(stepper, plan, run, label, bar, ckpt)
+    t1 = time.perf_counter()
+    if ranks.distributed:
+        _sync_buffers(stepper.model)
+    test_acc = evaluate(stepper.model, data, ranks=ranks)
+    record = {
+        "epoch": run.epoch + 1,
+        "loss": loss,
+        "train_acc": accuracy,
+        "test_acc": test_acc,
+        "epoch_seconds": round(seconds, 3),
+        "eval_seconds": round(time.perf_counter() - t1, 3),
+        "train_seconds": round(run.seconds + seconds, 3),
+        "images_per_s": round(seen / max(seconds, 1e-9), 1),
+        "lr": lr,
+    }
+    run.epoch, run.seconds = run.epoch + 1, run.seconds + seconds
+    run.history.append(record)
+    bar.update(
+        label, plan.steps_per_epoch, plan.steps_per_epoch,
+        f"loss {record['loss']:.3f} acc {100 * record['train_acc']:.1f}% test {100 * test_acc:.2f}% "
+        f"{record['images_per_s']:.0f} img/s {seconds:.1f}s",
+        final=True,
+    )  # fmt: skip
+    return record
+
+
+def _steps(
+    stepper: TrainStep, plan: _Plan, run: _Run, label: str, bar: Progress, ckpt: Path | None
+) -> tuple[float, float, int, float, float]:
+    """One epoch's optimiser steps (advancing ``run.step``): mean loss, accuracy, images, seconds, last lr."""
+    perm = torch.randperm(plan.n, generator=stepper.generator)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    seen, lr = 0, plan.lr(run.step)
+    t0 = time.perf_counter()
+    for s in range(plan.steps_per_epoch):
+        lr = plan.lr(run.step)
+        index = perm[s * plan.batch : (s + 1) * plan.batch]
+        loss, correct_here = stepper(index, lr)
+        if not torch.isfinite(loss):
+            kept = f"; the last good checkpoint (epoch {run.last_good}) is kept in {ckpt}" if run.last_good else ""
+            raise EdgepruneError(
+                f"loss became {float(loss.detach())} at epoch {run.epoch + 1}, step {s + 1}: training diverged "
+                f"(try a lower --lr){kept}"
+            )
+        run.step += 1
+        seen += len(index)
+        loss_sum += loss.cpu().double() * len(index)
+        correct += correct_here.cpu()
+        elapsed = time.perf_counter() - t0
+        bar.update(
+            label, s + 1, plan.steps_per_epoch,
+            f"loss {float(loss_sum) / seen:.3f} acc {100 * int(correct) / seen:.1f}% {seen / elapsed:.0f} img/s",
+        )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    return float(loss_sum) / max(seen, 1), int(correct) / max(seen, 1), seen, seconds, lr
 
 
 def _check_resumable(path: Path, state: dict, signature: dict, steps_per_epoch: int) -> None:
@@ -823,6 +1189,8 @@ def _short(value: object, limit: int = 60) -> str:
 
 
 __all__ = [
+    "DEVICES",
+    "Ranks",
     "TrainConfig",
     "TrainResult",
     "check_compatible",
@@ -831,5 +1199,7 @@ __all__ = [
     "TrainStep",
     "evaluate",
     "lr_at",
+    "process_ranks",
+    "resolve_device",
     "train",
 ]
