@@ -177,6 +177,10 @@ def test_an_interrupted_training_keeps_its_checkpoint_folder(tmp_path, capsys, m
         (["export", "tiny", "--onnx", "OUT/t.onnx", "--atol", "-1"], "atol must be a finite number >= 0"),
         (["bench", "tiny", "--runs", "0"], "must be at least 1"),
         ([*PRUNE, "--step", "inf"], "must be a finite number"),
+        (["bench", "tiny", "--device", "cuda"], "device cuda is not available"),
+        (["compare", "tiny", "--data", MINI, "--target", "0.5", "--device", "cuda"], "device cuda is not available"),
+        (["sweep", "tiny", "--targets", "0.5", "--device", "cuda"], "device cuda is not available"),
+        (["sweep", "tiny", "--targets", "0.5", "--device", "tpu"], "unknown device 'tpu'"),
     ],
 )
 def test_bad_arguments_fail_at_once_in_one_line(tmp_path, capsys, argv, message):

@@ -310,3 +310,28 @@ def test_cli_int8_argument_errors_are_one_line(tmp_path, capsys, extra, message)
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_sweep_int8_adds_int8_rows_beside_the_fp32_ones(tmp_path, capsys):
+    from edgeprune.cli import main
+
+    out = tmp_path / "s"
+    code = main(["sweep", "tiny", "--modes", "flops", "--targets", "0.5", "--data", str(MINI), "--epochs", "1",
+                 "--limit-train", "256", "--limit-test", "64", "--runs", "2", "--warmup", "0", "--int8",
+                 "--backends", "torch", "onnxruntime", "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    rows = {r["mode"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert set(rows) == {"unpruned", "unpruned int8", "flops", "flops int8"}
+    for mode in ("unpruned", "flops"):
+        fp32, int8 = rows[mode], rows[f"{mode} int8"]
+        assert (fp32["precision"], int8["precision"]) == ("fp32", "int8")
+        assert int8["flops"] == fp32["flops"]  # MACs unchanged
+        # params as values: the same, less the BatchNorm scales and shifts folded into the convs by the export
+        assert 0.99 * fp32["params"] < int8["params"] <= fp32["params"]
+        assert int8["onnxruntime_size_mb"] < 0.5 * fp32["onnxruntime_size_mb"]
+        assert int8["energy_uj"] < fp32["energy_uj"] and int8["accuracy"] is not None
+        assert int8["onnxruntime_latency_median_ms"] > 0 and int8.get("torch_latency_median_ms") is None
+    with pytest.raises(SystemExit):  # --int8 of an untrained sweep: nothing to calibrate on
+        main(["sweep", "tiny", "--int8", "--targets", "0.5", "--out", str(tmp_path / "u"), "--epochs", "0"])
+    code = main(["sweep", "tiny", "--int8", "--targets", "0.5", "--out", str(tmp_path / "u")])
+    assert code == 2 and "--int8 needs --data" in capsys.readouterr().err

@@ -70,6 +70,7 @@ def _finite(text: str) -> float:
     return value
 
 
+_DEVICE_HELP = "where training runs: auto (default: CUDA, else MPS, else the CPU), cpu, cuda or mps"
 _MODEL_HELP = (
     "the model: a zoo name (see 'edgeprune models'), a model folder written by edgeprune, or your own code as "
     "package.module:factory or path/to/file.py:factory (a function or class that returns an nn.Module: edgeprune "
@@ -432,6 +433,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=_positive_int, default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--pad-channels", type=_positive_int, default=None, metavar="N", help=_PAD_HELP)
     p.add_argument("--no-spin", action="store_true", help=_SPIN_HELP)
+    p.add_argument("--device", default="cpu", metavar="NAME",
+                   help="where torch runs: cpu (default), cuda, mps or auto; onnxruntime stays on the CPU")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
 
 
@@ -443,7 +446,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     result = bench(
         args.model if onnx else _model_ref(args), args.backends, args.runs, args.warmup, args.batch_size,
         args.threads, input_shape=_onnx_shape(args) if onnx else None, pad_to=args.pad_channels,
-        spin=not args.no_spin,
+        spin=not args.no_spin, device=args.device,
     )  # fmt: skip
     print(json.dumps(result, indent=2) if args.json else bench_table(result))
 
@@ -583,6 +586,10 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="folder for results.csv, results.json and the plots")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing its files")
+    p.add_argument("--device", default="auto", metavar="NAME", help=_DEVICE_HELP)
+    p.add_argument("--int8", action="store_true",
+                   help="also quantize every point to int8 (as export --int8, calibrated on --data), one more row "
+                   "(mode 'MODE int8'): size, onnxruntime latency, energy and accuracy beside fp32")  # fmt: skip
     from edgeprune.cluster import add_ray_arguments  # light: Ray itself is imported only when --ray is given
 
     add_ray_arguments(p, "point", "prune, train if asked, bench; timings from different nodes are not comparable")
@@ -592,8 +599,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     """Run a sweep."""
     from edgeprune.cluster import options_from_args
     from edgeprune.sweep import sweep
+    from edgeprune.train import resolve_device
 
     ray = options_from_args(args)
+    resolve_device(args.device)  # a device that is not there: one line, before any work
     if args.threads is not None and args.threads < 1:
         raise EdgepruneError(f"--threads must be positive, got {args.threads}")
     ref = _model_ref(args)
@@ -604,7 +613,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     sweep(
         ref, out, args.modes, args.targets, args.seeds, args.backends, args.runs, args.warmup, args.threads,
         args.step, args.epochs, data, args.y, spin=not args.no_spin, limit_train=args.limit_train,
-        limit_test=args.limit_test, ray=ray,
+        limit_test=args.limit_test, ray=ray, device=str(resolve_device(args.device)), int8=args.int8,
     )  # fmt: skip
 
 
@@ -912,6 +921,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         help="CPU threads per training run (default: all cores; with --ray, the run's --cpus-per-run)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--device", default="auto", metavar="NAME", help=_DEVICE_HELP)
     from edgeprune.cluster import add_ray_arguments  # light: Ray itself is imported only when --ray is given
 
     add_ray_arguments(p, "run", "a seed's full model, a direct or baseline run, a prune + fine-tune")
@@ -965,8 +975,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from edgeprune.cluster import options_from_args
     from edgeprune.io import classify
     from edgeprune.pipelines import CompareSettings, markdown_table, run_comparison
+    from edgeprune.train import resolve_device
 
     ray = options_from_args(args)
+    resolve_device(args.device)  # a device that is not there: one line, before the data loads
     targets = parse_targets(args.target, args.modes)
     model_args = parse_model_args(args.model_args)
     if classify(args.model) is None:
@@ -981,6 +993,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         finetune_epochs=args.finetune_epochs, seeds=tuple(args.seeds), step=args.step,
         conventional_layers=args.conventional_layers, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
         time_matched=args.time_matched, width=args.width, threads=args.threads, model_args=model_args,
+        device=str(resolve_device(args.device)),
     )  # fmt: skip
     summary = run_comparison(settings, data, out, progress=not args.quiet, resume=args.resume, ray=ray)
     print(markdown_table(summary) + f"\nwrote {out}/compare.md, compare.csv, compare.json, compare.png")

@@ -384,8 +384,15 @@ def measure_prepared(
     threads: int | None = None,
     seed: int = 0,
     spin: bool = True,
+    device: str = "cpu",
 ) -> dict:
-    """``bench`` on a model already prepared: one fresh measuring process per backend."""
+    """``bench`` on a model already prepared: one fresh measuring process per backend.
+
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``mps``) is where the torch backend runs; onnxruntime stays on the CPU.
+    """
+    from edgeprune.train import resolve_device
+
+    device = str(resolve_device(device))  # a device that is not there: one line, before any process starts
     backends = check_backends(tuple(backends))
     _check_positive(runs=runs, warmup=warmup, batch_size=batch_size, threads=threads)
     threads = threads or default_threads()
@@ -418,7 +425,7 @@ def measure_prepared(
         if backend == "onnxruntime" and prepared.onnx is None:
             raise _error("model was prepared without onnxruntime")
         job = _job(backend, runs, warmup, batch_size, threads, prepared.input_shape, seed, spin)
-        job.update(interleaved=False, models={"model": str(prepared.file_for(backend))})
+        job.update(interleaved=False, models={"model": str(prepared.file_for(backend))}, device=device)
         result = _run_worker(job, threads)["model"]
         result["size"] = prepared.size(backend)
         if backend == "onnxruntime" and prepared.export is not None:
@@ -450,6 +457,7 @@ def bench(
     seed: int = 0,
     pad_to: int | None = None,
     spin: bool = True,
+    device: str = "cpu",
 ) -> dict:
     """Measure latency, CPU, RSS, size on disk and estimated energy of a model on each backend.
 
@@ -466,7 +474,7 @@ def bench(
     _check_positive(runs=runs, warmup=warmup, batch_size=batch_size, threads=threads, pad_to=pad_to)
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp:
         prepared = prepare(model_or_dir, tmp, backends, input_shape, num_classes, in_channels, pad_to)
-        return measure_prepared(prepared, backends, runs, warmup, batch_size, threads, seed, spin)
+        return measure_prepared(prepared, backends, runs, warmup, batch_size, threads, seed, spin, device)
 
 
 def latency_interleaved(
@@ -654,24 +662,29 @@ def _worker_main(job_file: str) -> None:
 
         sys.path.extend(p for p in job.get("sys_path", []) if p not in sys.path)
         torch.set_num_threads(threads)
-        inputs = [torch.from_numpy(a).contiguous(memory_format=torch.channels_last) for a in arrays]
+        device = torch.device(job.get("device", "cpu"))
+        inputs = [torch.from_numpy(a).contiguous(memory_format=torch.channels_last).to(device) for a in arrays]
+        # an accelerator runs asynchronously: wait for each inference, or the timer sees only the launch
+        sync = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device.type)
 
         def loader(path: str):  # noqa: ANN202
             if path.endswith(".pt2"):  # prepare() exported a module without a builder; our own file
                 model = torch.export.load(path).module()
             else:  # prepare() wrote this folder after the user vouched for its builder (trust list, --model, ...)
                 model = load(path, trust_code=True, allow_changed=True).eval()
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(device, memory_format=torch.channels_last)
 
             def run(x: Any) -> None:
                 with torch.inference_mode():
                     model(x)
+                if sync is not None:
+                    sync()
 
             return run
 
         policy = os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default: spin, then sleep)")
         runtime = {
-            "runtime": f"torch {torch.__version__} eager, channels-last, inference_mode",
+            "runtime": f"torch {torch.__version__} eager on {device}, channels-last, inference_mode",
             "spin_wait": f"OMP_WAIT_POLICY={policy}",
         }
     else:

@@ -94,6 +94,7 @@ class CompareSettings:
     width: float = 1.0  # the zoo's width multiplier (a factory gets it only when it is not 1)
     model_args: dict = field(default_factory=dict)  # keyword arguments of the reference's factory
     threads: int | None = None  # CPU threads per training run (default: all cores; with Ray, the run's CPUs)
+    device: str = "cpu"  # where every run trains (edgeprune.train.resolve_device)
 
 
 @dataclass
@@ -125,7 +126,8 @@ class RunContext:
         s = self.settings
         config = TrainConfig(epochs=epochs, seed=seed, optimizer=s.optimizer, lr=s.lr, batch_size=s.batch_size)
         return train(model, self.data, config, self.out / tag, self.resume, self.progress,
-                     callback=crash_hook(tag, self.out, self.crash_once), threads=s.threads)  # fmt: skip
+                     callback=crash_hook(tag, self.out, self.crash_once), threads=s.threads,
+                     device=s.device)  # fmt: skip
 
 
 def _totals(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:

@@ -90,6 +90,7 @@ def columns(backends: Sequence[str], nodes: bool = False) -> list[str]:
         "mode",
         "target",
         "seed",
+        "precision",
         "params",
         "flops",
         "memory_bytes",
@@ -163,6 +164,8 @@ class SweepContext:
     dataset: ImageDataset | None = None
     epochs: int | None = None
     train_threads: int | None = None  # None: all cores
+    device: str = "cpu"  # where training runs (edgeprune.train.resolve_device)
+    int8: bool = False  # also quantize each point to int8 (onnxruntime QDQ), calibrated on the data set
     resume: bool = False  # a point Ray retries continues its training from the checkpoint
 
 
@@ -171,14 +174,15 @@ def _train_point(ctx: SweepContext, model: torch.nn.Module, seed: int, tag: str)
     from edgeprune.train import TrainConfig, train
 
     result = train(model, ctx.dataset, TrainConfig(epochs=ctx.epochs, seed=seed), out_dir=ctx.work / "train" / tag,
-                   resume=ctx.resume, progress=False, threads=ctx.train_threads)  # fmt: skip
+                   resume=ctx.resume, progress=False, threads=ctx.train_threads, device=ctx.device)  # fmt: skip
     return float(result.test_accuracy), float(result.train_seconds)
 
 
 def _point(
     ctx: SweepContext, base: torch.nn.Module, ref_totals: dict, seed: int, mode: str, target: float, index: int
-) -> tuple[dict, Prepared]:
-    """One sweep point: ``base`` pruned (or kept: ``unpruned``), trained if asked, measured in fresh processes."""
+) -> list[tuple[dict, Prepared]]:
+    """One sweep point: ``base`` pruned (or kept: ``unpruned``), trained if asked, measured in fresh processes;
+    with ``ctx.int8`` its int8 export is a second row (mode ``MODE int8``)."""
     from edgeprune.pruning import prune
 
     t0 = time.perf_counter()
@@ -196,7 +200,26 @@ def _point(
     measured = measure_prepared(ready, ctx.backends, ctx.runs, ctx.warmup, 1, ctx.threads, spin=ctx.spin)
     row = _row(ctx.name, mode, target, seed, measured, ref_totals)
     row.update(accuracy=acc, train_seconds=train_s, prune_seconds=prune_s, bench_seconds=time.perf_counter() - t1)
-    return row, ready
+    points = [(row, ready)]
+    if ctx.int8:
+        points.append(_int8_point(ctx, ready, row, ref_totals, index))
+    return points
+
+
+def _int8_point(ctx: SweepContext, ready: Prepared, row: dict, ref_totals: dict, index: int) -> tuple[dict, Prepared]:
+    """The point's fp32 export quantized to int8 (calibrated on training images), measured and evaluated."""
+    from edgeprune.evaluate import evaluate
+    from edgeprune.quantize import quantize_onnx
+
+    t0 = time.perf_counter()
+    path = ctx.work / f"m{index}-int8.onnx"
+    quantize_onnx(ready.onnx, path, ctx.dataset, seed=row["seed"])
+    quantized = prepare(path, ctx.work / f"m{index}-int8", ("onnxruntime",), ctx.input_shape)
+    measured = measure_prepared(quantized, ("onnxruntime",), ctx.runs, ctx.warmup, 1, ctx.threads, spin=ctx.spin)
+    int8 = _row(ctx.name, f"{row['mode']} int8", row["target"], row["seed"], measured, ref_totals)
+    accuracy = evaluate(path, ctx.dataset)["top1"] if ctx.epochs else None
+    int8.update(accuracy=accuracy, train_seconds=None, prune_seconds=None, bench_seconds=time.perf_counter() - t0)
+    return int8, quantized
 
 
 def _reference(ctx: SweepContext, seed: int) -> tuple[torch.nn.Module, dict]:
@@ -214,15 +237,16 @@ def _points_here(ctx: SweepContext, jobs: list[Job]) -> Iterator[tuple[dict, Pre
     for index, (seed, mode, target) in enumerate(jobs):
         if seed not in bases:
             bases = {seed: _reference(ctx, seed)}
-        yield _point(ctx, *bases[seed], seed, mode, target, index)
+        yield from _point(ctx, *bases[seed], seed, mode, target, index)
 
 
-def _point_task(ctx: SweepContext, seed: int, mode: str, target: float, index: int) -> tuple[dict, Prepared]:
-    """Ray task: one point, its unpruned model built from the seed; the row names the node it ran on."""
-    row, ready = _point(ctx, *_reference(ctx, seed), seed, mode, target, index)
+def _point_task(ctx: SweepContext, seed: int, mode: str, target: float, index: int) -> list[tuple[dict, Prepared]]:
+    """Ray task: one point, its unpruned model built from the seed; the rows name the node they ran on."""
+    points = _point(ctx, *_reference(ctx, seed), seed, mode, target, index)
     node = node_info(in_ray=True)
-    row.update(node=node["hostname"], ray_node_id=node["ray_node_id"])
-    return row, ready
+    for row, _ in points:
+        row.update(node=node["hostname"], ray_node_id=node["ray_node_id"])
+    return points
 
 
 def _points_on_ray(ctx: SweepContext, jobs: list[Job], options: RayOptions) -> Iterator[tuple[dict, Prepared]]:
@@ -235,7 +259,7 @@ def _points_on_ray(ctx: SweepContext, jobs: list[Job], options: RayOptions) -> I
         point = cluster.task(ray, _point_task, options)
         refs = [point.remote(shared, seed, mode, target, i) for i, (seed, mode, target) in enumerate(jobs)]
         for (seed, mode, target), ref in zip(jobs, refs):
-            yield cluster.get(ray, ref, f"the sweep point {mode} {target:g} seed {seed}")
+            yield from cluster.get(ray, ref, f"the sweep point {mode} {target:g} seed {seed}")
 
 
 def _row(name: str, mode: str, target: float, seed: int, measured: dict, ref: dict | None) -> dict:
@@ -245,6 +269,7 @@ def _row(name: str, mode: str, target: float, seed: int, measured: dict, ref: di
         "mode": mode,
         "target": target,
         "seed": seed,
+        "precision": measured["complexity"].get("precision", "fp32"),
         "params": c["params"],
         "flops": c["flops"],
         "memory_bytes": c["memory_bytes"],
@@ -294,6 +319,8 @@ def sweep(
     limit_train: int | None = None,
     limit_test: int | None = None,
     ray: RayOptions | None = None,
+    device: str = "cpu",
+    int8: bool = False,
 ) -> dict:
     """Prune ``model`` in every mode to every target (and seed), bench each, write results and plots.
 
@@ -311,6 +338,8 @@ def sweep(
         raise EdgepruneError(f"runs must be positive and warmup >= 0, got runs={runs}, warmup={warmup}")
     if threads is not None and threads < 1:
         raise EdgepruneError(f"threads must be positive, got {threads}")
+    if int8 and (data is None or "onnxruntime" not in backends):
+        raise EdgepruneError("--int8 needs --data (its training images calibrate) and the onnxruntime backend")
     threads = threads or (ray.threads() if ray is not None else default_threads())
     if not isinstance(model, ModelRef):
         model = ModelRef(str(model), num_classes=num_classes, in_channels=in_channels)
@@ -334,7 +363,7 @@ def sweep(
         ctx = SweepContext(
             model, Path(model.ref).name if is_folder_ref(model) else model.ref,
             tuple(input_shape or checked.input_shape), backends, runs, warmup, threads, spin, step, Path(tmp_name),
-            dataset, epochs,
+            dataset, epochs, device=device, int8=int8,
         )  # fmt: skip
         if ray is not None:
             from edgeprune.cluster import portable_ref
@@ -345,11 +374,14 @@ def sweep(
         for row, ready in measured:
             rows.append(row)
             prepared.append(ready)
-            say(_progress_line(row, len(rows), len(jobs), backends))
+            say(_progress_line(row, len(rows), len(jobs) * (2 if int8 else 1), backends))
         for b in backends:
-            say(f"timing all {len(rows)} models interleaved in one {b} process ({runs} rounds)")
-            lat = latency_interleaved(dict(enumerate(prepared)), b, runs, warmup, 1, threads, spin=spin)
+            runnable = {i: p for i, p in enumerate(prepared) if f"{b}_latency_isolated_median_ms" in rows[i]}
+            say(f"timing all {len(runnable)} models interleaved in one {b} process ({runs} rounds)")
+            lat = latency_interleaved(runnable, b, runs, warmup, 1, threads, spin=spin)
             for i, row in enumerate(rows):
+                if i not in runnable:  # an int8 file runs on onnxruntime only
+                    continue
                 stats = lat[str(i)]["latency_ms"]
                 row.update({f"{b}_latency_median_ms": stats["median"], f"{b}_latency_p90_ms": stats["p90"],
                             f"{b}_latency_mean_ms": stats["mean"]})  # fmt: skip
@@ -374,6 +406,7 @@ def sweep(
             "limit_test": limit_test,
             "input_shape": list(input_shape),
             "y": y,
+            "int8": int8,
         },
         "conventions": {
             "complexity": "fp32, batch 1; flops = multiply-adds counted once (MACs); memory_bytes = 4 B x (params + "
@@ -404,7 +437,11 @@ def sweep(
 
 def _progress_line(row: dict, done: int, total: int, backends: list[str]) -> str:
     """What a finished point measured, on one line."""
-    lat = ", ".join(f"{b} {row[f'{b}_latency_isolated_median_ms']:.2f} ms" for b in backends)
+    lat = ", ".join(
+        f"{b} {row[f'{b}_latency_isolated_median_ms']:.2f} ms"
+        for b in backends
+        if f"{b}_latency_isolated_median_ms" in row
+    )
     acc = f", accuracy {100 * row['accuracy']:.2f}%" if row["accuracy"] is not None else ""
     where = f" on {row['node']}" if "node" in row else ""
     return (
