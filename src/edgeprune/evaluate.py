@@ -71,18 +71,9 @@ def _torch_model(model: Any, data: ImageDataset) -> tuple[nn.Module, str]:
 
 def _onnx_logits(path: Path, data: ImageDataset, threads: int | None, batch_size: int) -> tuple[Logits, int]:
     """A function running the .onnx file in onnxruntime, and the batch size it takes."""
-    import onnxruntime as ort
+    from edgeprune.export import ort_session
 
-    if not path.is_file():
-        raise EdgepruneError(f"{path}: no such file")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    try:
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise EdgepruneError(f"{path}: onnxruntime cannot load it ({_first_line(e)})") from None
+    session = ort_session(path, threads)
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise EdgepruneError(f"{path}: has {len(inputs)} inputs; only single-input models can be evaluated")

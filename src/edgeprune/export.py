@@ -23,6 +23,7 @@ import copy
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,20 +80,28 @@ def _dynamo_export(model: nn.Module, example: torch.Tensor, path: Path, opset: i
     program.save(str(path), external_data=False)
 
 
-def onnx_outputs(
-    path: str | Path, x: np.ndarray, threads: int | None = None, first_only: bool = True
-) -> np.ndarray | list[np.ndarray]:
-    """Run an exported model in onnxruntime (CPUExecutionProvider) on ``x``: its first output, or all of them."""
+def ort_session(path: str | Path, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session of an .onnx file, quiet; a missing or unloadable file is one line."""
     import onnxruntime as ort
 
+    if not Path(path).is_file():
+        raise EdgepruneError(f"{path}: no such file")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
-        raise EdgepruneError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+        lines = [line for line in str(e).strip().splitlines() if line.strip()] or [type(e).__name__]
+        raise EdgepruneError(f"{path}: onnxruntime cannot load it ({lines[0][:200]})") from None
+
+
+def onnx_outputs(
+    path: str | Path, x: np.ndarray, threads: int | None = None, first_only: bool = True
+) -> np.ndarray | list[np.ndarray]:
+    """Run an exported model in onnxruntime (CPUExecutionProvider) on ``x``: its first output, or all of them."""
+    session = ort_session(path, threads)
     name = session.get_inputs()[0].name
     outputs = session.run(None, {name: x.astype(np.float32)})
     return outputs[0] if first_only else outputs
@@ -289,4 +298,4 @@ def pad_channels(model: nn.Module, multiple: int = 16, input_shape: tuple[int, .
     return padded
 
 
-__all__ = ["EXPORTERS", "check_onnx", "export_onnx", "onnx_outputs", "pad_channels"]
+__all__ = ["EXPORTERS", "check_onnx", "export_onnx", "onnx_outputs", "ort_session", "pad_channels"]

@@ -223,16 +223,9 @@ def _entropy_ranges(model: Path, augmented: Path, name: str, batches: list[np.nd
 
 def _model_input(path: Path) -> tuple[str, tuple[int | None, ...]]:
     """The name of an .onnx file's one input and its (C, H, W) dims (None where symbolic)."""
-    import onnxruntime as ort
+    from edgeprune.export import ort_session
 
-    if not path.is_file():
-        raise EdgepruneError(f"{path}: no such file")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise EdgepruneError(f"{path}: onnxruntime cannot load it ({_first_line(e)})") from None
+    session = ort_session(path)
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise EdgepruneError(f"{path}: has {len(inputs)} inputs; only single-input models can be quantized")
