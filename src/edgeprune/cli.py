@@ -24,37 +24,32 @@ MAX_SEED = 2**32 - 1
 MAX_INPUT_SIZE = 4096  # pixels a side: a 3x4096x4096 input is 200 MB before any activation
 
 
-def _seed(text: str) -> int:
-    """argparse type: a seed in [0, 2**32 - 1] (numpy refuses negatives; larger ones overflow)."""
+def _integer(text: str, what: str, low: int, high: int | None = None, unit: str = "") -> int:
+    """Parse an argparse integer in [low, high]; an ArgumentTypeError that names ``what`` otherwise."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"seed must be an integer, got '{text}'") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"seed must be from 0 to {MAX_SEED}, got {text}")
+        raise argparse.ArgumentTypeError(f"{what}must be an integer, got '{text}'") from None
+    if high is None and value < low:
+        raise argparse.ArgumentTypeError(f"{what}must be at least {low}, got {text}")
+    if high is not None and not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{what}must be from {low} to {high}{unit}, got {text}")
     return value
+
+
+def _seed(text: str) -> int:
+    """argparse type: a seed in [0, 2**32 - 1] (numpy refuses negatives; larger ones overflow)."""
+    return _integer(text, "seed ", 0, MAX_SEED)
 
 
 def _input_size(text: str) -> int:
     """argparse type: an input side in pixels, 1 to MAX_INPUT_SIZE."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"input size must be an integer, got '{text}'") from None
-    if not 1 <= value <= MAX_INPUT_SIZE:
-        raise argparse.ArgumentTypeError(f"input size must be from 1 to {MAX_INPUT_SIZE} pixels, got {text}")
-    return value
+    return _integer(text, "input size ", 1, MAX_INPUT_SIZE, " pixels")
 
 
 def _positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+    return _integer(text, "", 1)
 
 
 def _finite(text: str) -> float:
