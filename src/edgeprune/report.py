@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from edgeprune.complexity import MODES, QUANTIZED_CONVENTIONS, Profile
+from edgeprune.energy import estimate_lines, measured_lines
 
 MODE_LABEL = {"params": "params", "flops": "FLOPs (MACs)", "memory": "memory"}
 
@@ -107,3 +108,75 @@ def prune_summary(report: dict) -> str:
     if report.get("settings", {}).get("round_to", 1) > 1:
         head += f"\nwidths rounded to multiples of {report['settings']['round_to']} filters"
     return "\n\n".join([head, layer_table, table(["total", "before", "after", "reduction"], totals)])
+
+
+# -- bench ------------------------------------------------------------------------------------
+
+
+def bench_table(result: dict) -> str:
+    """The human-readable report of ``bench``."""
+    c = result["complexity"]
+    shape = "x".join(str(d) for d in [result["batch_size"], *result["input_shape"]])
+    head = (
+        f"{result['model']}: input {shape}, {result['runs']} timed runs after {result['warmup']} warm-up, "
+        f"{result['threads']} thread(s){'' if result.get('spin_wait', True) else ' (no spin-waiting)'}, "
+        "each backend in its own process\n"
+        f"complexity: {human(c['params'], 'params')} params, {human(c['flops'], 'flops')} FLOPs (MACs), "
+        f"memory {human(c['memory_bytes'], 'memory')} (weights + output maps, {_width_note(c)})"
+    )
+    headers = [
+        "backend",
+        "median ms",
+        "p90 ms",
+        "mean ms",
+        "CPU % (1 core=100)",
+        "threads",
+        "RSS peak MB",
+        "RSS +MB",
+        "size on disk",
+    ]
+    rows = []
+    for name, b in result["backends"].items():
+        lat = b["latency_ms"]
+        rows.append(
+            [
+                name,
+                f"{lat['median']:.3f}",
+                f"{lat['p90']:.3f}",
+                f"{lat['mean']:.3f}",
+                f"{b['cpu']['utilisation_pct']:.0f}",
+                str(b["cpu"]["threads"]),
+                f"{b['memory']['rss_peak_mb']:.1f}",
+                f"{b['memory']['rss_increase_mb']:.1f}",
+                f"{b['size']['mb']:.2f} MB ({b['size']['file']})",
+            ]
+        )
+    energy = [estimate_lines(result["energy"])]
+    energy += measured_lines({n: b["energy"] for n, b in result["backends"].items() if "energy" in b})
+    notes = (
+        "CPU % = process CPU time of all threads / wall time of the timed loop; RSS peak = process "
+        "high-water mark; RSS + = peak minus the RSS before the model was loaded"
+    )
+    source = c.get("counted_from", "the PyTorch model")
+    counted = [] if source == "the PyTorch model" else [f"complexity counted from {source}"]
+    export = [
+        f"onnx export: {b['export']['exporter']}, opset {b['export']['opset']}, max |onnx - torch| = "
+        f"{b['export']['check']['max_abs_diff']:.2e}"
+        for b in result["backends"].values()
+        if b.get("export")
+    ]
+    m = result.get("machine", {})
+    busy = []
+    if m.get("load_average_1m", 0) > m.get("usable_cores", 1):
+        busy = [
+            f"note: load average {m['load_average_1m']:.1f} on {m['usable_cores']} cores when measured: other "
+            "processes shared the CPU, so latencies are noisy (try --no-spin or --threads 1)"
+        ]
+    return "\n".join([head, "", table(headers, rows), "", *energy, notes, *counted, *export, *busy])
+
+
+def _width_note(complexity: dict) -> str:
+    """How the memory of a bench result is counted, in a few words."""
+    if complexity.get("precision", "fp32") == "fp32":
+        return "fp32"
+    return f"{complexity['precision']}: values at their stored width"
