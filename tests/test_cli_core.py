@@ -52,7 +52,8 @@ def test_absolute_target_with_unit(tmp_path, capsys):
     "argv, message",
     [
         (["prune", "resnet9000", "--mode", "params", "--target", "0.5"], "unknown model 'resnet9000'"),
-        (["prune", "tiny", "--mode", "latency", "--target", "0.5"], "unknown mode 'latency'"),
+        (["prune", "tiny", "--mode", "latency", "--target", "0.5"], "a latency budget needs a latency table"),
+        (["prune", "tiny", "--mode", "speed", "--target", "0.5"], "unknown cost 'speed'"),
         (["prune", "tiny", "--mode", "params", "--target", "1"], "not below"),
         (["prune", "tiny", "--mode", "params", "--target", "5M"], "not below"),
         (["prune", "tiny", "--mode", "params", "--target", "0"], "positive"),

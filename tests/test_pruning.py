@@ -162,7 +162,8 @@ def test_parse_target_units_and_errors():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"mode": "latency"}, "unknown mode"),
+        ({"mode": "latency"}, "needs a latency table"),
+        ({"mode": "speed"}, "unknown cost"),
         ({"step": 1.0}, "step must be in"),
         ({"step": 0.0}, "step must be in"),
         ({"criterion": "magic"}, "unknown criterion"),

@@ -71,7 +71,7 @@ def test_pareto_front():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"modes": ["latency"]}, "unknown mode"),
+        ({"modes": ["latency"]}, "a sweep prunes to proxy costs"),
         ({"targets": [1.5]}, "fractions"),
         ({"targets": []}, "no targets"),
         ({"seeds": []}, "no seeds"),

@@ -315,11 +315,12 @@ def add_prune(sub: argparse._SubParsersAction) -> None:
         "model.safetensors and report.json to --out and prints a before/after table.",
     )
     _model_args(p)
+    from edgeprune.costs import cost_help
+
     p.add_argument(
         "--mode",
         default=None,
-        help="what a single --target counts: params (PA, a count), flops (FA, multiply-adds) or memory (MA, bytes of "
-        "weights + output maps)",
+        help="the cost a single --target limits: params (PA), flops (FA), memory (MA), energy or latency",
     )
     p.add_argument(
         "--target",
@@ -327,16 +328,33 @@ def add_prune(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="[COST=]VALUE",
         help="with --mode: one limit; else COST=VALUE, repeatable, every limit met at once (--target flops=0.5 "
-        "--target memory=4MB). A VALUE is a fraction of the model's own cost (0.5) or an amount: a count with "
-        "K/M/G for params and flops (2M, 150M), bytes with B/KB/MB/GB/KiB/MiB/GiB for memory (4MB)",
+        "--target memory=4MB --target latency=3ms). A VALUE is a fraction of the model's own cost (0.5) or an "
+        f"amount in the cost's unit. Costs: {cost_help()}",
+    )
+    p.add_argument(
+        "--lut",
+        metavar="TABLE",
+        help="latency table from 'edgeprune lut' (needed by a latency target): plans with it, then measures the "
+        "pruned model on the table's backend and threads and re-plans if it misses",
+    )
+    p.add_argument(
+        "--accept-table",
+        action="store_true",
+        help="use a latency table made on another CPU or backend version (its predictions may be off)",
+    )
+    p.add_argument(
+        "--attempts",
+        type=_positive_int,
+        default=4,
+        help="with a latency target: cut and measure at most this many times (default 4)",
     )
     p.add_argument(
         "--round-to",
         type=_positive_int,
-        default=1,
+        default=None,
         metavar="N",
         help="every pruned layer keeps a multiple of N filters (fast CPU kernels like 8 or 16); the budget is met on "
-        "the rounded widths (default 1: the paper's widths)",
+        "the rounded widths (default 1: the paper's widths; with a latency target, the table's)",
     )
     p.add_argument(
         "--step", type=_finite, default=0.1, help="fraction of a picked layer's filters removed per step (default 0.1)"
@@ -363,7 +381,7 @@ def add_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print report.json instead of the table")
 
 
-def cmd_prune(args: argparse.Namespace) -> None:
+def cmd_prune(args: argparse.Namespace) -> int:
     """Prune, save and report."""
     from edgeprune.io import resolve, save, write_json
     from edgeprune.pruning import prune
@@ -374,6 +392,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
             "criterion 'nuclear' needs data: use 'edgeprune compare' (or the Python API with calibration)"
         )
     budget = prune_budget(args.mode, args.target)
+    table = _latency_table(args, budget)
     import torch
 
     torch.manual_seed(args.seed)  # a built model's initial weights come from the same seed as the pruning
@@ -383,13 +402,38 @@ def cmd_prune(args: argparse.Namespace) -> None:
     result = prune(
         model, step=args.step, seed=args.seed, criterion=args.criterion, input_shape=shape,
         min_filters=args.min_filters, prune_residual=args.prune_residual, selection=args.selection, keep=args.keep,
-        budget=budget, round_to=args.round_to,
+        budget=budget, round_to=args.round_to, table=table, attempts=args.attempts,
     )  # fmt: skip
     report = result.report()
     report["source"] = args.model
+    if table is not None:
+        report["latency_table"] = {"file": str(args.lut), "backend": table.backend, "threads": table.threads,
+                                   "cpu": table.cpu, "backend_version": table.backend_version}  # fmt: skip
     save(result.model, out, shape)
     write_json(out / "report.json", report)
     print(json.dumps(report, indent=2) if args.json else prune_summary(report) + f"\n\nwrote {out}/")
+    latency = report.get("latency")
+    if latency and not latency["met"]:  # the files stay: a user may still want the nearest model
+        sys.stderr.write(
+            f"edgeprune prune: latency target missed after {len(latency['attempts'])} attempt(s): measured "
+            f"{latency['measured_ms']:.3f} ms > {latency['limit_ms']:.3f} ms (model kept in {out})\n"
+        )
+        return 1
+    return 0
+
+
+def _latency_table(args: argparse.Namespace, budget: dict[str, str]):  # noqa: ANN202 - lut.LatencyTable | None
+    """The --lut table when a latency target needs it, checked against this machine (unless --accept-table)."""
+    if args.lut is None:
+        return None
+    from edgeprune.lut import load_table
+
+    if "latency" not in budget:
+        raise EdgepruneError("--lut is for a latency target (--target latency=3ms)")
+    table = load_table(args.lut)
+    if not args.accept_table:
+        table.check_machine()
+    return table
 
 
 # -- bench / export / sweep (edge measurements) -----------------------------------------------
@@ -535,6 +579,61 @@ def cmd_export(args: argparse.Namespace) -> None:
             f"int8 accuracy fell {check['drop_points']:.2f} points, over --max-drop {check['max_drop_points']:g} "
             f"(file kept: {args.onnx}; try --calibration-method entropy or percentile, or more --calibration-images)"
         )
+
+
+def add_lut(sub: argparse._SubParsersAction) -> None:
+    """Register ``edgeprune lut``."""
+    from edgeprune.lut import DEFAULT_ROUND_TO
+    from edgeprune.measure import BACKENDS  # light
+
+    p = sub.add_parser(
+        "lut",
+        help="measure a latency table (each layer at a grid of widths) for pruning to milliseconds",
+        description="Time every conv and linear layer of the model, with its norm and activation as the backend runs "
+        "them, in isolation at batch 1 at a grid of input x output widths (every --round-to step near full width, "
+        "then geometric by --ratio), in fresh processes; then the whole model, whose latency minus its layers' is "
+        "'the rest'. 'edgeprune prune MODEL --target latency=3ms --lut TABLE' plans with it. The table records the "
+        "CPU, backend version and threads; prune refuses it on a machine where they differ.",
+    )
+    _model_args(p)
+    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="the backend the model will run on "
+                   "(default onnxruntime)")  # fmt: skip
+    p.add_argument("--threads", type=_positive_int, default=1, help="intra-op threads, as deployed (default 1)")
+    p.add_argument("--round-to", type=_positive_int, default=DEFAULT_ROUND_TO, metavar="N",
+                   help=f"grid widths are multiples of N, and a latency prune keeps multiples of N (default "
+                   f"{DEFAULT_ROUND_TO})")  # fmt: skip
+    p.add_argument("--near", type=int, default=2, help="round-to steps measured just below full width (default 2)")
+    p.add_argument("--ratio", type=_finite, default=0.7, help="geometric grid ratio below those (default 0.7)")
+    p.add_argument("--runs", type=_positive_int, default=20, help="timed rounds per grid point (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
+    p.add_argument("--processes", type=_positive_int, default=3, help="fresh processes; medians over them (default 3)")
+    p.add_argument("--out", required=True, metavar="TABLE.json", help="where to write the table")
+    p.add_argument("--force", action="store_true", help="replace an existing table")
+    p.add_argument("--quiet", action="store_true", help="no per-layer progress lines")
+
+
+def cmd_lut(args: argparse.Namespace) -> None:
+    """Build, save and summarise a latency table."""
+    from edgeprune.files import check_writable_file
+    from edgeprune.io import resolve
+    from edgeprune.lut import build_table
+
+    out = check_writable_file(args.out, "--out")
+    if out.exists() and not args.force:
+        raise EdgepruneError(f"--out {out}: exists; give --force to replace it")
+    resolved = resolve(_model_ref(args))
+    progress = None if args.quiet else (lambda line: print("  " + line, flush=True))
+    table = build_table(
+        resolved.model, tuple(resolved.input_shape), args.backend, args.threads, args.round_to, args.near,
+        args.ratio, args.runs, args.warmup, args.processes, source=args.model, progress=progress,
+    )  # fmt: skip
+    table.save(out)
+    print(
+        f"{args.model} on {table.backend} {table.backend_version}, {table.threads} thread(s), {table.cpu}: "
+        f"{len(table.layers)} layers, {table.settings['points']} widths measured in {table.build_seconds:.0f} s; "
+        f"parent {table.parent_ms:.3f} ms, of which {table.rest_ms:+.3f} ms outside the layers' table values\n"
+        f"wrote {out}"
+    )
 
 
 def add_sweep(sub: argparse._SubParsersAction) -> None:
@@ -924,10 +1023,10 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
 
 def prune_budget(mode: str | None, items: list[str]) -> dict[str, str]:
     """``--mode M --target T`` or repeated ``--target COST=VALUE`` -> {cost: limit}."""
-    from edgeprune.complexity import check_mode
+    from edgeprune.costs import check_cost
 
     if mode is not None:
-        check_mode(mode)
+        check_cost(mode)
         if len(items) != 1 or "=" in items[0]:
             raise EdgepruneError("--mode takes one plain --target; for several limits drop --mode and use COST=VALUE")
         return {mode: items[0]}
@@ -936,7 +1035,7 @@ def prune_budget(mode: str | None, items: list[str]) -> dict[str, str]:
         cost, sep, value = item.partition("=")
         if not sep:
             raise EdgepruneError(f"--target {item}: name its cost (flops={item}) or give --mode")
-        check_mode(cost)
+        check_cost(cost)
         if cost in budget:
             raise EdgepruneError(f"--target gives {cost} twice")
         budget[cost] = value
@@ -945,7 +1044,7 @@ def prune_budget(mode: str | None, items: list[str]) -> dict[str, str]:
 
 def parse_targets(items: list[str], modes: list[str]) -> dict[str, str]:
     """``['0.5']`` or ``['params=0.2', 'flops=0.1']`` -> a target per mode."""
-    from edgeprune.complexity import check_mode
+    from edgeprune.costs import check_cost as check_mode
 
     for mode in modes:
         check_mode(mode)
@@ -1002,6 +1101,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "prune": (add_prune, cmd_prune),
     "bench": (add_bench, cmd_bench),
     "export": (add_export, cmd_export),
+    "lut": (add_lut, cmd_lut),
     "sweep": (add_sweep, cmd_sweep),
     "train": (add_train, cmd_train),
     "evaluate": (add_evaluate, cmd_evaluate),
@@ -1027,7 +1127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     failed = True
     try:
-        COMMANDS[args.command][1](args)
+        code = COMMANDS[args.command][1](args) or 0  # 1: written, but short of what was asked
         failed = False
     except EdgepruneError as e:
         sys.stderr.write(f"edgeprune {args.command}: error: {e}\n")
@@ -1041,7 +1141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         _OUTPUTS.close(failed)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

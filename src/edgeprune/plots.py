@@ -10,7 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from edgeprune.complexity import MODES, Profile  # noqa: E402
+from edgeprune.complexity import Profile  # noqa: E402
+from edgeprune.costs import PAPER_MODES as MODES  # noqa: E402
+from edgeprune.costs import STATIC  # noqa: E402
 from edgeprune.files import atomic_write  # noqa: E402
 
 MODE_NAMES = {"params": "parameters", "flops": "FLOPs (MACs)", "memory": "memory (weights + output map)"}
@@ -29,8 +31,9 @@ def plot_shares(prof: Profile, path: str | Path, title: str = "") -> None:
     fig, ax = plt.subplots(figsize=(max(8, 0.28 * n + 3), 4.5))
     width = 0.27
     for i, mode in enumerate(MODES):
-        total = prof.total(mode)
-        shares = [100 * layer.measure(mode) / total for layer in prof.layers]
+        cost = STATIC[mode]
+        total = cost.total(prof)
+        shares = [100 * cost.layer(layer) / total for layer in prof.layers]
         ax.bar(x + (i - 1) * width, shares, width, label=MODE_NAMES[mode])
     ax.set_xticks(x, [str(i + 1) for i in range(n)], fontsize=7 if n > 30 else 9)
     ax.set_xlabel("layer (execution order; see the profile table for names)")

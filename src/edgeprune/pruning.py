@@ -12,51 +12,28 @@ from __future__ import annotations
 
 import copy
 import math
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch_pruning import DependencyGraph
 
-from edgeprune.complexity import CONVENTIONS, MODES, LayerShape, Profile, check_mode, reduction
+from edgeprune.complexity import CONVENTIONS, MODES, LayerShape, Profile, reduction
+from edgeprune.costs import Cost, LayerTimes, check_cost, get_cost, totals
 from edgeprune.criteria import check_criterion, filter_scores
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import ChannelGroup, analyse, build_graph, cut
 from edgeprune.trace import record_shapes
 
 SELECTIONS = ("weighted", "uniform", "ratio")  # Algorithm 1, its unweighted lottery, one ratio for all
-_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-_BYTE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
-def parse_target(target: str | float, mode: str, current: int) -> int:
-    """Absolute target from a fraction of ``current`` (``0.5``) or an amount with a unit (``2M``, ``4MB``)."""
-    check_mode(mode)
-    text = str(target).strip()
-    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)", text)
-    if not match:
-        raise EdgepruneError(f"target '{text}' is not a number, a fraction like 0.5, or an amount like 2M / 150M / 4MB")
-    value, unit = float(match.group(1)), match.group(2).upper()
-    if unit.endswith("B") and unit in _BYTE_UNITS:
-        if mode != "memory":
-            raise EdgepruneError(f"target '{text}' is in bytes, but mode '{mode}' counts {mode}")
-        absolute = value * _BYTE_UNITS[unit]
-    elif unit in _UNITS:
-        if mode == "memory" and unit:
-            raise EdgepruneError(f"memory targets need a byte unit (e.g. {text}B or {text}iB), got '{text}'")
-        if not unit and value > 1 and not value.is_integer():
-            raise EdgepruneError(f"target '{text}': a fraction must be in (0, 1), an absolute amount a whole number")
-        absolute = value * _UNITS[unit] if (unit or value > 1) else value * current
-    else:
-        raise EdgepruneError(f"unknown unit '{match.group(2)}' in target '{text}'")
-    if absolute <= 0:
-        raise EdgepruneError(f"target must be positive, got '{text}'")
-    if absolute >= current:
-        raise EdgepruneError(f"target {absolute:,.0f} {mode} is not below the model's current {current:,} {mode}")
-    return int(absolute)
+def parse_target(target: str | float, mode: str, current: float, table: LayerTimes | None = None) -> float:
+    """Absolute limit from a fraction of ``current`` (``0.5``) or an amount with a unit (``2M``, ``4MB``, ``3ms``)."""
+    return get_cost(mode, table).parse(target, current)
 
 
 @dataclass
@@ -84,7 +61,9 @@ class PrunePlan:
     keep: dict[str, list[int]]
     steps: list[Step] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
-    budget: dict[str, int] = field(default_factory=dict)  # every (cost, limit); {mode: target} for one budget
+    budget: dict[str, float] = field(default_factory=dict)  # every (cost, limit); {mode: target} for one budget
+    table: LayerTimes | None = None  # the latency table, when latency is one of the costs
+    latency: dict = field(default_factory=dict)  # predicted vs measured latency and the re-plans (latency budgets)
     bound_last: list[str] = field(default_factory=list)  # the costs still over their limits before the last step
 
     def to_dict(self, criterion: str) -> dict:
@@ -92,27 +71,31 @@ class PrunePlan:
         before, after = self.before, self.after
         after_shapes = after.by_name()
         budget = self.budget or {self.mode: self.target}
+        cost = {k: get_cost(k, self.table) for k in budget}
+        before_totals, after_totals = totals(before, self.table), totals(after, self.table)
         return {
             "mode": self.mode,
             "target": self.target,
-            "target_fraction": self.target / before.total(self.mode),
+            "target_fraction": self.target / cost[self.mode].total(before),
             "budget": {
-                cost: {
+                k: {
                     "limit": limit,
-                    "fraction": limit / before.total(cost),
-                    "before": before.total(cost),
-                    "after": after.total(cost),
-                    "met": after.total(cost) <= limit,
+                    "fraction": limit / cost[k].total(before),
+                    "before": cost[k].total(before),
+                    "after": cost[k].total(after),
+                    "met": cost[k].total(after) <= limit,
+                    "unit": cost[k].unit,
                 }
-                for cost, limit in budget.items()
+                for k, limit in budget.items()
             },  # fmt: skip
             "bound_last": self.bound_last,
+            **({"latency": self.latency} if self.latency else {}),
             "criterion": criterion,
             "settings": self.settings,
             "conventions": CONVENTIONS,
-            "before": before.totals(),
-            "after": after.totals(),
-            "reduction_pct": {k: reduction(before.totals()[k], after.totals()[k]) for k in before.totals()},
+            "before": before_totals,
+            "after": after_totals,
+            "reduction_pct": {k: reduction(before_totals[k], after_totals[k]) for k in before_totals},
             "layers": [
                 {
                     "name": layer.name,
@@ -133,41 +116,45 @@ class _State:
         self.prof = prof
         self.shapes: dict[str, LayerShape] = prof.by_name()
 
-    def total(self, mode: str) -> int:
-        return Profile(list(self.shapes.values()), self.prof.input_shape, self.prof.other_params).total(mode)
+    def profile(self) -> Profile:
+        """The current shapes as a Profile."""
+        return Profile(list(self.shapes.values()), self.prof.input_shape, self.prof.other_params)
+
+    def total(self, cost: Cost) -> float:
+        return cost.total(self.profile())
 
     def shrunk(self, group: ChannelGroup, slots: list[int]) -> dict[str, LayerShape]:
         """The member layers' shapes after removing ``slots`` of ``group``."""
         return group.shrunk(self.shapes, slots)
 
-    def total_after(self, group: ChannelGroup, slots: list[int], mode: str, current: int) -> int:
+    def total_after(self, group: ChannelGroup, slots: list[int], cost: Cost, current: float) -> float:
         new = self.shrunk(group, slots)
-        return current - sum(self.shapes[k].measure(mode) for k in new) + sum(s.measure(mode) for s in new.values())
+        return current - sum(cost.layer(self.shapes[k]) for k in new) + sum(cost.layer(s) for s in new.values())
 
-    def weight(self, group: ChannelGroup, mode: str) -> int:
+    def weight(self, group: ChannelGroup, cost: Cost) -> float:
         """The complexity of the layers whose filters the group removes."""
-        return sum(self.shapes[layer].measure(mode) for layer in set(group.out_layers))
+        return sum(cost.layer(self.shapes[layer]) for layer in set(group.out_layers))
 
 
-def _meets(state: _State, group: ChannelGroup, slots: list[int], budget: dict[str, int],
-           current: dict[str, int]) -> bool:  # fmt: skip
+def _meets(state: _State, group: ChannelGroup, slots: list[int], budget: dict[str, float],
+           current: dict[str, float], costs: dict[str, Cost]) -> bool:  # fmt: skip
     """True when removing ``slots`` of ``group`` brings every cost of ``budget`` to its limit."""
-    return all(state.total_after(group, slots, k, current[k]) <= limit for k, limit in budget.items())
+    return all(state.total_after(group, slots, costs[k], current[k]) <= limit for k, limit in budget.items())
 
 
-def _smallest_sufficient(state: _State, group: ChannelGroup, order: list[int], budget: dict[str, int],
-                         current: dict[str, int], quantum: int = 1) -> int:  # fmt: skip
+def _smallest_sufficient(state: _State, group: ChannelGroup, order: list[int], budget: dict[str, float],
+                         current: dict[str, float], costs: dict[str, Cost], quantum: int = 1) -> int:  # fmt: skip
     """Fewest slots (a prefix of ``order``, in whole quanta from the end) that meet every limit of ``budget``;
     all of them if even that does not."""
     n = len(order)
-    if not _meets(state, group, order, budget, current):
+    if not _meets(state, group, order, budget, current, costs):
         return n
     # candidates: n, n - quantum, ...; each leaves the group a whole number of quanta (n itself does)
     candidates = list(range(n, 0, -quantum))[::-1]
     lo, hi = 0, len(candidates) - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if _meets(state, group, order[: candidates[mid]], budget, current):
+        if _meets(state, group, order[: candidates[mid]], budget, current, costs):
             hi = mid
         else:
             lo = mid + 1
@@ -222,49 +209,52 @@ def _floor_slots(group: ChannelGroup, min_filters: int, round_to: int) -> int:
     return -(-slots // q) * q
 
 
-def _check_budget(prof: Profile, budget: dict[str, int], floor: _State, min_filters: int) -> None:
+def _check_budget(budget: dict[str, float], floor: _State, min_filters: int, costs: dict[str, Cost]) -> None:
     """Refuse an unreachable combination up front, naming the cost and its smallest reachable value."""
     if not budget:
         raise EdgepruneError("no budget given: name at least one cost and its limit")
-    for cost, limit in budget.items():
-        check_mode(cost)
+    for name, limit in budget.items():
+        cost = costs[name]
         smallest = floor.total(cost)
         if smallest > limit:
+            limit_text, smallest_text = (f"{v:,}" if cost.integer else cost.human(v) for v in (limit, smallest))
             raise EdgepruneError(
-                f"target {limit:,} {cost} is unreachable: with every prunable layer at {min_filters} filter(s) "
-                f"the smallest reachable is {smallest:,} {cost}"
+                f"target {limit_text} {name} is unreachable: with every prunable layer at {min_filters} "
+                f"filter(s) the smallest reachable is {smallest_text} {name}"
             )
 
 
-def _weights(state: _State, active: list[ChannelGroup], over: dict[str, int], totals: dict[str, int],
-             selection: str) -> np.ndarray:  # fmt: skip
+def _weights(state: _State, active: list[ChannelGroup], over: dict[str, float], totals: dict[str, float],
+             selection: str, costs: dict[str, Cost]) -> np.ndarray:  # fmt: skip
     """Each group's lottery weight: its complexity in the one cost over its limit (Algorithm 1 exactly), or the sum
     of its shares of every cost still over its limit (SPEC, multi-budget)."""
     if selection == "uniform":
         return np.ones(len(active))
     if len(over) == 1:
         (cost,) = over
-        weights = np.array([state.weight(g, cost) for g in active], dtype=float)
+        weights = np.array([state.weight(g, costs[cost]) for g in active], dtype=float)
     else:
-        weights = np.array([sum(state.weight(g, k) / totals[k] for k in over) for g in active], dtype=float)
+        weights = np.array([sum(state.weight(g, costs[k]) / totals[k] for k in over) for g in active], dtype=float)
     return weights if weights.sum() > 0 else np.ones(len(active))
 
 
 def make_budget_plan(
     prof: Profile,
     groups: list[ChannelGroup],
-    budget: dict[str, int],
+    budget: dict[str, float],
     step: float = 0.1,
     seed: int = 0,
     scores: dict[str, np.ndarray] | None = None,
     min_filters: int = 1,
     selection: str = "weighted",
     round_to: int = 1,
+    table: LayerTimes | None = None,
 ) -> PrunePlan:
     """Algorithm 1 against several limits at once (SPEC, multi-budget): loop while any cost is over its limit.
 
     With one cost it is the paper's algorithm exactly (same seed, same plan). ``round_to`` N makes every
-    pruned group keep a multiple of N channels (a group narrower than N is left as it is).
+    pruned group keep a multiple of N channels (a group narrower than N is left as it is). ``table`` is
+    the latency table a ``latency`` limit is planned with (``edgeprune.lut``).
     """
     check_seed(seed)
     if not 0 < step < 1:
@@ -275,14 +265,15 @@ def make_budget_plan(
         raise EdgepruneError(f"round_to must be a positive integer, got {round_to!r}")
     if selection not in SELECTIONS:
         raise EdgepruneError(f"unknown selection '{selection}'; choose from: {', '.join(SELECTIONS)}")
-    budget = {k: int(v) for k, v in budget.items()}
+    costs = {k: get_cost(k, table) for k in budget}
+    budget = {k: int(v) if costs[k].integer else float(v) for k, v in budget.items()}
     floors = {g.name: _floor_slots(g, min_filters, round_to) for g in groups}  # in slots
     prunable = [g for g in groups if g.prunable and g.slots * g.unit >= round_to and g.slots > floors[g.name]]
     state = _State(prof)
     floor = _State(prof)
     for g in prunable:
         floor.shapes.update(floor.shrunk(g, list(range(floors[g.name], g.slots))))
-    _check_budget(prof, budget, floor, min_filters)
+    _check_budget(budget, floor, min_filters, costs)
     mode, target = next(iter(budget.items()))
     # Separate streams for the layer lottery and the random filter choice: the layers drawn (and so the
     # widths) then depend on the seed alone, not on the criterion, and a conventional pipeline's
@@ -291,8 +282,10 @@ def make_budget_plan(
     slots = {g.name: list(range(g.slots)) for g in groups}  # the slots each group keeps
     settings = {"step": step, "seed": seed, "min_filters": min_filters, "selection": selection, "round_to": round_to}
     if selection == "ratio":
-        return _ratio_plan(prof, groups, prunable, budget, scores, floors, picker, slots, settings, round_to)
-    totals = {k: prof.total(k) for k in budget}
+        plan = _ratio_plan(prof, groups, prunable, budget, scores, floors, picker, slots, settings, round_to, costs)
+        plan.table = table
+        return plan
+    totals = {k: costs[k].total(prof) for k in budget}
     current = dict(totals)
     steps: list[Step] = []
     bound_last: list[str] = []
@@ -300,7 +293,7 @@ def make_budget_plan(
         over = {k: limit for k, limit in budget.items() if current[k] > limit}
         bound_last = list(over)
         active = [g for g in prunable if len(slots[g.name]) > floors[g.name]]
-        weights = _weights(state, active, over, totals, selection)
+        weights = _weights(state, active, over, totals, selection, costs)
         probs = weights / weights.sum()
         pick = int(lottery.choice(len(active), p=probs))
         group = active[pick]
@@ -309,20 +302,21 @@ def make_budget_plan(
         keep = max(floors[group.name], (len(remaining) - max(1, round(step * len(remaining)))) // q * q)
         n = len(remaining) - keep
         # Groups are uniform (graph.find_groups): which slots go does not change the count, so size the step first.
-        n = _smallest_sufficient(state, group, remaining[:n], over, current, q)
+        n = _smallest_sufficient(state, group, remaining[:n], over, current, costs, q)
         removed = _choose(remaining, n, _slot_scores(group, scores), picker)
         slots[group.name] = [i for i in remaining if i not in set(removed)]
-        current = {k: state.total_after(group, removed, k, current[k]) for k in budget}
+        current = {k: state.total_after(group, removed, costs[k], current[k]) for k in budget}
         state.shapes.update(state.shrunk(group, removed))
         width = len(remaining) * group.unit
-        weight = float(weights[pick]) if len(over) > 1 or selection == "uniform" else int(weights[pick])
+        exact = len(over) == 1 and selection != "uniform" and costs[next(iter(over))].integer
+        weight = int(weights[pick]) if exact else float(weights[pick])
         steps.append(
             Step(len(steps) + 1, group.name, weight, float(probs[pick]), group.channels(removed),
                  width - len(removed) * group.unit, current[mode])
         )  # fmt: skip
     after = Profile(list(state.shapes.values()), prof.input_shape, prof.other_params)
     plan = PrunePlan(mode, target, prof, after, groups, _kept_channels(groups, slots), steps, settings)
-    plan.budget, plan.bound_last = budget, bound_last
+    plan.budget, plan.bound_last, plan.table = budget, bound_last, table
     return plan
 
 
@@ -335,13 +329,14 @@ def _ratio_plan(
     prof: Profile,
     groups: list[ChannelGroup],
     prunable: list[ChannelGroup],
-    budget: dict[str, int],
+    budget: dict[str, float],
     scores: dict[str, np.ndarray] | None,
     floors: dict[str, int],
     rng: np.random.Generator,
     slots: dict[str, list[int]],
     settings: dict,
-    round_to: int = 1,
+    round_to: int,
+    costs: dict[str, Cost],
 ) -> PrunePlan:
     """Remove the same fraction r of every prunable group's filters, r the smallest that meets every limit.
 
@@ -364,7 +359,7 @@ def _ratio_plan(
         return state, counts
 
     def fits(state: _State) -> bool:
-        return all(state.total(k) <= limit for k, limit in budget.items())
+        return all(state.total(costs[k]) <= limit for k, limit in budget.items())
 
     lo, hi = 0.0, 1.0  # the totals at ratio 1 are the floors, which were checked against the budget
     for _ in range(50):
@@ -429,11 +424,15 @@ class PruneResult:
         return self.plan.to_dict(self.criterion)
 
 
-def parse_budget(budget: dict[str, str | float], prof: Profile) -> dict[str, int]:
+def parse_budget(budget: dict[str, str | float], prof: Profile, table: LayerTimes | None = None) -> dict[str, float]:
     """``{"flops": 0.5, "memory": "4MB"}`` -> absolute limits, each parsed like a single target."""
     if not isinstance(budget, dict) or not budget:
         raise EdgepruneError("a budget is a non-empty mapping of cost to limit, e.g. {'flops': 0.5, 'memory': '4MB'}")
-    return {cost: parse_target(limit, cost, prof.total(cost)) for cost, limit in budget.items()}
+    costs = {name: get_cost(name, table) for name in budget}
+    return {name: cost.parse(budget[name], cost.total(prof)) for name, cost in costs.items()}
+
+
+Measure = Callable[[nn.Module], float]  # a pruned model -> its measured latency in ms
 
 
 def prune(
@@ -451,19 +450,27 @@ def prune(
     calibration: torch.Tensor | None = None,
     keep: Sequence[str] = (),
     budget: dict[str, str | float] | None = None,
-    round_to: int = 1,
+    round_to: int | None = None,
+    table: LayerTimes | None = None,
+    measure: Measure | None = None,
+    attempts: int = 4,
 ) -> PruneResult:
     """Prune a copy of ``model`` with Algorithm 1 to ``target`` in ``mode``, or to every limit of ``budget``.
 
-    ``budget`` maps costs to limits (``{"flops": 0.5, "memory": "4MB"}``); ``mode``/``target`` is the
-    one-cost case. ``round_to`` N keeps every pruned group's width a multiple of N. ``keep`` names
-    layers whose filters must stay (besides the output layers, which always do).
+    ``budget`` maps costs to limits (``{"flops": 0.5, "memory": "4MB", "latency": "3ms"}``); ``mode``/``target``
+    is the one-cost case. ``round_to`` N keeps every pruned group's width a multiple of N (default 1, or the
+    latency table's). ``keep`` names layers whose filters must stay (besides the output layers, which always
+    do). A latency limit needs ``table`` (``edgeprune.lut.load_table``); the pruned model is then measured
+    (``measure``, default: on the table's backend and threads) and re-planned up to ``attempts`` times.
     """
     if (budget is None) == (mode is None or target is None):
         raise EdgepruneError("give either mode and target, or a budget of several costs (not both)")
     limits: dict[str, str | float] = dict(budget) if budget is not None else {mode: target}  # type: ignore[dict-item]
     for cost in limits:
-        check_mode(cost)
+        check_cost(cost)
+        get_cost(cost, table)  # a latency limit without a table: one line, before any work
+    if round_to is None:
+        round_to = getattr(table, "round_to", 1) if "latency" in limits else 1
     check_criterion(criterion, calibration)
     example = example_input if example_input is not None else torch.zeros(1, *input_shape)
     pruned = copy.deepcopy(model)
@@ -473,16 +480,95 @@ def prune(
             f"parameter '{prof.functional[0]}' takes part in a conv/linear op outside its own module (a functional "
             "call): profile counts it, but pruning cannot follow it; make that op an nn.Module layer"
         )
-    absolute = parse_budget(limits, prof)
+    if "latency" in limits and hasattr(table, "check_model"):
+        table.check_model(prof)  # type: ignore[union-attr]
+    absolute = parse_budget(limits, prof, table)
     groups = prof.groups
     bns = {layer.name: layer.bn for layer in prof.layers}
     scores = filter_scores(model, [(g.name, bns.get(g.name)) for g in groups if g.prunable], criterion, calibration)
-    plan = make_budget_plan(prof, groups, absolute, step, seed, scores, min_filters, selection, round_to)
+
+    def plan_for(limits_now: dict[str, float]) -> PrunePlan:
+        return make_budget_plan(prof, groups, limits_now, step, seed, scores, min_filters, selection, round_to, table)
+
+    plan = plan_for(absolute)
     apply_plan(pruned, plan, example, graph)
+    if "latency" in absolute:
+        measure = measure or _default_measure(table, tuple(example.shape[1:]))
+        plan, pruned = _fit_latency(model, plan, pruned, absolute, plan_for, measure, attempts, example,
+                                    prune_residual, keep)  # fmt: skip
     plan.settings["prune_residual"] = prune_residual
     if keep:
         plan.settings["keep"] = list(keep)
     return PruneResult(pruned, plan, criterion)
+
+
+LATENCY_TOLERANCE = 0.05  # a measured latency within 5 % under its limit is close enough: stop re-planning
+
+
+def _fit_latency(model: nn.Module, plan: PrunePlan, pruned: nn.Module, limits: dict[str, float],
+                 plan_for: Callable[[dict[str, float]], PrunePlan], measure: Measure, attempts: int,
+                 example: torch.Tensor, prune_residual: bool,
+                 keep: Sequence[str]) -> tuple[PrunePlan, nn.Module]:  # fmt: skip
+    """Measure the cut model; re-plan against a limit moved by the miss (SPEC) until it lands at or just under.
+
+    A miss lowers the planning limit by the ratio measured / limit; a landing more than 5 % under raises it
+    the same way, so the network keeps what the budget allows; once one planning limit met and another
+    missed, the next is halfway between them. The best attempt that meets the limit wins (the last one when
+    none does, reported as missed).
+    """
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise EdgepruneError(f"attempts must be a positive integer, got {attempts!r}")
+    limit = limits["latency"]
+    parent = get_cost("latency", plan.table).total(plan.before)
+    planned, log, best, last = limit, [], None, None
+    bracket: dict[bool, list[float]] = {True: [], False: []}  # planning limits whose cut met / missed
+    for i in range(attempts):
+        if i:
+            try:
+                plan = plan_for({**limits, "latency": planned})
+            except EdgepruneError as e:  # the moved limit is out of reach: keep what was measured
+                log.append({"planned_ms": planned, "error": str(e)})
+                break
+            pruned = copy.deepcopy(model)
+            _, graph = analyse(pruned, example, prune_residual, keep)
+            apply_plan(pruned, plan, example, graph)
+        predicted = get_cost("latency", plan.table).total(plan.after)
+        measured = float(measure(pruned))
+        log.append({"planned_ms": planned, "predicted_ms": predicted, "measured_ms": measured})
+        last = (plan, pruned, predicted, measured)
+        if measured <= limit and (best is None or measured > best[3]):
+            best = last
+        if limit * (1 - LATENCY_TOLERANCE) <= measured <= limit:
+            break
+        bracket[measured <= limit].append(planned)
+        met, missed = max(bracket[True], default=None), min(bracket[False], default=None)
+        if met is not None and missed is not None:  # widths move in steps and measurements are noisy: bisect
+            planned = (met + missed) / 2
+        else:
+            planned = min(planned * limit / measured, parent * 0.999)
+    plan, pruned, predicted, measured = best or last  # type: ignore[misc]
+    plan.latency = {
+        "limit_ms": limit,
+        "predicted_ms": predicted,
+        "measured_ms": measured,
+        "met": measured <= limit,
+        "prediction_error_pct": 100 * (predicted - measured) / measured,
+        "attempts": log,
+    }
+    return plan, pruned
+
+
+def _default_measure(table: Any, input_shape: tuple[int, ...]) -> Measure:
+    """Measure on the table's backend and thread count, as the table was made."""
+    from edgeprune.lut import measure_latency
+
+    settings = getattr(table, "settings", {}) or {}
+
+    def measure(model: nn.Module) -> float:
+        return measure_latency(model, input_shape, table.backend, table.threads,
+                               processes=settings.get("processes", 3), spin=settings.get("spin", False))  # fmt: skip
+
+    return measure
 
 
 __all__ = [

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from edgeprune.complexity import MODES, QUANTIZED_CONVENTIONS, Profile
+from edgeprune.complexity import QUANTIZED_CONVENTIONS, Profile
+from edgeprune.costs import NAMES, STATIC, by_key, label
+from edgeprune.costs import human as cost_human
 from edgeprune.energy import estimate_lines, measured_lines
 
-MODE_LABEL = {"params": "params", "flops": "FLOPs (MACs)", "memory": "memory"}
+MODE_LABEL = {name: label(name) for name in NAMES}
 
 
 def human(value: float, mode: str) -> str:
-    """Format a count (params, FLOPs) or a byte amount (memory) with a unit."""
-    if mode == "memory":
-        for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-            if value >= scale:
-                return f"{value / scale:.2f} {unit}"
-        return f"{value:.0f} B"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if value >= scale:
-            return f"{value / scale:.2f}{unit}"
-    return f"{value:.0f}"
+    """Format a value of a cost (params, FLOPs, memory bytes, energy, latency) with its unit."""
+    return cost_human(value, mode)
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -33,7 +27,8 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 def profile_table(prof: Profile) -> str:
     """Per-layer parameters, FLOPs and memory with shares, prunability, and totals."""
-    totals = {m: prof.total(m) for m in MODES}
+    costs = dict(STATIC)  # every cost that needs no table: params, flops, memory, energy
+    totals = {m: c.total(prof) for m, c in costs.items()}
     group_of = {name: g for g in prof.groups for name in g.out_layers}
     rows = []
     for layer in prof.layers:
@@ -43,12 +38,15 @@ def profile_table(prof: Profile) -> str:
         shape += f" x{layer.calls} calls" if layer.calls > 1 else ""
         rows.append(
             [layer.name, layer.kind, shape]
-            + [f"{human(layer.measure(m), m)} {100 * layer.measure(m) / totals[m]:5.1f}%" for m in MODES]
+            + [f"{c.human(c.layer(layer))} {100 * c.layer(layer) / totals[m]:5.1f}%" for m, c in costs.items()]
             + [status, g.name if g else ""]
         )
-    rows.append(["TOTAL", "", ""] + [human(totals[m], m) for m in MODES] + ["", ""])
-    headers = ["layer", "kind", "channels", "params", "FLOPs (MACs)", "memory", "prunable", "group"]
-    note = "fp32, batch 1; FLOPs count a multiply-add once; memory = 4 B x (params + output map)"
+    rows.append(["TOTAL", "", ""] + [c.human(totals[m]) for m, c in costs.items()] + ["", ""])
+    headers = ["layer", "kind", "channels", *(c.label for c in costs.values()), "prunable", "group"]
+    note = (
+        "fp32, batch 1; FLOPs count a multiply-add once; memory = 4 B x (params + output map); "
+        "energy = 45 nm estimate, 4.6 pJ x MACs + 640 pJ x memory / 4 B"
+    )
     if prof.precision != "fp32":
         note = f"{prof.precision}: {QUANTIZED_CONVENTIONS}"
     if prof.other_params:
@@ -71,15 +69,16 @@ def prune_summary(report: dict) -> str:
         for r in report["layers"]
     ]
     layer_table = table(["layer", "filters before", "after", "kept"], rows)
-    keys = {"params": "params", "flops": "flops", "memory": "memory_bytes"}
+    names = by_key()
     totals = [
         [
-            MODE_LABEL[m],
-            human(report["before"][k], m),
-            human(report["after"][k], m),
+            MODE_LABEL[names[k]],
+            human(report["before"][k], names[k]),
+            human(report["after"][k], names[k]),
             f"{report['reduction_pct'][k]:.1f}%",
         ]
-        for m, k in keys.items()
+        for k in report["before"]
+        if k in names
     ]
     budget = report.get("budget") or {}
     if len(budget) > 1:
@@ -107,6 +106,13 @@ def prune_summary(report: dict) -> str:
         )
     if report.get("settings", {}).get("round_to", 1) > 1:
         head += f"\nwidths rounded to multiples of {report['settings']['round_to']} filters"
+    lat = report.get("latency")
+    if lat:
+        head += (
+            f"\nlatency: limit {lat['limit_ms']:.3f} ms, predicted {lat['predicted_ms']:.3f} ms, measured "
+            f"{lat['measured_ms']:.3f} ms ({'met' if lat['met'] else 'MISSED'}; table error "
+            f"{lat['prediction_error_pct']:+.1f}%) after {len(lat['attempts'])} cut(s)"
+        )
     return "\n\n".join([head, layer_table, table(["total", "before", "after", "reduction"], totals)])
 
 

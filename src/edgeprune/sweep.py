@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from edgeprune.cluster import MAX_RETRIES, RayOptions, node_info
-from edgeprune.complexity import MODES, check_mode
+from edgeprune.costs import PAPER_MODES as MODES
+from edgeprune.costs import STATIC, check_cost
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import write_json
 from edgeprune.io import ModelRef, Resolved, is_folder_ref, resolve
@@ -64,13 +65,13 @@ RAY_NOTE = (
 DEFAULT_TARGETS = (0.9, 0.7, 0.5, 0.3)
 DEFAULT_RUNS = 30  # timed runs per model and backend: VGG-16's 13 models x 2 backends in a few minutes
 DEFAULT_WARMUP = 5
-Y_CHOICES = ("accuracy", "params", "flops", "memory")
-_Y_LABEL = {  # (row key, axis label, scale, what the title calls it)
+_Y_SCALE = {"params": (1e-6, "millions"), "flops": (1e-6, "millions"), "memory": (1e-6, "MB"), "energy": (1.0, "uJ")}
+_Y_LABEL = {  # (row key, axis label, scale, what the title calls it): every static cost, from edgeprune.costs
     "accuracy": ("accuracy", "test accuracy (%)", 100.0, "test accuracy"),
-    "params": ("params", "parameters kept (millions)", 1e-6, "parameters kept (untrained: capacity proxy)"),
-    "flops": ("flops", "FLOPs kept (MACs, millions)", 1e-6, "FLOPs kept (untrained: capacity proxy)"),
-    "memory": ("memory_bytes", "memory kept (MB)", 1e-6, "memory kept (weights + maps; capacity proxy)"),
-}
+    **{name: (c.key, f"{c.label} kept ({_Y_SCALE[name][1]})", _Y_SCALE[name][0],
+              f"{c.label} kept (untrained: capacity proxy)") for name, c in STATIC.items()},
+}  # fmt: skip
+Y_CHOICES = tuple(_Y_LABEL)
 _BACKEND_FIELDS = {
     "latency_median_ms": lambda b: b["latency_ms"]["median"],  # replaced by the interleaved timing
     "latency_p90_ms": lambda b: b["latency_ms"]["p90"],
@@ -111,7 +112,9 @@ def _check_args(modes: Sequence[str], targets: Sequence[float], seeds: Sequence[
     if not modes:
         raise EdgepruneError("no modes given")
     for m in modes:
-        check_mode(m)
+        check_cost(m)
+        if m == "latency":
+            raise EdgepruneError("a sweep prunes to proxy costs; for a latency target use 'edgeprune prune --lut'")
     if not targets:
         raise EdgepruneError("no targets given")
     for t in targets:
@@ -275,8 +278,8 @@ def _row(name: str, mode: str, target: float, seed: int, measured: dict, ref: di
         "memory_bytes": c["memory_bytes"],
     }
     ref = ref or c
-    for k, key in (("params", "params"), ("flops", "flops"), ("memory", "memory_bytes")):
-        row[f"{k}_pct"] = 100.0 * c[key] / ref[key]
+    for k in MODES:
+        row[f"{k}_pct"] = 100.0 * c[STATIC[k].key] / ref[STATIC[k].key]
     e = measured["energy"]
     row.update(energy_uj=e["total_uj"], energy_compute_uj=e["compute_uj"], energy_dram_uj=e["dram_uj"])
     for b, fig in measured["backends"].items():

@@ -1,0 +1,275 @@
+"""Costs: what a budget can limit. One class per cost, and everything else reads the costs from here.
+
+A cost maps a layer shape to a number and sums over layers (SPEC, "Beyond the paper"):
+
+- ``params``: parameters (the paper's PA mode), a count;
+- ``flops``: multiply-adds counted once (FA), a count of MACs;
+- ``memory``: bytes of weights plus output maps (MA);
+- ``energy``: the 45 nm estimate per layer, 4.6 pJ x MACs + 640 pJ x (memory / 4 B), in microjoules
+  (int8 layers at 0.23 pJ per MAC, memory at its stored width);
+- ``latency``: milliseconds measured on a backend, looked up per layer in a latency table
+  (``edgeprune.lut``) plus the rest of the model; it exists only with a table.
+
+Each cost has a name (CLI and Python), a JSON key (reports, sweeps), a unit and a label (tables, plots),
+its per-layer value, how to format a value and how to parse a limit (``0.5`` = a fraction of the model's
+own cost, else an amount in the cost's units: ``2M`` params, ``150M`` MACs, ``4MB``, ``50uJ``, ``3ms``).
+Adding a cost is one class here plus an entry in ``COSTS``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Protocol
+
+from edgeprune.complexity import BYTES_PER_VALUE, LayerShape, Profile
+from edgeprune.errors import EdgepruneError
+
+# 45 nm figures (Horowitz 2014), the same as the energy estimate of ``bench``
+PJ_PER_MAC = 4.6  # fp32 multiply 3.7 pJ + add 0.9 pJ
+PJ_PER_INT8_MAC = 0.23  # 8-bit integer multiply 0.2 pJ + add 0.03 pJ
+PJ_PER_DRAM_BYTE = 640.0 / 4  # one 32-bit DRAM access, per byte stored
+
+_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-zµ]*)"
+_COUNT_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_BYTE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+class LayerTimes(Protocol):
+    """What the latency cost needs of a latency table (``edgeprune.lut.LatencyTable``)."""
+
+    rest_ms: float
+    parent_ms: float
+
+    def layer_ms(self, layer: LayerShape) -> float:
+        """One layer's latency at its current widths."""
+        ...
+
+
+class Cost:
+    """A budgetable cost: name, JSON key, unit, label, per-layer value, formatting and limit parsing."""
+
+    name: ClassVar[str]
+    key: ClassVar[str]  # JSON key in totals, reports and sweeps
+    unit: ClassVar[str]
+    label: ClassVar[str]  # column and axis title
+    help: ClassVar[str]  # one line for --help
+    integer: ClassVar[bool] = True  # counts and bytes are whole numbers; energy and latency are not
+    units: ClassVar[dict[str, float]] = _COUNT_UNITS  # the amounts a limit may be given in
+    example: ClassVar[str] = "2M"
+
+    def layer(self, layer: LayerShape) -> float:
+        """This layer's value of the cost."""
+        raise NotImplementedError
+
+    def extra(self, prof: Profile) -> float:
+        """What the model costs outside its conv and linear layers (never pruned)."""
+        return 0
+
+    def total(self, prof: Profile) -> float:
+        """The model's total of this cost."""
+        value = sum(self.layer(layer) for layer in prof.layers) + self.extra(prof)
+        return int(value) if self.integer else float(value)
+
+    def human(self, value: float) -> str:
+        """A value with its unit, scaled for reading."""
+        for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if abs(value) >= scale:
+                return f"{value / scale:.2f}{unit}"
+        return f"{value:.0f}"
+
+    def parse(self, text: str | float, current: float) -> float:
+        """An absolute limit from a fraction of ``current`` (``0.5``) or an amount in this cost's units."""
+        raw = str(text).strip()
+        match = re.fullmatch(_NUMBER, raw)
+        if not match:
+            raise EdgepruneError(
+                f"{self.name} target '{raw}' is not a number, a fraction like 0.5, or an amount like {self.example}"
+            )
+        value, unit = float(match.group(1)), match.group(2)
+        absolute = self._amount(raw, value, unit, current)
+        if absolute <= 0:
+            raise EdgepruneError(f"{self.name} target must be positive, got '{raw}'")
+        if absolute >= current:
+            raise EdgepruneError(
+                f"{self.name} target {self.human(absolute)} is not below the model's current {self.human(current)}"
+            )
+        return int(absolute) if self.integer else absolute
+
+    def _amount(self, raw: str, value: float, unit: str, current: float) -> float:
+        """The limit in base units: a bare number below 1 is a fraction, one above is an amount."""
+        key = unit.upper() if self.units is _COUNT_UNITS or self.units is _BYTE_UNITS else unit
+        if not unit:
+            if value <= 1:  # 1 itself is the whole model, refused as "not below"
+                return value * current
+            if self.integer and not value.is_integer():
+                raise EdgepruneError(
+                    f"{self.name} target '{raw}': a fraction must be in (0, 1), an amount a whole number"
+                )
+            if not self.integer:
+                raise EdgepruneError(f"{self.name} target '{raw}' needs a unit, e.g. {self.example}")
+            return value
+        if key not in self.units:
+            if self.units is _BYTE_UNITS and key in _COUNT_UNITS:
+                raise EdgepruneError(f"memory targets need a byte unit (e.g. {raw}B or {raw}iB), got '{raw}'")
+            if self.units is not _BYTE_UNITS and unit.upper() in _BYTE_UNITS:
+                raise EdgepruneError(f"target '{raw}' is in bytes, but {self.name} counts {self.unit}")
+            raise EdgepruneError(
+                f"{self.name} target '{raw}': unknown unit '{unit}' for {self.name} ({self.unit}); "
+                f"use {', '.join(u for u in self.units if u)}"
+            )
+        return value * self.units[key]
+
+    def describe(self) -> str:
+        """``name (unit): help`` for --help texts."""
+        return f"{self.name} ({self.unit}): {self.help}"
+
+
+class Params(Cost):
+    """Parameters: weights, biases and norm vectors (the paper's PA)."""
+
+    name, key, unit, label = "params", "params", "parameters", "params"
+    help = "weights + biases + norm vectors; 0.5 or an amount like 1.2M"
+
+    def layer(self, layer: LayerShape) -> float:
+        """Weights, bias and norm vectors."""
+        return layer.params
+
+    def extra(self, prof: Profile) -> float:
+        """Parameters outside conv and linear layers."""
+        return prof.other_params
+
+
+class Flops(Cost):
+    """Multiply-adds counted once (the paper's FA)."""
+
+    name, key, unit, label = "flops", "flops", "MACs", "FLOPs (MACs)"
+    help = "multiply-adds for one input, counted once; 0.5 or an amount like 150M"
+    example = "150M"
+
+    def layer(self, layer: LayerShape) -> float:
+        """Multiply-adds of the layer."""
+        return layer.flops
+
+
+class Memory(Cost):
+    """Bytes of weights plus output feature maps (the paper's MA)."""
+
+    name, key, unit, label = "memory", "memory_bytes", "bytes", "memory"
+    help = "bytes of weights + output maps (4 B per fp32 value); 0.5 or an amount like 4MB or 3MiB"
+    units = _BYTE_UNITS
+    example = "4MB"
+
+    def layer(self, layer: LayerShape) -> float:
+        """Weight and output-map bytes at their stored widths."""
+        return layer.memory
+
+    def extra(self, prof: Profile) -> float:
+        """Parameters outside conv and linear layers, as fp32."""
+        return BYTES_PER_VALUE * prof.other_params
+
+    def human(self, value: float) -> str:
+        """Bytes in B, kB, MB or GB."""
+        for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+            if abs(value) >= scale:
+                return f"{value / scale:.2f} {unit}"
+        return f"{value:.0f} B"
+
+
+class Energy(Cost):
+    """The 45 nm energy estimate per inference: compute plus DRAM traffic, in microjoules."""
+
+    name, key, unit, label = "energy", "energy_uj", "uJ", "energy (uJ, estimate)"
+    help = "estimate, 4.6 pJ x MACs + 640 pJ x memory / 4 B (Horowitz 2014, 45 nm); 0.5 or an amount like 50uJ"
+    integer = False
+    units = {"pJ": 1e-6, "nJ": 1e-3, "uJ": 1.0, "µJ": 1.0, "mJ": 1e3, "J": 1e6}
+    example = "50uJ"
+
+    def layer(self, layer: LayerShape) -> float:
+        """The layer's MACs at their precision's figure plus its bytes moved once."""
+        pj_mac = PJ_PER_INT8_MAC if layer.weight_bytes == 1 else PJ_PER_MAC
+        return (pj_mac * layer.flops + PJ_PER_DRAM_BYTE * layer.memory) * 1e-6
+
+    def extra(self, prof: Profile) -> float:
+        """Parameters outside conv and linear layers, read once as fp32."""
+        return PJ_PER_DRAM_BYTE * BYTES_PER_VALUE * prof.other_params * 1e-6
+
+    def human(self, value: float) -> str:
+        """Microjoules, or millijoules from 1000 uJ."""
+        return f"{value / 1e3:.2f} mJ" if value >= 1e3 else f"{value:.2f} uJ"
+
+
+class Latency(Cost):
+    """Measured latency on one backend: the table's per-layer values plus the rest of the model."""
+
+    name, key, unit, label = "latency", "latency_ms", "ms", "latency (ms, table)"
+    help = "batch-1 latency measured on a backend (needs --lut TABLE); 0.5 of the parent's, or 3ms / 800us"
+    integer = False
+    units = {"us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3}
+    example = "3ms"
+
+    def __init__(self, table: LayerTimes):
+        self.table = table
+
+    def layer(self, layer: LayerShape) -> float:
+        """The table's latency of the layer at its widths."""
+        return self.table.layer_ms(layer)
+
+    def extra(self, prof: Profile) -> float:
+        """Everything the table does not time one layer at a time (input, pooling, adds, overhead)."""
+        return self.table.rest_ms
+
+    def human(self, value: float) -> str:
+        """Milliseconds with three decimals."""
+        return f"{value:.3f} ms"
+
+
+STATIC = {"params": Params(), "flops": Flops(), "memory": Memory(), "energy": Energy()}
+NAMES = (*STATIC, "latency")
+PAPER_MODES = ("params", "flops", "memory")  # PA, FA, MA: the costs the paper's modes prune to
+
+
+def get_cost(name: str, table: LayerTimes | None = None) -> Cost:
+    """The cost called ``name``; latency needs its table."""
+    if name == "latency":
+        if table is None:
+            raise EdgepruneError("a latency budget needs a latency table: build one with 'edgeprune lut' (--lut FILE)")
+        return Latency(table)
+    if name not in STATIC:
+        raise EdgepruneError(f"unknown cost '{name}'; choose from: {', '.join(NAMES)}")
+    return STATIC[name]
+
+
+def human(value: float, name: str) -> str:
+    """A value of cost ``name`` with its unit (no table needed to format a latency)."""
+    check_cost(name)
+    return f"{value:.3f} ms" if name == "latency" else STATIC[name].human(value)
+
+
+def label(name: str) -> str:
+    """The column title of cost ``name``."""
+    check_cost(name)
+    return Latency.label if name == "latency" else STATIC[name].label
+
+
+def by_key() -> dict[str, str]:
+    """Cost names by their JSON keys (``memory_bytes`` -> ``memory``)."""
+    return {**{c.key: name for name, c in STATIC.items()}, Latency.key: "latency"}
+
+
+def check_cost(name: str) -> None:
+    """Raise a one-line error for an unknown cost name."""
+    if name not in NAMES:
+        raise EdgepruneError(f"unknown cost '{name}'; choose from: {', '.join(NAMES)}")
+
+
+def totals(prof: Profile, table: LayerTimes | None = None) -> dict[str, float]:
+    """Every cost's total keyed by its JSON key (latency only with a table)."""
+    out: dict[str, Any] = {cost.key: cost.total(prof) for cost in STATIC.values()}
+    if table is not None:
+        out[Latency.key] = Latency(table).total(prof)
+    return out
+
+
+def cost_help() -> str:
+    """One line per cost with its unit, for --help."""
+    return "; ".join([c.describe() for c in STATIC.values()] + [f"latency ({Latency.unit}): {Latency.help}"])

@@ -1,0 +1,527 @@
+"""Latency tables: each layer's measured latency at a grid of widths, for pruning to milliseconds.
+
+SPEC, "Beyond the paper": a table for a model, a backend (torch or onnxruntime), a thread count and a
+CPU holds, for every conv and linear layer *with its norm and activation, as the backend runs them*
+(onnxruntime folds the norm into the conv and fuses the activation), the median batch-1 latency
+measured in isolation at a grid of input and output widths. Between grid points it is interpolated
+(bilinearly in input and output width; a depthwise conv along its one width). A model's predicted
+latency = the sum of its layers' values + the rest of the model, the parent's measured latency minus its
+layers' values at full width (pooling, adds, copies and per-call overhead).
+
+The grid is chosen to be cheap and where it matters: every ``round_to`` step for the first ``near``
+steps below full width (where pruning to a latency budget lands most often), then a geometric grid
+(``ratio``) down to the narrowest width a group may keep. Widths are multiples of ``round_to`` (the
+channel counts a plan with that ``round_to`` produces), so a table made with ``round_to`` 8 predicts
+the widths a plan made with ``round_to`` 8 gives.
+
+Every measurement runs in fresh processes through ``edgeprune.backends`` (the same loaders ``bench``
+uses): all grid points of one layer timed round-robin in one process, so that they share conditions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeprune.complexity import LayerShape, Profile
+from edgeprune.errors import EdgepruneError
+
+FORMAT = 1
+KIND = "edgeprune latency table"
+ACTIVATIONS = {"relu": "relu", "relu_": "relu", "relu6": "relu6", "silu": "silu", "hardswish": "hardswish",
+               "sigmoid": "sigmoid", "gelu": "gelu", "leaky_relu": "leaky_relu", "hardtanh": "relu6"}  # fmt: skip
+DEFAULT_ROUND_TO = 8
+
+
+@dataclass
+class LayerTable:
+    """One layer's measured latencies (ms) on a grid of input widths x output widths."""
+
+    kind: str  # "conv" or "linear"
+    c_in: list[int]
+    c_out: list[int]
+    ms: list[list[float]]  # ms[i][j] at c_in[i], c_out[j]; a depthwise conv has one row, along c_out = c_in
+    depthwise: bool = False
+    calls: int = 1
+    block: dict = field(default_factory=dict)  # the layer block spec measured (edgeprune.backends)
+
+    def at(self, c_in: int, c_out: int) -> float:
+        """Interpolated latency of one call at these widths (clamped to the grid's range)."""
+        if self.depthwise:
+            return _interp(self.c_out, self.ms[0], c_out)
+        row = [_interp(self.c_out, r, c_out) for r in self.ms]
+        return _interp(self.c_in, row, c_in)
+
+
+def _interp(xs: list[int], ys: list[float], x: float) -> float:
+    """Piecewise-linear interpolation on sorted ``xs``; constant outside their range."""
+    if len(xs) == 1 or x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    for i in range(len(xs) - 1):
+        if xs[i] <= x <= xs[i + 1]:
+            t = (x - xs[i]) / (xs[i + 1] - xs[i])
+            return ys[i] + t * (ys[i + 1] - ys[i])
+    raise AssertionError("unreachable: xs is sorted")  # pragma: no cover
+
+
+@dataclass
+class LatencyTable:
+    """A model's latency table on one backend, thread count and CPU (see the module docstring)."""
+
+    model: str
+    input_shape: list[int]
+    backend: str
+    backend_version: str
+    threads: int
+    cpu: str
+    round_to: int
+    parent_ms: float  # the whole parent model, measured
+    rest_ms: float  # parent_ms minus its layers' table values at full width
+    layers: dict[str, LayerTable]
+    settings: dict = field(default_factory=dict)  # grid, runs, warmup, processes, spin
+    build_seconds: float = 0.0
+    created: str = ""
+
+    def layer_ms(self, layer: LayerShape) -> float:
+        """The table's latency of ``layer`` at its current widths, all its calls."""
+        entry = self.layers.get(layer.name)
+        if entry is None:
+            raise EdgepruneError(f"the latency table has no layer '{layer.name}': it was made for another model")
+        return entry.calls * entry.at(layer.c_in, layer.c_out)
+
+    def predict(self, prof: Profile) -> float:
+        """Predicted latency (ms) of a model with these layer shapes."""
+        return sum(self.layer_ms(layer) for layer in prof.layers) + self.rest_ms
+
+    def to_dict(self) -> dict:
+        """JSON-ready, with the format marker."""
+        return {"format": FORMAT, "kind": KIND, **asdict(self)}
+
+    def save(self, path: str | Path) -> None:
+        """Write the table as JSON, atomically."""
+        from edgeprune.files import write_json
+
+        write_json(Path(path), self.to_dict())
+
+    def check_model(self, prof: Profile) -> None:
+        """Refuse a model whose layers are not the ones the table was made for (names and full widths)."""
+        names = [layer.name for layer in prof.layers]
+        missing = [n for n in names if n not in self.layers]
+        if missing or len(names) != len(self.layers):
+            extra = sorted(set(self.layers) - set(names))
+            which = f"layer '{missing[0]}' is not in it" if missing else f"it has layer '{extra[0]}' the model lacks"
+            raise EdgepruneError(f"the latency table was made for another model ({self.model}): {which}")
+        for layer in prof.layers:
+            entry = self.layers[layer.name]
+            full = (max(entry.c_in), max(entry.c_out))
+            if (layer.c_in, layer.c_out) != full:
+                raise EdgepruneError(
+                    f"the latency table was made for another model ({self.model}): layer {layer.name} is "
+                    f"{layer.c_in}->{layer.c_out} here, {full[0]}->{full[1]} in the table"
+                )
+
+    def check_machine(self, backend: str | None = None, threads: int | None = None) -> None:
+        """Refuse a table made on another CPU, backend version or thread count (one line naming the mismatch)."""
+        here = environment(self.backend)
+        wanted = {"backend": backend or self.backend, "threads": threads or self.threads}
+        mismatches = [
+            ("backend", self.backend, wanted["backend"]),
+            ("threads", self.threads, wanted["threads"]),
+            ("CPU", self.cpu, here["cpu"]),
+            (f"{self.backend} version", self.backend_version, here["backend_version"]),
+        ]
+        for what, table, now in mismatches:
+            if table != now:
+                raise EdgepruneError(
+                    f"the latency table was made for {what} '{table}', this run has '{now}': make a new table with "
+                    "'edgeprune lut' (or accept it with --accept-table)"
+                )
+
+
+def load_table(path: str | Path) -> LatencyTable:
+    """Read a latency table written by ``LatencyTable.save``, checking its layout (one-line errors)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EdgepruneError(f"{path}: no such latency table") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EdgepruneError(f"{path}: not a latency table ({type(e).__name__})") from None
+    if not isinstance(data, dict) or data.get("kind") != KIND or data.get("format") != FORMAT:
+        raise EdgepruneError(f"{path}: not an edgeprune latency table (format {FORMAT})")
+    try:
+        layers = {name: _layer_from(entry) for name, entry in data["layers"].items()}
+        fields = {k: data[k] for k in ("model", "input_shape", "backend", "backend_version", "threads", "cpu")}
+        numbers = {k: float(data[k]) for k in ("parent_ms", "rest_ms")}
+        table = LatencyTable(**fields, round_to=int(data["round_to"]), **numbers, layers=layers,
+                             settings=dict(data.get("settings", {})), build_seconds=float(data.get("build_seconds", 0)),
+                             created=str(data.get("created", "")))  # fmt: skip
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise EdgepruneError(f"{path}: malformed latency table ({type(e).__name__}: {e})") from None
+    if not math.isfinite(table.parent_ms) or table.parent_ms <= 0 or table.threads < 1:
+        raise EdgepruneError(f"{path}: malformed latency table (parent latency or threads out of range)")
+    return table
+
+
+def _layer_from(entry: dict) -> LayerTable:
+    """One layer's entry, checked: sorted positive widths and a finite non-negative latency per grid point."""
+    layer = LayerTable(str(entry["kind"]), [int(c) for c in entry["c_in"]], [int(c) for c in entry["c_out"]],
+                       [[float(v) for v in row] for row in entry["ms"]], bool(entry.get("depthwise", False)),
+                       int(entry.get("calls", 1)), dict(entry.get("block", {})))  # fmt: skip
+    rows = 1 if layer.depthwise else len(layer.c_in)
+    for widths in (layer.c_in, layer.c_out):
+        if not widths or widths != sorted(set(widths)) or widths[0] < 1:
+            raise ValueError("widths must be sorted, distinct and positive")
+    if len(layer.ms) != rows or any(len(r) != len(layer.c_out) for r in layer.ms):
+        raise ValueError("the latency grid does not match its widths")
+    if any(not math.isfinite(v) or v < 0 for r in layer.ms for v in r) or layer.calls < 1:
+        raise ValueError("latencies must be finite and non-negative")
+    return layer
+
+
+# -- the grid -----------------------------------------------------------------------------------
+
+
+def grid_widths(full: int, round_to: int = DEFAULT_ROUND_TO, near: int = 2, ratio: float = 0.7,
+                multiple: int = 1) -> list[int]:  # fmt: skip
+    """Widths to measure below ``full``: ``near`` steps of ``round_to``, then geometric by ``ratio`` to the floor.
+
+    ``multiple`` (a grouped conv's groups) makes every width a multiple of it as well.
+    """
+    step = math.lcm(round_to, multiple)
+    if full <= step:
+        return [full]
+    points = {full, step}
+    below = (full - 1) // step * step  # the widest a plan with this round_to keeps below full
+    points.update(below - k * step for k in range(near) if below - k * step >= step)
+    width = float(full)
+    while width > step:
+        width *= ratio
+        points.add(max(step, round(width / step) * step))
+    return sorted(p for p in points if p <= full)
+
+
+# -- finding the blocks ---------------------------------------------------------------------------
+
+
+def layer_blocks(model: Any, input_shape: tuple[int, ...]) -> dict[str, dict]:
+    """Each conv/linear layer's block spec (module settings, its norm, the activation applied to its output).
+
+    The activation is found by following tensors, not module order: the first activation function called on
+    the layer's (or its norm's) output tensor, so ``torch.relu(bn(conv(x)))`` and ``nn.ReLU`` modules alike
+    are found, and ``relu(bn(conv(x)) + shortcut)`` correctly has none of its own.
+    """
+    import torch
+    from torch import nn
+    from torch.overrides import TorchFunctionMode
+
+    from edgeprune.trace import NORMS
+
+    modules = dict(model.named_modules())
+    seen: dict[str, dict] = {}
+    outputs: dict[int, str] = {}  # id of an output tensor -> the layer it ends (the conv's, then its norm's)
+    acts: dict[str, str] = {}
+    last_layer: list[str] = []
+    alive: list = []  # keep every tracked output alive, so no id() is reused by a later tensor
+
+    class Acts(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            if name in ACTIVATIONS and args and id(args[0]) in outputs:
+                act = _activation(name, args, kwargs)
+                if act is not None:
+                    acts.setdefault(outputs[id(args[0])], act)
+            return func(*args, **kwargs)
+
+    def pre(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple) -> None:
+            shape = list(inputs[0].shape[1:])
+            if name in seen:
+                seen[name]["calls"] += 1
+            else:
+                seen[name] = {"module": module, "input_shape": shape, "calls": 1}
+
+        return hook
+
+    def post(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            if isinstance(module, NORMS):
+                src = outputs.get(id(inputs[0]))
+                if src is not None and last_layer and src == last_layer[-1]:
+                    seen[src]["norm"] = True
+                    outputs[id(output)] = src
+                    alive.append(output)
+                return
+            last_layer.append(name)
+            outputs[id(output)] = name
+            alive.append(output)
+
+        return hook
+
+    handles = []
+    for name, module in modules.items():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            handles += [module.register_forward_pre_hook(pre(name)), module.register_forward_hook(post(name))]
+        elif isinstance(module, NORMS):
+            handles.append(module.register_forward_hook(post(name)))
+        elif isinstance(module, (nn.modules.conv._ConvNd,)):
+            raise EdgepruneError(
+                f"layer {name} is a {type(module).__name__}: latency tables cover Conv2d and Linear layers"
+            )
+    try:
+        with torch.no_grad(), Acts():
+            model.eval()(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: _spec(info, acts.get(name)) for name, info in seen.items()}
+
+
+def _activation(name: str, args: tuple, kwargs: dict) -> str | None:
+    """The activation's spec name; hardtanh is one only as relu6 (bounds 0 and 6)."""
+    if name == "hardtanh":
+        bounds = (args[1:3] + (None, None))[:2]
+        low, high = (
+            kwargs.get("min_val", bounds[0] if bounds[0] is not None else -1.0),
+            kwargs.get("max_val", bounds[1] if bounds[1] is not None else 1.0),
+        )
+        return "relu6" if (low, high) == (0.0, 6.0) else None
+    return ACTIVATIONS[name]
+
+
+def _spec(info: dict, act: str | None) -> dict:
+    """A layer block spec (edgeprune.backends) at the module's full widths."""
+    from torch import nn
+
+    m = info["module"]
+    common = {"bias": m.bias is not None, "norm": bool(info.get("norm")), "act": act, "calls": info["calls"]}
+    if isinstance(m, nn.Linear):
+        return {"kind": "linear", "c_in": m.in_features, "c_out": m.out_features, "groups": 1,
+                "input_shape": [m.in_features], **common}  # fmt: skip
+    return {"kind": "conv", "c_in": m.in_channels, "c_out": m.out_channels, "kernel": list(m.kernel_size),
+            "stride": list(m.stride), "padding": list(m.padding) if not isinstance(m.padding, str) else m.padding,
+            "dilation": list(m.dilation), "groups": m.groups, "input_shape": info["input_shape"], **common}  # fmt: skip
+
+
+# -- building a table -----------------------------------------------------------------------------
+
+
+def environment(backend: str) -> dict:
+    """The CPU model and the backend's version on this machine: what a table must match."""
+    from edgeprune.measure import machine_info
+
+    info = machine_info()
+    return {"cpu": info.get("processor", ""), "backend_version": str(info.get(backend, "unknown"))}
+
+
+def _varying(prof: Profile) -> tuple[set[str], set[str]]:
+    """Layers whose input widths / output widths pruning can change (any prunable group, residual ones too)."""
+    ins, outs = set(), set()
+    for g in prof.groups:
+        if g.prunable:
+            outs.update(g.out_layers)
+            ins.update(m.layer for m in g.members if m.dim == "in")
+    return ins, outs
+
+
+def _points(spec: dict, layer: LayerShape, ins: set[str], outs: set[str], round_to: int,
+            grid: dict) -> tuple[list[int], list[int]]:  # fmt: skip
+    """The (c_in, c_out) grid of one layer."""
+    groups = spec["groups"]
+    if layer.depthwise:
+        varies = layer.name in outs or layer.name in ins
+        widths = grid_widths(layer.c_out, round_to, **grid) if varies else [layer.c_out]
+        return widths, widths
+    multiple = groups if groups > 1 else 1
+    c_in = grid_widths(layer.c_in, round_to, multiple=multiple, **grid) if layer.name in ins else [layer.c_in]
+    c_out = grid_widths(layer.c_out, round_to, multiple=multiple, **grid) if layer.name in outs else [layer.c_out]
+    return c_in, c_out
+
+
+def _block_at(spec: dict, c_in: int, c_out: int) -> dict:
+    """The block spec at other widths (a depthwise conv's groups follow its width)."""
+    block = {k: v for k, v in spec.items() if k != "calls"}
+    depthwise = spec["kind"] == "conv" and spec["groups"] == spec["c_in"] == spec["c_out"] and spec["groups"] > 1
+    block.update(c_in=c_in, c_out=c_out, groups=c_in if depthwise else spec["groups"])
+    block["input_shape"] = [c_in, *spec["input_shape"][1:]]
+    return block
+
+
+Timer = Callable[[dict[str, dict]], dict[str, float]]  # block specs by key -> median ms by key
+
+
+def build_table(
+    model: Any,
+    input_shape: tuple[int, ...],
+    backend: str = "onnxruntime",
+    threads: int = 1,
+    round_to: int = DEFAULT_ROUND_TO,
+    near: int = 2,
+    ratio: float = 0.7,
+    runs: int = 20,
+    warmup: int = 3,
+    processes: int = 3,
+    spin: bool = False,
+    source: str = "",
+    timer: Timer | None = None,
+    parent_ms: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LatencyTable:
+    """Measure every conv/linear layer of ``model`` at a grid of widths on ``backend``; the latency table.
+
+    ``timer`` replaces the measuring processes (tests inject one); ``parent_ms`` the parent's measured latency.
+    """
+    import torch
+
+    from edgeprune.graph import analyse
+    from edgeprune.measure import check_backends
+
+    (backend,) = check_backends(backend)
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise EdgepruneError(f"round_to must be a positive integer, got {round_to!r}")
+    if not 0 < ratio < 1 or near < 0:
+        raise EdgepruneError(f"the grid needs 0 < ratio < 1 and near >= 0, got ratio {ratio}, near {near}")
+    started = time.perf_counter()
+    model = model.eval()
+    prof, _ = analyse(model, torch.zeros(1, *input_shape), prune_residual=True)
+    blocks = layer_blocks(model, input_shape)
+    ins, outs = _varying(prof)
+    grid = {"near": near, "ratio": ratio}
+    timer = timer or _ProcessTimer(backend, threads, runs, warmup, processes, spin)
+    layers = _measure_layers(prof, blocks, timer, ins, outs, round_to, grid, progress)
+    if parent_ms is None:
+        # measured as prune measures a cut model, so that "latency=0.5" is half of what that measurement says
+        parent_ms = measure_latency(model, input_shape, backend, threads, processes=processes, spin=spin)
+    env = environment(backend)
+    full = sum(layers[layer.name].calls * layers[layer.name].at(layer.c_in, layer.c_out) for layer in prof.layers)
+    return LatencyTable(
+        model=source or type(model).__name__, input_shape=list(input_shape), backend=backend,
+        backend_version=env["backend_version"], threads=threads, cpu=env["cpu"], round_to=round_to,
+        parent_ms=parent_ms, rest_ms=parent_ms - full, layers=layers,
+        settings={"grid": {"round_to": round_to, **grid}, "runs": runs, "warmup": warmup, "processes": processes,
+                  "spin": spin, "points": sum(len(t.c_out) * (1 if t.depthwise else len(t.c_in))
+                                                for t in layers.values())},
+        build_seconds=time.perf_counter() - started,
+        created=datetime.datetime.now().isoformat(timespec="seconds"),
+    )  # fmt: skip
+
+
+def _measure_layers(prof: Profile, blocks: dict[str, dict], timer: Timer, ins: set[str], outs: set[str],
+                    round_to: int, grid: dict,
+                    progress: Callable[[str], None] | None) -> dict[str, LayerTable]:  # fmt: skip
+    """Every layer's grid, timed."""
+    layers: dict[str, LayerTable] = {}
+    for layer in prof.layers:
+        if layer.name not in blocks:
+            raise EdgepruneError(f"layer {layer.name} is not a Conv2d or Linear module: no latency table for it")
+        spec = blocks[layer.name]
+        c_in, c_out = _points(spec, layer, ins, outs, round_to, grid)
+        if layer.depthwise:
+            keys = {f"{w}": _block_at(spec, w, w) for w in c_out}
+            times = timer(keys)
+            ms = [[times[f"{w}"] for w in c_out]]
+        else:
+            keys = {f"{i}x{o}": _block_at(spec, i, o) for i in c_in for o in c_out}
+            times = timer(keys)
+            ms = [[times[f"{i}x{o}"] for o in c_out] for i in c_in]
+        layers[layer.name] = LayerTable(spec["kind"], c_in, c_out, ms, layer.depthwise, spec["calls"],
+                                        _block_at(spec, layer.c_in, layer.c_out))  # fmt: skip
+        if progress:
+            low, high = min(min(r) for r in ms), max(max(r) for r in ms)
+            progress(f"{layer.name}: {len(keys)} widths, {low:.3f}-{high:.3f} ms")
+    return layers
+
+
+class _ProcessTimer:
+    """Time block specs in fresh processes (edgeprune.backends.time_artifacts): median over processes."""
+
+    def __init__(self, backend: str, threads: int, runs: int, warmup: int, processes: int, spin: bool):
+        self.options = {"threads": threads, "runs": runs, "warmup": warmup, "spin": spin}
+        self.backend, self.processes = backend, processes
+
+    def __call__(self, blocks: dict[str, dict]) -> dict[str, float]:
+        """Median ms of each block, the per-call overhead taken off."""
+        from edgeprune.backends import time_artifacts
+
+        out: dict[str, float] = {}
+        with tempfile.TemporaryDirectory(prefix="edgeprune-lut-") as tmp:
+            for chunk in _chunks(blocks):
+                artifacts = {}
+                for key in chunk:
+                    path = Path(tmp) / f"b{len(out) + len(artifacts)}.json"
+                    path.write_text(json.dumps(blocks[key]))
+                    artifacts[key] = (path, tuple(blocks[key]["input_shape"]))
+                path = Path(tmp) / "overhead.json"
+                path.write_text(json.dumps(OVERHEAD_BLOCK))
+                artifacts[OVERHEAD] = (path, tuple(OVERHEAD_BLOCK["input_shape"]))
+                rounds = [
+                    time_artifacts(artifacts, self.backend, seed=p, **self.options) for p in range(self.processes)
+                ]
+                # A layer timed alone pays the backend's per-call cost (session.run, module call, output
+                # allocation) that a whole model pays once; the rest of the model keeps it once.
+                overhead = [r[OVERHEAD]["median"] for r in rounds]
+                out.update(
+                    {key: statistics.median(max(0.0, r[key]["median"] - o) for r, o in zip(rounds, overhead))
+                     for key in chunk}
+                )  # fmt: skip
+        return out
+
+
+OVERHEAD = "__overhead__"
+# the cheapest call a backend can make: a 1x1 conv on one value, timed beside the layers and subtracted
+OVERHEAD_BLOCK = {"kind": "conv", "c_in": 1, "c_out": 1, "kernel": [1, 1], "stride": [1, 1], "padding": [0, 0],
+                  "dilation": [1, 1], "groups": 1, "bias": False, "norm": False, "act": None,
+                  "input_shape": [1, 1, 1]}  # fmt: skip
+CHUNK_BYTES = 256 * 2**20  # weights held by one measuring process at a time (a 4096x4096 layer is 64 MiB)
+
+
+def _chunks(blocks: dict[str, dict]) -> list[list[str]]:
+    """Split the blocks so that one process never holds more than CHUNK_BYTES of weights."""
+    chunks: list[list[str]] = [[]]
+    held = 0
+    for key, b in blocks.items():
+        size = 4 * b["c_in"] // b["groups"] * b["c_out"] * math.prod(b.get("kernel", [1]))
+        if chunks[-1] and held + size > CHUNK_BYTES:
+            chunks.append([])
+            held = 0
+        chunks[-1].append(key)
+        held += size
+    return chunks
+
+
+def measure_latency(
+    model: Any,
+    input_shape: tuple[int, ...],
+    backend: str,
+    threads: int,
+    runs: int = 100,
+    warmup: int = 10,
+    processes: int = 3,
+    spin: bool = False,
+) -> float:
+    """A whole model's batch-1 latency (ms) on ``backend``: median over ``processes`` fresh processes' medians."""
+    from edgeprune.measure import latency_interleaved, prepare
+
+    with tempfile.TemporaryDirectory(prefix="edgeprune-lut-model-") as tmp:
+        prepared = prepare(model, tmp, (backend,), tuple(input_shape))
+        medians = [
+            latency_interleaved({"model": prepared}, backend, runs, warmup, 1, threads, seed=p, spin=spin)["model"][
+                "latency_ms"
+            ]["median"]
+            for p in range(processes)
+        ]
+    return statistics.median(medians)
+
+
+__all__ = ["LatencyTable", "LayerTable", "build_table", "grid_widths", "layer_blocks", "load_table", "measure_latency"]

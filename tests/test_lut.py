@@ -1,0 +1,238 @@
+"""Costs as one seam, latency tables and pruning to a measured latency (fake timers where timing would flake)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import edgeprune
+from edgeprune.cli import main
+from edgeprune.costs import NAMES, STATIC, get_cost, totals
+from edgeprune.errors import EdgepruneError
+from edgeprune.lut import LatencyTable, LayerTable, build_table, grid_widths, layer_blocks, load_table
+from edgeprune.measure import energy_estimate
+
+SHAPE = (3, 32, 32)
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return edgeprune.create("tiny")
+
+
+def fake_timer(blocks: dict[str, dict]) -> dict[str, float]:
+    """Latency proportional to the block's MACs plus a fixed per-call overhead: numbers a test can check."""
+    out = {}
+    for key, b in blocks.items():
+        positions = 1
+        if b["kind"] == "conv":
+            h, w = b["input_shape"][1:]
+            positions = (h // b["stride"][0]) * (w // b["stride"][1])
+        kernel = b["kernel"][0] * b["kernel"][1] if b["kind"] == "conv" else 1
+        out[key] = 0.01 + 1e-7 * (b["c_in"] // b["groups"]) * b["c_out"] * kernel * positions
+    return out
+
+
+def fake_table(model: nn.Module | None = None, parent_ms: float = 3.0, round_to: int = 8) -> LatencyTable:
+    return build_table(model or tiny(), SHAPE, round_to=round_to, timer=fake_timer, parent_ms=parent_ms, source="tiny")
+
+
+# -- costs ----------------------------------------------------------------------------------------
+
+
+def test_every_cost_has_a_name_unit_key_and_label():
+    assert NAMES == ("params", "flops", "memory", "energy", "latency")
+    keys = [c.key for c in STATIC.values()]
+    assert keys == ["params", "flops", "memory_bytes", "energy_uj"] and all(c.unit and c.label for c in STATIC.values())
+    with pytest.raises(EdgepruneError, match="needs a latency table"):
+        get_cost("latency")
+
+
+def test_energy_cost_is_the_bench_estimate_summed_per_layer():
+    prof = edgeprune.profile(tiny())
+    assert get_cost("energy").total(prof) == pytest.approx(energy_estimate(prof)["total_uj"], rel=1e-12)
+    assert totals(prof)["params"] == prof.total("params") and totals(prof)["memory_bytes"] == prof.total("memory")
+
+
+@pytest.mark.parametrize(
+    ("cost", "text", "current", "want"),
+    [("energy", "50uJ", 100.0, 50.0), ("energy", "0.02mJ", 100.0, 20.0), ("energy", "0.25", 100.0, 25.0),
+     ("memory", "1MiB", 10**8, 2**20), ("flops", "150M", 10**9, 150_000_000)],
+)  # fmt: skip
+def test_limits_parse_in_each_costs_units(cost, text, current, want):
+    assert get_cost(cost).parse(text, current) == pytest.approx(want)
+
+
+@pytest.mark.parametrize(
+    ("cost", "text", "match"),
+    [("energy", "5", "needs a unit"), ("energy", "5MB", "in bytes"), ("energy", "5ms", "unknown unit"),
+     ("energy", "500uJ", "not below"), ("flops", "4ms", "unknown unit")],
+)  # fmt: skip
+def test_bad_limits_are_one_line(cost, text, match):
+    with pytest.raises(EdgepruneError, match=match):
+        get_cost(cost).parse(text, 100.0)
+
+
+def test_an_energy_budget_is_met_and_combines_with_others():
+    result = edgeprune.prune(tiny(), budget={"energy": 0.5, "params": 0.6}, seed=1)
+    report = result.report()
+    for cost in ("energy", "params"):
+        b = report["budget"][cost]
+        assert b["met"] and b["after"] <= b["limit"]
+    assert report["after"]["energy_uj"] == pytest.approx(get_cost("energy").total(edgeprune.profile(result.model)))
+
+
+# -- tables ---------------------------------------------------------------------------------------
+
+
+def test_interpolation_against_hand_numbers():
+    t = LayerTable("conv", [8, 16], [8, 16, 32], [[1.0, 2.0, 4.0], [3.0, 4.0, 8.0]])
+    assert t.at(8, 8) == 1.0 and t.at(16, 32) == 8.0
+    assert t.at(12, 8) == pytest.approx(2.0)  # halfway in c_in
+    assert t.at(12, 12) == pytest.approx(2.5)  # bilinear: (1 + 2 + 3 + 4) / 4
+    assert t.at(16, 24) == pytest.approx(6.0)
+    assert t.at(4, 40) == 4.0  # clamped to the grid
+    dw = LayerTable("conv", [8, 16], [8, 16], [[0.5, 1.5]], depthwise=True)
+    assert dw.at(12, 12) == pytest.approx(1.0)
+
+
+def test_grid_is_multiples_of_round_to_dense_near_full_width():
+    for full in (8, 24, 64, 100, 512):
+        g = grid_widths(full, 8)
+        assert g[-1] == full and g == sorted(set(g)) and all(w % 8 == 0 for w in g[:-1])
+        if full > 24:
+            assert (full - 1) // 8 * 8 in g and (full - 1) // 8 * 8 - 8 in g  # the two steps below full
+    assert grid_widths(5, 8) == [5]
+
+
+def test_blocks_find_norms_and_activations_module_or_functional():
+    blocks = layer_blocks(tiny(), SHAPE)
+    assert [(b["norm"], b["act"]) for b in blocks.values()] == [(True, "relu")] * 3 + [(False, "relu"), (False, None)]
+    res = layer_blocks(edgeprune.create("resnet56", width=0.25), SHAPE)
+    assert res["layer1.0.conv1"]["act"] == "relu"  # torch.relu(bn1(conv1(x)))
+    assert res["layer1.0.conv2"]["act"] is None  # relu(bn2(conv2(out)) + shortcut): not its own
+
+
+def test_table_predicts_the_parent_exactly_and_round_trips(tmp_path):
+    model = tiny()
+    table = fake_table(model)
+    prof = edgeprune.profile(model)
+    assert table.predict(prof) == pytest.approx(3.0)
+    assert get_cost("latency", table).total(prof) == pytest.approx(3.0)
+    assert table.layers["features.4"].at(48, 96) == pytest.approx(0.01 + 1e-7 * 48 * 96 * 9 * 256)
+    fc = table.layers["fc"]
+    assert fc.c_in == grid_widths(192, 8) and fc.c_out == grid_widths(192, 8)
+    assert table.layers["head"].c_out == [10]  # the output layer keeps its width
+    assert table.layers["features.0"].c_in == [3]  # the model's input keeps its channels
+    table.save(tmp_path / "t.json")
+    again = load_table(tmp_path / "t.json")
+    assert again.predict(prof) == pytest.approx(table.predict(prof)) and again.layers == table.layers
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [(lambda d: d.update(kind="other"), "not an edgeprune latency table"),
+     (lambda d: d["layers"]["fc"].update(ms=[[1.0]]), "malformed"),
+     (lambda d: d["layers"]["fc"].update(c_in=[16, 8]), "malformed"),
+     (lambda d: d.update(parent_ms=-1), "malformed")],
+)  # fmt: skip
+def test_a_bad_table_file_is_one_line(tmp_path, edit, match):
+    data = fake_table().to_dict()
+    edit(data)
+    (tmp_path / "t.json").write_text(json.dumps(data))
+    with pytest.raises(EdgepruneError, match=match):
+        load_table(tmp_path / "t.json")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [("cpu", "Some Other CPU", "CPU 'Some Other CPU'"), ("backend_version", "0.1", "version '0.1'"),
+     ("threads", 4, "threads '4'")],
+)  # fmt: skip
+def test_a_table_from_another_machine_is_refused(field, value, match):
+    table = fake_table()
+    table.check_machine()  # this machine: fine
+    setattr(table, field, value)
+    with pytest.raises(EdgepruneError, match=match):
+        table.check_machine(threads=1)
+
+
+def test_a_table_for_another_model_is_refused():
+    table = fake_table()
+    with pytest.raises(EdgepruneError, match="made for another model"):
+        edgeprune.prune(edgeprune.create("tiny", width=0.5), budget={"latency": 0.5}, table=table, measure=lambda m: 0)
+
+
+# -- pruning to a latency -------------------------------------------------------------------------
+
+
+def test_latency_budget_plans_with_the_table_and_meets_it():
+    table = fake_table()
+    measured = []
+
+    def measure(model: nn.Module) -> float:  # the "device" agrees with the table exactly
+        ms = table.predict(edgeprune.profile(model))
+        measured.append(ms)
+        return ms
+
+    result = edgeprune.prune(tiny(), budget={"latency": 0.6}, table=table, measure=measure)
+    report = result.report()
+    lat = report["latency"]
+    assert lat["met"] and lat["measured_ms"] <= 1.8 and lat["predicted_ms"] == pytest.approx(lat["measured_ms"])
+    assert report["settings"]["round_to"] == 8  # the table's
+    widths = [layer["filters_after"] for layer in report["layers"]][:-1]
+    assert all(w % 8 == 0 for w in widths)
+    assert len(lat["attempts"]) == len(measured) >= 1
+
+
+def test_a_measured_miss_replans_against_a_lowered_limit():
+    table = fake_table()
+    calls = []
+
+    def slow_device(model: nn.Module) -> float:  # runs 15 % slower than the table says
+        ms = 1.15 * table.predict(edgeprune.profile(model))
+        calls.append(ms)
+        return ms
+
+    result = edgeprune.prune(tiny(), budget={"latency": "1.2ms"}, table=table, measure=slow_device, attempts=4)
+    lat = result.report()["latency"]
+    first, *rest = lat["attempts"]
+    assert first["measured_ms"] > 1.2 and rest, "the first cut misses and is re-planned"
+    assert rest[0]["planned_ms"] < first["planned_ms"]  # lowered by the miss
+    assert lat["met"] and lat["measured_ms"] <= 1.2
+
+
+def test_latency_combines_with_memory_in_one_budget():
+    table = fake_table()
+    result = edgeprune.prune(tiny(), budget={"latency": 0.8, "memory": 0.4}, table=table,
+                             measure=lambda m: table.predict(edgeprune.profile(m)))  # fmt: skip
+    report = result.report()
+    assert report["budget"]["memory"]["met"] and report["latency"]["met"]
+
+
+def test_a_miss_that_never_recovers_is_reported_and_the_cli_exits_1(tmp_path, monkeypatch, capsys):
+    table = fake_table()
+    table.save(tmp_path / "t.json")
+    monkeypatch.setattr("edgeprune.pruning._default_measure", lambda table, shape: lambda model: 99.0)
+    code = main(["prune", "tiny", "--target", "latency=0.5", "--lut", str(tmp_path / "t.json"), "--attempts", "2",
+                 "--out", str(tmp_path / "p")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "latency target missed after" in err and err.count("\n") == 1
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert report["latency"]["met"] is False and (tmp_path / "p" / "model.safetensors").is_file()
+
+
+def test_cli_refuses_a_mismatched_table_in_one_line(tmp_path, capsys):
+    data = fake_table().to_dict()
+    data["cpu"] = "Another CPU"
+    (tmp_path / "t.json").write_text(json.dumps(data))
+    code = main(["prune", "tiny", "--target", "latency=0.5", "--lut", str(tmp_path / "t.json"),
+                 "--out", str(tmp_path / "p")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "made for CPU 'Another CPU'" in err and err.count("\n") == 1
+    assert not (tmp_path / "p").exists()
+    code = main(["prune", "tiny", "--target", "latency=0.5", "--out", str(tmp_path / "p")])
+    assert code == 2 and "needs a latency table" in capsys.readouterr().err
