@@ -7,7 +7,8 @@ connected 4096 -> 4096 -> 4096 -> num_classes with dropout: two wide hidden laye
 original, holding most of the parameters.
 
 Totals at 10 classes, batch 1 (SPEC conventions): 35,856,330 parameters (2.25M in conv),
-200.5M FLOPs (MACs), 144.15 MB of weights plus output maps.
+200.5M FLOPs (MACs), 144.15 MB of weights plus output maps. At 100 classes (CIFAR-100) and ``width``
+0.5: 9,161,796 parameters, 50.8M FLOPs, 37.01 MB; at 0.25: 2,343,252 parameters, 13.0M FLOPs, 9.55 MB.
 """
 
 from __future__ import annotations

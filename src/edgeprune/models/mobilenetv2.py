@@ -8,7 +8,8 @@ with BatchNorm after every conv and ReLU6 after the first two; a block with stri
 widths adds its input. An expansion conv and the depthwise conv after it are pruned together.
 
 Totals at 10 classes, batch 1 (SPEC conventions): 2,236,682 parameters, 88.0M FLOPs (MACs),
-15.51 MB of weights plus output maps.
+15.51 MB of weights plus output maps. At ``width`` 0.5: 587,178 parameters, 23.7M FLOPs, 5.63 MB; at
+0.25: 160,802 parameters, 6.8M FLOPs, 2.28 MB.
 """
 
 from __future__ import annotations

@@ -3,11 +3,14 @@
 ResNet-50: 3x3 stem conv 64 with no max-pool, then bottleneck stages [3, 4, 6, 3] of widths
 64/128/256/512 (expansion 4, stride 2 on the 3x3 conv of the first block of stages 2-4),
 1x1 conv + BatchNorm projection shortcuts where shapes change, global average pool, fc.
-Totals at 10 classes, batch 1: 23,520,842 parameters, 1,297.8M FLOPs (MACs), 107.81 MB.
+Totals at 10 classes, batch 1: 23,520,842 parameters, 1,297.8M FLOPs (MACs), 107.81 MB; at 100 classes
+(CIFAR-100) and ``width`` 0.5: 5,991,300 parameters, 325.0M FLOPs, 30.83 MB; at 0.25: 1,530,356
+parameters, 81.5M FLOPs, 9.55 MB.
 
 ResNet-56: 3x3 stem conv 16, three stages of nine basic blocks (16/32/64 channels, stride 2
 at stages 2-3), projection shortcuts (1x1 conv + BatchNorm, "option B") where shapes change,
-global average pool, fc. Totals at 10 classes, batch 1: 855,770 parameters, 125.7M FLOPs (MACs), 5.60 MB.
+global average pool, fc. Totals at 10 classes, batch 1: 855,770 parameters, 125.7M FLOPs (MACs), 5.60 MB;
+at ``width`` 0.5: 215,282 parameters, 31.5M FLOPs, 1.95 MB; at 0.25: 54,494 parameters, 7.9M FLOPs, 0.76 MB.
 
 Channels tied to a residual addition are left alone by default when pruning; the inner
 channels of every block (and the stem-independent ones) are prunable.
