@@ -146,6 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit-train", type=int, help="use only this many training images (--quick: 256)")
     p.add_argument("--limit-test", type=int, help="use only this many test images (--quick: 256)")
     p.add_argument("--seed", type=int, default=0, help="model initialisation and pruning seed (default 0)")
+    p.add_argument("--prune-residual", action="store_true",
+                   help="latency mode and the matched FA network may also prune channels tied to residual adds "
+                   "(ResNet-56 cannot reach half its latency without)")  # fmt: skip
     p.add_argument("--work", help="tables, networks, trained models (default runs/latency-budget)")
     p.add_argument("--results", help="folder for latency_budget.md/.json/.png (default docs/results)")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny CNN, onnxruntime, a tiny grid")
@@ -268,7 +271,8 @@ def latency_mode(
         return json.loads(record.read_text())
     t0 = time.perf_counter()
     try:
-        result = edgeprune.prune(parent, budget={"latency": fraction}, table=table, seed=args.seed, input_shape=SHAPE)
+        result = edgeprune.prune(parent, budget={"latency": fraction}, table=table, seed=args.seed, input_shape=SHAPE,
+                                 prune_residual=args.prune_residual)  # fmt: skip
     except EdgepruneError as e:  # an unreachable target is a result too
         write_json(record, {"fraction": fraction, "error": str(e)})
         return json.loads(record.read_text())
@@ -300,9 +304,10 @@ def latency_record(fraction: float, lat: dict, counts: dict, seconds: float) -> 
 # -- 4. the FA network at equal measured latency --------------------------------------------------
 
 
-def fa_network(parent: nn.Module, fraction: float, round_to: int, seed: int) -> nn.Module:
+def fa_network(parent: nn.Module, fraction: float, round_to: int, seed: int, prune_residual: bool = False) -> nn.Module:
     """FA (flops mode) at ``fraction`` of the parent's FLOPs."""
-    return edgeprune.prune(parent, "flops", fraction, round_to=round_to, seed=seed, input_shape=SHAPE).model
+    return edgeprune.prune(parent, "flops", fraction, round_to=round_to, seed=seed, input_shape=SHAPE,
+                           prune_residual=prune_residual).model  # fmt: skip
 
 
 def measure(model: nn.Module, table: LatencyTable) -> float:
@@ -326,7 +331,7 @@ def match_fa(folder: Path, parent: nn.Module, table: LatencyTable, goal: dict, a
     t0 = time.perf_counter()
     probes = bisect_fa(parent, table, goal["measured_ms"], goal["flops"] / totals(parent)["flops"], args)
     best = pick_probe(probes, goal["measured_ms"], args.match_tolerance)
-    model = fa_network(parent, best["fraction"], table.round_to, args.seed)
+    model = fa_network(parent, best["fraction"], table.round_to, args.seed, args.prune_residual)
     edgeprune.save(model, out)
     result = {**best, "goal_ms": goal["measured_ms"], "probes": probes, "seconds": time.perf_counter() - t0}
     write_json(record, result)
@@ -339,7 +344,7 @@ def bisect_fa(parent: nn.Module, table: LatencyTable, goal_ms: float, start: flo
     seen: dict[tuple[int, ...], float] = {}  # nearby fractions often give the same widths: measure those once
     for _ in range(args.match_steps):
         try:
-            model = fa_network(parent, fraction, table.round_to, args.seed)
+            model = fa_network(parent, fraction, table.round_to, args.seed, args.prune_residual)
         except EdgepruneError:  # below the smallest reachable FLOPs: only wider networks are left
             lo, fraction = fraction, (fraction + hi) / 2
             continue

@@ -236,3 +236,29 @@ def test_cli_refuses_a_mismatched_table_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "p").exists()
     code = main(["prune", "tiny", "--target", "latency=0.5", "--out", str(tmp_path / "p")])
     assert code == 2 and "needs a latency table" in capsys.readouterr().err
+
+
+def test_a_table_off_by_a_factor_and_an_offset_is_corrected_in_a_few_cuts():
+    table = fake_table()
+
+    full = table.parent_ms - table.rest()  # the parent's layers, by the table
+
+    def device(model: nn.Module) -> float:  # what pruning saves is 30 % more than the table says
+        layers = table.predict(edgeprune.profile(model)) - table.rest()
+        return table.parent_ms - (full - layers) * 1.3
+
+    result = edgeprune.prune(tiny(), budget={"latency": "1.5ms"}, table=table, measure=device, attempts=4)
+    lat = result.report()["latency"]
+    first, *_ = lat["attempts"]
+    assert first["measured_ms"] < 0.7 * 1.5  # planned with the table alone, it lands far under
+    assert lat["met"] and 0.85 * 1.5 <= lat["measured_ms"] <= 1.5  # within a step of tiny's coarse widths
+    assert len({a["predicted_ms"] for a in lat["attempts"]}) == len(lat["attempts"])  # no width measured twice
+
+
+def test_layers_that_add_up_to_more_than_the_model_are_scaled_down_to_it():
+    table = fake_table(parent_ms=1.0)  # the layers sum to about 2.3 ms: each paid overhead the model pays once
+    prof = edgeprune.profile(tiny())
+    assert table.rest_ms < 0 and table.rest() == 0 and table.scale == pytest.approx(1.0 / (1.0 - table.rest_ms))
+    assert table.predict(prof) == pytest.approx(1.0)
+    half = edgeprune.prune(tiny(), "flops", 0.5).model
+    assert 0 < table.predict(edgeprune.profile(half)) < 1.0

@@ -631,7 +631,9 @@ def cmd_lut(args: argparse.Namespace) -> None:
     print(
         f"{args.model} on {table.backend} {table.backend_version}, {table.threads} thread(s), {table.cpu}: "
         f"{len(table.layers)} layers, {table.settings['points']} widths measured in {table.build_seconds:.0f} s; "
-        f"parent {table.parent_ms:.3f} ms, of which {table.rest_ms:+.3f} ms outside the layers' table values\n"
+        f"parent {table.parent_ms:.3f} ms, layers alone {table.parent_ms - table.rest_ms:.3f} ms"
+        + (f" (scaled by {table.scale:.2f} to the model)" if table.scale < 1 else f", rest {table.rest():.3f} ms")
+        + "\n"
         f"wrote {out}"
     )
 

@@ -37,8 +37,11 @@ _BYTE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB
 class LayerTimes(Protocol):
     """What the latency cost needs of a latency table (``edgeprune.lut.LatencyTable``)."""
 
-    rest_ms: float
     parent_ms: float
+
+    def rest(self) -> float:
+        """The model's latency outside its layers' table values."""
+        ...
 
     def layer_ms(self, layer: LayerShape) -> float:
         """One layer's latency at its current widths."""
@@ -216,7 +219,7 @@ class Latency(Cost):
 
     def extra(self, prof: Profile) -> float:
         """Everything the table does not time one layer at a time (input, pooling, adds, overhead)."""
-        return self.table.rest_ms
+        return self.table.rest()
 
     def human(self, value: float) -> str:
         """Milliseconds with three decimals."""

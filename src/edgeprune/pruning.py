@@ -511,17 +511,18 @@ def _fit_latency(model: nn.Module, plan: PrunePlan, pruned: nn.Module, limits: d
                  keep: Sequence[str]) -> tuple[PrunePlan, nn.Module]:  # fmt: skip
     """Measure the cut model; re-plan against a limit moved by the miss (SPEC) until it lands at or just under.
 
-    A miss lowers the planning limit by the ratio measured / limit; a landing more than 5 % under raises it
-    the same way, so the network keeps what the budget allows; once one planning limit met and another
-    missed, the next is halfway between them. The best attempt that meets the limit wins (the last one when
-    none does, reported as missed).
+    Each measured cut is a point (planning limit, measured latency), and so is the parent (its predicted and
+    measured latency). The next planning limit is where a straight line through the two nearest points
+    bracketing the goal (2.5 % under the limit) meets it, or extrapolates to it (a secant step): a table that
+    is off by a factor or an offset is corrected in one or two cuts. The best attempt that meets the limit
+    wins (the last one when none does, reported as missed).
     """
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise EdgepruneError(f"attempts must be a positive integer, got {attempts!r}")
     limit = limits["latency"]
     parent = get_cost("latency", plan.table).total(plan.before)
+    points = [(parent, float(getattr(plan.table, "parent_ms", parent)))]  # (planning limit, measured)
     planned, log, best, last = limit, [], None, None
-    bracket: dict[bool, list[float]] = {True: [], False: []}  # planning limits whose cut met / missed
     for i in range(attempts):
         if i:
             try:
@@ -533,6 +534,8 @@ def _fit_latency(model: nn.Module, plan: PrunePlan, pruned: nn.Module, limits: d
             _, graph = analyse(pruned, example, prune_residual, keep)
             apply_plan(pruned, plan, example, graph)
         predicted = get_cost("latency", plan.table).total(plan.after)
+        if any(entry.get("predicted_ms") == predicted for entry in log):
+            break  # the same widths again: widths move in steps, and this one was measured already
         measured = float(measure(pruned))
         log.append({"planned_ms": planned, "predicted_ms": predicted, "measured_ms": measured})
         last = (plan, pruned, predicted, measured)
@@ -540,12 +543,8 @@ def _fit_latency(model: nn.Module, plan: PrunePlan, pruned: nn.Module, limits: d
             best = last
         if limit * (1 - LATENCY_TOLERANCE) <= measured <= limit:
             break
-        bracket[measured <= limit].append(planned)
-        met, missed = max(bracket[True], default=None), min(bracket[False], default=None)
-        if met is not None and missed is not None:  # widths move in steps and measurements are noisy: bisect
-            planned = (met + missed) / 2
-        else:
-            planned = min(planned * limit / measured, parent * 0.999)
+        points.append((planned, measured))
+        planned = _next_limit(points, limit * (1 - LATENCY_TOLERANCE / 2), parent * 0.999)
     plan, pruned, predicted, measured = best or last  # type: ignore[misc]
     plan.latency = {
         "limit_ms": limit,
@@ -556,6 +555,21 @@ def _fit_latency(model: nn.Module, plan: PrunePlan, pruned: nn.Module, limits: d
         "attempts": log,
     }
     return plan, pruned
+
+
+def _next_limit(points: list[tuple[float, float]], goal: float, ceiling: float) -> float:
+    """The planning limit at which a line through the nearest measured points reaches ``goal`` (a secant step)."""
+    below = [p for p in points if p[1] <= goal]
+    above = [p for p in points if p[1] > goal]
+    if below and above:
+        lo, hi = max(below, key=lambda p: p[1]), min(above, key=lambda p: p[1])
+    else:  # every cut on one side: extrapolate through the two nearest
+        lo, hi = sorted(points, key=lambda p: abs(p[1] - goal))[:2]
+    if (hi[0] - lo[0]) * (hi[1] - lo[1]) <= 0:  # no usable slope (noise): move by the ratio of the miss
+        planned, measured = points[-1]
+        return min(planned * goal / measured, ceiling)
+    planned = lo[0] + (goal - lo[1]) * (hi[0] - lo[0]) / (hi[1] - lo[1])
+    return min(max(planned, 1e-9), ceiling)
 
 
 def _default_measure(table: Any, input_shape: tuple[int, ...]) -> Measure:
