@@ -105,3 +105,14 @@ def test_sweep_with_training(tmp_path):
     for row in result["rows"]:
         assert 0.0 <= row["accuracy"] <= 1.0 and row["train_seconds"] > 0
     assert (tmp_path / "tradeoffs_onnxruntime.png").is_file()
+
+
+def test_every_point_also_meets_the_extra_limits_on_rounded_widths(tmp_path, capsys):
+    code = main(["sweep", "tiny", "--modes", "flops", "--targets", "0.7", "--also", "params=0.3", "--round-to", "8",
+                 "--backends", "onnxruntime", "--runs", "2", "--warmup", "0", "--out", str(tmp_path / "s")])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "s" / "results.json").read_text())["rows"]
+    point = next(r for r in rows if r["mode"] == "flops")
+    assert point["params_pct"] <= 30.0 and point["flops_pct"] <= 70.0  # both limits, params the binding one
+    with pytest.raises(EdgepruneError, match="a sweep prunes to proxy costs"):
+        sweep("tiny", tmp_path / "x", also={"latency": "1ms"}, log=None)

@@ -683,6 +683,16 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for results.csv, results.json and the plots")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing its files")
     p.add_argument("--device", default="auto", metavar="NAME", help=_DEVICE_HELP)
+    p.add_argument("--also", action="append", default=[], metavar="COST=VALUE",
+                   help="a limit every pruned point also meets, in prune's --target form (repeatable): e.g. "
+                   "--also memory=4MB sweeps FLOPs targets among networks that fit 4 MB")  # fmt: skip
+    p.add_argument(
+        "--round-to",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="every pruned width a multiple of N (default 1: the paper's widths)",
+    )
     p.add_argument("--int8", action="store_true",
                    help="also quantize every point to int8 (as export --int8, calibrated on --data), one more row "
                    "(mode 'MODE int8'): size, onnxruntime latency, energy and accuracy beside fp32")  # fmt: skip
@@ -710,6 +720,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         ref, out, args.modes, args.targets, args.seeds, args.backends, args.runs, args.warmup, args.threads,
         args.step, args.epochs, data, args.y, spin=not args.no_spin, limit_train=args.limit_train,
         limit_test=args.limit_test, ray=ray, device=str(resolve_device(args.device)), int8=args.int8,
+        also=prune_budget(None, args.also) if args.also else None, round_to=args.round_to,
     )  # fmt: skip
 
 

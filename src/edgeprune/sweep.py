@@ -27,7 +27,7 @@ import io
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -170,6 +170,8 @@ class SweepContext:
     device: str = "cpu"  # where training runs (edgeprune.train.resolve_device)
     int8: bool = False  # also quantize each point to int8 (onnxruntime QDQ), calibrated on the data set
     resume: bool = False  # a point Ray retries continues its training from the checkpoint
+    also: dict = field(default_factory=dict)  # limits every point meets besides its mode's target (cost -> limit)
+    round_to: int = 1  # every pruned width a multiple of this
 
 
 def _train_point(ctx: SweepContext, model: torch.nn.Module, seed: int, tag: str) -> tuple[float, float]:
@@ -193,7 +195,9 @@ def _point(
         # Train a copy of the unpruned model: the pruned ones are cut from the untrained base.
         candidate = copy.deepcopy(base) if ctx.dataset is not None else base
     else:
-        candidate = prune(base, mode, target, step=ctx.step, seed=seed, input_shape=ctx.input_shape).model
+        budget = {mode: target, **{k: v for k, v in ctx.also.items() if k != mode}}
+        candidate = prune(base, budget=budget, step=ctx.step, seed=seed, input_shape=ctx.input_shape,
+                          round_to=ctx.round_to).model  # fmt: skip
     prune_s = time.perf_counter() - t0
     acc = train_s = None
     if ctx.dataset is not None:
@@ -324,12 +328,21 @@ def sweep(
     ray: RayOptions | None = None,
     device: str = "cpu",
     int8: bool = False,
+    also: dict[str, str | float] | None = None,
+    round_to: int = 1,
 ) -> dict:
     """Prune ``model`` in every mode to every target (and seed), bench each, write results and plots.
 
     With ``ray``, each point (prune, train if asked, bench) is a Ray task (see :mod:`edgeprune.cluster`) and
-    ``threads`` defaults to the CPUs of a run; the final interleaved latency pass still runs here.
+    ``threads`` defaults to the CPUs of a run; the final interleaved latency pass still runs here. ``also``
+    holds limits every pruned point meets besides its mode's target (``{"memory": "4MB"}``: the same budget
+    form as ``prune``), ``round_to`` the multiple every pruned width keeps.
     """
+    also = dict(also or {})
+    for cost in also:
+        check_cost(cost)
+        if cost == "latency":
+            raise EdgepruneError("a sweep prunes to proxy costs; for a latency target use 'edgeprune prune --lut'")
     _check_args(modes, targets, seeds, epochs, data)
     backends = list(check_backends(tuple(backends)))
     y = y or ("accuracy" if data else "params")
@@ -366,7 +379,7 @@ def sweep(
         ctx = SweepContext(
             model, Path(model.ref).name if is_folder_ref(model) else model.ref,
             tuple(input_shape or checked.input_shape), backends, runs, warmup, threads, spin, step, Path(tmp_name),
-            dataset, epochs, device=device, int8=int8,
+            dataset, epochs, device=device, int8=int8, also=also, round_to=round_to,
         )  # fmt: skip
         if ray is not None:
             from edgeprune.cluster import portable_ref
