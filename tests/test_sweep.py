@@ -108,8 +108,8 @@ def test_sweep_with_training(tmp_path):
 
 
 def test_every_point_also_meets_the_extra_limits_on_rounded_widths(tmp_path, capsys):
-    code = main(["sweep", "tiny", "--modes", "flops", "--targets", "0.7", "--also", "params=0.3", "--round-to", "8",
-                 "--backends", "onnxruntime", "--runs", "2", "--warmup", "0", "--out", str(tmp_path / "s")])  # fmt: skip
+    argv = ["sweep", "tiny", "--modes", "flops", "--targets", "0.7", "--also", "params=0.3", "--round-to", "8"]
+    code = main([*argv, "--backends", "onnxruntime", "--runs", "2", "--warmup", "0", "--out", str(tmp_path / "s")])
     assert code == 0, capsys.readouterr().err
     rows = json.loads((tmp_path / "s" / "results.json").read_text())["rows"]
     point = next(r for r in rows if r["mode"] == "flops")
