@@ -161,3 +161,11 @@ def test_backends_module_imports_neither_torch_nor_edgeprune():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_blocked_order_times_each_artifact_back_to_back(specs):
+    artifacts = {name: (path, tuple(read_layer_spec(path)["input_shape"])) for name, path in specs.items()}
+    stats = time_artifacts(artifacts, "onnxruntime", runs=4, warmup=1, order="blocked")
+    assert set(stats) == set(artifacts) and all(s["n"] == 4 and s["min"] > 0 for s in stats.values())
+    with pytest.raises(EdgepruneError, match="unknown timing order 'random'"):
+        time_artifacts(artifacts, "onnxruntime", runs=1, order="random")

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 BACKENDS = ("torch", "onnxruntime")
+ORDERS = ("round_robin", "blocked")  # how several artifacts of one measuring process are timed
 MB = 1e6
 CPU_WINDOW_S = 0.5  # CPU utilisation (and RAPL energy) is measured over at least this much wall time
 INPUT_POOL_BYTES = 256e6  # all of a job's distinct random inputs together
@@ -391,12 +392,17 @@ def time_artifacts(
     seed: int = 0,
     spin: bool = False,
     device: str = "cpu",
+    order: str = "round_robin",
 ) -> dict[str, dict]:
-    """Latency (ms: median, p90, mean, min, max, n) of each artifact, all timed round-robin in one fresh process.
+    """Latency (ms: median, p90, mean, min, max, n) of each artifact, all timed in one fresh process.
 
     ``artifacts``: name -> (file, input shape without the batch dimension); each takes its own shape.
-    Files: what ``LOADS[backend]`` lists, layer block specs (.json) on either backend.
+    Files: what ``LOADS[backend]`` lists, layer block specs (.json) on either backend. ``order``:
+    ``round_robin`` (every artifact sees the same conditions, caches cold between runs) or ``blocked``
+    (each artifact's runs back to back, caches warm as in a model run again and again).
     """
+    if order not in ORDERS:
+        raise _error(f"unknown timing order '{order}'; choose from: {', '.join(ORDERS)}")
     (backend,) = check_backends(backend)
     check_counts(threads=threads, runs=runs, warmup=warmup)
     if not artifacts:
@@ -406,7 +412,7 @@ def time_artifacts(
         from edgeprune.train import resolve_device
 
         device = str(resolve_device(device))
-    result = run_measurement(checked, backend, True, runs, warmup, 1, threads, seed, spin, device)
+    result = run_measurement(checked, backend, True, runs, warmup, 1, threads, seed, spin, device, order)
     return {name: r["latency_ms"] for name, r in result.items()}
 
 
@@ -435,6 +441,7 @@ def run_measurement(
     seed: int = 0,
     spin: bool = True,
     device: str = "cpu",
+    order: str = "round_robin",
 ) -> dict:
     """One fresh measuring process over ``artifacts`` (name -> (file, input shape)): its JSON result per name.
 
@@ -452,6 +459,7 @@ def run_measurement(
         "seed": seed,
         "spin": spin,
         "device": device,
+        "order": order,
         "sys_path": [p for p in sys.path if p],  # the worker imports a py: builder's module from the same places
     }
     return _run_worker(job, threads)
@@ -647,7 +655,8 @@ def _worker_main(job_file: str) -> None:
         for i in range(job["warmup"]):
             run(inputs[name][i % len(inputs[name])])
     if job["interleaved"]:
-        times = _time_interleaved(runners, inputs, job["runs"])
+        blocked = job.get("order") == "blocked"
+        times = (_time_blocked if blocked else _time_interleaved)(runners, inputs, job["runs"])
         results = {n: {"latency_ms": latency_stats(t), "threads": job["threads"], **runtime} for n, t in times.items()}
     else:
         ((name, run),) = runners.items()
@@ -665,6 +674,19 @@ def _time_interleaved(runners: dict[str, Runner], inputs: dict[str, list], runs:
             x = inputs[name][r % len(inputs[name])]
             t0 = time.perf_counter()
             runners[name](x)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def _time_blocked(runners: dict[str, Runner], inputs: dict[str, list], runs: int) -> dict[str, list[float]]:
+    """Per-run seconds of each model, its runs back to back (warm caches, as a model served in a loop)."""
+    times: dict[str, list[float]] = {}
+    for name, run in runners.items():
+        times[name] = []
+        for r in range(runs):
+            x = inputs[name][r % len(inputs[name])]
+            t0 = time.perf_counter()
+            run(x)
             times[name].append(time.perf_counter() - t0)
     return times
 

@@ -607,6 +607,9 @@ def add_lut(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=_positive_int, default=20, help="timed rounds per grid point (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
     p.add_argument("--processes", type=_positive_int, default=3, help="fresh processes; medians over them (default 3)")
+    p.add_argument("--order", default="round_robin", choices=("round_robin", "blocked"),
+                   help="grid points of a layer timed round-robin (default: equal conditions, cold caches) or each "
+                   "back to back (warm caches)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="TABLE.json", help="where to write the table")
     p.add_argument("--force", action="store_true", help="replace an existing table")
     p.add_argument("--quiet", action="store_true", help="no per-layer progress lines")
@@ -625,7 +628,7 @@ def cmd_lut(args: argparse.Namespace) -> None:
     progress = None if args.quiet else (lambda line: print("  " + line, flush=True))
     table = build_table(
         resolved.model, tuple(resolved.input_shape), args.backend, args.threads, args.round_to, args.near,
-        args.ratio, args.runs, args.warmup, args.processes, source=args.model, progress=progress,
+        args.ratio, args.runs, args.warmup, args.processes, source=args.model, progress=progress, order=args.order,
     )  # fmt: skip
     table.save(out)
     print(

@@ -395,6 +395,7 @@ def build_table(
     timer: Timer | None = None,
     parent_ms: float | None = None,
     progress: Callable[[str], None] | None = None,
+    order: str = "round_robin",
 ) -> LatencyTable:
     """Measure every conv/linear layer of ``model`` at a grid of widths on ``backend``; the latency table.
 
@@ -416,7 +417,7 @@ def build_table(
     blocks = layer_blocks(model, input_shape)
     ins, outs = _varying(prof)
     grid = {"near": near, "ratio": ratio}
-    timer = timer or _ProcessTimer(backend, threads, runs, warmup, processes, spin)
+    timer = timer or _ProcessTimer(backend, threads, runs, warmup, processes, spin, order)
     layers = _measure_layers(prof, blocks, timer, ins, outs, round_to, grid, progress)
     if parent_ms is None:
         # measured as prune measures a cut model, so that "latency=0.5" is half of what that measurement says
@@ -428,7 +429,7 @@ def build_table(
         backend_version=env["backend_version"], threads=threads, cpu=env["cpu"], round_to=round_to,
         parent_ms=parent_ms, rest_ms=parent_ms - full, layers=layers,
         settings={"grid": {"round_to": round_to, **grid}, "runs": runs, "warmup": warmup, "processes": processes,
-                  "spin": spin, "points": sum(len(t.c_out) * (1 if t.depthwise else len(t.c_in))
+                  "spin": spin, "order": order, "points": sum(len(t.c_out) * (1 if t.depthwise else len(t.c_in))
                                                 for t in layers.values())},
         build_seconds=time.perf_counter() - started,
         created=datetime.datetime.now().isoformat(timespec="seconds"),
@@ -464,8 +465,9 @@ def _measure_layers(prof: Profile, blocks: dict[str, dict], timer: Timer, ins: s
 class _ProcessTimer:
     """Time block specs in fresh processes (edgeprune.backends.time_artifacts): median over processes."""
 
-    def __init__(self, backend: str, threads: int, runs: int, warmup: int, processes: int, spin: bool):
-        self.options = {"threads": threads, "runs": runs, "warmup": warmup, "spin": spin}
+    def __init__(self, backend: str, threads: int, runs: int, warmup: int, processes: int, spin: bool,
+                 order: str = "round_robin"):  # fmt: skip
+        self.options = {"threads": threads, "runs": runs, "warmup": warmup, "spin": spin, "order": order}
         self.backend, self.processes = backend, processes
 
     def __call__(self, blocks: dict[str, dict]) -> dict[str, float]:
