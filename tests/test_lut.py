@@ -216,7 +216,7 @@ def test_latency_combines_with_memory_in_one_budget():
 def test_a_miss_that_never_recovers_is_reported_and_the_cli_exits_1(tmp_path, monkeypatch, capsys):
     table = fake_table()
     table.save(tmp_path / "t.json")
-    monkeypatch.setattr("edgeprune.pruning._default_measure", lambda table, shape: lambda model: 99.0)
+    monkeypatch.setattr("edgeprune.pruning._default_measure", lambda *args: lambda model: 99.0)
     code = main(["prune", "tiny", "--target", "latency=0.5", "--lut", str(tmp_path / "t.json"), "--attempts", "2",
                  "--out", str(tmp_path / "p")])  # fmt: skip
     err = capsys.readouterr().err

@@ -544,4 +544,43 @@ def measure_latency(
     return statistics.median(medians)
 
 
-__all__ = ["LatencyTable", "LayerTable", "build_table", "grid_widths", "layer_blocks", "load_table", "measure_latency"]
+def measure_relative(
+    model: Any,
+    parent: Any,
+    input_shape: tuple[int, ...],
+    backend: str,
+    threads: int,
+    parent_ms: float,
+    runs: int = 100,
+    warmup: int = 10,
+    processes: int = 3,
+    spin: bool = False,
+) -> float:
+    """``model``'s latency as ``parent_ms`` x its ratio to ``parent``, both timed interleaved in each fresh process.
+
+    On a shared machine absolute latency drifts by tens of % within an hour (docs/results/lut_timing_order.md);
+    the ratio of two models timed side by side does not, so a cut is judged against the parent under the same
+    conditions, in the units of the table it was planned with.
+    """
+    from edgeprune.measure import latency_interleaved, prepare
+
+    with tempfile.TemporaryDirectory(prefix="edgeprune-lut-pair-") as tmp:
+        ready = {name: prepare(m, Path(tmp) / name, (backend,), tuple(input_shape))
+                 for name, m in (("parent", parent), ("model", model))}  # fmt: skip
+        ratios = []
+        for p in range(processes):
+            got = latency_interleaved(ready, backend, runs, warmup, 1, threads, seed=p, spin=spin)
+            ratios.append(got["model"]["latency_ms"]["median"] / got["parent"]["latency_ms"]["median"])
+    return parent_ms * statistics.median(ratios)
+
+
+__all__ = [
+    "LatencyTable",
+    "LayerTable",
+    "build_table",
+    "grid_widths",
+    "layer_blocks",
+    "load_table",
+    "measure_latency",
+    "measure_relative",
+]

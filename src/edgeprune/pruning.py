@@ -493,7 +493,7 @@ def prune(
     plan = plan_for(absolute)
     apply_plan(pruned, plan, example, graph)
     if "latency" in absolute:
-        measure = measure or _default_measure(table, tuple(example.shape[1:]))
+        measure = measure or _default_measure(table, tuple(example.shape[1:]), model)
         plan, pruned = _fit_latency(model, plan, pruned, absolute, plan_for, measure, attempts, example,
                                     prune_residual, keep)  # fmt: skip
     plan.settings["prune_residual"] = prune_residual
@@ -572,15 +572,16 @@ def _next_limit(points: list[tuple[float, float]], goal: float, ceiling: float) 
     return min(max(planned, 1e-9), ceiling)
 
 
-def _default_measure(table: Any, input_shape: tuple[int, ...]) -> Measure:
-    """Measure on the table's backend and thread count, as the table was made."""
-    from edgeprune.lut import measure_latency
+def _default_measure(table: Any, input_shape: tuple[int, ...], parent: nn.Module) -> Measure:
+    """Measure on the table's backend and threads: a cut's latency relative to the parent timed beside it, in
+    the table's milliseconds (``edgeprune.lut.measure_relative``: robust to the machine's drift)."""
+    from edgeprune.lut import measure_relative
 
     settings = getattr(table, "settings", {}) or {}
 
     def measure(model: nn.Module) -> float:
-        return measure_latency(model, input_shape, table.backend, table.threads,
-                               processes=settings.get("processes", 3), spin=settings.get("spin", False))  # fmt: skip
+        return measure_relative(model, parent, input_shape, table.backend, table.threads, table.parent_ms,
+                                processes=settings.get("processes", 3), spin=settings.get("spin", False))  # fmt: skip
 
     return measure
 
