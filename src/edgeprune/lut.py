@@ -39,7 +39,7 @@ KIND = "edgeprune latency table"
 ACTIVATIONS = {"relu": "relu", "relu_": "relu", "relu6": "relu6", "silu": "silu", "hardswish": "hardswish",
                "sigmoid": "sigmoid", "gelu": "gelu", "leaky_relu": "leaky_relu", "hardtanh": "relu6"}  # fmt: skip
 # Measured (docs/results/latency_budget.md): FA at 50 % FLOPs realises 0.90 of its FLOPs cut on onnxruntime for
-# MobileNetV2 at round_to 8, 0.92 at 16, 0.96 at 32 (0.41 at 1); 16 keeps latency targets finely reachable
+# MobileNetV2 at round_to 8 0.90-0.93, at 16 0.92-0.94, at 32 0.96-0.98 (0.41-0.45 at 1); 16 keeps targets finer
 DEFAULT_ROUND_TO = 16
 
 
