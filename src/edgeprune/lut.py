@@ -309,11 +309,8 @@ def layer_blocks(model: Any, input_shape: tuple[int, ...]) -> dict[str, dict]:
 def _activation(name: str, args: tuple, kwargs: dict) -> str | None:
     """The activation's spec name; hardtanh is one only as relu6 (bounds 0 and 6)."""
     if name == "hardtanh":
-        bounds = (args[1:3] + (None, None))[:2]
-        low, high = (
-            kwargs.get("min_val", bounds[0] if bounds[0] is not None else -1.0),
-            kwargs.get("max_val", bounds[1] if bounds[1] is not None else 1.0),
-        )
+        low = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
+        high = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
         return "relu6" if (low, high) == (0.0, 6.0) else None
     return ACTIVATIONS[name]
 
@@ -520,6 +517,18 @@ def _chunks(blocks: dict[str, dict]) -> list[list[str]]:
     return chunks
 
 
+def _medians(models: dict[str, Any], input_shape: tuple[int, ...], backend: str, threads: int, runs: int,
+             warmup: int, processes: int, spin: bool) -> list[dict[str, float]]:  # fmt: skip
+    """Per fresh process, each model's median latency (ms), the models timed interleaved in that process."""
+    from edgeprune.measure import latency_interleaved, prepare
+
+    with tempfile.TemporaryDirectory(prefix="edgeprune-lut-models-") as tmp:
+        ready = {name: prepare(m, Path(tmp) / name, (backend,), tuple(input_shape)) for name, m in models.items()}
+        rounds = [latency_interleaved(ready, backend, runs, warmup, 1, threads, seed=p, spin=spin)
+                  for p in range(processes)]  # fmt: skip
+    return [{name: r[name]["latency_ms"]["median"] for name in models} for r in rounds]
+
+
 def measure_latency(
     model: Any,
     input_shape: tuple[int, ...],
@@ -531,17 +540,8 @@ def measure_latency(
     spin: bool = False,
 ) -> float:
     """A whole model's batch-1 latency (ms) on ``backend``: median over ``processes`` fresh processes' medians."""
-    from edgeprune.measure import latency_interleaved, prepare
-
-    with tempfile.TemporaryDirectory(prefix="edgeprune-lut-model-") as tmp:
-        prepared = prepare(model, tmp, (backend,), tuple(input_shape))
-        medians = [
-            latency_interleaved({"model": prepared}, backend, runs, warmup, 1, threads, seed=p, spin=spin)["model"][
-                "latency_ms"
-            ]["median"]
-            for p in range(processes)
-        ]
-    return statistics.median(medians)
+    rounds = _medians({"model": model}, input_shape, backend, threads, runs, warmup, processes, spin)
+    return statistics.median(r["model"] for r in rounds)
 
 
 def measure_relative(
@@ -562,16 +562,9 @@ def measure_relative(
     the ratio of two models timed side by side does not, so a cut is judged against the parent under the same
     conditions, in the units of the table it was planned with.
     """
-    from edgeprune.measure import latency_interleaved, prepare
-
-    with tempfile.TemporaryDirectory(prefix="edgeprune-lut-pair-") as tmp:
-        ready = {name: prepare(m, Path(tmp) / name, (backend,), tuple(input_shape))
-                 for name, m in (("parent", parent), ("model", model))}  # fmt: skip
-        ratios = []
-        for p in range(processes):
-            got = latency_interleaved(ready, backend, runs, warmup, 1, threads, seed=p, spin=spin)
-            ratios.append(got["model"]["latency_ms"]["median"] / got["parent"]["latency_ms"]["median"])
-    return parent_ms * statistics.median(ratios)
+    models = {"parent": parent, "model": model}
+    rounds = _medians(models, input_shape, backend, threads, runs, warmup, processes, spin)
+    return parent_ms * statistics.median(r["model"] / r["parent"] for r in rounds)
 
 
 __all__ = [

@@ -76,14 +76,14 @@ class PrunePlan:
         return {
             "mode": self.mode,
             "target": self.target,
-            "target_fraction": self.target / cost[self.mode].total(before),
+            "target_fraction": self.target / before_totals[cost[self.mode].key],
             "budget": {
                 k: {
                     "limit": limit,
-                    "fraction": limit / cost[k].total(before),
-                    "before": cost[k].total(before),
-                    "after": cost[k].total(after),
-                    "met": cost[k].total(after) <= limit,
+                    "fraction": limit / before_totals[cost[k].key],
+                    "before": before_totals[cost[k].key],
+                    "after": after_totals[cost[k].key],
+                    "met": after_totals[cost[k].key] <= limit,
                     "unit": cost[k].unit,
                 }
                 for k, limit in budget.items()
