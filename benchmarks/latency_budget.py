@@ -65,7 +65,15 @@ import edgeprune
 from edgeprune.data import ImageDataset, load_dataset
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import FolderLock, atomic_write, write_json
-from edgeprune.lut import DEFAULT_ROUND_TO, LatencyTable, build_table, load_table, measure_latency
+from edgeprune.lut import (
+    CALIBRATION,
+    DEFAULT_ROUND_TO,
+    LatencyTable,
+    build_table,
+    calibrate,
+    load_table,
+    measure_latency,
+)
 from edgeprune.measure import BACKENDS, Prepared, latency_interleaved, machine_info, prepare
 from edgeprune.plots import plt, save_figure
 from edgeprune.trace import record_shapes
@@ -129,6 +137,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--table-runs", type=int, help="timed rounds per grid point (default 20; --quick: 3)")
     p.add_argument("--table-warmup", type=int, help="untimed rounds per grid point (default 3; --quick: 1)")
     p.add_argument("--table-processes", type=int, help="fresh processes per table (default 3; --quick: 1)")
+    p.add_argument("--calibrate", nargs="*", type=float, default=list(CALIBRATION),
+                   help="the tables' calibration cuts (edgeprune lut --calibrate; a reused table without one gets "
+                   "it); none: uncalibrated")  # fmt: skip
     p.add_argument("--round-tos", nargs="+", type=int, help="round_to values of FA (default 1 4 8 16 32; --quick: 1 8)")
     p.add_argument("--flops-fraction", type=float, default=0.5, help="FA target of the round_to study (default 0.5)")
     p.add_argument("--runs", type=int, help="timed rounds per process, interleaved timings (default 100; --quick: 10)")
@@ -231,11 +242,18 @@ def get_table(folder: Path, parent: nn.Module, name: str, backend: str, args: ar
         except EdgepruneError as e:
             raise EdgepruneError(f"{path}: {str(e).split(':')[0]}; delete it or use another --work") from None
         say(f"  {backend}: table reused ({table.settings['points']} points, built in {table.build_seconds:.0f} s)")
+        if args.calibrate and not table.calibration:
+            t0 = time.perf_counter()
+            table = calibrate(table, parent, tuple(args.calibrate))
+            table.settings["calibration_seconds"] = time.perf_counter() - t0
+            table.save(path)
+            say(f"  {backend}: calibrated in {table.settings['calibration_seconds']:.0f} s: {table.calibration}")
         return table
     say(f"  {backend}: building the latency table")
     table = build_table(
         parent, SHAPE, backend, args.threads, args.round_to, args.near, args.ratio, args.table_runs,
         args.table_warmup, args.table_processes, spin=False, source=name, progress=lambda s: say(f"    {s}"),
+        calibration=tuple(args.calibrate),
     )  # fmt: skip
     table.save(path)
     grid, seconds = table.settings["points"], table.build_seconds
@@ -252,6 +270,8 @@ def table_record(table: LatencyTable, path: Path) -> dict:
         "build_seconds": table.build_seconds,
         "parent_ms": table.parent_ms,
         "rest_ms": table.rest_ms,
+        "calibration": table.calibration,
+        "floor_ms": table.floor_ms,
         "round_to": table.round_to,
         "created": table.created,
         "settings": table.settings,
@@ -294,6 +314,11 @@ def latency_record(fraction: float, lat: dict, counts: dict, seconds: float) -> 
         "met": lat["met"],
         "within_5pct": limit * (1 - WITHIN) <= measured <= limit,
         "first_error": abs(first["predicted_ms"] - first["measured_ms"]) / first["measured_ms"] if first else None,
+        # the same cut by the table's plain sum, before calibration (tables without one: the same number)
+        "first_table_error": abs(first.get("table_ms", first["predicted_ms"]) - first["measured_ms"])
+        / first["measured_ms"]
+        if first
+        else None,
         "final_error": abs(lat["predicted_ms"] - measured) / measured,
         "log": lat["attempts"],
         **counts,
@@ -626,15 +651,23 @@ def pct(part: float, whole: float) -> str:
 def tables_md(studies: list[dict]) -> str:
     """Part 1: each table's size, build time and the parent's latency."""
     rows = [[s["model"], f"{s['width']:g}", s["backend"], str(s["table"]["layers"]), str(s["table"]["points"]),
-             f"{s['table']['build_seconds']:.0f}", f"{s['table']['parent_ms']:.3f}", f"{s['table']['rest_ms']:+.3f}"]
+             f"{s['table']['build_seconds']:.0f}", f"{s['table']['parent_ms']:.3f}", f"{s['table']['rest_ms']:+.3f}",
+             calibration_text(s["table"])]
             for s in studies]  # fmt: skip
-    return md_table(["model", "width", "backend", "layers", "grid points", "build s", "parent ms", "rest ms"], rows)
+    return md_table(["model", "width", "backend", "layers", "grid points", "build s", "parent ms", "rest ms",
+                     "calibration: table sum -> measured ms (the first: every group at its floor)"], rows)  # fmt: skip
+
+
+def calibration_text(table: dict) -> str:
+    """A table's calibration points, smallest first."""
+    points = table.get("calibration") or []
+    return ", ".join(f"{a:.3f}->{b:.3f}" for a, b in points) or "none"
 
 
 def latency_md(studies: list[dict]) -> str:
     """Part 2: each latency-mode result."""
     headers = ["model", "width", "backend", "target", "target ms", "predicted ms", "measured ms", "attempts", "met",
-               "within 5%", "error, 1st", "error, final", "params", "FLOPs"]  # fmt: skip
+               "within 5%", "error, 1st", "table sum error, 1st", "error, final", "params", "FLOPs"]  # fmt: skip
     rows = []
     for s in studies:
         for r in s["latency"]:
@@ -642,10 +675,12 @@ def latency_md(studies: list[dict]) -> str:
             if "error" in r:
                 rows.append(head + [f"not reached: {r['error']}"] + [""] * (len(headers) - 5))
                 continue
-            first = "" if r["first_error"] is None else f"{100 * r['first_error']:.1f}%"
+            first, raw = (
+                "" if r.get(k) is None else f"{100 * r[k]:.1f}%" for k in ("first_error", "first_table_error")
+            )
             rows.append(head + [f"{r['target_ms']:.3f}", f"{r['predicted_ms']:.3f}", f"{r['measured_ms']:.3f}",
                                 str(r["attempts"]), "yes" if r["met"] else "NO", "yes" if r["within_5pct"] else "no",
-                                first, f"{100 * r['final_error']:.1f}%", pct(r["params"], s["parent"]["params"]),
+                                first, raw, f"{100 * r['final_error']:.1f}%", pct(r["params"], s["parent"]["params"]),
                                 pct(r["flops"], s["parent"]["flops"])])  # fmt: skip
     return md_table(headers, rows)
 
@@ -654,7 +689,9 @@ def prediction_errors(studies: list[dict]) -> dict:
     """Median absolute prediction error of the tables over every (model, backend, target), first and final."""
     done = [r for s in studies for r in s["latency"] if "error" not in r]
     first = [r["first_error"] for r in done if r["first_error"] is not None]
+    raw = [r["first_table_error"] for r in done if r.get("first_table_error") is not None]
     return {"cases": len(done), "first": statistics.median(first) if first else None,
+            "first_table_sum": statistics.median(raw) if raw else None,
             "final": statistics.median([r["final_error"] for r in done]) if done else None}  # fmt: skip
 
 
@@ -759,7 +796,9 @@ def markdown(result: dict) -> str:
         f"Median |predicted - measured| / measured over {err['cases']} result(s): first attempt "
         + (f"{100 * err['first']:.1f}%" if err["first"] is not None else "-")
         + ", final "
-        + (f"{100 * err['final']:.1f}%." if err["final"] is not None else "-."),
+        + (f"{100 * err['final']:.1f}%" if err["final"] is not None else "-")
+        + "; the first attempt by the table's plain sum (before calibration) "
+        + (f"{100 * err['first_table_sum']:.1f}%." if err.get("first_table_sum") is not None else "-."),
         "",
         f"## 3. round_to by measurement (FA at {s['flops_fraction']:g} of the FLOPs)",
         "",

@@ -12,8 +12,19 @@ import edgeprune
 from edgeprune.cli import main
 from edgeprune.costs import NAMES, STATIC, get_cost, totals
 from edgeprune.errors import EdgepruneError
-from edgeprune.lut import LatencyTable, LayerTable, build_table, grid_widths, layer_blocks, load_table
+from edgeprune.graph import analyse
+from edgeprune.lut import (
+    LatencyTable,
+    LayerTable,
+    _isotonic,
+    build_table,
+    calibrate,
+    grid_widths,
+    layer_blocks,
+    load_table,
+)
 from edgeprune.measure import energy_estimate
+from edgeprune.pruning import apply_plan, floor_plan
 
 SHAPE = (3, 32, 32)
 
@@ -37,7 +48,8 @@ def fake_timer(blocks: dict[str, dict]) -> dict[str, float]:
 
 
 def fake_table(model: nn.Module | None = None, parent_ms: float = 3.0, round_to: int = 8) -> LatencyTable:
-    return build_table(model or tiny(), SHAPE, round_to=round_to, timer=fake_timer, parent_ms=parent_ms, source="tiny")
+    return build_table(model or tiny(), SHAPE, round_to=round_to, timer=fake_timer, parent_ms=parent_ms, source="tiny",
+                       calibration=())  # fmt: skip
 
 
 # -- costs ----------------------------------------------------------------------------------------
@@ -262,3 +274,104 @@ def test_layers_that_add_up_to_more_than_the_model_are_scaled_down_to_it():
     assert table.predict(prof) == pytest.approx(1.0)
     half = edgeprune.prune(tiny(), "flops", 0.5).model
     assert 0 < table.predict(edgeprune.profile(half)) < 1.0
+
+
+# -- calibration: whole models measured, the floor known before cutting ----------------------------
+
+
+def curved_device(table: LatencyTable):  # noqa: ANN201 - a measure function
+    """A device whose latency is a convex function of the table's sum, equal to it at the parent: the floor
+    (overhead the layers never shed) is 30 % of the parent."""
+
+    def device(model: nn.Module) -> float:
+        s = table.table_sum(edgeprune.profile(model))
+        return table.parent_ms * (0.3 + 0.7 * (s / table.parent_ms) ** 1.5)
+
+    return device
+
+
+def calibrated_table(parent_ms: float = 3.0) -> tuple[LatencyTable, object]:
+    table = fake_table(parent_ms=parent_ms)
+    device = curved_device(table)
+    timer = lambda models: {name: device(m) for name, m in models.items()}  # noqa: E731
+    return calibrate(table, tiny(), timer=timer), device
+
+
+def test_isotonic_fit_pools_violators():
+    assert _isotonic([1.0, 3.0, 2.0, 4.0]) == [1.0, 2.5, 2.5, 4.0]
+    assert _isotonic([3.0, 1.0, 2.0]) == [2.0, 2.0, 2.0]
+    assert _isotonic([1.0, 2.0]) == [1.0, 2.0]
+
+
+def test_calibration_points_are_the_uniform_cuts_and_the_floor_measured():
+    table, device = calibrated_table()
+    model, example = tiny(), torch.zeros(1, *SHAPE)
+    prof, graph = analyse(model, example, prune_residual=True)
+    floor = apply_plan(model, floor_plan(prof, prof.groups, round_to=8), example, graph)
+    widths = {layer.name: layer.c_out for layer in edgeprune.profile(floor).layers}
+    assert set(widths.values()) == {8, 10}  # every layer at one quantum of 8 but the 10-class head
+    sums = [p[0] for p in table.calibration]
+    assert sums == sorted(sums) and len(sums) == 5  # floor, 0.3, 0.5, 0.75 of the parent's sum, the parent
+    assert table.calibration[-1] == [pytest.approx(3.0), pytest.approx(3.0)]
+    assert table.floor_ms == pytest.approx(device(floor))
+    for s, ms in table.calibration:  # the map goes through its points, and back
+        assert table.calibrated(s) == pytest.approx(ms) and table.table_ms_for(ms) == pytest.approx(s)
+
+
+def test_calibration_predicts_a_non_uniform_cut_better_than_the_sum():
+    table, device = calibrated_table()
+    cut = edgeprune.prune(tiny(), mode="flops", target=0.4, round_to=8).model  # Algorithm 1: not uniform
+    prof = edgeprune.profile(cut)
+    truth = device(cut)
+    assert abs(table.predict(prof) - truth) < 0.05 * truth < abs(table.table_sum(prof) - truth)
+
+
+def test_a_calibrated_table_lands_the_first_cut_and_round_trips(tmp_path):
+    table, device = calibrated_table()
+    table.save(tmp_path / "t.json")
+    again = load_table(tmp_path / "t.json")
+    assert again.calibration == table.calibration and again.floor_ms == table.floor_ms
+    result = edgeprune.prune(tiny(), budget={"latency": "1.8ms"}, table=again, measure=device, prune_residual=True)
+    lat = result.report()["latency"]
+    assert lat["met"] and lat["measured_ms"] <= 1.8
+    assert abs(lat["attempts"][0]["predicted_ms"] - lat["attempts"][0]["measured_ms"]) < 0.05 * 1.8
+
+
+def test_a_target_under_the_measured_floor_is_refused_before_cutting():
+    table, device = calibrated_table()
+    measured = []
+    floor = f"{table.floor_ms:.3f}"
+    assert table.floor_ms > 0.3 * 3.0  # the device's overhead, and the floor network's layers
+    with pytest.raises(EdgepruneError, match=rf"unreachable on onnxruntime: the smallest network .* measured {floor}"):
+        edgeprune.prune(tiny(), budget={"latency": f"{table.floor_ms * 0.95:.3f}ms"}, table=table,
+                        measure=lambda m: measured.append(m) or 0.0)  # fmt: skip
+    assert not measured
+
+
+def test_a_malformed_calibration_is_one_line(tmp_path):
+    data = calibrated_table()[0].to_dict()
+    data["calibration"][0] = [1.0, -2.0]
+    (tmp_path / "t.json").write_text(json.dumps(data))
+    with pytest.raises(EdgepruneError, match="calibration latencies must be positive"):
+        load_table(tmp_path / "t.json")
+    data["calibration"] = [[1.0]]
+    (tmp_path / "t.json").write_text(json.dumps(data))
+    with pytest.raises(EdgepruneError, match="malformed"):
+        load_table(tmp_path / "t.json")
+
+
+def test_cli_builds_a_calibrated_table_with_real_processes(tmp_path, capsys):
+    out = tmp_path / "lut.json"
+    code = main(["lut", "tiny", "--backend", "torch", "--runs", "2", "--warmup", "0", "--processes", "1",
+                 "--round-to", "32", "--near", "0", "--ratio", "0.3", "--calibrate", "0.5", "--quiet",
+                 "--out", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and "smallest network" in printed and f"wrote {out}" in printed
+    table = load_table(out)
+    # the parent, the floor, and the 0.5 cut unless the noisy table (2 runs) puts the floor's sum above it
+    assert table.backend == "torch" and table.round_to == 32 and len(table.calibration) in (2, 3)
+    assert [pytest.approx(table.parent_ms)] * 2 in table.calibration
+    assert table.floor_ms == min(ms for _, ms in table.calibration) > 0
+    with pytest.raises(SystemExit) as exc:
+        main(["lut", "tiny", "--calibrate", "1.5", "--out", str(tmp_path / "x.json")])
+    assert exc.value.code == 2 and "between 0 and 1" in capsys.readouterr().err

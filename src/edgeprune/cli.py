@@ -65,6 +65,14 @@ def _finite(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    value = _finite(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got '{text}'")
+    return value
+
+
 _DEVICE_HELP = "where training runs: auto (default: CUDA, else MPS, else the CPU), cpu, cuda or mps"
 _MODEL_HELP = (
     "the model: a zoo name (see 'edgeprune models'), a model folder written by edgeprune, or your own code as "
@@ -583,7 +591,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def add_lut(sub: argparse._SubParsersAction) -> None:
     """Register ``edgeprune lut``."""
-    from edgeprune.lut import DEFAULT_ROUND_TO
+    from edgeprune.lut import CALIBRATION, DEFAULT_ROUND_TO
     from edgeprune.measure import BACKENDS  # light
 
     p = sub.add_parser(
@@ -610,6 +618,10 @@ def add_lut(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--order", default="round_robin", choices=("round_robin", "blocked"),
                    help="grid points of a layer timed round-robin (default: equal conditions, cold caches) or each "
                    "back to back (warm caches)")  # fmt: skip
+    p.add_argument("--calibrate", nargs="*", type=_fraction, default=list(CALIBRATION), metavar="F",
+                   help="uniform cuts at these fractions of the parent's table sum, and the smallest network, timed "
+                   "whole beside the parent: predictions are mapped through them and targets under the smallest "
+                   f"are refused (default {' '.join(f'{f:g}' for f in CALIBRATION)}; none: none)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="TABLE.json", help="where to write the table")
     p.add_argument("--force", action="store_true", help="replace an existing table")
     p.add_argument("--quiet", action="store_true", help="no per-layer progress lines")
@@ -629,15 +641,20 @@ def cmd_lut(args: argparse.Namespace) -> None:
     table = build_table(
         resolved.model, tuple(resolved.input_shape), args.backend, args.threads, args.round_to, args.near,
         args.ratio, args.runs, args.warmup, args.processes, source=args.model, progress=progress, order=args.order,
+        calibration=tuple(args.calibrate),
     )  # fmt: skip
     table.save(out)
+    floor = "" if table.floor_ms is None else (
+        f"\ncalibration: {', '.join(f'{s:.3f}->{m:.3f}' for s, m in table.calibration)} ms (table sum -> measured); "
+        f"smallest network {table.floor_ms:.3f} ms"
+    )  # fmt: skip
     print(
         f"{args.model} on {table.backend} {table.backend_version}, {table.threads} thread(s), {table.cpu}: "
         f"{len(table.layers)} layers, {table.settings['points']} widths measured in {table.build_seconds:.0f} s; "
         f"parent {table.parent_ms:.3f} ms, layers alone {table.parent_ms - table.rest_ms:.3f} ms"
         + (f" (scaled by {table.scale:.2f} to the model)" if table.scale < 1 else f", rest {table.rest():.3f} ms")
-        + "\n"
-        f"wrote {out}"
+        + floor
+        + f"\nwrote {out}"
     )
 
 

@@ -8,6 +8,12 @@ measured in isolation at a grid of input and output widths. Between grid points 
 latency = the sum of its layers' values + the rest of the model, the parent's measured latency minus its
 layers' values at full width (pooling, adds, copies and per-call overhead).
 
+Layers timed alone mislead as a sum (each pays conversions and cold caches a model pays once), so a table
+also holds a *calibration*: whole models cut uniformly (width scaling at the table's ``round_to``) and the
+smallest network a plan can reach (every prunable group at its floor), each timed beside the parent. A
+model's predicted latency is its table sum mapped through those (table sum, measured) points, piecewise
+linearly; the smallest network's measurement is the floor below which a latency target is refused.
+
 The grid is chosen to be cheap and where it matters: every ``round_to`` step for the first ``near``
 steps below full width (where pruning to a latency budget lands most often), then a geometric grid
 (``ratio``) down to the narrowest width a group may keep. Widths are multiples of ``round_to`` (the
@@ -20,6 +26,7 @@ uses): all grid points of one layer timed round-robin in one process, so that th
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -63,7 +70,18 @@ class LayerTable:
         return _interp(self.c_in, row, c_in)
 
 
-def _interp(xs: list[int], ys: list[float], x: float) -> float:
+def _isotonic(ys: list[float]) -> list[float]:
+    """The non-decreasing sequence closest to ``ys`` in least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for y in ys:
+        blocks.append([y, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(int(n))]
+
+
+def _interp(xs: list[int] | list[float], ys: list[float], x: float) -> float:
     """Piecewise-linear interpolation on sorted ``xs``; constant outside their range."""
     if len(xs) == 1 or x <= xs[0]:
         return ys[0]
@@ -71,7 +89,7 @@ def _interp(xs: list[int], ys: list[float], x: float) -> float:
         return ys[-1]
     for i in range(len(xs) - 1):
         if xs[i] <= x <= xs[i + 1]:
-            t = (x - xs[i]) / (xs[i + 1] - xs[i])
+            t = (x - xs[i]) / (xs[i + 1] - xs[i]) if xs[i + 1] > xs[i] else 0.0
             return ys[i] + t * (ys[i + 1] - ys[i])
     raise AssertionError("unreachable: xs is sorted")  # pragma: no cover
 
@@ -93,6 +111,7 @@ class LatencyTable:
     settings: dict = field(default_factory=dict)  # grid, runs, warmup, processes, spin
     build_seconds: float = 0.0
     created: str = ""
+    calibration: list[list[float]] = field(default_factory=list)  # [table sum, measured] ms of whole models
 
     @property
     def scale(self) -> float:
@@ -117,9 +136,37 @@ class LatencyTable:
             raise EdgepruneError(f"the latency table has no layer '{layer.name}': it was made for another model")
         return self.scale * entry.calls * entry.at(layer.c_in, layer.c_out)
 
-    def predict(self, prof: Profile) -> float:
-        """Predicted latency (ms) of a model with these layer shapes."""
+    def table_sum(self, prof: Profile) -> float:
+        """The table's own sum for these layer shapes: layers (scaled) plus the rest, before calibration."""
         return sum(self.layer_ms(layer) for layer in prof.layers) + self.rest()
+
+    def predict(self, prof: Profile) -> float:
+        """Predicted latency (ms) of a model with these layer shapes: its table sum, calibrated."""
+        return self.calibrated(self.table_sum(prof))
+
+    def _curve(self) -> tuple[list[float], list[float]]:
+        """Calibration points by table sum, measurements fitted non-decreasing (so that noise cannot fold the map)."""
+        points = sorted(self.calibration)
+        return [p[0] for p in points], _isotonic([p[1] for p in points])
+
+    def calibrated(self, table_ms: float) -> float:
+        """The latency a model with this table sum measures, by the calibration (the sum itself without one)."""
+        if len(self.calibration) < 2:
+            return table_ms
+        return _interp(*self._curve(), table_ms)
+
+    def table_ms_for(self, ms: float) -> float:
+        """The table sum at which the calibration reaches ``ms``: the planning limit for a measured limit."""
+        if len(self.calibration) < 2:
+            return ms
+        sums, measured = self._curve()
+        return _interp(measured, sums, ms)
+
+    @property
+    def floor_ms(self) -> float | None:
+        """The least latency the calibration measured (its smallest network's, unless noise says otherwise): no
+        plan at the table's round_to is expected below it."""
+        return min(p[1] for p in self.calibration) if len(self.calibration) >= 2 else None
 
     def to_dict(self) -> dict:
         """JSON-ready, with the format marker."""
@@ -183,11 +230,14 @@ def load_table(path: str | Path) -> LatencyTable:
         numbers = {k: float(data[k]) for k in ("parent_ms", "rest_ms")}
         table = LatencyTable(**fields, round_to=int(data["round_to"]), **numbers, layers=layers,
                              settings=dict(data.get("settings", {})), build_seconds=float(data.get("build_seconds", 0)),
-                             created=str(data.get("created", "")))  # fmt: skip
+                             created=str(data.get("created", "")),
+                             calibration=[[float(a), float(b)] for a, b in data.get("calibration", [])])  # fmt: skip
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise EdgepruneError(f"{path}: malformed latency table ({type(e).__name__}: {e})") from None
     if not math.isfinite(table.parent_ms) or table.parent_ms <= 0 or table.threads < 1:
         raise EdgepruneError(f"{path}: malformed latency table (parent latency or threads out of range)")
+    if any(not (math.isfinite(v) and v > 0) for point in table.calibration for v in point):
+        raise EdgepruneError(f"{path}: malformed latency table (calibration latencies must be positive)")
     return table
 
 
@@ -374,6 +424,8 @@ def _block_at(spec: dict, c_in: int, c_out: int) -> dict:
 
 
 Timer = Callable[[dict[str, dict]], dict[str, float]]  # block specs by key -> median ms by key
+ModelTimer = Callable[[dict[str, Any]], dict[str, float]]  # models by name (one is "parent") -> ms by name
+CALIBRATION = (0.75, 0.5, 0.3)  # uniform cuts, as fractions of the parent's table sum; the floor is always added
 
 
 def build_table(
@@ -393,10 +445,14 @@ def build_table(
     parent_ms: float | None = None,
     progress: Callable[[str], None] | None = None,
     order: str = "round_robin",
+    calibration: tuple[float, ...] = CALIBRATION,
+    model_timer: ModelTimer | None = None,
 ) -> LatencyTable:
     """Measure every conv/linear layer of ``model`` at a grid of widths on ``backend``; the latency table.
 
     ``timer`` replaces the measuring processes (tests inject one); ``parent_ms`` the parent's measured latency.
+    ``calibration`` gives the uniform cuts timed whole (see ``calibrate``; ``()`` for none), ``model_timer``
+    replaces their measuring processes.
     """
     import torch
 
@@ -421,16 +477,21 @@ def build_table(
         parent_ms = measure_latency(model, input_shape, backend, threads, processes=processes, spin=spin)
     env = environment(backend)
     full = sum(layers[layer.name].calls * layers[layer.name].at(layer.c_in, layer.c_out) for layer in prof.layers)
-    return LatencyTable(
+    table = LatencyTable(
         model=source or type(model).__name__, input_shape=list(input_shape), backend=backend,
         backend_version=env["backend_version"], threads=threads, cpu=env["cpu"], round_to=round_to,
         parent_ms=parent_ms, rest_ms=parent_ms - full, layers=layers,
         settings={"grid": {"round_to": round_to, **grid}, "runs": runs, "warmup": warmup, "processes": processes,
                   "spin": spin, "order": order, "points": sum(len(t.c_out) * (1 if t.depthwise else len(t.c_in))
                                                 for t in layers.values())},
-        build_seconds=time.perf_counter() - started,
         created=datetime.datetime.now().isoformat(timespec="seconds"),
     )  # fmt: skip
+    if calibration:
+        if progress:
+            progress(f"calibration: uniform cuts at {', '.join(f'{f:g}' for f in calibration)} and the floor")
+        table = calibrate(table, model, calibration, timer=model_timer, processes=processes)
+    table.build_seconds = time.perf_counter() - started
+    return table
 
 
 def _measure_layers(prof: Profile, blocks: dict[str, dict], timer: Timer, ins: set[str], outs: set[str],
@@ -544,6 +605,73 @@ def measure_latency(
     return statistics.median(r["model"] for r in rounds)
 
 
+def calibrate(
+    table: LatencyTable,
+    model: Any,
+    fractions: tuple[float, ...] = CALIBRATION,
+    prune_residual: bool = True,
+    timer: ModelTimer | None = None,
+    runs: int = 100,
+    warmup: int = 10,
+    processes: int | None = None,
+) -> LatencyTable:
+    """``table`` with its calibration: uniform cuts of ``model`` at ``fractions`` of its table sum and the smallest
+    network (every prunable group at its floor), each measured beside the parent (in the table's ms).
+
+    ``timer`` replaces the measuring processes (tests inject one).
+    """
+    import copy as _copy
+
+    import torch
+
+    from edgeprune.graph import analyse
+    from edgeprune.pruning import apply_plan, floor_plan, make_budget_plan
+
+    if any(not 0 < f < 1 for f in fractions):
+        raise EdgepruneError(f"calibration fractions must be in (0, 1), got {list(fractions)}")
+    example = torch.zeros(1, *table.input_shape)
+    prof, _ = analyse(_copy.deepcopy(model), example, prune_residual)
+    table.check_model(prof)
+    plans = {"floor": floor_plan(prof, prof.groups, round_to=table.round_to)}
+    for f in fractions:
+        try:
+            plans[f"uniform {f:g}"] = make_budget_plan(
+                prof,
+                prof.groups,
+                {"latency": f * table.parent_ms},
+                selection="ratio",
+                round_to=table.round_to,
+                table=table,
+            )
+        except EdgepruneError:  # below the floor: the floor stands for it
+            continue
+    models = {"parent": model}
+    for name, plan in plans.items():
+        cut = _copy.deepcopy(model)
+        apply_plan(cut, plan, example, analyse(cut, example, prune_residual)[1])
+        models[name] = cut
+    if timer is None:
+        settings = table.settings or {}
+        timer = _relative_timer(table, runs, warmup, processes or settings.get("processes", 3),
+                                settings.get("spin", False))  # fmt: skip
+    ms = timer(models)
+    points = [[table.table_sum(prof), table.parent_ms]] + [[table.table_sum(p.after), ms[n]] for n, p in plans.items()]
+    return dataclasses.replace(table, calibration=sorted(points))
+
+
+def _relative_timer(table: LatencyTable, runs: int, warmup: int, processes: int, spin: bool) -> ModelTimer:
+    """Time models interleaved with the parent in fresh processes, in the table's ms."""
+    return lambda models: _relative(models, tuple(table.input_shape), table.backend, table.threads, table.parent_ms,
+                                    runs, warmup, processes, spin)  # fmt: skip
+
+
+def _relative(models: dict[str, Any], input_shape: tuple[int, ...], backend: str, threads: int, parent_ms: float,
+              runs: int, warmup: int, processes: int, spin: bool) -> dict[str, float]:  # fmt: skip
+    """Each model as ``parent_ms`` x its median ratio to ``models["parent"]``, timed interleaved per fresh process."""
+    rounds = _medians(models, input_shape, backend, threads, runs, warmup, processes, spin)
+    return {n: parent_ms * statistics.median(r[n] / r["parent"] for r in rounds) for n in models}
+
+
 def measure_relative(
     model: Any,
     parent: Any,
@@ -563,14 +691,14 @@ def measure_relative(
     conditions, in the units of the table it was planned with.
     """
     models = {"parent": parent, "model": model}
-    rounds = _medians(models, input_shape, backend, threads, runs, warmup, processes, spin)
-    return parent_ms * statistics.median(r["model"] / r["parent"] for r in rounds)
+    return _relative(models, input_shape, backend, threads, parent_ms, runs, warmup, processes, spin)["model"]
 
 
 __all__ = [
     "LatencyTable",
     "LayerTable",
     "build_table",
+    "calibrate",
     "grid_widths",
     "layer_blocks",
     "load_table",

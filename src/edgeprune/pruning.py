@@ -209,6 +209,23 @@ def _floor_slots(group: ChannelGroup, min_filters: int, round_to: int) -> int:
     return -(-slots // q) * q
 
 
+def _prunable(groups: list[ChannelGroup], floors: dict[str, int], round_to: int) -> list[ChannelGroup]:
+    """The groups a plan may narrow: prunable, at least one quantum wide, and wider than their floor."""
+    return [g for g in groups if g.prunable and g.slots * g.unit >= round_to and g.slots > floors[g.name]]
+
+
+def floor_plan(prof: Profile, groups: list[ChannelGroup], min_filters: int = 1, round_to: int = 1) -> PrunePlan:
+    """Every prunable group at the fewest filters it may keep: the smallest network a plan can reach."""
+    floors = {g.name: _floor_slots(g, min_filters, round_to) for g in groups}
+    state = _State(prof)
+    slots = {g.name: list(range(g.slots)) for g in groups}
+    for g in _prunable(groups, floors, round_to):
+        state.shapes.update(state.shrunk(g, slots[g.name][floors[g.name] :]))
+        slots[g.name] = slots[g.name][: floors[g.name]]
+    settings = {"min_filters": min_filters, "round_to": round_to, "floor": True}
+    return PrunePlan("floor", 0, prof, state.profile(), groups, _kept_channels(groups, slots), [], settings)
+
+
 def _check_budget(budget: dict[str, float], floor: _State, min_filters: int, costs: dict[str, Cost]) -> None:
     """Refuse an unreachable combination up front, naming the cost and its smallest reachable value."""
     if not budget:
@@ -268,7 +285,7 @@ def make_budget_plan(
     costs = {k: get_cost(k, table) for k in budget}
     budget = {k: int(v) if costs[k].integer else float(v) for k, v in budget.items()}
     floors = {g.name: _floor_slots(g, min_filters, round_to) for g in groups}  # in slots
-    prunable = [g for g in groups if g.prunable and g.slots * g.unit >= round_to and g.slots > floors[g.name]]
+    prunable = _prunable(groups, floors, round_to)
     state = _State(prof)
     floor = _State(prof)
     for g in prunable:
@@ -490,12 +507,15 @@ def prune(
     def plan_for(limits_now: dict[str, float]) -> PrunePlan:
         return make_budget_plan(prof, groups, limits_now, step, seed, scores, min_filters, selection, round_to, table)
 
-    plan = plan_for(absolute)
+    first = dict(absolute)
+    if "latency" in absolute:
+        first["latency"] = _first_limit(table, absolute["latency"])
+    plan = plan_for(first)
     apply_plan(pruned, plan, example, graph)
     if "latency" in absolute:
         measure = measure or _default_measure(table, tuple(example.shape[1:]), model)
-        plan, pruned = _fit_latency(model, plan, pruned, absolute, plan_for, measure, attempts, example,
-                                    prune_residual, keep)  # fmt: skip
+        plan, pruned = _fit_latency(model, plan, pruned, absolute, first["latency"], plan_for, measure, attempts,
+                                    example, prune_residual, keep)  # fmt: skip
     plan.settings["prune_residual"] = prune_residual
     if keep:
         plan.settings["keep"] = list(keep)
@@ -505,24 +525,48 @@ def prune(
 LATENCY_TOLERANCE = 0.05  # a measured latency within 5 % under its limit is close enough: stop re-planning
 
 
-def _fit_latency(model: nn.Module, plan: PrunePlan, pruned: nn.Module, limits: dict[str, float],
+def _first_limit(table: Any, limit: float) -> float:
+    """The table sum to plan the first cut at: where the table's calibration puts the middle of the 5 % window.
+
+    A target under the calibration's smallest network (every prunable group at its floor, measured) is refused.
+    """
+    floor = getattr(table, "floor_ms", None)
+    if floor is not None and limit < floor:
+        raise EdgepruneError(
+            f"target {limit:.3f} ms latency is unreachable on {table.backend}: the smallest network (every prunable "
+            f"layer at its floor, round_to {table.round_to}) measured {floor:.3f} ms"
+        )
+    if floor is None:  # no calibration: the table's sum is the best guess there is
+        return limit
+    return table.table_ms_for(limit * (1 - LATENCY_TOLERANCE / 2))
+
+
+def _predicted(plan: PrunePlan) -> tuple[float, float]:
+    """A plan's latency by the table: its table sum and that sum calibrated (the prediction of the measurement)."""
+    table_ms = get_cost("latency", plan.table).total(plan.after)
+    calibrated = getattr(plan.table, "calibrated", None)
+    return table_ms, (calibrated(table_ms) if calibrated else table_ms)
+
+
+def _fit_latency(model: nn.Module, plan: PrunePlan, pruned: nn.Module, limits: dict[str, float], planned: float,
                  plan_for: Callable[[dict[str, float]], PrunePlan], measure: Measure, attempts: int,
                  example: torch.Tensor, prune_residual: bool,
                  keep: Sequence[str]) -> tuple[PrunePlan, nn.Module]:  # fmt: skip
     """Measure the cut model; re-plan against a limit moved by the miss (SPEC) until it lands at or just under.
 
-    Each measured cut is a point (planning limit, measured latency), and so is the parent (its predicted and
-    measured latency). The next planning limit is where a straight line through the two nearest points
-    bracketing the goal (2.5 % under the limit) meets it, or extrapolates to it (a secant step): a table that
-    is off by a factor or an offset is corrected in one or two cuts. The best attempt that meets the limit
-    wins (the last one when none does, reported as missed).
+    Each measured cut is a point (table sum, measured latency), and so are the parent (its table sum and
+    measured latency) and the table's calibration networks. The next planning limit is where a straight line
+    through the two nearest points bracketing the goal (2.5 % under the limit) meets it, or extrapolates to it
+    (a secant step): a table that is off by a factor or an offset is corrected in one or two cuts. The best
+    attempt that meets the limit wins (the last one when none does, reported as missed).
     """
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise EdgepruneError(f"attempts must be a positive integer, got {attempts!r}")
     limit = limits["latency"]
     parent = get_cost("latency", plan.table).total(plan.before)
     points = [(parent, float(getattr(plan.table, "parent_ms", parent)))]  # (planning limit, measured)
-    planned, log, best, last = limit, [], None, None
+    points += [(float(a), float(b)) for a, b in getattr(plan.table, "calibration", [])]
+    log, best, last = [], None, None
     for i in range(attempts):
         if i:
             try:
@@ -533,17 +577,17 @@ def _fit_latency(model: nn.Module, plan: PrunePlan, pruned: nn.Module, limits: d
             pruned = copy.deepcopy(model)
             _, graph = analyse(pruned, example, prune_residual, keep)
             apply_plan(pruned, plan, example, graph)
-        predicted = get_cost("latency", plan.table).total(plan.after)
-        if any(entry.get("predicted_ms") == predicted for entry in log):
+        table_ms, predicted = _predicted(plan)
+        if any(entry.get("table_ms") == table_ms for entry in log):
             break  # the same widths again: widths move in steps, and this one was measured already
         measured = float(measure(pruned))
-        log.append({"planned_ms": planned, "predicted_ms": predicted, "measured_ms": measured})
+        log.append({"planned_ms": planned, "table_ms": table_ms, "predicted_ms": predicted, "measured_ms": measured})
         last = (plan, pruned, predicted, measured)
         if measured <= limit and (best is None or measured > best[3]):
             best = last
         if limit * (1 - LATENCY_TOLERANCE) <= measured <= limit:
             break
-        points.append((planned, measured))
+        points.append((table_ms, measured))
         planned = _next_limit(points, limit * (1 - LATENCY_TOLERANCE / 2), parent * 0.999)
     plan, pruned, predicted, measured = best or last  # type: ignore[misc]
     plan.latency = {
@@ -591,6 +635,7 @@ __all__ = [
     "PrunePlan",
     "PruneResult",
     "make_budget_plan",
+    "floor_plan",
     "make_plan",
     "parse_budget",
     "parse_target",
