@@ -375,3 +375,14 @@ def test_cli_builds_a_calibrated_table_with_real_processes(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["lut", "tiny", "--calibrate", "1.5", "--out", str(tmp_path / "x.json")])
     assert exc.value.code == 2 and "between 0 and 1" in capsys.readouterr().err
+
+
+def test_a_cut_measuring_off_the_calibration_curve_is_replanned_along_its_slope():
+    table, device = calibrated_table()
+    slower = lambda m: device(m) + 0.2  # noqa: E731 - Algorithm 1's cuts run slower than uniform ones of equal sum
+    result = edgeprune.prune(tiny(), budget={"latency": "1.8ms"}, table=table, measure=slower, prune_residual=True,
+                             attempts=4)  # fmt: skip
+    lat = result.report()["latency"]
+    first, *rest = lat["attempts"]
+    assert first["measured_ms"] > 1.8 and rest, "the first cut misses by the offset and is re-planned"
+    assert lat["met"] and lat["measured_ms"] <= 1.8

@@ -564,8 +564,9 @@ def _fit_latency(model: nn.Module, plan: PrunePlan, pruned: nn.Module, limits: d
         raise EdgepruneError(f"attempts must be a positive integer, got {attempts!r}")
     limit = limits["latency"]
     parent = get_cost("latency", plan.table).total(plan.before)
-    points = [(parent, float(getattr(plan.table, "parent_ms", parent)))]  # (planning limit, measured)
-    points += [(float(a), float(b)) for a, b in getattr(plan.table, "calibration", [])]
+    curve = [(parent, float(getattr(plan.table, "parent_ms", parent)))]  # (table sum, measured)
+    curve += [(float(a), float(b)) for a, b in getattr(plan.table, "calibration", [])]
+    cuts: list[tuple[float, float]] = []
     log, best, last = [], None, None
     for i in range(attempts):
         if i:
@@ -587,8 +588,8 @@ def _fit_latency(model: nn.Module, plan: PrunePlan, pruned: nn.Module, limits: d
             best = last
         if limit * (1 - LATENCY_TOLERANCE) <= measured <= limit:
             break
-        points.append((table_ms, measured))
-        planned = _next_limit(points, limit * (1 - LATENCY_TOLERANCE / 2), parent * 0.999)
+        cuts.append((table_ms, measured))
+        planned = _next_limit(curve, cuts, limit * (1 - LATENCY_TOLERANCE / 2), parent * 0.999)
     plan, pruned, predicted, measured = best or last  # type: ignore[misc]
     plan.latency = {
         "limit_ms": limit,
@@ -601,19 +602,40 @@ def _fit_latency(model: nn.Module, plan: PrunePlan, pruned: nn.Module, limits: d
     return plan, pruned
 
 
-def _next_limit(points: list[tuple[float, float]], goal: float, ceiling: float) -> float:
-    """The planning limit at which a line through the nearest measured points reaches ``goal`` (a secant step)."""
-    below = [p for p in points if p[1] <= goal]
-    above = [p for p in points if p[1] > goal]
+def _next_limit(curve: list[tuple[float, float]], cuts: list[tuple[float, float]], goal: float,
+                ceiling: float) -> float:  # fmt: skip
+    """The next planning limit (a table sum) for a measured ``goal``: a secant step.
+
+    ``curve`` holds (table sum, measured) of the parent and the table's calibration networks, ``cuts`` those of
+    the cuts measured so far. Between a cut under the goal and one over it: the line through them. Otherwise
+    from the cut nearest the goal, along the curve's slope there (a cut of the same sum can measure off the
+    curve; its slope still says how far to move), or by the ratio of the miss when there is no usable slope.
+    """
+    below = [c for c in cuts if c[1] <= goal]
+    above = [c for c in cuts if c[1] > goal]
     if below and above:
-        lo, hi = max(below, key=lambda p: p[1]), min(above, key=lambda p: p[1])
-    else:  # every cut on one side: extrapolate through the two nearest
-        lo, hi = sorted(points, key=lambda p: abs(p[1] - goal))[:2]
-    if (hi[0] - lo[0]) * (hi[1] - lo[1]) <= 0:  # no usable slope (noise): move by the ratio of the miss
-        planned, measured = points[-1]
-        return min(planned * goal / measured, ceiling)
-    planned = lo[0] + (goal - lo[1]) * (hi[0] - lo[0]) / (hi[1] - lo[1])
-    return min(max(planned, 1e-9), ceiling)
+        lo, hi = max(below, key=lambda c: c[1]), min(above, key=lambda c: c[1])
+        if hi[0] > lo[0]:
+            return min(max(lo[0] + (goal - lo[1]) * (hi[0] - lo[0]) / (hi[1] - lo[1]), 1e-9), ceiling)
+    anchor = min(cuts, key=lambda c: abs(c[1] - goal))
+    slope = _slope(curve if len(curve) >= 2 else curve + cuts, anchor)
+    if slope <= 0:  # noise: move by the ratio of the miss
+        return min(anchor[0] * goal / anchor[1], ceiling)
+    return min(max(anchor[0] + (goal - anchor[1]) / slope, 1e-9), ceiling)
+
+
+def _slope(points: list[tuple[float, float]], at: tuple[float, float]) -> float:
+    """Measured ms per table ms along ``points`` at ``at``'s table sum: the line through the points either side of
+    it, else through the two nearest (or through ``at`` and the only other point)."""
+    others = sorted((p for p in points if p[0] != at[0]), key=lambda p: abs(p[0] - at[0]))
+    if not others:
+        return 0.0
+    left, right = [p for p in others if p[0] < at[0]], [p for p in others if p[0] > at[0]]
+    if len(others) == 1:
+        a, b = at, others[0]
+    else:
+        a, b = (max(left), min(right)) if left and right else (others[0], others[1])
+    return (b[1] - a[1]) / (b[0] - a[0])
 
 
 def _default_measure(table: Any, input_shape: tuple[int, ...], parent: nn.Module) -> Measure:
