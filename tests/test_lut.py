@@ -386,3 +386,15 @@ def test_a_cut_measuring_off_the_calibration_curve_is_replanned_along_its_slope(
     first, *rest = lat["attempts"]
     assert first["measured_ms"] > 1.8 and rest, "the first cut misses by the offset and is re-planned"
     assert lat["met"] and lat["measured_ms"] <= 1.8
+
+
+def test_a_replan_below_the_smallest_network_plans_the_smallest_network_instead():
+    table, device = calibrated_table()
+    floor_sum = table.calibration[0][0]
+    near_floor = table.floor_ms + 0.2  # a target just above the smallest network's latency
+    slower = lambda m: device(m) + 0.4  # noqa: E731 - the first cut misses; the secant points under the floor
+    result = edgeprune.prune(tiny(), budget={"latency": f"{near_floor:.4f}ms"}, table=table, measure=slower,
+                             prune_residual=True, attempts=4)  # fmt: skip
+    lat = result.report()["latency"]
+    assert all("error" not in a for a in lat["attempts"]) and len(lat["attempts"]) == 2
+    assert lat["attempts"][1]["table_ms"] == pytest.approx(floor_sum)  # the smallest network, planned and measured

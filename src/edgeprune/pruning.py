@@ -590,6 +590,8 @@ def _fit_latency(model: nn.Module, plan: PrunePlan, pruned: nn.Module, limits: d
             break
         cuts.append((table_ms, measured))
         planned = _next_limit(curve, cuts, limit * (1 - LATENCY_TOLERANCE / 2), parent * 0.999)
+        # not below the calibration's smallest network: it measured at or under the limit (else refused up front)
+        planned = max(planned, min(x for x, _ in curve)) if len(curve) > 1 else planned
     plan, pruned, predicted, measured = best or last  # type: ignore[misc]
     plan.latency = {
         "limit_ms": limit,
