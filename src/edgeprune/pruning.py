@@ -554,11 +554,11 @@ def _fit_latency(model: nn.Module, plan: PrunePlan, pruned: nn.Module, limits: d
                  keep: Sequence[str]) -> tuple[PrunePlan, nn.Module]:  # fmt: skip
     """Measure the cut model; re-plan against a limit moved by the miss (SPEC) until it lands at or just under.
 
-    Each measured cut is a point (table sum, measured latency), and so are the parent (its table sum and
-    measured latency) and the table's calibration networks. The next planning limit is where a straight line
-    through the two nearest points bracketing the goal (2.5 % under the limit) meets it, or extrapolates to it
-    (a secant step): a table that is off by a factor or an offset is corrected in one or two cuts. The best
-    attempt that meets the limit wins (the last one when none does, reported as missed).
+    Each measured cut is a point (table sum, measured latency); the parent and the table's calibration networks
+    make the curve they are read against. The next planning limit aims 2.5 % under the limit (``_next_limit``:
+    a secant step), never under the calibration's smallest network: a table that is off by a factor or an
+    offset is corrected in one or two cuts. The best attempt that meets the limit wins (the last one when none
+    does, reported as missed).
     """
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise EdgepruneError(f"attempts must be a positive integer, got {attempts!r}")
