@@ -332,9 +332,14 @@ def test_a_calibrated_table_lands_the_first_cut_and_round_trips(tmp_path):
     again = load_table(tmp_path / "t.json")
     assert again.calibration == table.calibration and again.floor_ms == table.floor_ms
     result = edgeprune.prune(tiny(), budget={"latency": "1.8ms"}, table=again, measure=device, prune_residual=True)
-    lat = result.report()["latency"]
+    report = result.report()
+    lat = report["latency"]
     assert lat["met"] and lat["measured_ms"] <= 1.8
     assert abs(lat["attempts"][0]["predicted_ms"] - lat["attempts"][0]["measured_ms"]) < 0.05 * 1.8
+    # the report speaks of the user's limit and the measurement, not of the table sum the plan was made at
+    assert report["target"] == report["budget"]["latency"]["limit"] == pytest.approx(1.8)
+    assert report["budget"]["latency"]["after"] == lat["measured_ms"]
+    assert report["after"]["latency_ms"] == lat["predicted_ms"] != lat["attempts"][-1]["table_ms"]
 
 
 def test_a_target_under_the_measured_floor_is_refused_before_cutting():

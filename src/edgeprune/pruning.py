@@ -73,7 +73,10 @@ class PrunePlan:
         budget = self.budget or {self.mode: self.target}
         cost = {k: get_cost(k, self.table) for k in budget}
         before_totals, after_totals = totals(before, self.table), totals(after, self.table)
-        return {
+        if self.latency:  # the cut was measured: the limit is the user's, the total the table's calibrated guess
+            budget = {**budget, "latency": self.latency["limit_ms"]}
+            after_totals[get_cost("latency", self.table).key] = self.latency["predicted_ms"]
+        out = {
             "mode": self.mode,
             "target": self.target,
             "target_fraction": self.target / before_totals[cost[self.mode].key],
@@ -107,6 +110,12 @@ class PrunePlan:
             ],
             "steps": [asdict(s) for s in self.steps],
         }
+        if self.latency:
+            out["budget"]["latency"].update(after=self.latency["measured_ms"], met=self.latency["met"])
+            if self.mode == "latency":
+                out["target"] = self.latency["limit_ms"]
+                out["target_fraction"] = self.latency["limit_ms"] / before_totals[cost["latency"].key]
+        return out
 
 
 class _State:
