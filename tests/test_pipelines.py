@@ -129,3 +129,22 @@ def test_time_matched_needs_a_conventional_pipeline(tmp_path, capsys):
     code = main(["compare", "tiny", "--data", str(MINI), "--target", "0.5", "--baselines", "uniform",
                  "--time-matched", "--out", str(tmp_path / "o")])  # fmt: skip
     assert code == 2 and "needs a conventional pipeline" in capsys.readouterr().err
+
+
+def test_compare_also_meets_extra_limits_in_every_pruned_network(tmp_path, capsys):
+    argv = ["compare", "tiny", "--data", str(MINI), "--target", "0.6", "--modes", "flops", "--also", "memory=0.3",
+            "--baselines", "l1", "uniform", "unweighted", "--epochs", "1", "--finetune-epochs", "1",
+            "--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--out", str(tmp_path / "o"),
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "o" / "compare.json").read_text())
+    full_memory = edgeprune.profile(edgeprune.create("tiny")).totals()["memory_bytes"]
+    runs = [r for r in result["runs"] if r["method"] != "full"]
+    assert {r["method"] for r in runs} == {"direct", "l1", "uniform", "unweighted"}
+    for r in runs:  # memory bound: FLOPs alone at 0.6 would leave far more than 30% of the memory
+        assert r["memory_bytes"] <= 0.3 * full_memory and r["flops"] <= 0.6 * result["runs"][0]["flops"]
+    assert "every pruned network also meets memory <= 0.3" in (tmp_path / "o" / "compare.md").read_text()
+    argv[argv.index("memory=0.3")] = "params=10"  # 10 parameters: unreachable, refused before any training
+    argv[argv.index(str(tmp_path / "o"))] = str(tmp_path / "p")
+    assert main(argv) == 2 and "unreachable" in capsys.readouterr().err
+    assert not (tmp_path / "p" / "full-s0").exists()

@@ -65,6 +65,13 @@ def _finite(text: str) -> float:
     return value
 
 
+def _also_argument(p: argparse.ArgumentParser, what: str, example: str) -> None:
+    """``--also COST=VALUE`` (repeatable): a limit every pruned network meets besides its mode's target."""
+    p.add_argument("--also", action="append", default=[], metavar="COST=VALUE",
+                   help=f"a limit every pruned {what} also meets, in prune's --target form (repeatable): e.g. "
+                   f"{example}")  # fmt: skip
+
+
 def _fraction(text: str) -> float:
     """argparse type: a number strictly between 0 and 1."""
     value = _finite(text)
@@ -703,9 +710,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for results.csv, results.json and the plots")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing its files")
     p.add_argument("--device", default="auto", metavar="NAME", help=_DEVICE_HELP)
-    p.add_argument("--also", action="append", default=[], metavar="COST=VALUE",
-                   help="a limit every pruned point also meets, in prune's --target form (repeatable): e.g. "
-                   "--also memory=4MB sweeps FLOPs targets among networks that fit 4 MB")  # fmt: skip
+    _also_argument(p, "point", "--also memory=4MB sweeps FLOPs targets among networks that fit 4 MB")
     p.add_argument(
         "--round-to",
         type=_positive_int,
@@ -1049,6 +1054,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--device", default="auto", metavar="NAME", help=_DEVICE_HELP)
+    _also_argument(p, "network", "--also memory=4MB compares the methods among networks that fit 4 MB")
     from edgeprune.cluster import add_ray_arguments  # light: Ray itself is imported only when --ray is given
 
     add_ray_arguments(p, "run", "a seed's full model, a direct or baseline run, a prune + fine-tune")
@@ -1120,7 +1126,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         finetune_epochs=args.finetune_epochs, seeds=tuple(args.seeds), step=args.step,
         conventional_layers=args.conventional_layers, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
         time_matched=args.time_matched, width=args.width, threads=args.threads, model_args=model_args,
-        device=str(resolve_device(args.device)),
+        device=str(resolve_device(args.device)), also=prune_budget(None, args.also) if args.also else {},
     )  # fmt: skip
     summary = run_comparison(settings, data, out, progress=not args.quiet, resume=args.resume, ray=ray)
     print(markdown_table(summary) + f"\nwrote {out}/compare.md, compare.csv, compare.json, compare.png")

@@ -96,6 +96,11 @@ class CompareSettings:
     model_args: dict = field(default_factory=dict)  # keyword arguments of the reference's factory
     threads: int | None = None  # CPU threads per training run (default: all cores; with Ray, the run's CPUs)
     device: str = "cpu"  # where every run trains (edgeprune.train.resolve_device)
+    also: dict = field(default_factory=dict)  # limits every pruned network meets besides its mode's (cost -> limit)
+
+    def budget(self, mode: str) -> dict:
+        """What a run of ``mode`` prunes to: the mode's target and every ``also`` limit (SPEC, multi-budget)."""
+        return {mode: self.targets[mode], **{k: v for k, v in self.also.items() if k != mode}}
 
 
 @dataclass
@@ -187,7 +192,7 @@ def run_full(ctx: RunContext, seed: int) -> tuple[RunRecord, nn.Module]:
 def run_at_init(ctx: RunContext, method: str, mode: str, seed: int, epochs: int) -> RunRecord:
     """Prune a fresh model at initialisation (the layer lottery of ``AT_INIT[method]``) and train it ``epochs``."""
     s = ctx.settings
-    pruned = prune(ctx.fresh(seed), mode, s.targets[mode], s.step, seed, "random", input_shape=ctx.shape,
+    pruned = prune(ctx.fresh(seed), budget=s.budget(mode), step=s.step, seed=seed, input_shape=ctx.shape,
                    selection=AT_INIT[method]).model  # fmt: skip
     ctx.log(f"[seed {seed}] {method} {mode}: pruned at init, training {epochs} epochs")
     result = ctx.train(pruned, epochs, seed, run_tag(method, mode, seed))
@@ -201,7 +206,7 @@ def run_conventional(
     s = ctx.settings
     calibration = calibration_batch(ctx.data, s.calibration_images, seed)
     pruned = prune(
-        copy.deepcopy(full), mode, s.targets[mode], s.step, seed, method, input_shape=ctx.shape,
+        copy.deepcopy(full), budget=s.budget(mode), step=s.step, seed=seed, criterion=method, input_shape=ctx.shape,
         selection=s.conventional_layers, calibration=calibration,
     ).model  # fmt: skip
     ctx.log(f"[seed {seed}] {method} {mode}: ranked and pruned the trained model, fine-tuning "
@@ -239,11 +244,18 @@ def _check_settings(settings: CompareSettings) -> None:
         raise EdgepruneError(f"unknown baseline(s) {sorted(unknown)}; choose from: {', '.join(BASELINES)}")
     if not settings.targets:
         raise EdgepruneError("no modes given")
-    for mode in settings.targets:
+    for mode in [*settings.targets, *settings.also]:
         if mode not in STATIC:  # a comparison prunes to proxy costs; latency needs a table and a device
             raise EdgepruneError(f"unknown mode '{mode}'; choose from: {', '.join(STATIC)}")
     if is_folder_ref(settings.model):
         raise EdgepruneError(f"{settings.model}: compare trains from scratch; give a zoo name or a model reference")
+
+
+def _check_budgets(ctx: RunContext) -> None:
+    """With ``also`` limits, plan every mode's budget once before any training: an unreachable one fails now."""
+    s = ctx.settings
+    for mode in s.targets if s.also else ():
+        prune(ctx.fresh(s.seeds[0]), budget=s.budget(mode), step=s.step, seed=s.seeds[0], input_shape=ctx.shape)
 
 
 def make_context(
@@ -365,6 +377,7 @@ def run_comparison(
     if ray is not None:
         settings = replace(settings, threads=settings.threads or ray.threads())
     ctx = make_context(settings, data, out_dir, progress, resume)
+    _check_budgets(ctx)
     if ray is not None:
         ctx = replace(ctx, out=ctx.out.resolve())
     records: list[RunRecord] = []
@@ -442,6 +455,8 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: Co
         "(pre-training included), measured in the same run; FLOPs = multiply-adds (MACs); MB = 10^6 bytes"
         + (f"; {MATCHED} = the direct pipeline's network trained for as many epochs as fit in the conventional "
            "pipeline's measured time" if settings.time_matched else "")
+        + (f"; every pruned network also meets {', '.join(f'{k} <= {v}' for k, v in settings.also.items())}"
+           if settings.also else "")
         + (f"; training time '(N machines)': {NOT_COMPARABLE.format(n='N', hosts='in train_hosts')}"
            if any(len(r["train_hosts"]) > 1 for r in rows) or len(_hosts(baselines)) > 1 else ""),
     }  # fmt: skip
