@@ -403,3 +403,19 @@ def test_a_replan_below_the_smallest_network_plans_the_smallest_network_instead(
     lat = result.report()["latency"]
     assert all("error" not in a for a in lat["attempts"]) and len(lat["attempts"]) == 2
     assert lat["attempts"][1]["table_ms"] == pytest.approx(floor_sum)  # the smallest network, planned and measured
+
+
+def test_cli_recalibrates_a_table_without_rebuilding_its_layers(tmp_path, capsys):
+    table = fake_table()  # made "on this machine" (its CPU and onnxruntime version), no calibration
+    table.save(tmp_path / "t.json")
+    code = main(["lut", "tiny", "--recalibrate", "--calibrate", "0.5", "--processes", "1", "--out",
+                 str(tmp_path / "t.json")])  # fmt: skip
+    assert code == 0 and "smallest network" in capsys.readouterr().out
+    again = load_table(tmp_path / "t.json")
+    assert again.layers == table.layers and again.parent_ms == table.parent_ms  # the grid is kept
+    assert 2 <= len(again.calibration) <= 3 and [pytest.approx(3.0)] * 2 in again.calibration
+    data = again.to_dict()
+    data["cpu"] = "Another CPU"
+    (tmp_path / "t.json").write_text(json.dumps(data))
+    assert main(["lut", "tiny", "--recalibrate", "--out", str(tmp_path / "t.json")]) == 2
+    assert "made for CPU 'Another CPU'" in capsys.readouterr().err

@@ -631,25 +631,36 @@ def add_lut(sub: argparse._SubParsersAction) -> None:
                    f"are refused (default {' '.join(f'{f:g}' for f in CALIBRATION)}; none: none)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="TABLE.json", help="where to write the table")
     p.add_argument("--force", action="store_true", help="replace an existing table")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="keep the layers of the --out table (made for this model on this machine) and measure only "
+                   "its calibration afresh (seconds, not minutes)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no per-layer progress lines")
 
 
 def cmd_lut(args: argparse.Namespace) -> None:
-    """Build, save and summarise a latency table."""
+    """Build (or recalibrate), save and summarise a latency table."""
     from edgeprune.files import check_writable_file
     from edgeprune.io import resolve
-    from edgeprune.lut import build_table
+    from edgeprune.lut import build_table, calibrate, load_table
 
     out = check_writable_file(args.out, "--out")
-    if out.exists() and not args.force:
-        raise EdgepruneError(f"--out {out}: exists; give --force to replace it")
-    resolved = resolve(_model_ref(args))
-    progress = None if args.quiet else (lambda line: print("  " + line, flush=True))
-    table = build_table(
-        resolved.model, tuple(resolved.input_shape), args.backend, args.threads, args.round_to, args.near,
-        args.ratio, args.runs, args.warmup, args.processes, source=args.model, progress=progress, order=args.order,
-        calibration=tuple(args.calibrate),
-    )  # fmt: skip
+    if args.recalibrate:
+        if not args.calibrate:
+            raise EdgepruneError("--recalibrate needs calibration cuts: drop the empty --calibrate")
+        table = load_table(out)
+        table.check_machine()  # a calibration measured here would not fit layers measured elsewhere
+        resolved = resolve(_model_ref(args))
+        table = calibrate(table, resolved.model, tuple(args.calibrate), processes=args.processes)
+    else:
+        if out.exists() and not args.force:
+            raise EdgepruneError(f"--out {out}: exists; give --force to replace it (or --recalibrate it)")
+        resolved = resolve(_model_ref(args))
+        progress = None if args.quiet else (lambda line: print("  " + line, flush=True))
+        table = build_table(
+            resolved.model, tuple(resolved.input_shape), args.backend, args.threads, args.round_to, args.near,
+            args.ratio, args.runs, args.warmup, args.processes, source=args.model, progress=progress,
+            order=args.order, calibration=tuple(args.calibrate),
+        )  # fmt: skip
     table.save(out)
     floor = "" if table.floor_ms is None else (
         f"\ncalibration: {', '.join(f'{s:.3f}->{m:.3f}' for s, m in table.calibration)} ms (table sum -> measured); "
