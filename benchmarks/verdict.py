@@ -110,6 +110,11 @@ def study_claims(folder: str, model: str, scale: str, planned: int) -> list[dict
             versus = f"{spread(gap)} pts against the better of {' / '.join(conventional)}"
             claim = f"{SETUP[model]} {LABEL[mode]}: direct matches train -> prune -> fine-tune"
             rows.append(_row(claim, "comparable accuracy", versus, where, mean(gap) >= -WITHIN, provisional, link))
+        if conventional and all(("direct-matched", mode, s) in runs for s in done):
+            gap = [100 * runs["direct-matched", mode, s]["test_accuracy"] - b for s, b in zip(done, best)]
+            claim = f"{SETUP[model]} {LABEL[mode]}: at equal training time, direct matches conventional (ours)"
+            versus = f"{spread(gap)} pts against the better of {' / '.join(conventional)}"
+            rows.append(_row(claim, "-", versus, where, mean(gap) >= -WITHIN, provisional, link))
         if all(("l1", mode, s) in runs for s in done):
             saving = [1 - robust_seconds(direct[s]) / robust_seconds(runs["l1", mode, s]) for s in done]
             rows.append(_row(f"{SETUP[model]} {LABEL[mode]}: training time saved against l1",
