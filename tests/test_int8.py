@@ -281,6 +281,8 @@ def test_cli_export_int8_and_evaluate(trained, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "int8 QDQ" in out and "drop" in out
     assert target.is_file() and (tmp_path / "m-fp32.onnx").is_file()
+    larger = target.stat().st_size >= (tmp_path / "m-fp32.onnx").stat().st_size
+    assert larger == ("not smaller than the fp32" in out)
     scores = {}
     for source in (folder, tmp_path / "m-fp32.onnx", target):
         assert main(["evaluate", str(source), "--data", str(MINI), "--limit-test", "400", "--json"]) == 0
@@ -335,3 +337,16 @@ def test_sweep_int8_adds_int8_rows_beside_the_fp32_ones(tmp_path, capsys):
         main(["sweep", "tiny", "--int8", "--targets", "0.5", "--out", str(tmp_path / "u"), "--epochs", "0"])
     code = main(["sweep", "tiny", "--int8", "--targets", "0.5", "--out", str(tmp_path / "u")])
     assert code == 2 and "--int8 needs --data" in capsys.readouterr().err
+
+
+def test_cli_export_int8_says_when_the_int8_file_is_not_smaller(tmp_path, capsys):
+    """At a few channels per layer, per-channel scales and zero points outweigh the bytes int8 weights save."""
+    from edgeprune.cli import main
+
+    torch.manual_seed(0)
+    edgeprune.save(edgeprune.create("tiny", width=0.05), tmp_path / "n", (3, 32, 32))
+    code = main(["export", str(tmp_path / "n"), "--onnx", str(tmp_path / "n.onnx"), "--int8", "--calibration",
+                 str(MINI), "--calibration-images", "32", "--limit-test", "100", "--max-drop", "100"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and (tmp_path / "n.onnx").stat().st_size >= (tmp_path / "n-fp32.onnx").stat().st_size
+    assert "note: the int8 file is not smaller than the fp32 one" in out

@@ -587,6 +587,11 @@ def cmd_export(args: argparse.Namespace) -> None:
             f"fp32 {100 * check['fp32']['top1']:.2f}%, int8 {100 * check['int8']['top1']:.2f}% "
             f"(drop {check['drop_points']:+.2f} points, limit {check['max_drop_points']:g}) on {check['images']} images"
         )
+        if check["int8"]["bytes"] >= info["fp32"]["bytes"]:  # per-channel scales outweigh the bytes saved
+            line += (
+                f"\nnote: the int8 file is not smaller than the fp32 one ({info['fp32']['bytes'] / 1e6:.2f} MB): at "
+                "a few channels per layer the per-channel scales and zero points outweigh the weights saved"
+            )
     print(json.dumps(info, indent=2) if args.json else line)
     if args.int8 and not info["int8"]["check"]["passed"]:
         check = info["int8"]["check"]
