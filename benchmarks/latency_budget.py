@@ -6,11 +6,14 @@ threads sleeping (``spin=False``) everywhere:
 
 1. Latency table (``edgeprune.lut.build_table``: every conv/linear layer at a grid of widths, multiples of
    ``--round-to``, default 8; ``--table-runs`` rounds in ``--table-processes`` fresh processes), its build time
-   and grid points; the parent's latency is the one the table measured (``measure_latency``).
+   and grid points; the parent's latency is the one the table measured (``measure_latency``). Each table is
+   calibrated (``--calibrate``, default 0.75 0.5 0.3: uniform cuts and the smallest network timed whole beside
+   the parent); a table reused from ``--work`` without a calibration gets one.
 2. Latency mode at each of ``--targets`` (default 0.5 0.3) of the parent's measured latency:
    ``prune(model, budget={"latency": f}, table=table)`` (default measure, re-plans up to 4 times): target,
    predicted and measured ms, attempts, met (at or under) and within 5% under; the table's prediction error
-   |predicted - measured| / measured, first attempt and final, with its median over every (model, backend, target).
+   |predicted - measured| / measured, first attempt and final, with its median over every (model, backend, target),
+   and the first attempt's error by the table's plain sum (before calibration).
 3. round_to by measurement: FA at ``--flops-fraction`` 0.5 (``prune(model, "flops", 0.5, round_to=N)``) for each
    N in ``--round-tos`` (default 1 4 8 16 32), the parent and every variant of a model timed interleaved
    (``latency_interleaved``) in one process per backend, ``--runs`` rounds after ``--warmup``, in ``--processes``
