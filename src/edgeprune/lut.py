@@ -26,6 +26,7 @@ uses): all grid points of one layer timed round-robin in one process, so that th
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import json
@@ -620,43 +621,43 @@ def calibrate(
 
     ``timer`` replaces the measuring processes (tests inject one).
     """
-    import copy as _copy
+    if any(not 0 < f < 1 for f in fractions):
+        raise EdgepruneError(f"calibration fractions must be in (0, 1), got {list(fractions)}")
+    parent_sum, cuts = _calibration_cuts(table, model, fractions, prune_residual)
+    if timer is None:
+        settings = table.settings or {}
+        timer = _relative_timer(table, runs, warmup, processes or settings.get("processes", 3),
+                                settings.get("spin", False))  # fmt: skip
+    ms = timer({"parent": model, **{name: cut for name, (cut, _) in cuts.items()}})
+    points = [[parent_sum, table.parent_ms]] + [[s, ms[name]] for name, (_, s) in cuts.items()]
+    return dataclasses.replace(table, calibration=sorted(points))
 
+
+def _calibration_cuts(table: LatencyTable, model: Any, fractions: tuple[float, ...],
+                      prune_residual: bool) -> tuple[float, dict[str, tuple[Any, float]]]:  # fmt: skip
+    """The parent's table sum, and the calibration networks by name: (the cut model, its table sum)."""
     import torch
 
     from edgeprune.graph import analyse
     from edgeprune.pruning import apply_plan, floor_plan, make_budget_plan
 
-    if any(not 0 < f < 1 for f in fractions):
-        raise EdgepruneError(f"calibration fractions must be in (0, 1), got {list(fractions)}")
     example = torch.zeros(1, *table.input_shape)
-    prof, _ = analyse(_copy.deepcopy(model), example, prune_residual)
+    prof, _ = analyse(copy.deepcopy(model), example, prune_residual)
     table.check_model(prof)
     plans = {"floor": floor_plan(prof, prof.groups, round_to=table.round_to)}
     for f in fractions:
         try:
-            plans[f"uniform {f:g}"] = make_budget_plan(
-                prof,
-                prof.groups,
-                {"latency": f * table.parent_ms},
-                selection="ratio",
-                round_to=table.round_to,
-                table=table,
-            )
+            budget = {"latency": f * table.parent_ms}
+            plans[f"uniform {f:g}"] = make_budget_plan(prof, prof.groups, budget, selection="ratio",
+                                                       round_to=table.round_to, table=table)  # fmt: skip
         except EdgepruneError:  # below the floor: the floor stands for it
             continue
-    models = {"parent": model}
+    cuts = {}
     for name, plan in plans.items():
-        cut = _copy.deepcopy(model)
+        cut = copy.deepcopy(model)
         apply_plan(cut, plan, example, analyse(cut, example, prune_residual)[1])
-        models[name] = cut
-    if timer is None:
-        settings = table.settings or {}
-        timer = _relative_timer(table, runs, warmup, processes or settings.get("processes", 3),
-                                settings.get("spin", False))  # fmt: skip
-    ms = timer(models)
-    points = [[table.table_sum(prof), table.parent_ms]] + [[table.table_sum(p.after), ms[n]] for n, p in plans.items()]
-    return dataclasses.replace(table, calibration=sorted(points))
+        cuts[name] = (cut, table.table_sum(plan.after))
+    return table.table_sum(prof), cuts
 
 
 def _relative_timer(table: LatencyTable, runs: int, warmup: int, processes: int, spin: bool) -> ModelTimer:
