@@ -612,8 +612,10 @@ def add_lut(sub: argparse._SubParsersAction) -> None:
         description="Time every conv and linear layer of the model, with its norm and activation as the backend runs "
         "them, in isolation at batch 1 at a grid of input x output widths (every --round-to step near full width, "
         "then geometric by --ratio), in fresh processes; then the whole model, whose latency minus its layers' is "
-        "'the rest'. 'edgeprune prune MODEL --target latency=3ms --lut TABLE' plans with it. The table records the "
-        "CPU, backend version and threads; prune refuses it on a machine where they differ.",
+        "'the rest'; then whole models cut uniformly and the smallest network a plan can reach (--calibrate), which "
+        "map the layers' sum to measured latency. 'edgeprune prune MODEL --target latency=3ms --lut TABLE' plans "
+        "with it. The table records the CPU, backend version and threads; prune refuses it on a machine where they "
+        "differ.",
     )
     _model_args(p)
     p.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="the backend the model will run on "
@@ -633,7 +635,7 @@ def add_lut(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate", nargs="*", type=_fraction, default=list(CALIBRATION), metavar="F",
                    help="uniform cuts at these fractions of the parent's table sum, and the smallest network, timed "
                    "whole beside the parent: predictions are mapped through them and targets under the smallest "
-                   f"are refused (default {' '.join(f'{f:g}' for f in CALIBRATION)}; none: none)")  # fmt: skip
+                   f"are refused (default {' '.join(f'{f:g}' for f in CALIBRATION)}; no F: none)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="TABLE.json", help="where to write the table")
     p.add_argument("--force", action="store_true", help="replace an existing table")
     p.add_argument("--recalibrate", action="store_true",
