@@ -367,14 +367,14 @@ def test_a_malformed_calibration_is_one_line(tmp_path):
 
 def test_cli_builds_a_calibrated_table_with_real_processes(tmp_path, capsys):
     out = tmp_path / "lut.json"
-    code = main(["lut", "tiny", "--backend", "torch", "--runs", "2", "--warmup", "0", "--processes", "1",
+    code = main(["lut", "tiny", "--backend", "onnxruntime", "--runs", "2", "--warmup", "0", "--processes", "1",
                  "--round-to", "32", "--near", "0", "--ratio", "0.3", "--calibrate", "0.5", "--quiet",
                  "--out", str(out)])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0 and "smallest network" in printed and f"wrote {out}" in printed
     table = load_table(out)
     # the parent, the floor, and the 0.5 cut unless the noisy table (2 runs) puts the floor's sum above it
-    assert table.backend == "torch" and table.round_to == 32 and len(table.calibration) in (2, 3)
+    assert table.backend == "onnxruntime" and table.round_to == 32 and len(table.calibration) in (2, 3)
     assert [pytest.approx(table.parent_ms)] * 2 in table.calibration
     assert table.floor_ms == min(ms for _, ms in table.calibration) > 0
     with pytest.raises(SystemExit) as exc:
