@@ -419,3 +419,15 @@ def test_cli_recalibrates_a_table_without_rebuilding_its_layers(tmp_path, capsys
     (tmp_path / "t.json").write_text(json.dumps(data))
     assert main(["lut", "tiny", "--recalibrate", "--out", str(tmp_path / "t.json")]) == 2
     assert "made for CPU 'Another CPU'" in capsys.readouterr().err
+
+
+def test_a_target_under_what_the_settings_allow_is_refused_in_predicted_ms():
+    table, device = calibrated_table()  # its floor: one quantum of 8 filters per layer
+    model, example = tiny(), torch.zeros(1, *SHAPE)
+    prof, graph = analyse(model, example, prune_residual=True)
+    sixteen = apply_plan(model, floor_plan(prof, prof.groups, min_filters=16, round_to=8), example, graph)
+    predicted = table.predict(edgeprune.profile(sixteen))
+    target = (table.floor_ms + predicted) / 2  # above the measured floor, below what 16 filters a layer allow
+    with pytest.raises(EdgepruneError, match=rf"with these settings: .* predicted at {predicted:.3f} ms"):
+        edgeprune.prune(tiny(), budget={"latency": f"{target:.4f}ms"}, table=table, measure=device,
+                        prune_residual=True, min_filters=16)  # fmt: skip

@@ -518,7 +518,8 @@ def prune(
 
     first = dict(absolute)
     if "latency" in absolute:
-        first["latency"] = _first_limit(table, absolute["latency"])
+        smallest = get_cost("latency", table).total(floor_plan(prof, groups, min_filters, round_to).after)
+        first["latency"] = _first_limit(table, absolute["latency"], smallest)
     plan = plan_for(first)
     apply_plan(pruned, plan, example, graph)
     if "latency" in absolute:
@@ -534,20 +535,27 @@ def prune(
 LATENCY_TOLERANCE = 0.05  # a measured latency within 5 % under its limit is close enough: stop re-planning
 
 
-def _first_limit(table: Any, limit: float) -> float:
+def _first_limit(table: Any, limit: float, smallest: float) -> float:
     """The table sum to plan the first cut at: where the table's calibration puts the middle of the 5 % window.
 
-    A target under the calibration's smallest network (every prunable group at its floor, measured) is refused.
+    A target under the calibration's smallest network (every prunable group at its floor, measured) is refused,
+    and so is one under the smallest network these settings allow (``smallest``, its table sum; more filters
+    kept or residual channels left whole make it larger), by the calibration's prediction of it.
     """
     floor = getattr(table, "floor_ms", None)
-    if floor is not None and limit < floor:
+    if floor is None:  # no calibration: the table's sum is the best guess there is
+        return limit
+    if limit < floor:
         raise EdgepruneError(
             f"target {limit:.3f} ms latency is unreachable on {table.backend}: the smallest network (every prunable "
             f"layer at its floor, round_to {table.round_to}) measured {floor:.3f} ms"
         )
-    if floor is None:  # no calibration: the table's sum is the best guess there is
-        return limit
-    return table.table_ms_for(limit * (1 - LATENCY_TOLERANCE / 2))
+    if limit < table.calibrated(smallest):
+        raise EdgepruneError(
+            f"target {limit:.3f} ms latency is unreachable with these settings: the smallest network they allow "
+            f"(minimum filters, round_to, residual channels) is predicted at {table.calibrated(smallest):.3f} ms"
+        )
+    return max(table.table_ms_for(limit * (1 - LATENCY_TOLERANCE / 2)), smallest)
 
 
 def _predicted(plan: PrunePlan) -> tuple[float, float]:
