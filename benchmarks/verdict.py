@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
+
+from edgeprune.pipelines import steady_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -52,14 +53,6 @@ STUDIES = [
 ]  # fmt: skip
 WITHIN = 1.0  # points: "at most 1 point below"
 TIME_SAVING = 0.5  # the journal's ~60%, taken as "at least half"
-
-
-def robust_seconds(run: dict) -> float:
-    """A run's training seconds: per stage, the median epoch time x its epochs (pauses do not count)."""
-    stages: dict[int, list[float]] = {}
-    for h in run["history"]:
-        stages.setdefault(h.get("stage", 0), []).append(h["epoch_seconds"])
-    return sum(statistics.median(s) * len(s) for s in stages.values())
 
 
 def mean(values: list[float]) -> float:
@@ -116,7 +109,8 @@ def study_claims(folder: str, model: str, scale: str, planned: int) -> list[dict
             versus = f"{spread(gap)} pts against the better of {' / '.join(conventional)}"
             rows.append(_row(claim, "-", versus, where, mean(gap) >= -WITHIN, provisional, link))
         if all(("l1", mode, s) in runs for s in done):
-            saving = [1 - robust_seconds(direct[s]) / robust_seconds(runs["l1", mode, s]) for s in done]
+            saving = [1 - steady_seconds(direct[s]["history"]) / steady_seconds(runs["l1", mode, s]["history"])
+                      for s in done]  # fmt: skip
             rows.append(_row(f"{SETUP[model]} {LABEL[mode]}: training time saved against l1",
                              "about 60% (journal)", f"{100 * mean(saving):.0f}%", where,
                              mean(saving) >= TIME_SAVING, provisional, link))  # fmt: skip

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,12 @@ def test_compare_resume_reuses_finished_runs(tmp_path):
         direct, l1, matched = (third[m, mode] for m in ("direct", "l1", "direct-matched"))
         assert direct == second["direct", mode] and l1 == second["l1", mode]
         assert (matched["params"], matched["flops"]) == (direct["params"], direct["flops"])  # the same network
-        assert matched["epochs"] == max(1, int(l1["train_seconds"] // direct["train_seconds"]))
+        steady = {}  # per stage the median epoch time x epochs: paused epochs are not charged
+        for name, run in (("l1", l1), ("direct", direct)):
+            stages = {h["stage"] for h in run["history"]}
+            steady[name] = sum(statistics.median(h["epoch_seconds"] for h in run["history"] if h["stage"] == st)
+                               * sum(h["stage"] == st for h in run["history"]) for st in stages)  # fmt: skip
+        assert matched["epochs"] == max(1, int(steady["l1"] // steady["direct"]))
         assert len(matched["history"]) == matched["epochs"]
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import os
+import statistics
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -165,11 +166,21 @@ def _record(
     )  # fmt: skip
 
 
+def steady_seconds(history: list[dict]) -> float:
+    """Training seconds charged per stage as its median epoch time x its epochs: a paused or crowded epoch (a
+    shared machine) does not count. ``history``: the per-epoch records, with their ``stage``."""
+    stages: dict[int, list[float]] = {}
+    for h in history:
+        stages.setdefault(h.get("stage", 0), []).append(h["epoch_seconds"])
+    return sum(statistics.median(s) * len(s) for s in stages.values())
+
+
 def matched_epochs(runs: list[RunRecord]) -> int:
-    """Epochs of the direct network that fit in the conventional pipeline's measured time (l1 first), at least 1."""
+    """Epochs of the direct network that fit in the conventional pipeline's measured time (l1 first), at least 1;
+    both timed by ``steady_seconds``, so that a pause in either does not skew the match."""
     direct = next(r for r in runs if r.method == DIRECT)
     reference = next(r for m in CONVENTIONAL for r in runs if r.method == m)
-    return max(1, int(reference.train_seconds // (direct.train_seconds / direct.epochs)))
+    return max(1, int(steady_seconds(reference.history) // (steady_seconds(direct.history) / direct.epochs)))
 
 
 # -- the runs: each independent of the others but for its inputs, called by the serial and the Ray paths --
