@@ -223,16 +223,23 @@ def _prunable(groups: list[ChannelGroup], floors: dict[str, int], round_to: int)
     return [g for g in groups if g.prunable and g.slots * g.unit >= round_to and g.slots > floors[g.name]]
 
 
+def _floor_state(prof: Profile, prunable: list[ChannelGroup], floors: dict[str, int]) -> _State:
+    """The shapes with every prunable group cut to its floor (its first ``floors`` slots kept)."""
+    state = _State(prof)
+    for g in prunable:
+        state.shapes.update(state.shrunk(g, list(range(floors[g.name], g.slots))))
+    return state
+
+
 def floor_plan(prof: Profile, groups: list[ChannelGroup], min_filters: int = 1, round_to: int = 1) -> PrunePlan:
     """Every prunable group at the fewest filters it may keep: the smallest network a plan can reach."""
     floors = {g.name: _floor_slots(g, min_filters, round_to) for g in groups}
-    state = _State(prof)
-    slots = {g.name: list(range(g.slots)) for g in groups}
-    for g in _prunable(groups, floors, round_to):
-        state.shapes.update(state.shrunk(g, slots[g.name][floors[g.name] :]))
-        slots[g.name] = slots[g.name][: floors[g.name]]
+    prunable = _prunable(groups, floors, round_to)
+    after = _floor_state(prof, prunable, floors).profile()
+    narrowed = {g.name for g in prunable}
+    slots = {g.name: list(range(floors[g.name] if g.name in narrowed else g.slots)) for g in groups}
     settings = {"min_filters": min_filters, "round_to": round_to, "floor": True}
-    return PrunePlan("floor", 0, prof, state.profile(), groups, _kept_channels(groups, slots), [], settings)
+    return PrunePlan("floor", 0, prof, after, groups, _kept_channels(groups, slots), [], settings)
 
 
 def _check_budget(budget: dict[str, float], floor: _State, min_filters: int, costs: dict[str, Cost]) -> None:
@@ -296,10 +303,7 @@ def make_budget_plan(
     floors = {g.name: _floor_slots(g, min_filters, round_to) for g in groups}  # in slots
     prunable = _prunable(groups, floors, round_to)
     state = _State(prof)
-    floor = _State(prof)
-    for g in prunable:
-        floor.shapes.update(floor.shrunk(g, list(range(floors[g.name], g.slots))))
-    _check_budget(budget, floor, min_filters, costs)
+    _check_budget(budget, _floor_state(prof, prunable, floors), min_filters, costs)
     mode, target = next(iter(budget.items()))
     # Separate streams for the layer lottery and the random filter choice: the layers drawn (and so the
     # widths) then depend on the seed alone, not on the criterion, and a conventional pipeline's
