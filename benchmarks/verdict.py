@@ -28,6 +28,7 @@ import json
 from pathlib import Path
 
 from edgeprune.pipelines import steady_seconds
+from edgeprune.plots import plot_learning_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -135,7 +136,17 @@ def _row(claim: str, paper: str, ours: str, scale: str, holds: bool, provisional
             "verdict": verdict + (" (provisional: one seed)" if provisional else ""), "run": link}  # fmt: skip
 
 
-def markdown(rows: list[dict], missing: list[tuple[str, str, str]]) -> str:
+def draw_curves(folder: str, model: str, scale: str) -> str | None:
+    """Redraw a study's curves.png from its committed compare.json; the markdown line linking it, or None."""
+    path = RESULTS / folder / "compare.json"
+    if not path.is_file():
+        return None
+    runs = json.loads(path.read_text())["runs"]
+    plot_learning_curves(runs, RESULTS / folder / "curves.png", f"{SETUP[model]}: {scale}")
+    return f"- [{SETUP[model]}, {scale}]({folder}/curves.png)"
+
+
+def markdown(rows: list[dict], missing: list[tuple[str, str, str]], curves: list[str]) -> str:
     """The verdict page."""
     head = ["claim", "paper", "ours", "scale", "verdict", "run"]
     lines = [
@@ -159,6 +170,16 @@ def markdown(rows: list[dict], missing: list[tuple[str, str, str]]) -> str:
         lines += ["Not run yet (no compare.json committed):", ""]
         lines += [f"- {SETUP[model]}: {scale} (`docs/results/{folder}`)" for folder, model, scale in missing]
         lines.append("")
+    if curves:
+        lines += [
+            "## Learning curves",
+            "",
+            "Test accuracy per epoch, drawn from the same compare.json files "
+            "(a conventional pipeline's curve is its pre-training, then its fine-tuning):",
+            "",
+            *curves,
+            "",
+        ]
     others = sorted(p.name for p in RESULTS.glob("*.md") if p.name != "README.md")
     lines += ["## Other results in this folder", "", *(f"- [{name}]({name})" for name in others), ""]
     return "\n".join(lines)
@@ -169,13 +190,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(RESULTS / "README.md"), help="where to write (default docs/results/...)")
     args = p.parse_args()
-    rows, missing = [], []
+    rows, missing, curves = [], [], []
     for folder, model, scale, planned in STUDIES:
         found = study_claims(folder, model, scale, planned)
         rows += found
         if not found:
             missing.append((folder, model, scale))
-    text = markdown(rows, missing)
+        elif line := draw_curves(folder, model, scale):
+            curves.append(line)
+    text = markdown(rows, missing, curves)
     Path(args.out).write_text(text)
     print(text)
 

@@ -67,6 +67,20 @@ def test_compare_writes_every_row_and_column(comparison):
     for column in ("Δ accuracy", "FLOPs ↓", "memory ↓", "params ↓", "training time", "time / conventional", "Baseline"):
         assert column in md
     assert (comparison / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert (comparison / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_learning_curves_count_the_whole_pipeline(comparison):
+    """A conventional run's curve is its pre-training (the full model's curve), then its fine-tuning."""
+    from edgeprune.plots import _curve
+
+    runs = json.loads((comparison / "compare.json").read_text())["runs"]
+    full = {r["seed"]: _curve(r) for r in runs if r["method"] == "full"}
+    for r in runs:
+        if r["method"] in ("l1", "nuclear"):
+            assert len(_curve(r)) == 2 and _curve(r)[:1] == full[r["seed"]]
+        elif r["method"] != "full":
+            assert len(_curve(r)) == 1
 
 
 def test_compare_table_matches_run_records(comparison):

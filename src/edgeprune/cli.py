@@ -1002,7 +1002,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         help="direct training of complexity-pruned models vs train -> rank -> prune -> fine-tune",
         description="Runs, for each seed: the full model trained --epochs (the baseline and the pre-training of "
         "the conventional pipelines); for each mode, Algorithm 1 at initialisation trained --epochs (direct) and "
-        "the chosen baselines at the same target; then writes compare.md/.csv/.json and compare.png to --out: "
+        "the chosen baselines at the same target; then writes compare.md/.csv/.json, compare.png and curves.png to --out: "
         "accuracy change, reductions in FLOPs, memory and parameters, and total training time with its ratio "
         "to the l1 conventional pipeline, mean and std over seeds.",
     )
@@ -1147,7 +1147,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         device=str(resolve_device(args.device)), also=prune_budget(None, args.also) if args.also else {},
     )  # fmt: skip
     summary = run_comparison(settings, data, out, progress=not args.quiet, resume=args.resume, ray=ray)
-    print(markdown_table(summary) + f"\nwrote {out}/compare.md, compare.csv, compare.json, compare.png")
+    print(markdown_table(summary) + f"\nwrote {out}/compare.md, compare.csv, compare.json, compare.png, curves.png")
 
 
 # -- entry point ------------------------------------------------------------------------------

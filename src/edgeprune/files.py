@@ -26,7 +26,7 @@ LOCK_FILE = ".edgeprune.lock"
 OWN_FILES = frozenset(
     {
         "model.json", "model.safetensors", "report.json", "train.json", "checkpoint.safetensors",
-        "metrics.jsonl", "compare.json", "compare.csv", "compare.md", "compare.png", "results.json",
+        "metrics.jsonl", "compare.json", "compare.csv", "compare.md", "compare.png", "curves.png", "results.json",
         "results.csv", "latency_vs_flops.png", "shares.png", "model.onnx", LOCK_FILE,
     }
 )  # fmt: skip

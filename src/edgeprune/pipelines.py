@@ -538,12 +538,12 @@ def csv_rows(summary: dict) -> list[list]:
 
 
 def write_outputs(summary: dict, records: list[RunRecord], baselines: list[RunRecord], out: Path) -> None:
-    """compare.md, compare.csv, compare.json (with every run's record) and compare.png."""
+    """compare.md, compare.csv, compare.json (with every run's record), compare.png and curves.png."""
     import csv
     import io
 
     from edgeprune.files import atomic_write
-    from edgeprune.plots import plot_accuracy_vs_time
+    from edgeprune.plots import plot_accuracy_vs_time, plot_learning_curves
 
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -553,3 +553,5 @@ def write_outputs(summary: dict, records: list[RunRecord], baselines: list[RunRe
     atomic_write(out / "compare.md", lambda p: p.write_text(markdown_table(summary)))
     write_json(out / "compare.json", {**summary, "runs": [asdict(r) for r in baselines + records]})
     plot_accuracy_vs_time(summary, out / "compare.png")
+    if records:
+        plot_learning_curves([asdict(r) for r in baselines + records], out / "curves.png", summary["settings"]["model"])

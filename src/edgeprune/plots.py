@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -209,3 +210,58 @@ def plot_accuracy_vs_time(summary: dict, path: str | Path) -> None:
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
+
+
+def _curve(record: dict) -> list[float]:
+    """Test accuracy (%) after each epoch of a run's whole pipeline (pre-training, then fine-tuning)."""
+    return [100 * h["test_acc"] for h in record.get("history", []) if h.get("test_acc") is not None]
+
+
+def plot_learning_curves(runs: list[dict], path: str | Path, title: str = "") -> None:
+    """Test accuracy per epoch, one panel per mode and one line per method (the mean over seeds, min-max shaded).
+
+    ``runs`` are the run records of a comparison (``compare.json``'s ``"runs"``). A conventional pipeline's
+    epochs are counted over the whole pipeline: its pre-training (the full model's curve) then its
+    fine-tuning, so a reader sees at which epoch count each network got where it is.
+    """
+    modes = list(dict.fromkeys(r["mode"] for r in runs if r["mode"] != "-"))
+    if not modes:
+        raise ValueError("no pruned runs to plot")
+    methods = list(dict.fromkeys(r["method"] for r in runs if r["mode"] != "-"))
+    colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2))
+    full = [_curve(r) for r in runs if r["mode"] == "-"]
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 4.2), squeeze=False, sharey=True)
+    for ax, mode in zip(axes.flat, modes):
+        if full:
+            _mean_band(ax, full, "full model", "0.2", linestyle="--", zorder=3)
+        for method in methods:
+            curves = [_curve(r) for r in runs if r["mode"] == mode and r["method"] == method]
+            if curves:
+                _mean_band(ax, curves, method, colours[method])
+        ax.set_title(f"mode: {mode}")
+        ax.set_xlabel("epoch (conventional: pre-training, then fine-tuning)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylabel("test accuracy (%)")
+    axes.flat[-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _mean_band(
+    ax: plt.Axes, curves: list[list[float]], label: str, colour: str, linestyle: str = "-", zorder: int = 2
+) -> None:
+    """One line: the mean over the curves, over the epochs every curve reached, with its min-max band."""
+    n = min(len(c) for c in curves)
+    if n == 0:
+        return
+    values = np.array([c[:n] for c in curves])
+    x = np.arange(1, n + 1)
+    seeds = f" ({len(curves)} seeds)" if len(curves) > 1 else ""
+    ax.plot(
+        x, values.mean(axis=0), color=colour, linestyle=linestyle, linewidth=1.4, label=label + seeds, zorder=zorder
+    )
+    if len(curves) > 1:
+        ax.fill_between(x, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.15, linewidth=0)
