@@ -16,6 +16,9 @@ Verdict rules (stated in the output too):
   so that a run paused for a quiet timing elsewhere is not charged for the pause;
 - the complexity weighting against an unweighted lottery and width scaling is ours (the issue's question, not a
   paper claim): the difference in points is reported, *holds* when the weighted network is not below either.
+- the paper's accuracy claims are claims at convergence: when the full model is not at its plateau (its test
+  accuracy over its last 4 epochs spans more than 1 point, or it trained fewer than 4 epochs) the accuracy
+  change and direct-against-conventional claims are *untested at this scale*; our figures are still shown.
 With one seed every verdict is marked provisional.
 
     .venv/bin/python benchmarks/verdict.py
@@ -52,7 +55,15 @@ STUDIES = [
     ("paper_alexnet_w05_c100mini", "alexnet", "width 0.5, CIFAR-100 mini (5,000 / 1,000), 10 epochs (+10)", 2),
     ("paper_resnet50_w025_c100mini", "resnet50", "width 0.25, CIFAR-100 mini (5,000 / 1,000), 8 epochs (+8)", 2),
 ]  # fmt: skip
+# (the figure, what it reports, why it is not run here: epoch times measured on this CPU, issue 13)
+CITED = [
+    ("Nuclear-norm pruning (Yeom et al.), ResNet-56 / CIFAR-10", "94.13% at 40.4% fewer FLOPs, 45.9% fewer params",
+     "ResNet-56 trains at 368 images/s here: 150 epochs on full CIFAR-10 are about 5.7 h per network"),
+    ("L1 pruning (Li et al.), VGG-16 / CIFAR-10", "93.4% at 34% fewer FLOPs, 64% fewer params",
+     "full-width VGG-16 trains at 162 images/s here: 150 epochs are about 13 h per network"),
+]  # fmt: skip
 WITHIN = 1.0  # points: "at most 1 point below"
+PLATEAU_EPOCHS = 4  # the full model is at its plateau when its last 4 epochs span at most WITHIN points
 TIME_SAVING = 0.5  # the journal's ~60%, taken as "at least half"
 
 
@@ -65,6 +76,22 @@ def spread(values: list[float]) -> str:
     """Mean, and the range over seeds when there are several."""
     m = mean(values)
     return f"{m:+.2f}" if len(values) == 1 else f"{m:+.2f} ({min(values):+.2f} to {max(values):+.2f})"
+
+
+def plateau_span(run: dict) -> float | None:
+    """How many points the test accuracy spans over a run's last PLATEAU_EPOCHS epochs (None: fewer epochs)."""
+    acc = [100 * h["test_acc"] for h in run["history"] if h.get("test_acc") is not None][-PLATEAU_EPOCHS:]
+    return max(acc) - min(acc) if len(acc) == PLATEAU_EPOCHS else None
+
+
+def unconverged(full: list[dict]) -> str | None:
+    """Why the full models are not at their plateau, or None when they are."""
+    spans = [plateau_span(r) for r in full]
+    if any(s is None for s in spans):
+        return f"full model trained fewer than {PLATEAU_EPOCHS} epochs"
+    if mean(spans) > WITHIN:
+        return f"full model not at its plateau: its last {PLATEAU_EPOCHS} epochs span {mean(spans):.1f} pts"
+    return None
 
 
 def by_run(data: dict) -> dict[tuple[str, str, int], dict]:
@@ -89,6 +116,7 @@ def study_claims(folder: str, model: str, scale: str, planned: int) -> list[dict
                                                                   f"{planned} planned)")  # fmt: skip
         provisional = len(done) < 2
         full = {s: runs["full", "-", s] for s in done}
+        untested = unconverged(list(full.values()))
         direct = {s: runs["direct", mode, s] for s in done}
         delta = [100 * (direct[s]["test_accuracy"] - full[s]["test_accuracy"]) for s in done]
         cut = 100 * (1 - mean([direct[s][_key(mode)] / full[s][_key(mode)] for s in done]))
@@ -96,14 +124,15 @@ def study_claims(folder: str, model: str, scale: str, planned: int) -> list[dict
         rows.append(_row(f"{SETUP[model]} {LABEL[mode]}: accuracy change of the direct network",
                          f"{paper_delta:+.2f} pts at {paper_cut:.2f}% fewer {mode}",
                          f"{spread(delta)} pts at {cut:.2f}%", where,
-                         mean(delta) >= paper_delta - WITHIN, provisional, link))  # fmt: skip
+                         mean(delta) >= paper_delta - WITHIN, provisional, link, untested))  # fmt: skip
         conventional = [m for m in ("l1", "nuclear") if all((m, mode, s) in runs for s in done)]
         if conventional:
             best = [max(100 * runs[m, mode, s]["test_accuracy"] for m in conventional) for s in done]
             gap = [100 * direct[s]["test_accuracy"] - b for s, b in zip(done, best)]
             versus = f"{spread(gap)} pts against the better of {' / '.join(conventional)}"
             claim = f"{SETUP[model]} {LABEL[mode]}: direct matches train -> prune -> fine-tune"
-            rows.append(_row(claim, "comparable accuracy", versus, where, mean(gap) >= -WITHIN, provisional, link))
+            rows.append(_row(claim, "comparable accuracy", versus, where, mean(gap) >= -WITHIN, provisional, link,
+                             untested))  # fmt: skip
         if conventional and all(("direct-matched", mode, s) in runs for s in done):
             gap = [100 * runs["direct-matched", mode, s]["test_accuracy"] - b for s, b in zip(done, best)]
             claim = f"{SETUP[model]} {LABEL[mode]}: at equal training time, direct matches conventional (ours)"
@@ -130,8 +159,18 @@ def _key(mode: str) -> str:
     return {"params": "params", "flops": "flops", "memory": "memory_bytes"}[mode]
 
 
-def _row(claim: str, paper: str, ours: str, scale: str, holds: bool, provisional: bool, link: str) -> dict:
-    verdict = "holds" if holds else "fails"
+def _row(
+    claim: str,
+    paper: str,
+    ours: str,
+    scale: str,
+    holds: bool,
+    provisional: bool,
+    link: str,
+    untested: str | None = None,
+) -> dict:
+    """One verdict row; ``untested`` (a reason) overrides holds/fails."""
+    verdict = f"untested at this scale ({untested})" if untested else "holds" if holds else "fails"
     return {"claim": claim, "paper": paper, "ours": ours, "scale": scale,
             "verdict": verdict + (" (provisional: one seed)" if provisional else ""), "run": link}  # fmt: skip
 
@@ -146,6 +185,23 @@ def draw_curves(folder: str, model: str, scale: str) -> str | None:
     return f"- [{SETUP[model]}, {scale}]({folder}/curves.png)"
 
 
+def tally(rows: list[dict]) -> list[str]:
+    """A count of verdicts per kind of claim, so the table can be read at a glance."""
+    kinds = list(dict.fromkeys(r["claim"].split(": ", 1)[1] for r in rows))
+    head = [
+        "claim, over every setup and mode (provisional verdicts counted)",
+        "holds",
+        "fails",
+        "untested at this scale",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for kind in kinds:
+        verdicts = [r["verdict"] for r in rows if r["claim"].split(": ", 1)[1] == kind]
+        counts = [sum(v.startswith(word) for v in verdicts) for word in ("holds", "fails", "untested")]
+        lines.append(f"| {kind} | " + " | ".join(map(str, counts)) + " |")
+    return [*lines, ""] if rows else []
+
+
 def markdown(rows: list[dict], missing: list[tuple[str, str, str]], curves: list[str]) -> str:
     """The verdict page."""
     head = ["claim", "paper", "ours", "scale", "verdict", "run"]
@@ -158,12 +214,24 @@ def markdown(rows: list[dict], missing: list[tuple[str, str, str]], curves: list
         "paper's; direct against conventional holds when the direct network is at most 1 point below the better "
         "of l1 / nuclear; the training-time saving holds at 50% or more against the l1 pipeline (pre-training "
         "included; per stage the median epoch time x epochs, so paused epochs are not charged); the complexity "
-        "weighting holds when the weighted lottery is not below the unweighted lottery nor width scaling. One "
-        "seed makes a verdict provisional.",
+        "weighting holds when the weighted lottery is not below the unweighted lottery nor width scaling. The "
+        "paper's accuracy claims are claims at convergence: where the full model is not at its plateau (its last "
+        "4 epochs span more than 1 point) they are untested at that scale, and our figures are shown beside the "
+        "verdict. One seed makes a verdict provisional.",
         "",
+        *tally(rows),
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
         *("| " + " | ".join(r[k] for k in head) + " |" for r in rows),
+        "",
+    ]
+    lines += [
+        "The figures the paper cites for its conventional baselines (SPEC) are beyond this machine's time; our l1 "
+        "and nuclear pipelines are the ones in the table above, at its scales:",
+        "",
+        "| figure cited | reported | verdict |",
+        "|---|---|---|",
+        *(f"| {claim} | {figure} | untested at this scale ({why}) |" for claim, figure, why in CITED),
         "",
     ]
     if missing:
