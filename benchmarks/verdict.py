@@ -13,7 +13,9 @@ Verdict rules (stated in the output too):
   network is at most 1 point below the better conventional network, else *fails*;
 - training-time saving: *holds* when the direct pipeline needs at least 50% less training time than the l1
   pipeline (pre-training included), else *fails*. Training time = per stage the median epoch time x epochs,
-  so that a run paused for a quiet timing elsewhere is not charged for the pause;
+  so that a run paused for a quiet timing elsewhere is not charged for the pause; where the study's networks
+  were re-timed with nothing else running (``quiet_times.json`` from ``benchmarks/pipeline_time.py``: per stage
+  the quiet step time x epochs), that figure decides and the run's own is shown beside it;
 - the complexity weighting against an unweighted lottery and width scaling is ours (the issue's question, not a
   paper claim): the difference in points is reported, *holds* when the weighted network is not below either.
 - the paper's accuracy claims are claims at convergence: when the full model is not at its plateau (its test
@@ -94,6 +96,13 @@ def unconverged(full: list[dict]) -> str | None:
     return None
 
 
+def quiet_savings(path: Path) -> dict[tuple[str, int], float]:
+    """The savings against l1 re-timed quietly by benchmarks/pipeline_time.py, by (mode, seed); {} if not run."""
+    if not path.is_file():
+        return {}
+    return {(r["mode"], r["seed"]): r["quiet_saving"] for r in json.loads(path.read_text())["savings"]}
+
+
 def by_run(data: dict) -> dict[tuple[str, str, int], dict]:
     """The runs by (method, mode, seed); the full model's mode is '-'."""
     return {(r["method"], r["mode"], r["seed"]): r for r in data["runs"]}
@@ -105,6 +114,7 @@ def study_claims(folder: str, model: str, scale: str, planned: int) -> list[dict
     if not path.is_file():
         return []
     runs = by_run(json.loads(path.read_text()))
+    quiet = quiet_savings(RESULTS / folder / "quiet_times.json")
     seeds = sorted({s for (m, _, s) in runs if m == "full"})
     rows = []
     for mode in MODES:
@@ -141,9 +151,13 @@ def study_claims(folder: str, model: str, scale: str, planned: int) -> list[dict
         if all(("l1", mode, s) in runs for s in done):
             saving = [1 - steady_seconds(direct[s]["history"]) / steady_seconds(runs["l1", mode, s]["history"])
                       for s in done]  # fmt: skip
+            ours = f"{100 * mean(saving):.0f}% (epoch times in the run)"
+            if len(re_timed := [quiet[mode, s] for s in done if (mode, s) in quiet]) == len(done):
+                ours = f"{100 * mean(re_timed):.0f}% re-timed quietly ({100 * mean(saving):.0f}% in the run)"
+                saving = re_timed
             rows.append(_row(f"{SETUP[model]} {LABEL[mode]}: training time saved against l1",
-                             "about 60% (journal)", f"{100 * mean(saving):.0f}%", where,
-                             mean(saving) >= TIME_SAVING, provisional, link))  # fmt: skip
+                             "about 60% (journal)", ours, where, mean(saving) >= TIME_SAVING, provisional,
+                             link))  # fmt: skip
         others = [m for m in ("unweighted", "uniform") if all((m, mode, s) in runs for s in done)]
         if others:
             gaps = {m: [100 * (direct[s]["test_accuracy"] - runs[m, mode, s]["test_accuracy"]) for s in done]
@@ -213,7 +227,8 @@ def markdown(rows: list[dict], missing: list[tuple[str, str, str]], curves: list
         "(150 epochs, RMSprop, 5 seeds). Rules: an accuracy change holds when ours is at most 1 point below the "
         "paper's; direct against conventional holds when the direct network is at most 1 point below the better "
         "of l1 / nuclear; the training-time saving holds at 50% or more against the l1 pipeline (pre-training "
-        "included; per stage the median epoch time x epochs, so paused epochs are not charged); the complexity "
+        "included; per stage the median epoch time x epochs, so paused epochs are not charged; where a study was "
+        "re-timed quietly by `benchmarks/pipeline_time.py`, its quiet step times x epochs decide); the complexity "
         "weighting holds when the weighted lottery is not below the unweighted lottery nor width scaling. The "
         "paper's accuracy claims are claims at convergence: where the full model is not at its plateau (its last "
         "4 epochs span more than 1 point) they are untested at that scale, and our figures are shown beside the "

@@ -1,0 +1,153 @@
+"""Quiet re-timing of a comparison's pipelines (issue 13): the training-time saving with nothing else running.
+
+A long comparison (``edgeprune compare``) runs for hours beside other work, so the epoch times it records are
+taken on a shared CPU. Its accuracies do not depend on that; its time ratios do. This re-times what decides
+them: for each finished run of the comparison (its saved architecture, ``<run>/model.json``), the training
+step at the comparison's batch size, one thread, rounds interleaved over all networks (medians), nothing else
+on the CPU. A pipeline's training time is then its epochs x steps per epoch x its step time, stage by stage:
+
+- direct (and unweighted, uniform): ``epochs`` x step(pruned network);
+- l1 / nuclear: ``epochs`` x step(full model of the same seed) + ``finetune_epochs`` x step(pruned network).
+
+The saving against l1 (``1 - direct / l1``) is written beside the saving from the run's own epoch times
+(``pipelines.steady_seconds``), so the two can be compared. Writes ``quiet_times.json`` and ``quiet_times.md``
+into ``--out``; ``benchmarks/verdict.py`` reads the JSON. Pause background work first.
+
+    .venv/bin/python benchmarks/pipeline_time.py runs/conv_vgg16_w025 --data ../shared/data/cifar10-mini.tar.gz \\
+        --out docs/results/convergence_vgg16_w025
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import edgeprune
+from edgeprune.data import ImageDataset, load_dataset
+from edgeprune.files import atomic_write
+from edgeprune.measure import machine_info
+from edgeprune.pipelines import steady_seconds
+from edgeprune.train import TrainConfig, TrainStep
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMED = ("full", "direct", "l1", "nuclear")  # the methods the time claim compares
+
+
+def step_seconds(steps: dict[str, TrainStep], n: int, rounds: int, batch: int) -> dict[str, float]:
+    """Median seconds per training step of each network, over ``rounds`` interleaved rounds of ``n`` steps."""
+    gen = torch.Generator().manual_seed(0)
+    size = len(next(iter(steps.values())).labels)
+    for step in steps.values():  # warm-up: the first steps allocate and pick kernels
+        for _ in range(2):
+            step(torch.randint(size, (batch,), generator=gen), 0.01)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            index = [torch.randint(size, (batch,), generator=gen) for _ in range(n)]
+            start = time.perf_counter()
+            for i in index:
+                step(i, 0.01)
+            times[name].append((time.perf_counter() - start) / n)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def runs_of(compare: dict, folder: Path) -> dict[str, dict]:
+    """The comparison's finished runs of the timed methods, by run folder name, that have a saved model."""
+    found = {}
+    for r in compare["runs"]:
+        tag = f"full-s{r['seed']}" if r["method"] == "full" else f"{r['method']}-{r['mode']}-s{r['seed']}"
+        if r["method"] in TIMED and (folder / tag / "model.json").is_file():
+            found[tag] = r
+    return found
+
+
+def savings(compare: dict, runs: dict[str, dict], step: dict[str, float]) -> list[dict]:
+    """Per mode and seed: the direct and l1 pipelines' quiet seconds per training image, and both savings."""
+    epochs, finetune = compare["settings"]["epochs"], compare["settings"]["finetune_epochs"]
+    rows = []
+    for tag, r in sorted(runs.items()):
+        full, l1 = f"full-s{r['seed']}", f"l1-{r['mode']}-s{r['seed']}"
+        if r["method"] != "direct" or full not in runs or l1 not in runs:
+            continue
+        direct_s = epochs * step[tag]
+        l1_s = epochs * step[full] + finetune * step[l1]
+        in_run = 1 - steady_seconds(r["history"]) / steady_seconds(runs[l1]["history"])
+        rows.append({"mode": r["mode"], "seed": r["seed"], "direct_step_s": step[tag], "full_step_s": step[full],
+                     "l1_step_s": step[l1], "quiet_saving": 1 - direct_s / l1_s, "in_run_saving": in_run})  # fmt: skip
+    return rows
+
+
+def markdown(meta: dict, step: dict[str, float], rows: list[dict]) -> str:
+    """The report."""
+    lines = [
+        f"# Quiet re-timing of `{meta['runs']}`",
+        "",
+        f"`{meta['command']}`",
+        "",
+        f"{meta['date']}, commit {meta['commit']}, {meta['machine']['processor']}, torch "
+        f"{meta['machine'].get('torch')}, load average {meta['machine'].get('load_average_1m', 0):.2f} at the end, "
+        f"one thread, batch "
+        f"{meta['batch']}, {meta['rounds']} interleaved rounds of {meta['steps']} steps (medians). "
+        "Pipeline time = epochs x step time per stage (the comparison's epochs: "
+        f"{meta['epochs']} + {meta['finetune_epochs']} of fine-tuning).",
+        "",
+        "| mode | seed | direct step (ms) | full step (ms) | l1 network step (ms) | saving, quiet | saving, in run |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {r['mode']} | {r['seed']} | {1e3 * r['direct_step_s']:.1f} | {1e3 * r['full_step_s']:.1f} | "
+          f"{1e3 * r['l1_step_s']:.1f} | {100 * r['quiet_saving']:.0f}% | {100 * r['in_run_saving']:.0f}% |"
+          for r in rows),
+        "",
+        "Every network's step (ms): " + ", ".join(f"{k} {1e3 * v:.1f}" for k, v in sorted(step.items())),
+        "",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Re-time one comparison's networks and write quiet_times.json/.md."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", help="the comparison's --out folder (with compare.json and a folder per run)")
+    p.add_argument("--data", required=True, help="a data set of the comparison's image size (the mini set will do)")
+    p.add_argument("--steps", type=int, default=10, help="steps per network per round (default 10)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--out", required=True, help="folder for quiet_times.json and quiet_times.md")
+    args = p.parse_args()
+    folder = Path(args.runs)
+    compare = json.loads((folder / "compare.json").read_text())
+    runs = runs_of(compare, folder)
+    if not runs:
+        sys.exit(f"{folder}: no finished full/direct/l1/nuclear runs with a saved model")
+    torch.set_num_threads(1)
+    data: ImageDataset = load_dataset(args.data)
+    batch = compare["settings"]["batch_size"]
+    config = TrainConfig(epochs=1, batch_size=batch, seed=0)
+    steps = {tag: TrainStep(edgeprune.load(folder / tag), data, config, torch.Generator().manual_seed(0))
+             for tag in runs}  # fmt: skip
+    step = step_seconds(steps, args.steps, args.rounds, batch)
+    rows = savings(compare, runs, step)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    meta = {
+        "runs": str(folder), "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit.stdout.strip(), "machine": machine_info(), "batch": batch, "steps": args.steps,
+        "rounds": args.rounds,
+        "epochs": compare["settings"]["epochs"], "finetune_epochs": compare["settings"]["finetune_epochs"],
+    }  # fmt: skip
+    out = Path(args.out)
+    text = json.dumps({**meta, "step_seconds": step, "savings": rows}, indent=1)
+    atomic_write(out / "quiet_times.json", lambda path: path.write_text(text))
+    report = markdown(meta, step, rows)
+    atomic_write(out / "quiet_times.md", lambda path: path.write_text(report))
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
