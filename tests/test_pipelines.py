@@ -53,7 +53,8 @@ def comparison(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp")
     argv = ["compare", "tiny", "--data", str(MINI), "--target", "params=0.5", "flops=0.4", "--modes", "params",
             "flops", "--epochs", "1", "--finetune-epochs", "1", "--seeds", "0", "1", "--limit-train", "256",
-            "--limit-test", "128", "--batch-size", "64", "--out", str(out), "--force", "--quiet"]  # fmt: skip
+            "--limit-test", "128", "--batch-size", "64", "--calibration-images", "32", "--out", str(out), "--force",
+            "--quiet"]  # fmt: skip
     assert main(argv) == 0
     return out
 
@@ -89,6 +90,7 @@ def test_compare_table_matches_run_records(comparison):
         data["runs"],
         {(r["method"], r["mode"]): r for r in csv.DictReader((comparison / "compare.csv").open())},
     )
+    assert data["settings"]["calibration_images"] == 32  # the setting the nuclear ranking reads
     full = {r["seed"]: r for r in runs if r["method"] == "full"}
     for (method, mode), row in rows.items():
         mine = [r for r in runs if r["method"] == method and r["mode"] == mode]

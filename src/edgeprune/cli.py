@@ -1002,8 +1002,8 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         help="direct training of complexity-pruned models vs train -> rank -> prune -> fine-tune",
         description="Runs, for each seed: the full model trained --epochs (the baseline and the pre-training of "
         "the conventional pipelines); for each mode, Algorithm 1 at initialisation trained --epochs (direct) and "
-        "the chosen baselines at the same target; then writes compare.md/.csv/.json, compare.png and curves.png to --out: "
-        "accuracy change, reductions in FLOPs, memory and parameters, and total training time with its ratio "
+        "the chosen baselines at the same target; then writes compare.md/.csv/.json, compare.png and curves.png to "
+        "--out: accuracy change, reductions in FLOPs, memory and parameters, and total training time with its ratio "
         "to the l1 conventional pipeline, mean and std over seeds.",
     )
     p.add_argument("model", help="a zoo model name (see 'edgeprune models') or your own package.module:factory or "
@@ -1035,6 +1035,10 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seeds", type=_seed, nargs="+", default=[0], help="seeds; mean and std are over these")
     p.add_argument("--step", type=_finite, default=0.1, help="Algorithm 1's step (default 0.1)")
+    p.add_argument(
+        "--calibration-images", type=_positive_int, default=256, metavar="N",
+        help="training images whose feature maps rank the filters for the nuclear criterion (default 256)",
+    )  # fmt: skip
     p.add_argument(
         "--conventional-layers",
         choices=["weighted", "ratio"],
@@ -1142,7 +1146,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     settings = CompareSettings(
         model=args.model, targets=targets, baselines=tuple(args.baselines), epochs=args.epochs,
         finetune_epochs=args.finetune_epochs, seeds=tuple(args.seeds), step=args.step,
-        conventional_layers=args.conventional_layers, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
+        calibration_images=args.calibration_images, conventional_layers=args.conventional_layers,
+        optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
         time_matched=args.time_matched, width=args.width, threads=args.threads, model_args=model_args,
         device=str(resolve_device(args.device)), also=prune_budget(None, args.also) if args.also else {},
     )  # fmt: skip
