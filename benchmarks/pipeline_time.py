@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -59,6 +60,26 @@ def step_seconds(steps: dict[str, TrainStep], n: int, rounds: int, batch: int) -
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def busy_seconds() -> float | None:
+    """CPU seconds spent busy by the whole machine so far (all cores, /proc/stat), or None off Linux."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return None
+    user, nice, system, _, _, irq, softirq = fields[:7]  # idle, iowait and the hypervisor's steal are not busy
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def others_share(busy_before: float | None, own_before: float, wall_before: float) -> float | None:
+    """The share of the machine's CPU time that other processes used since the marks (0 = a quiet machine)."""
+    busy = busy_seconds()
+    if busy is None or busy_before is None:
+        return None
+    own = time.process_time() - own_before
+    wall = time.perf_counter() - wall_before
+    return max(0.0, (busy - busy_before - own) / (wall * (os.cpu_count() or 1)))
+
+
 def runs_of(compare: dict, folder: Path) -> dict[str, dict]:
     """The comparison's finished runs of the timed methods, by run folder name, that have a saved model."""
     found = {}
@@ -93,7 +114,7 @@ def markdown(meta: dict, step: dict[str, float], rows: list[dict]) -> str:
         f"`{meta['command']}`",
         "",
         f"{meta['date']}, commit {meta['commit']}, {meta['machine']['processor']}, torch "
-        f"{meta['machine'].get('torch')}, load average {meta['machine'].get('load_average_1m', 0):.2f} at the end, "
+        f"{meta['machine'].get('torch')}, other processes' share of the CPU while timing: {_share(meta)}, "
         f"one thread, batch "
         f"{meta['batch']}, {meta['rounds']} interleaved rounds of {meta['steps']} steps (medians). "
         "Pipeline time = epochs x step time per stage (the comparison's epochs: "
@@ -109,6 +130,12 @@ def markdown(meta: dict, step: dict[str, float], rows: list[dict]) -> str:
         "",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def _share(meta: dict) -> str:
+    """The other processes' CPU share as text."""
+    share = meta.get("others_cpu_share")
+    return "not measured (no /proc/stat)" if share is None else f"{100 * share:.1f}%"
 
 
 def main() -> None:
@@ -131,13 +158,16 @@ def main() -> None:
     config = TrainConfig(epochs=1, batch_size=batch, seed=0)
     steps = {tag: TrainStep(edgeprune.load(folder / tag), data, config, torch.Generator().manual_seed(0))
              for tag in runs}  # fmt: skip
+    marks = busy_seconds(), time.process_time(), time.perf_counter()
     step = step_seconds(steps, args.steps, args.rounds, batch)
+    others = others_share(*marks)
     rows = savings(compare, runs, step)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     meta = {
         "runs": str(folder), "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit.stdout.strip(), "machine": machine_info(), "batch": batch, "steps": args.steps,
+        "commit": commit.stdout.strip(), "machine": machine_info(), "others_cpu_share": others,
+        "batch": batch, "steps": args.steps,
         "rounds": args.rounds,
         "epochs": compare["settings"]["epochs"], "finetune_epochs": compare["settings"]["finetune_epochs"],
     }  # fmt: skip
