@@ -14,7 +14,7 @@ The saving against l1 (``1 - direct / l1``) is written beside the saving from th
 into ``--out``; ``benchmarks/verdict.py`` reads the JSON. Pause background work first.
 
     .venv/bin/python benchmarks/pipeline_time.py runs/conv_vgg16_w025 --data ../shared/data/cifar10-mini.tar.gz \\
-        --out docs/results/convergence_vgg16_w025
+        --out docs/results/convergence_vgg16_w025  # --steps 4 --rounds 12 by default
 """
 
 from __future__ import annotations
@@ -106,6 +106,15 @@ def savings(compare: dict, runs: dict[str, dict], step: dict[str, float]) -> lis
     return rows
 
 
+def repeatability(step: dict[str, float]) -> list[str]:
+    """The full models of all seeds share one architecture: how far apart their step times came out."""
+    full = [v for k, v in step.items() if k.startswith("full-")]
+    if len(full) < 2:
+        return []
+    spread = 100 * (max(full) - min(full)) / min(full)
+    return [f"Repeatability: the full models of {len(full)} seeds (one architecture) differ by {spread:.1f}%.", ""]
+
+
 def markdown(meta: dict, step: dict[str, float], rows: list[dict]) -> str:
     """The report."""
     lines = [
@@ -128,6 +137,7 @@ def markdown(meta: dict, step: dict[str, float], rows: list[dict]) -> str:
         "",
         "Every network's step (ms): " + ", ".join(f"{k} {1e3 * v:.1f}" for k, v in sorted(step.items())),
         "",
+        *repeatability(step),
     ]  # fmt: skip
     return "\n".join(lines)
 
@@ -143,8 +153,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", help="the comparison's --out folder (with compare.json and a folder per run)")
     p.add_argument("--data", required=True, help="a data set of the comparison's image size (the mini set will do)")
-    p.add_argument("--steps", type=int, default=10, help="steps per network per round (default 10)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    # short rounds, many of them: a slow stretch of a shared VM then spreads over every network alike
+    p.add_argument("--steps", type=int, default=4, help="steps per network per round (default 4)")
+    p.add_argument("--rounds", type=int, default=12, help="interleaved rounds (default 12)")
     p.add_argument("--out", required=True, help="folder for quiet_times.json and quiet_times.md")
     args = p.parse_args()
     folder = Path(args.runs)
