@@ -35,7 +35,7 @@ import edgeprune
 from edgeprune.data import ImageDataset, load_dataset
 from edgeprune.files import atomic_write
 from edgeprune.measure import machine_info
-from edgeprune.pipelines import steady_seconds
+from edgeprune.pipelines import run_tag, steady_seconds
 from edgeprune.train import TrainConfig, TrainStep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def runs_of(compare: dict, folder: Path) -> dict[str, dict]:
     """The comparison's finished runs of the timed methods, by run folder name, that have a saved model."""
     found = {}
     for r in compare["runs"]:
-        tag = f"full-s{r['seed']}" if r["method"] == "full" else f"{r['method']}-{r['mode']}-s{r['seed']}"
+        tag = run_tag(r["method"], r["mode"], r["seed"])
         if r["method"] in TIMED and (folder / tag / "model.json").is_file():
             found[tag] = r
     return found
@@ -95,7 +95,7 @@ def savings(compare: dict, runs: dict[str, dict], step: dict[str, float]) -> lis
     epochs, finetune = compare["settings"]["epochs"], compare["settings"]["finetune_epochs"]
     rows = []
     for tag, r in sorted(runs.items()):
-        full, l1 = f"full-s{r['seed']}", f"l1-{r['mode']}-s{r['seed']}"
+        full, l1 = run_tag("full", "-", r["seed"]), run_tag("l1", r["mode"], r["seed"])
         if r["method"] != "direct" or full not in runs or l1 not in runs:
             continue
         direct_s = epochs * step[tag]

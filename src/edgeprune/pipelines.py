@@ -551,7 +551,8 @@ def write_outputs(summary: dict, records: list[RunRecord], baselines: list[RunRe
     writer.writerows(csv_rows(summary))
     atomic_write(out / "compare.csv", lambda p: p.write_text(buf.getvalue()))
     atomic_write(out / "compare.md", lambda p: p.write_text(markdown_table(summary)))
-    write_json(out / "compare.json", {**summary, "runs": [asdict(r) for r in baselines + records]})
+    runs = [asdict(r) for r in baselines + records]
+    write_json(out / "compare.json", {**summary, "runs": runs})
     plot_accuracy_vs_time(summary, out / "compare.png")
     if records:
-        plot_learning_curves([asdict(r) for r in baselines + records], out / "curves.png", summary["settings"]["model"])
+        plot_learning_curves(runs, out / "curves.png", summary["settings"]["model"])
