@@ -65,7 +65,16 @@ def test_compare_writes_every_row_and_column(comparison):
         (m, mode) for m in ("direct", "l1", "nuclear", "uniform", "unweighted") for mode in ("params", "flops")
     }
     md = (comparison / "compare.md").read_text()
-    for column in ("Δ accuracy", "FLOPs ↓", "memory ↓", "params ↓", "training time", "time / conventional", "Baseline"):
+    for column in (
+        "Δ accuracy",
+        "FLOPs ↓",
+        "memory ↓",
+        "params ↓",
+        "training time",
+        "steady time",
+        "time / conventional",
+        "Baseline",
+    ):
         assert column in md
     assert (comparison / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert (comparison / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -84,6 +93,16 @@ def test_learning_curves_count_the_whole_pipeline(comparison):
             assert len(_curve(r)) == 1
 
 
+def stage_medians_x_epochs(history: list[dict]) -> float:
+    """Steady training time, computed here independently: per stage, the median epoch time x its epochs."""
+    stages = sorted({h["stage"] for h in history})
+    return sum(
+        float(np.median([h["epoch_seconds"] for h in history if h["stage"] == s]))
+        * sum(h["stage"] == s for h in history)
+        for s in stages
+    )
+
+
 def test_compare_table_matches_run_records(comparison):
     data = json.loads((comparison / "compare.json").read_text())
     runs, rows = (
@@ -100,8 +119,10 @@ def test_compare_table_matches_run_records(comparison):
         assert float(row["accuracy_change_pts_std"]) == pytest.approx(np.std(change, ddof=1))
         seconds = [r["train_seconds"] for r in mine]
         assert float(row["train_seconds"]) == pytest.approx(np.mean(seconds))
-        l1 = np.mean([r["train_seconds"] for r in runs if r["method"] == "l1" and r["mode"] == mode])
-        assert float(row["time_ratio_to_conventional"]) == pytest.approx(np.mean(seconds) / l1)
+        steady = [stage_medians_x_epochs(r["history"]) for r in mine]
+        assert float(row["steady_seconds"]) == pytest.approx(np.mean(steady))
+        l1 = np.mean([stage_medians_x_epochs(r["history"]) for r in runs if r["method"] == "l1" and r["mode"] == mode])
+        assert float(row["time_ratio_to_conventional"]) == pytest.approx(np.mean(steady) / l1)
         for r in mine:  # every epoch counted, pre-training included for the conventional pipelines
             assert r["train_seconds"] == pytest.approx(sum(h["epoch_seconds"] for h in r["history"]), abs=0.01)
             assert r["epochs"] == (2 if method in ("l1", "nuclear") else 1)
