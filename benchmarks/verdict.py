@@ -3,8 +3,9 @@
 Reads each study's ``compare.json`` under ``docs/results/`` (the output of ``edgeprune compare``, committed with
 its command) and writes ``docs/results/README.md``: for every claim of the paper (SPEC, "Reference figures",
 and the journal's ~60% training-time saving) and every setup, the paper's figure, ours with the scale it was
-measured at, a verdict and a link to the run. A study whose compare.json is not there yet is listed as not run;
-one with fewer seeds or modes than planned says so.
+measured at, a verdict and a link to the run, with a tally of the verdicts; and redraws each study's
+``curves.png`` (test accuracy per epoch) from the same file. A study whose compare.json is not there yet is
+listed as not run; one with fewer seeds or modes than planned says so.
 
 Verdict rules (stated in the output too):
 - accuracy change of the direct network against the full model: *holds* when ours is at most 1 point below
