@@ -187,7 +187,8 @@ def _row(
     """One verdict row; ``untested`` (a reason) overrides holds/fails."""
     verdict = f"untested at this scale ({untested})" if untested else "holds" if holds else "fails"
     return {"claim": claim, "paper": paper, "ours": ours, "scale": scale,
-            "verdict": verdict + (" (provisional: one seed)" if provisional else ""), "run": link}  # fmt: skip
+            "verdict": verdict + (" (provisional: one seed)" if provisional and not untested else ""),
+            "run": link}  # fmt: skip
 
 
 def draw_curves(folder: str, model: str, scale: str) -> str | None:
