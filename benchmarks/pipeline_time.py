@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 import edgeprune
@@ -60,24 +61,16 @@ def step_seconds(steps: dict[str, TrainStep], n: int, rounds: int, batch: int) -
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def busy_seconds() -> float | None:
-    """CPU seconds spent busy by the whole machine so far (all cores, /proc/stat), or None off Linux."""
-    try:
-        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return None
-    user, nice, system, _, _, irq, softirq = fields[:7]  # idle, iowait and the hypervisor's steal are not busy
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy so far, all cores (idle, iowait and steal not counted)."""
+    t = psutil.cpu_times()
+    return t.user + t.system + sum(getattr(t, k, 0.0) for k in ("nice", "irq", "softirq"))
 
 
-def others_share(busy_before: float | None, own_before: float, wall_before: float) -> float | None:
+def others_share(busy_before: float, own_before: float, wall_before: float) -> float:
     """The share of the machine's CPU time that other processes used since the marks (0 = a quiet machine)."""
-    busy = busy_seconds()
-    if busy is None or busy_before is None:
-        return None
-    own = time.process_time() - own_before
-    wall = time.perf_counter() - wall_before
-    return max(0.0, (busy - busy_before - own) / (wall * (os.cpu_count() or 1)))
+    others = busy_seconds() - busy_before - (time.process_time() - own_before)
+    return max(0.0, others / ((time.perf_counter() - wall_before) * (os.cpu_count() or 1)))
 
 
 def runs_of(compare: dict, folder: Path) -> dict[str, dict]:
@@ -123,8 +116,8 @@ def markdown(meta: dict, step: dict[str, float], rows: list[dict]) -> str:
         f"`{meta['command']}`",
         "",
         f"{meta['date']}, commit {meta['commit']}, {meta['machine']['processor']}, torch "
-        f"{meta['machine'].get('torch')}, other processes' share of the CPU while timing: {_share(meta)}, "
-        f"one thread, batch "
+        f"{meta['machine'].get('torch')}, other processes' share of the CPU while timing: "
+        f"{100 * meta['others_cpu_share']:.1f}%, one thread, batch "
         f"{meta['batch']}, {meta['rounds']} interleaved rounds of {meta['steps']} steps (medians). "
         "Pipeline time = epochs x step time per stage (the comparison's epochs: "
         f"{meta['epochs']} + {meta['finetune_epochs']} of fine-tuning).",
@@ -140,12 +133,6 @@ def markdown(meta: dict, step: dict[str, float], rows: list[dict]) -> str:
         *repeatability(step),
     ]  # fmt: skip
     return "\n".join(lines)
-
-
-def _share(meta: dict) -> str:
-    """The other processes' CPU share as text."""
-    share = meta.get("others_cpu_share")
-    return "not measured (no /proc/stat)" if share is None else f"{100 * share:.1f}%"
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ import json
 from pathlib import Path
 
 from edgeprune.pipelines import steady_seconds
-from edgeprune.plots import plot_learning_curves
+from edgeprune.plots import accuracy_curve, plot_learning_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -83,7 +83,7 @@ def spread(values: list[float]) -> str:
 
 def plateau_span(run: dict) -> float | None:
     """How many points the test accuracy spans over a run's last PLATEAU_EPOCHS epochs (None: fewer epochs)."""
-    acc = [100 * h["test_acc"] for h in run["history"] if h.get("test_acc") is not None][-PLATEAU_EPOCHS:]
+    acc = accuracy_curve(run)[-PLATEAU_EPOCHS:]
     return max(acc) - min(acc) if len(acc) == PLATEAU_EPOCHS else None
 
 

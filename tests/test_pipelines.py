@@ -82,15 +82,15 @@ def test_compare_writes_every_row_and_column(comparison):
 
 def test_learning_curves_count_the_whole_pipeline(comparison):
     """A conventional run's curve is its pre-training (the full model's curve), then its fine-tuning."""
-    from edgeprune.plots import _curve
+    from edgeprune.plots import accuracy_curve
 
     runs = json.loads((comparison / "compare.json").read_text())["runs"]
-    full = {r["seed"]: _curve(r) for r in runs if r["method"] == "full"}
+    full = {r["seed"]: accuracy_curve(r) for r in runs if r["method"] == "full"}
     for r in runs:
         if r["method"] in ("l1", "nuclear"):
-            assert len(_curve(r)) == 2 and _curve(r)[:1] == full[r["seed"]]
+            assert len(accuracy_curve(r)) == 2 and accuracy_curve(r)[:1] == full[r["seed"]]
         elif r["method"] != "full":
-            assert len(_curve(r)) == 1
+            assert len(accuracy_curve(r)) == 1
 
 
 def stage_medians_x_epochs(history: list[dict]) -> float:

@@ -212,7 +212,7 @@ def plot_accuracy_vs_time(summary: dict, path: str | Path) -> None:
     save_figure(fig, path)
 
 
-def _curve(record: dict) -> list[float]:
+def accuracy_curve(record: dict) -> list[float]:
     """Test accuracy (%) after each epoch of a run's whole pipeline (pre-training, then fine-tuning)."""
     return [100 * h["test_acc"] for h in record.get("history", []) if h.get("test_acc") is not None]
 
@@ -229,13 +229,13 @@ def plot_learning_curves(runs: list[dict], path: str | Path, title: str = "") ->
         raise ValueError("no pruned runs to plot")
     methods = list(dict.fromkeys(r["method"] for r in runs if r["mode"] != "-"))
     colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2))
-    full = [_curve(r) for r in runs if r["mode"] == "-"]
+    full = [accuracy_curve(r) for r in runs if r["mode"] == "-"]
     fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 4.2), squeeze=False, sharey=True)
     for ax, mode in zip(axes.flat, modes):
         if full:
             _mean_band(ax, full, "full model", "0.2", linestyle="--", zorder=3)
         for method in methods:
-            curves = [_curve(r) for r in runs if r["mode"] == mode and r["method"] == method]
+            curves = [accuracy_curve(r) for r in runs if r["mode"] == mode and r["method"] == method]
             if curves:
                 _mean_band(ax, curves, method, colours[method])
         ax.set_title(f"mode: {mode}")
