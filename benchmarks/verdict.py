@@ -22,7 +22,11 @@ Verdict rules (stated in the output too):
 - the paper's accuracy claims are claims at convergence: when the full model is not at its plateau (its test
   accuracy over its last 4 epochs spans more than 1 point, or it trained fewer than 4 epochs) the accuracy
   change and direct-against-conventional claims are *untested at this scale*; our figures are still shown.
-With one seed every verdict is marked provisional.
+With one seed every verdict is marked provisional. A comparison of two networks' accuracies (direct against
+conventional, the weighting) whose distance from its threshold is less than two standard errors of test-set
+sampling is marked "within test-set noise": another draw of test images could flip it. The standard error is
+the paired one that ``benchmarks/paired_accuracy.py`` measured image by image (``paired.json``), where the study
+has it; else ``noise_pts``, an unpaired upper bound.
 
     .venv/bin/python benchmarks/verdict.py
 """
@@ -31,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 from pathlib import Path
 
 from edgeprune.pipelines import steady_seconds
@@ -49,14 +55,16 @@ PAPER = {
 }
 SETUP = {"vgg16": "VGG-16 / CIFAR-10", "mobilenetv2": "MobileNetV2 / CIFAR-10", "alexnet": "AlexNet / CIFAR-100",
          "resnet50": "ResNet-50 / CIFAR-100"}  # fmt: skip
-# (folder under docs/results, model, the scale in words, seeds planned)
+# (folder under docs/results, model, the scale in words, seeds planned, test images)
 STUDIES = [
-    ("repro_vgg16", "vgg16", "full width, full CIFAR-10, 1 epoch (+1 fine-tuning), SGD one-cycle", 2),
-    ("convergence_vgg16_w025", "vgg16", "width 0.25, full CIFAR-10, 30 epochs (+30 fine-tuning)", 2),
+    ("repro_vgg16", "vgg16", "full width, full CIFAR-10, 1 epoch (+1 fine-tuning), SGD one-cycle", 2, 10_000),
+    ("convergence_vgg16_w025", "vgg16", "width 0.25, full CIFAR-10, 30 epochs (+30 fine-tuning)", 2, 10_000),
     ("paper_mobilenetv2_w025_c10mini", "mobilenetv2", "width 0.25, CIFAR-10 mini (5,000 / 1,000), 10 epochs (+10)",
-     2),
-    ("paper_alexnet_w05_c100mini", "alexnet", "width 0.5, CIFAR-100 mini (5,000 / 1,000), 10 epochs (+10)", 2),
-    ("paper_resnet50_w025_c100mini", "resnet50", "width 0.25, CIFAR-100 mini (5,000 / 1,000), 8 epochs (+8)", 2),
+     2, 1_000),
+    ("paper_alexnet_w05_c100mini", "alexnet", "width 0.5, CIFAR-100 mini (5,000 / 1,000), 10 epochs (+10)", 2,
+     1_000),
+    ("paper_resnet50_w025_c100mini", "resnet50", "width 0.25, CIFAR-100 mini (5,000 / 1,000), 8 epochs (+8)", 2,
+     1_000),
 ]  # fmt: skip
 # (the figure, what it reports, why it is not run here: epoch times measured on this CPU, issue 13)
 CITED = [
@@ -97,6 +105,28 @@ def unconverged(full: list[dict]) -> str | None:
     return None
 
 
+def noise_pts(a: float, b: float, n: int) -> float:
+    """Two standard errors (points) of the difference of accuracies ``a`` and ``b`` (fractions) on ``n`` images.
+
+    Computed as if each network were scored on its own draw of n test images: an upper bound for two networks
+    scored on the same images (their errors correlate), and not reduced by averaging seeds (they share the set).
+    """
+    return 200 * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
+
+
+def paired_noise(path: Path) -> dict[tuple[str, str], tuple[float, float]]:
+    """(gap, two paired standard errors) in points by (mode, gap) from benchmarks/paired_accuracy.py."""
+    if not path.is_file():
+        return {}
+    rows = json.loads(path.read_text())["gaps"]
+    return {(r["mode"], r["gap"]): (r["gap_pts"], 2 * r["paired_se_pts"]) for r in rows}
+
+
+def judged(gap: list[float], threshold: float, noise: float) -> tuple[bool, bool]:
+    """(holds, within noise) for a mean accuracy gap in points against its threshold."""
+    return mean(gap) >= threshold, abs(mean(gap) - threshold) < noise
+
+
 def quiet_savings(path: Path) -> dict[tuple[str, int], float]:
     """The savings against l1 re-timed quietly by benchmarks/pipeline_time.py, by (mode, seed); {} if not run."""
     if not path.is_file():
@@ -109,13 +139,25 @@ def by_run(data: dict) -> dict[tuple[str, str, int], dict]:
     return {(r["method"], r["mode"], r["seed"]): r for r in data["runs"]}
 
 
-def study_claims(folder: str, model: str, scale: str, planned: int) -> list[dict]:
+def study_claims(folder: str, model: str, scale: str, planned: int, test_images: int) -> list[dict]:
     """The verdict rows of one study (empty when its compare.json is not there)."""
     path = RESULTS / folder / "compare.json"
     if not path.is_file():
         return []
     runs = by_run(json.loads(path.read_text()))
     quiet = quiet_savings(RESULTS / folder / "quiet_times.json")
+    paired = paired_noise(RESULTS / folder / "paired.json")
+
+    def noise(mode: str, gap: str, a: float, b: float) -> tuple[float, str]:
+        """The noise band of gap ``a - b``: measured paired where it was, else the unpaired bound; and its label."""
+        if (mode, gap) not in paired:
+            return (bound := noise_pts(a, b, test_images)), f"noise ±{bound:.1f}, unpaired bound"
+        measured, band = paired[mode, gap]
+        if abs(measured - 100 * (a - b)) > 0.01:  # the networks were scored again: the gap must come out the same
+            sys.exit(f"{folder}/paired.json: its {mode} '{gap}' gap {measured:+.2f} is not the runs' "
+                     f"{100 * (a - b):+.2f}; run benchmarks/paired_accuracy.py again")  # fmt: skip
+        return band, f"paired noise ±{band:.1f}"
+
     seeds = sorted({s for (m, _, s) in runs if m == "full"})
     rows = []
     for mode in MODES:
@@ -135,20 +177,24 @@ def study_claims(folder: str, model: str, scale: str, planned: int) -> list[dict
         rows.append(_row(f"{SETUP[model]} {LABEL[mode]}: accuracy change of the direct network",
                          f"{paper_delta:+.2f} pts at {paper_cut:.2f}% fewer {mode}",
                          f"{spread(delta)} pts at {cut:.2f}%", where,
-                         mean(delta) >= paper_delta - WITHIN, provisional, link, untested))  # fmt: skip
+                         mean(delta) >= paper_delta - WITHIN, False, provisional, link, untested))  # fmt: skip
         conventional = [m for m in ("l1", "nuclear") if all((m, mode, s) in runs for s in done)]
         if conventional:
             best = [max(100 * runs[m, mode, s]["test_accuracy"] for m in conventional) for s in done]
             gap = [100 * direct[s]["test_accuracy"] - b for s, b in zip(done, best)]
-            versus = f"{spread(gap)} pts against the better of {' / '.join(conventional)}"
+            band, shown = noise(mode, "direct vs conventional", mean([direct[s]["test_accuracy"] for s in done]),
+                                mean(best) / 100)  # fmt: skip
+            versus = f"{spread(gap)} pts against the better of {' / '.join(conventional)} ({shown})"
             claim = f"{SETUP[model]} {LABEL[mode]}: direct matches train -> prune -> fine-tune"
-            rows.append(_row(claim, "comparable accuracy", versus, where, mean(gap) >= -WITHIN, provisional, link,
-                             untested))  # fmt: skip
+            rows.append(_row(claim, "comparable accuracy", versus, where, *judged(gap, -WITHIN, band), provisional,
+                             link, untested))  # fmt: skip
         if conventional and all(("direct-matched", mode, s) in runs for s in done):
-            gap = [100 * runs["direct-matched", mode, s]["test_accuracy"] - b for s, b in zip(done, best)]
+            matched = [runs["direct-matched", mode, s]["test_accuracy"] for s in done]
+            gap = [100 * a - b for a, b in zip(matched, best)]
+            band, shown = noise(mode, "direct-matched vs conventional", mean(matched), mean(best) / 100)
             claim = f"{SETUP[model]} {LABEL[mode]}: at equal training time, direct matches conventional (ours)"
-            versus = f"{spread(gap)} pts against the better of {' / '.join(conventional)}"
-            rows.append(_row(claim, "-", versus, where, mean(gap) >= -WITHIN, provisional, link))
+            versus = f"{spread(gap)} pts against the better of {' / '.join(conventional)} ({shown})"
+            rows.append(_row(claim, "-", versus, where, *judged(gap, -WITHIN, band), provisional, link))
         if all(("l1", mode, s) in runs for s in done):
             saving = [1 - steady_seconds(direct[s]["history"]) / steady_seconds(runs["l1", mode, s]["history"])
                       for s in done]  # fmt: skip
@@ -157,15 +203,22 @@ def study_claims(folder: str, model: str, scale: str, planned: int) -> list[dict
                 ours = f"{100 * mean(re_timed):.0f}% re-timed quietly ({100 * mean(saving):.0f}% in the run)"
                 saving = re_timed
             rows.append(_row(f"{SETUP[model]} {LABEL[mode]}: training time saved against l1",
-                             "about 60% (journal)", ours, where, mean(saving) >= TIME_SAVING, provisional,
+                             "about 60% (journal)", ours, where, mean(saving) >= TIME_SAVING, False, provisional,
                              link))  # fmt: skip
         others = [m for m in ("unweighted", "uniform") if all((m, mode, s) in runs for s in done)]
         if others:
             gaps = {m: [100 * (direct[s]["test_accuracy"] - runs[m, mode, s]["test_accuracy"]) for s in done]
                     for m in others}  # fmt: skip
+            bands = {m: noise(mode, f"direct vs {m}", mean([direct[s]["test_accuracy"] for s in done]),
+                              mean([runs[m, mode, s]["test_accuracy"] for s in done])) for m in others}  # fmt: skip
+            calls = [judged(gaps[m], 0.0, bands[m][0]) for m in others]
+            holds = all(ok for ok, _ in calls)
+            # a hold could flip if either margin is within noise; a failure only if every shortfall is
+            near = any(n for _, n in calls) if holds else all(n for ok, n in calls if not ok)
             rows.append(_row(f"{SETUP[model]} {LABEL[mode]}: the complexity weighting helps (ours)",
-                             "-", "; ".join(f"{spread(g)} pts vs {m}" for m, g in gaps.items()), where,
-                             all(mean(g) >= 0 for g in gaps.values()), provisional, link))  # fmt: skip
+                             "-", "; ".join(f"{spread(g)} pts vs {m} ({bands[m][1]})"
+                                            for m, g in gaps.items()), where,
+                             holds, near, provisional, link))  # fmt: skip
     return rows
 
 
@@ -180,15 +233,16 @@ def _row(
     ours: str,
     scale: str,
     holds: bool,
+    noisy: bool,
     provisional: bool,
     link: str,
     untested: str | None = None,
 ) -> dict:
-    """One verdict row; ``untested`` (a reason) overrides holds/fails."""
+    """One verdict row; ``untested`` (a reason) overrides holds/fails; ``noisy``: within test-set noise."""
     verdict = f"untested at this scale ({untested})" if untested else "holds" if holds else "fails"
+    notes = [] if untested else ["within test-set noise"] * noisy + ["provisional: one seed"] * provisional
     return {"claim": claim, "paper": paper, "ours": ours, "scale": scale,
-            "verdict": verdict + (" (provisional: one seed)" if provisional and not untested else ""),
-            "run": link}  # fmt: skip
+            "verdict": verdict + (f" ({'; '.join(notes)})" if notes else ""), "run": link}  # fmt: skip
 
 
 def draw_curves(folder: str, model: str, scale: str) -> str | None:
@@ -209,11 +263,13 @@ def tally(rows: list[dict]) -> list[str]:
         "holds",
         "fails",
         "untested at this scale",
+        "of holds + fails, within test-set noise",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for kind in kinds:
         verdicts = [r["verdict"] for r in rows if r["claim"].split(": ", 1)[1] == kind]
         counts = [sum(v.startswith(word) for v in verdicts) for word in ("holds", "fails", "untested")]
+        counts.append(sum("within test-set noise" in v for v in verdicts))
         lines.append(f"| {kind} | " + " | ".join(map(str, counts)) + " |")
     return [*lines, ""] if rows else []
 
@@ -234,7 +290,11 @@ def markdown(rows: list[dict], missing: list[tuple[str, str, str]], curves: list
         "weighting holds when the weighted lottery is not below the unweighted lottery nor width scaling. The "
         "paper's accuracy claims are claims at convergence: where the full model is not at its plateau (its last "
         "4 epochs span more than 1 point) they are untested at that scale, and our figures are shown beside the "
-        "verdict. One seed makes a verdict provisional.",
+        'verdict. One seed makes a verdict provisional. A comparison of two of our networks is marked "within '
+        'test-set noise" when its distance from its threshold is under two standard errors of test-set sampling '
+        "(paired noise ±x: measured image by image by `benchmarks/paired_accuracy.py`; where a study lacks it, "
+        "noise ±x: 2 sqrt((a(1-a) + b(1-b)) / n) for accuracies a, b on n test images, an upper bound for two "
+        "networks scored on the same images; averaging seeds does not shrink it, the seeds share the test set).",
         "",
         *tally(rows),
         "| " + " | ".join(head) + " |",
@@ -276,8 +336,8 @@ def main() -> None:
     p.add_argument("--out", default=str(RESULTS / "README.md"), help="where to write (default docs/results/...)")
     args = p.parse_args()
     rows, missing, curves = [], [], []
-    for folder, model, scale, planned in STUDIES:
-        found = study_claims(folder, model, scale, planned)
+    for folder, model, scale, planned, test_images in STUDIES:
+        found = study_claims(folder, model, scale, planned, test_images)
         rows += found
         if not found:
             missing.append((folder, model, scale))
