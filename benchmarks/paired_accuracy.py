@@ -20,22 +20,19 @@ an image or two; evaluation here runs at another thread count). Writes ``paired.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from pipeline_time import provenance, write_both  # this folder's: the same header and file pair
 
 import edgeprune
 from edgeprune.data import ImageDataset, load_dataset
-from edgeprune.files import atomic_write
 from edgeprune.pipelines import run_tag
 from edgeprune.train import Normalizer
 
-ROOT = Path(__file__).resolve().parents[1]
 CONVENTIONAL = ("l1", "nuclear")
 # (name of the gap, the network, what it is compared with): "best" is the better conventional network per seed
 GAPS = [
@@ -133,18 +130,8 @@ def main() -> None:
     if max(abs(c["recomputed"] - c["recorded"]) for c in checks.values()) > 0.01:
         sys.exit(f"{args.data}: recomputed accuracies differ from the runs' by more than a point: not their test set?")
     rows = gaps(compare, correct)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    meta = {
-        "runs": str(folder), "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit.stdout.strip(), "data": data.name, "images": len(data.test_y),
-    }  # fmt: skip
-    out = Path(args.out)
-    text = json.dumps({**meta, "checks": checks, "gaps": rows}, indent=1)
-    atomic_write(out / "paired.json", lambda path: path.write_text(text))
-    report = markdown(meta, checks, rows)
-    atomic_write(out / "paired.md", lambda path: path.write_text(report))
-    print(report)
+    meta = {**provenance(folder), "data": data.name, "images": len(data.test_y)}
+    write_both(Path(args.out) / "paired", {**meta, "checks": checks, "gaps": rows}, markdown(meta, checks, rows))
 
 
 if __name__ == "__main__":

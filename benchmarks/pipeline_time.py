@@ -135,6 +135,24 @@ def markdown(meta: dict, step: dict[str, float], rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def provenance(folder: Path) -> dict:
+    """Which runs, the command line, the date and the commit: the header of a re-measurement's files."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    return {
+        "runs": str(folder), "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit.stdout.strip(),
+    }  # fmt: skip
+
+
+def write_both(stem: Path, record: dict, report: str) -> None:
+    """Write ``stem``.json (for verdict.py) and ``stem``.md atomically, and print the report."""
+    text = json.dumps(record, indent=1)
+    atomic_write(stem.with_suffix(".json"), lambda path: path.write_text(text))
+    atomic_write(stem.with_suffix(".md"), lambda path: path.write_text(report))
+    print(report)
+
+
 def main() -> None:
     """Re-time one comparison's networks and write quiet_times.json/.md."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -160,21 +178,14 @@ def main() -> None:
     step = step_seconds(steps, args.steps, args.rounds, batch)
     others = others_share(*marks)
     rows = savings(compare, runs, step)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     meta = {
-        "runs": str(folder), "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit.stdout.strip(), "machine": machine_info(), "others_cpu_share": others,
+        **provenance(folder), "machine": machine_info(), "others_cpu_share": others,
         "batch": batch, "steps": args.steps,
         "rounds": args.rounds,
         "epochs": compare["settings"]["epochs"], "finetune_epochs": compare["settings"]["finetune_epochs"],
     }  # fmt: skip
-    out = Path(args.out)
-    text = json.dumps({**meta, "step_seconds": step, "savings": rows}, indent=1)
-    atomic_write(out / "quiet_times.json", lambda path: path.write_text(text))
-    report = markdown(meta, step, rows)
-    atomic_write(out / "quiet_times.md", lambda path: path.write_text(report))
-    print(report)
+    write_both(Path(args.out) / "quiet_times", {**meta, "step_seconds": step, "savings": rows},
+               markdown(meta, step, rows))  # fmt: skip
 
 
 if __name__ == "__main__":
