@@ -191,3 +191,55 @@ def test_compare_also_meets_extra_limits_in_every_pruned_network(tmp_path, capsy
     argv[argv.index(str(tmp_path / "o"))] = str(tmp_path / "p")
     assert main(argv) == 2 and "unreachable" in capsys.readouterr().err
     assert not (tmp_path / "p" / "full-s0").exists()
+
+
+def test_compare_resumes_from_run_records_alone(tmp_path, monkeypatch, capsys):
+    """A study carried over as its runs' record.json files: read back without training; a conventional run
+    still to do retrains its seed's full model, to the same figures (deterministic)."""
+    from edgeprune import pipelines
+
+    common = ["compare", "tiny", "--data", str(MINI), "--target", "params=0.5", "flops=0.4", "--baselines", "l1",
+              "unweighted", "--epochs", "1", "--finetune-epochs", "1", "--limit-train", "128", "--limit-test", "64",
+              "--batch-size", "64", "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    assert main([*common, "--modes", "flops"]) == 0
+    first = json.loads((tmp_path / "compare.json").read_text())
+    for path in sorted(tmp_path.rglob("*"), reverse=True):  # keep the records only: no weights, no checkpoints
+        if path.is_file() and path.name != "record.json":
+            path.unlink()
+    assert sorted(p.parent.name for p in tmp_path.rglob("record.json")) == [
+        "direct-flops-s0", "full-s0", "l1-flops-s0", "unweighted-flops-s0"]  # fmt: skip
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained a run that has a record")
+
+    monkeypatch.setattr(pipelines, "train", no_training)
+    assert main([*common, "--modes", "flops", "--resume"]) == 0
+    again = json.loads((tmp_path / "compare.json").read_text())
+    assert again["runs"] == first["runs"] and again["rows"] == first["rows"]
+    monkeypatch.undo()
+
+    assert main([*common, "--modes", "flops", "params", "--resume"]) == 0  # l1-params needs the full weights
+    third = {(r["method"], r["mode"]): r for r in json.loads((tmp_path / "compare.json").read_text())["runs"]}
+    retrained = json.loads((tmp_path / "full-s0" / "record.json").read_text())["record"]
+    assert retrained["test_accuracy"] == first["runs"][0]["test_accuracy"]  # the same network again
+    assert retrained["history"][-1]["loss"] == first["runs"][0]["history"][-1]["loss"]
+    for r in first["runs"][1:]:
+        assert third[r["method"], r["mode"]] == r
+    assert {("direct", "params"), ("l1", "params"), ("unweighted", "params")} <= set(third)
+
+    capsys.readouterr()
+    code = main([*common[:-3], "--epochs", "2", "--out", str(tmp_path), "--quiet", "--modes", "flops", "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "record.json: recorded with other settings" in err and "epochs" in err
+    (tmp_path / "direct-flops-s0" / "record.json").write_text("{}")
+    assert main([*common, "--modes", "flops", "--resume"]) == 2
+    assert "direct-flops-s0/record.json: not a run record" in capsys.readouterr().err
+
+    # a study from before records: its compare.json's runs become records, read back as they were
+    older = tmp_path / "older"
+    data = edgeprune.data.load_dataset(str(MINI), 128, 64, progress=False)
+    assert sorted(pipelines.records_from_summary(first, data, older)) == [
+        "direct-flops-s0", "full-s0", "l1-flops-s0", "unweighted-flops-s0"]  # fmt: skip
+    monkeypatch.setattr(pipelines, "train", no_training)
+    assert main([*common[:-3], "--out", str(older), "--quiet", "--modes", "flops", "--resume"]) == 0
+    assert json.loads((older / "compare.json").read_text())["runs"] == first["runs"]

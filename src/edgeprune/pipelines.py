@@ -17,11 +17,17 @@ the trained full model) is one function of a :class:`RunContext`. The serial pat
 the other; with ``ray`` (:mod:`edgeprune.cluster`) each is a Ray task, a conventional run waiting for
 its own seed's full model only. Every run records the machine it trained on, and a table's training
 time says when its runs ran on different machines.
+
+A finished run also leaves ``record.json`` in its folder: what it measured and the settings that decided
+it. ``--resume`` reads a run back from that record before looking for its checkpoint, so a long study
+carries over to another machine or session in those small files, without its weights (a conventional run
+still to do retrains its seed's full model, deterministically, when no checkpoint of it is left).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import statistics
 from collections.abc import Iterator
@@ -43,13 +49,18 @@ from edgeprune.files import write_json
 from edgeprune.io import ModelRef, is_folder_ref, resolve
 from edgeprune.pruning import check_seed, prune
 from edgeprune.trace import record_shapes
-from edgeprune.train import TrainConfig, TrainResult, train
+from edgeprune.train import TrainConfig, TrainResult, data_signature, describe_difference, train
 
 DIRECT = "direct"
 MATCHED = "direct-matched"  # the direct pipeline trained as long as the conventional one
 AT_INIT = {DIRECT: "weighted", "unweighted": "uniform", "uniform": "ratio", MATCHED: "weighted"}  # -> layer selection
 CONVENTIONAL = ("l1", "nuclear")
 BASELINES = ("l1", "nuclear", "uniform", "unweighted")
+RECORD = "record.json"  # a finished run's record, in its folder
+RECORD_FORMAT = "edgeprune-run-record/1"
+# The settings that decide a run's result (threads and device do not: a record made with others is still it)
+RESULT_SETTINGS = ("model", "width", "model_args", "num_classes", "step", "conventional_layers", "optimizer", "lr",
+                   "batch_size", "calibration_images", "also")  # fmt: skip
 
 
 @dataclass
@@ -191,30 +202,111 @@ def run_tag(method: str, mode: str, seed: int) -> str:
     return f"full-s{seed}" if method == "full" else f"{method}-{mode}-s{seed}"
 
 
-def run_full(ctx: RunContext, seed: int) -> tuple[RunRecord, nn.Module]:
-    """The full model trained from scratch: the baseline, and the conventional pipelines' pre-training."""
-    full = ctx.fresh(seed)
-    epochs = ctx.settings.epochs
+def record_key(ctx: RunContext, method: str, mode: str, seed: int, epochs: int | list[int]) -> dict:
+    """What decides a run's result: the result-deciding settings, the data, the run, its budget and epochs
+    (per stage: pre-training, fine-tuning), as JSON reads it back."""
+    s = ctx.settings
+    key = {k: getattr(s, k) for k in RESULT_SETTINGS}
+    budget = {} if method == "full" else s.budget(mode)
+    key.update(data=data_signature(ctx.data), method=method, mode=mode, seed=seed, budget=budget, epochs=epochs)
+    return json.loads(json.dumps(key))
+
+
+def stored_record(ctx: RunContext, tag: str, key: dict) -> RunRecord | None:
+    """The run's record in ``out/tag/record.json`` when resuming, else None; a record of other settings is
+    refused, not rerun over."""
+    path = ctx.out / tag / RECORD
+    if not ctx.resume or not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if saved.get("format") != RECORD_FORMAT:
+            raise ValueError(f"format {saved.get('format')!r}")
+        stored, record = saved["key"], RunRecord(**saved["record"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise EdgepruneError(f"{path}: not a run record of this version ({e}); delete it to rerun the run") from None
+    if stored != key:
+        raise EdgepruneError(f"{path}: recorded with other settings ({describe_difference(stored, key)}); "
+                             "resume with the same settings or use another --out")  # fmt: skip
+    ctx.log(f"[seed {record.seed}] {record.method} {record.mode}: read back from {tag}/{RECORD}")
+    return record
+
+
+def save_record(ctx: RunContext, tag: str, key: dict, record: RunRecord) -> RunRecord:
+    """Write the finished run's ``record.json`` (atomically) and return the record."""
+    (ctx.out / tag).mkdir(parents=True, exist_ok=True)
+    write_json(ctx.out / tag / RECORD, {"format": RECORD_FORMAT, "key": key, "record": asdict(record)})
+    return record
+
+
+def full_weights_needed(ctx: RunContext, seed: int) -> bool:
+    """Whether a conventional run of ``seed`` is still to train (and so needs the trained full model)."""
+    s = ctx.settings
+    tags = [run_tag(m, mode, seed) for m in _conventional_methods(s) for mode in s.targets]
+    return not ctx.resume or any(not (ctx.out / t / RECORD).is_file() for t in tags)
+
+
+def records_from_summary(summary: dict, data: ImageDataset, out_dir: str | Path) -> list[str]:
+    """Write ``record.json`` for every run of a ``compare.json`` made before runs left records (``summary``), keyed
+    by its settings and ``data`` (the data it ran on), so that ``--resume`` reads them back; returns the run
+    folders written (one that has a record keeps it)."""
+    try:
+        settings = CompareSettings(**summary["settings"])
+        records = [RunRecord(**r) for r in summary["runs"]]
+    except (KeyError, TypeError) as e:
+        raise EdgepruneError(f"not a comparison summary with run records ({e})") from None
+    ctx = make_context(settings, data, out_dir)
+    written = []
+    for r in records:
+        tag = run_tag(r.method, r.mode, r.seed)
+        if (ctx.out / tag / RECORD).exists():
+            continue
+        epochs = settings.epochs if r.method == "full" else r.epochs
+        if r.method in CONVENTIONAL:
+            epochs = [settings.epochs, settings.finetune_epochs]
+        save_record(ctx, tag, record_key(ctx, r.method, r.mode, r.seed, epochs), r)
+        written.append(tag)
+    return written
+
+
+def run_full(ctx: RunContext, seed: int) -> tuple[RunRecord, nn.Module | None]:
+    """The full model trained from scratch: the baseline, and the conventional pipelines' pre-training (the
+    model is None when it is read back from its record and no conventional run needs it)."""
+    epochs, tag = ctx.settings.epochs, run_tag("full", "-", seed)
+    key = record_key(ctx, "full", "-", seed, epochs)
+    done = stored_record(ctx, tag, key)
+    if done is not None and not full_weights_needed(ctx, seed):
+        return done, None
+    full = ctx.fresh(seed)  # trained, or read back from its checkpoint; retrained (deterministic) if none is left
     ctx.log(f"[seed {seed}] training the full {ctx.settings.model} for {epochs} epochs (baseline, pre-training)")
-    pre = ctx.train(full, epochs, seed, run_tag("full", "-", seed))
-    return _record(ctx, "full", "-", seed, full, [pre]), full
+    pre = ctx.train(full, epochs, seed, tag)
+    return save_record(ctx, tag, key, _record(ctx, "full", "-", seed, full, [pre])), full
 
 
 def run_at_init(ctx: RunContext, method: str, mode: str, seed: int, epochs: int) -> RunRecord:
     """Prune a fresh model at initialisation (the layer lottery of ``AT_INIT[method]``) and train it ``epochs``."""
-    s = ctx.settings
+    s, tag = ctx.settings, run_tag(method, mode, seed)
+    key = record_key(ctx, method, mode, seed, epochs)
+    if (done := stored_record(ctx, tag, key)) is not None:
+        return done
     pruned = prune(ctx.fresh(seed), budget=s.budget(mode), step=s.step, seed=seed, input_shape=ctx.shape,
                    selection=AT_INIT[method]).model  # fmt: skip
     ctx.log(f"[seed {seed}] {method} {mode}: pruned at init, training {epochs} epochs")
-    result = ctx.train(pruned, epochs, seed, run_tag(method, mode, seed))
-    return _record(ctx, method, mode, seed, pruned, [result])
+    result = ctx.train(pruned, epochs, seed, tag)
+    return save_record(ctx, tag, key, _record(ctx, method, mode, seed, pruned, [result]))
 
 
 def run_conventional(
-    ctx: RunContext, method: str, mode: str, seed: int, full: nn.Module, baseline: RunRecord
+    ctx: RunContext, method: str, mode: str, seed: int, full: nn.Module | None, baseline: RunRecord
 ) -> RunRecord:
-    """Rank the trained full model's filters by ``method`` (l1, nuclear), prune a copy to the target, fine-tune it."""
-    s = ctx.settings
+    """Rank the trained full model's filters by ``method`` (l1, nuclear), prune a copy to the target, fine-tune it
+    (``full`` may be None only when the run is read back from its record)."""
+    s, tag = ctx.settings, run_tag(method, mode, seed)
+    key = record_key(ctx, method, mode, seed, [s.epochs, s.finetune_epochs])
+    if (done := stored_record(ctx, tag, key)) is not None:
+        return done
+    if full is None:  # full_weights_needed said no conventional run was left: its record went missing since
+        raise EdgepruneError(f"{ctx.out / tag / RECORD}: disappeared while the comparison ran; run it again")
     calibration = calibration_batch(ctx.data, s.calibration_images, seed)
     pruned = prune(
         copy.deepcopy(full), budget=s.budget(mode), step=s.step, seed=seed, criterion=method, input_shape=ctx.shape,
@@ -222,9 +314,9 @@ def run_conventional(
     ).model  # fmt: skip
     ctx.log(f"[seed {seed}] {method} {mode}: ranked and pruned the trained model, fine-tuning "
             f"{s.finetune_epochs} epochs")  # fmt: skip
-    tune = ctx.train(pruned, s.finetune_epochs, seed, run_tag(method, mode, seed))
+    tune = ctx.train(pruned, s.finetune_epochs, seed, tag)
     pre = TrainResult(baseline.history, baseline.test_accuracy, baseline.train_seconds)
-    return _record(ctx, method, mode, seed, pruned, [pre, tune], baseline.nodes)
+    return save_record(ctx, tag, key, _record(ctx, method, mode, seed, pruned, [pre, tune], baseline.nodes))
 
 
 def run_matched(ctx: RunContext, mode: str, seed: int, mine: list[RunRecord]) -> RunRecord:
@@ -298,20 +390,22 @@ def _runs_here(ctx: RunContext) -> Iterator[Batch]:
             yield baseline, mine
 
 
-def _full_task(ctx: RunContext, seed: int) -> tuple[RunRecord, dict[str, torch.Tensor]]:
+def _full_task(ctx: RunContext, seed: int) -> tuple[RunRecord, dict[str, torch.Tensor] | None]:
     """Ray task: :func:`run_full`, returning the trained weights for the seed's conventional runs."""
     record, full = run_full(ctx, seed)
-    return record, full.state_dict()
+    return record, full.state_dict() if full is not None else None
 
 
 def _conventional_task(
-    ctx: RunContext, method: str, mode: str, seed: int, full: tuple[RunRecord, dict[str, torch.Tensor]]
+    ctx: RunContext, method: str, mode: str, seed: int, full: tuple[RunRecord, dict[str, torch.Tensor] | None]
 ) -> RunRecord:
     """Ray task: :func:`run_conventional` on the seed's trained full model (``full``: what its task returned)."""
     baseline, weights = full
-    model = ctx.fresh(seed)
-    model.load_state_dict(weights)
-    model.eval()  # as train() leaves it
+    model = None
+    if weights is not None:
+        model = ctx.fresh(seed)
+        model.load_state_dict(weights)
+        model.eval()  # as train() leaves it
     return run_conventional(ctx, method, mode, seed, model, baseline)
 
 

@@ -453,7 +453,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.RMSprop(groups, lr=config.peak_lr, alpha=0.9, eps=1e-7)  # Keras defaults, as in the paper
 
 
-def _data_signature(data: ImageDataset) -> dict:
+def data_signature(data: ImageDataset) -> dict:
+    """What identifies a data set to a checkpoint or a run record: name, sizes, classes, image shape."""
     return {
         "name": data.name,
         "train": len(data.train_y),
@@ -986,7 +987,7 @@ def _train(
     if plan.batch < ranks.world:
         raise EdgepruneError(f"a batch of {plan.batch} images cannot be shared by {ranks.world} processes")
     stepper = TrainStep(model, data, config, generator, device, ranks)
-    signature = {"config": asdict(config), "data": _data_signature(data)}
+    signature = {"config": asdict(config), "data": data_signature(data)}
     ckpt = out / CHECKPOINT_FILE if out is not None else None
     run = _resume(ckpt, signature, plan.steps_per_epoch, stepper, ranks, bar) if resume and ckpt else _Run()
     if out is not None and ranks.main:
@@ -1032,7 +1033,7 @@ def _save_trained(
         "epochs": len(run.history),
         "train_seconds": round(run.seconds, 3),
         "config": asdict(config),
-        "data": _data_signature(data),
+        "data": data_signature(data),
         "normalize": {"mean": list(data.mean), "std": list(data.std), "scale": "pixels / 255"},
         "device": device.type,
         "processes": ranks.world,
@@ -1163,7 +1164,7 @@ def _check_resumable(path: Path, state: dict, signature: dict, steps_per_epoch: 
     """Refuse a checkpoint of other settings or data, or whose epoch and step do not fit this run."""
     for key in ("config", "data"):
         if state[key] != signature[key]:
-            diff = _describe_difference(state[key], signature[key])
+            diff = describe_difference(state[key], signature[key])
             raise EdgepruneError(
                 f"{path}: made with different {key} ({diff}); resume with the same settings or start over"
             )
@@ -1176,7 +1177,7 @@ def _check_resumable(path: Path, state: dict, signature: dict, steps_per_epoch: 
         )
 
 
-def _describe_difference(old: dict, new: dict) -> str:
+def describe_difference(old: dict, new: dict) -> str:
     """The first three settings that differ, shortened, on one line."""
     keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     return ", ".join(f"{k}: was {_short(old.get(k))}, now {_short(new.get(k))}" for k in keys[:3]) or "unknown"
@@ -1194,6 +1195,8 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "check_compatible",
+    "data_signature",
+    "describe_difference",
     "ImageStore",
     "Normalizer",
     "TrainStep",
