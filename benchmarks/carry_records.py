@@ -1,0 +1,83 @@
+"""Carry a long comparison between sessions in its runs' records (issue 13): weights stay behind, figures travel.
+
+``edgeprune compare`` leaves ``record.json`` in every finished run's folder and ``--resume`` reads a run back
+from it alone. ``runs/`` is not kept from one machine to the next; the study's results folder in ``docs/`` is
+(committed). So:
+
+    # before the machine goes: every finished run's record into docs/results/<study>/records/
+    .venv/bin/python benchmarks/carry_records.py save runs/conv_vgg16_w025 docs/results/convergence_vgg16_w025
+    # on the next machine: the records back into runs/, then the study's command with --resume
+    .venv/bin/python benchmarks/carry_records.py restore docs/results/convergence_vgg16_w025 runs/conv_vgg16_w025 \\
+        --data ../shared/data/cifar10.tar.gz
+
+``restore`` also turns the runs of the results folder's ``compare.json`` that have no record there (a study
+finished before runs left records) into records, keyed by ``--data``: give the data set the study ran on.
+A run folder that already has a record keeps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from edgeprune.data import load_dataset
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipelines import RECORD, records_from_summary
+
+
+def save(runs: Path, results: Path) -> list[str]:
+    """Copy every ``runs/<tag>/record.json`` to ``results/records/<tag>.json``; returns the tags."""
+    folder = results / "records"
+    folder.mkdir(parents=True, exist_ok=True)
+    tags = sorted(p.parent.name for p in runs.glob(f"*/{RECORD}"))
+    for tag in tags:
+        tmp = folder / f".{tag}.json.tmp"
+        shutil.copyfile(runs / tag / RECORD, tmp)
+        tmp.replace(folder / f"{tag}.json")  # atomic: a stopped copy leaves no half record
+    return tags
+
+
+def restore(results: Path, runs: Path, data_path: str | None) -> list[str]:
+    """Put the saved records back into ``runs`` (and records made from ``compare.json``'s runs); returns the tags."""
+    summary = results / "compare.json"
+    if not (results / "records").is_dir() and not summary.is_file():
+        raise EdgepruneError(f"{results}: no records/ and no compare.json to restore from")
+    tags = []
+    for saved in sorted((results / "records").glob("*.json")):
+        target = runs / saved.stem / RECORD
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(saved, target)
+            tags.append(saved.stem)
+    if summary.is_file() and data_path:
+        tags += records_from_summary(json.loads(summary.read_text()), load_dataset(data_path), runs)
+    return tags
+
+
+def main() -> None:
+    """Save or restore one study's records."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("save", help="runs/<study> -> docs/results/<study>/records/")
+    s.add_argument("runs")
+    s.add_argument("results")
+    r = sub.add_parser("restore", help="docs/results/<study>/records/ (and its compare.json) -> runs/<study>")
+    r.add_argument("results")
+    r.add_argument("runs")
+    r.add_argument("--data", help="the data set the study ran on (to key records made from compare.json)")
+    args = p.parse_args()
+    try:
+        if args.command == "save":
+            tags = save(Path(args.runs), Path(args.results))
+        else:
+            tags = restore(Path(args.results), Path(args.runs), args.data)
+    except (EdgepruneError, OSError, ValueError) as e:
+        sys.exit(f"carry_records: {e}")
+    print(f"{args.command}: {len(tags)} run record(s){': ' + ', '.join(tags) if tags else ''}")
+
+
+if __name__ == "__main__":
+    main()
