@@ -114,12 +114,13 @@ def noise_pts(a: float, b: float, n: int) -> float:
     return 200 * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
 
 
-def paired_noise(path: Path) -> dict[tuple[str, str], tuple[float, float]]:
-    """(gap, two paired standard errors) in points by (mode, gap) from benchmarks/paired_accuracy.py."""
+def paired_noise(path: Path) -> dict[tuple[str, str], tuple[float, float, bool]]:
+    """(gap, two paired standard errors, whether they are an upper bound) in points by (mode, gap) from
+    benchmarks/paired_accuracy.py."""
     if not path.is_file():
         return {}
     rows = json.loads(path.read_text())["gaps"]
-    return {(r["mode"], r["gap"]): (r["gap_pts"], 2 * r["paired_se_pts"]) for r in rows}
+    return {(r["mode"], r["gap"]): (r["gap_pts"], 2 * r["paired_se_pts"], r.get("se_bound", False)) for r in rows}
 
 
 def judged(gap: list[float], threshold: float, noise: float) -> tuple[bool, bool]:
@@ -152,11 +153,11 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
         """The noise band of gap ``a - b``: measured paired where it was, else the unpaired bound; and its label."""
         if (mode, gap) not in paired:
             return (bound := noise_pts(a, b, test_images)), f"noise ±{bound:.1f}, unpaired bound"
-        measured, band = paired[mode, gap]
+        measured, band, bounded = paired[mode, gap]
         if abs(measured - 100 * (a - b)) > 0.01:  # the networks were scored again: the gap must come out the same
             sys.exit(f"{folder}/paired.json: its {mode} '{gap}' gap {measured:+.2f} is not the runs' "
                      f"{100 * (a - b):+.2f}; run benchmarks/paired_accuracy.py again")  # fmt: skip
-        return band, f"paired noise ±{band:.1f}"
+        return band, f"paired noise {'≤' if bounded else ''}±{band:.1f}"
 
     seeds = sorted({s for (m, _, s) in runs if m == "full"})
     rows = []
