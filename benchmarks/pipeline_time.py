@@ -11,7 +11,10 @@ on the CPU. A pipeline's training time is then its epochs x steps per epoch x it
 
 The saving against l1 (``1 - direct / l1``) is written beside the saving from the run's own epoch times
 (``pipelines.steady_seconds``), so the two can be compared. Writes ``quiet_times.json`` and ``quiet_times.md``
-into ``--out``; ``benchmarks/verdict.py`` reads the JSON. Pause background work first.
+into ``--out``; ``benchmarks/verdict.py`` reads the JSON. Pause background work first. A study carried over
+between machines in its records (``benchmarks/carry_records.py``) keeps only the models trained on this one:
+the rows of an earlier ``quiet_times.json`` in ``--out`` for seeds not re-timed now are kept, with when they
+were timed (a saving is a ratio of step times measured side by side, so it carries over).
 
     .venv/bin/python benchmarks/pipeline_time.py runs/conv_vgg16_w025 --data ../shared/data/cifar10-mini.tar.gz \\
         --out docs/results/convergence_vgg16_w025  # --steps 4 --rounds 12 by default
@@ -99,6 +102,16 @@ def savings(compare: dict, runs: dict[str, dict], step: dict[str, float]) -> lis
     return rows
 
 
+def earlier_rows(path: Path, rows: list[dict]) -> list[dict]:
+    """The rows of an earlier re-timing (``path``) for the modes and seeds not re-timed now, marked with when."""
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    when = f"{old['date']}, commit {old['commit']}, others {100 * old['others_cpu_share']:.1f}%"
+    now = {(r["mode"], r["seed"]) for r in rows}
+    return [{**r, "timed": r.get("timed", when)} for r in old["savings"] if (r["mode"], r["seed"]) not in now]
+
+
 def repeatability(step: dict[str, float]) -> list[str]:
     """The full models of all seeds share one architecture: how far apart their step times came out."""
     full = [v for k, v in step.items() if k.startswith("full-")]
@@ -122,11 +135,12 @@ def markdown(meta: dict, step: dict[str, float], rows: list[dict]) -> str:
         "Pipeline time = epochs x step time per stage (the comparison's epochs: "
         f"{meta['epochs']} + {meta['finetune_epochs']} of fine-tuning).",
         "",
-        "| mode | seed | direct step (ms) | full step (ms) | l1 network step (ms) | saving, quiet | saving, in run |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | seed | direct step (ms) | full step (ms) | l1 network step (ms) | saving, quiet | saving, in run "
+        "| timed |",
+        "|---|---|---|---|---|---|---|---|",
         *(f"| {r['mode']} | {r['seed']} | {1e3 * r['direct_step_s']:.1f} | {1e3 * r['full_step_s']:.1f} | "
-          f"{1e3 * r['l1_step_s']:.1f} | {100 * r['quiet_saving']:.0f}% | {100 * r['in_run_saving']:.0f}% |"
-          for r in rows),
+          f"{1e3 * r['l1_step_s']:.1f} | {100 * r['quiet_saving']:.0f}% | {100 * r['in_run_saving']:.0f}% | "
+          f"{r.get('timed', 'here')} |" for r in rows),
         "",
         "Every network's step (ms): " + ", ".join(f"{k} {1e3 * v:.1f}" for k, v in sorted(step.items())),
         "",
@@ -178,6 +192,8 @@ def main() -> None:
     step = step_seconds(steps, args.steps, args.rounds, batch)
     others = others_share(*marks)
     rows = savings(compare, runs, step)
+    rows += earlier_rows(Path(args.out) / "quiet_times.json", rows)
+    rows.sort(key=lambda r: (r["mode"], r["seed"]))
     meta = {
         **provenance(folder), "machine": machine_info(), "others_cpu_share": others,
         "batch": batch, "steps": args.steps,
