@@ -40,7 +40,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import edgeprune
 from edgeprune.data import ImageDataset, load_dataset
-from edgeprune.train import TrainConfig, TrainStep, cpu_count
+from edgeprune.measure import default_threads
+from edgeprune.train import TrainConfig, TrainStep
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 128
@@ -172,7 +173,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "train_throughput.md"))
     args = parser.parse_args()
     steps = {k: int(v) for k, v in (item.split("=") for item in args.steps.split(","))}
-    torch.set_num_threads(args.threads or cpu_count())
+    torch.set_num_threads(args.threads or default_threads())
     data = load_dataset(args.data)
     load_start = os.getloadavg()
     start = time.perf_counter()
@@ -237,7 +238,7 @@ def write_report(args, results, data, seconds, load_start, load_end, steps) -> N
 
 Command: `{command}`
 
-Date: {date}. Machine: {cpu_name()}, {cpu_count()} cores,
+Date: {date}. Machine: {cpu_name()}, {default_threads()} cores,
 torch {torch.__version__}, {torch.get_num_threads()} compute threads, OMP_WAIT_POLICY {omp}. Load average
 {load_start[0]:.1f} at the start and {load_end[0]:.1f} at the end: other jobs shared the two cores, so single
 timings are noisy; {seconds:.0f} s in all. Data: {data.summary()}; batches of {BATCH}.

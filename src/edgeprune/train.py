@@ -56,6 +56,7 @@ from torch import nn
 from edgeprune.data import ImageDataset
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import atomic_write, tensors_digest, write_json
+from edgeprune.measure import default_threads
 
 OPTIMIZERS = ("sgd", "rmsprop")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -280,14 +281,6 @@ def _check_data(data: ImageDataset) -> None:
         raise EdgepruneError(f"data set '{data.name}' has an empty train or test split")
     if data.train_x.dtype != torch.uint8 or data.train_x.ndim != 4:
         raise EdgepruneError("data set images must be uint8 [N, C, H, W]")
-
-
-def cpu_count() -> int:
-    """Cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 # -- devices and processes --------------------------------------------------------------------
@@ -956,7 +949,7 @@ def train(
         raise EdgepruneError(f"threads must be positive, got {threads}")
     ranks = process_ranks()
     target = resolve_device(device, ranks.local_rank)
-    torch.set_num_threads(threads or max(1, cpu_count() // ranks.local_world))
+    torch.set_num_threads(threads or max(1, default_threads() // ranks.local_world))
     created = _start_group(ranks, target)
     try:
         if ranks.distributed:
