@@ -12,9 +12,11 @@ on the CPU. A pipeline's training time is then its epochs x steps per epoch x it
 The saving against l1 (``1 - direct / l1``) is written beside the saving from the run's own epoch times
 (``pipelines.steady_seconds``), so the two can be compared. Writes ``quiet_times.json`` and ``quiet_times.md``
 into ``--out``; ``benchmarks/verdict.py`` reads the JSON. Pause background work first. A study carried over
-between machines in its records (``benchmarks/carry_records.py``) keeps only the models trained on this one:
-the rows of an earlier ``quiet_times.json`` in ``--out`` for seeds not re-timed now are kept, with when they
-were timed (a saving is a ratio of step times measured side by side, so it carries over).
+between machines in its records (``benchmarks/carry_records.py``) keeps only the networks trained on this one;
+the others are rebuilt from the comparison's settings (the full model fresh; the direct network pruned at
+initialisation, which is deterministic; an l1 / nuclear network with the direct one's layer sizes, the same
+lottery's) and timed only when their parameters and FLOPs equal the run's record. Step time depends on the
+layer sizes, not the weights.
 
     .venv/bin/python benchmarks/pipeline_time.py runs/conv_vgg16_w025 --data ../shared/data/cifar10-mini.tar.gz \\
         --out docs/results/convergence_vgg16_w025  # --steps 4 --rounds 12 by default
@@ -34,12 +36,14 @@ from pathlib import Path
 
 import psutil
 import torch
+from torch import nn
 
 import edgeprune
 from edgeprune.data import ImageDataset, load_dataset
 from edgeprune.files import atomic_write
 from edgeprune.measure import machine_info
-from edgeprune.pipelines import run_tag, steady_seconds
+from edgeprune.pipelines import CompareSettings, RunContext, make_context, pruned_at_init, run_tag, steady_seconds
+from edgeprune.trace import record_shapes
 from edgeprune.train import TrainConfig, TrainStep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,14 +80,37 @@ def others_share(busy_before: float, own_before: float, wall_before: float) -> f
     return max(0.0, others / ((time.perf_counter() - wall_before) * (os.cpu_count() or 1)))
 
 
-def runs_of(compare: dict, folder: Path) -> dict[str, dict]:
-    """The comparison's finished runs of the timed methods, by run folder name, that have a saved model."""
-    found = {}
+Networks = tuple[dict[str, dict], dict[str, nn.Module], list[str]]  # runs, their networks, the tags rebuilt
+
+
+def networks(compare: dict, folder: Path, data: ImageDataset) -> Networks:
+    """The comparison's finished runs of the timed methods by run folder name, each one's network (loaded from its
+    folder, else rebuilt and checked against its record; a run whose network cannot be had is left out), and the
+    names of those rebuilt."""
+    ctx = make_context(CompareSettings(**compare["settings"]), data, folder, progress=False)
+    runs, models, rebuilt = {}, {}, []
     for r in compare["runs"]:
         tag = run_tag(r["method"], r["mode"], r["seed"])
-        if r["method"] in TIMED and (folder / tag / "model.json").is_file():
-            found[tag] = r
-    return found
+        if r["method"] not in TIMED:
+            continue
+        if (folder / tag / "model.json").is_file():
+            models[tag] = edgeprune.load(folder / tag)
+        elif (model := rebuild(ctx, r)) is not None:
+            models[tag] = model
+            rebuilt.append(tag)
+        else:
+            continue
+        runs[tag] = r
+    return runs, models, rebuilt
+
+
+def rebuild(ctx: RunContext, run: dict) -> nn.Module | None:
+    """The run's network rebuilt from the comparison's settings (the full model fresh, any other the direct
+    network's layer sizes), when its parameters and FLOPs come out as the run recorded; else None."""
+    seed = run["seed"]
+    model = ctx.fresh(seed) if run["method"] == "full" else pruned_at_init(ctx, "direct", run["mode"], seed)
+    totals = record_shapes(model, torch.zeros(1, *ctx.shape)).totals()
+    return model if (totals["params"], totals["flops"]) == (run["params"], run["flops"]) else None
 
 
 def savings(compare: dict, runs: dict[str, dict], step: dict[str, float]) -> list[dict]:
@@ -100,16 +127,6 @@ def savings(compare: dict, runs: dict[str, dict], step: dict[str, float]) -> lis
         rows.append({"mode": r["mode"], "seed": r["seed"], "direct_step_s": step[tag], "full_step_s": step[full],
                      "l1_step_s": step[l1], "quiet_saving": 1 - direct_s / l1_s, "in_run_saving": in_run})  # fmt: skip
     return rows
-
-
-def earlier_rows(path: Path, rows: list[dict]) -> list[dict]:
-    """The rows of an earlier re-timing (``path``) for the modes and seeds not re-timed now, marked with when."""
-    if not path.is_file():
-        return []
-    old = json.loads(path.read_text())
-    when = f"{old['date']}, commit {old['commit']}, others {100 * old['others_cpu_share']:.1f}%"
-    now = {(r["mode"], r["seed"]) for r in rows}
-    return [{**r, "timed": r.get("timed", when)} for r in old["savings"] if (r["mode"], r["seed"]) not in now]
 
 
 def repeatability(step: dict[str, float]) -> list[str]:
@@ -135,15 +152,16 @@ def markdown(meta: dict, step: dict[str, float], rows: list[dict]) -> str:
         "Pipeline time = epochs x step time per stage (the comparison's epochs: "
         f"{meta['epochs']} + {meta['finetune_epochs']} of fine-tuning).",
         "",
-        "| mode | seed | direct step (ms) | full step (ms) | l1 network step (ms) | saving, quiet | saving, in run "
-        "| timed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mode | seed | direct step (ms) | full step (ms) | l1 network step (ms) | saving, quiet | saving, in run |",
+        "|---|---|---|---|---|---|---|",
         *(f"| {r['mode']} | {r['seed']} | {1e3 * r['direct_step_s']:.1f} | {1e3 * r['full_step_s']:.1f} | "
-          f"{1e3 * r['l1_step_s']:.1f} | {100 * r['quiet_saving']:.0f}% | {100 * r['in_run_saving']:.0f}% | "
-          f"{r.get('timed', 'here')} |" for r in rows),
+          f"{1e3 * r['l1_step_s']:.1f} | {100 * r['quiet_saving']:.0f}% | {100 * r['in_run_saving']:.0f}% |"
+          for r in rows),
         "",
         "Every network's step (ms): " + ", ".join(f"{k} {1e3 * v:.1f}" for k, v in sorted(step.items())),
         "",
+        *([f"Rebuilt from the comparison's settings (their folders are gone; parameters and FLOPs checked against "
+           f"the records): {', '.join(meta['rebuilt'])}.", ""] if meta.get("rebuilt") else []),
         *repeatability(step),
     ]  # fmt: skip
     return "\n".join(lines)
@@ -179,24 +197,21 @@ def main() -> None:
     args = p.parse_args()
     folder = Path(args.runs)
     compare = json.loads((folder / "compare.json").read_text())
-    runs = runs_of(compare, folder)
-    if not runs:
-        sys.exit(f"{folder}: no finished full/direct/l1/nuclear runs with a saved model")
     torch.set_num_threads(1)
     data: ImageDataset = load_dataset(args.data)
+    runs, models, rebuilt = networks(compare, folder, data)
+    if not runs:
+        sys.exit(f"{folder}: no finished full/direct/l1/nuclear runs whose network could be loaded or rebuilt")
     batch = compare["settings"]["batch_size"]
     config = TrainConfig(epochs=1, batch_size=batch, seed=0)
-    steps = {tag: TrainStep(edgeprune.load(folder / tag), data, config, torch.Generator().manual_seed(0))
-             for tag in runs}  # fmt: skip
+    steps = {tag: TrainStep(model, data, config, torch.Generator().manual_seed(0)) for tag, model in models.items()}
     marks = busy_seconds(), time.process_time(), time.perf_counter()
     step = step_seconds(steps, args.steps, args.rounds, batch)
     others = others_share(*marks)
     rows = savings(compare, runs, step)
-    rows += earlier_rows(Path(args.out) / "quiet_times.json", rows)
-    rows.sort(key=lambda r: (r["mode"], r["seed"]))
     meta = {
         **provenance(folder), "machine": machine_info(), "others_cpu_share": others,
-        "batch": batch, "steps": args.steps,
+        "batch": batch, "steps": args.steps, "rebuilt": rebuilt,
         "rounds": args.rounds,
         "epochs": compare["settings"]["epochs"], "finetune_epochs": compare["settings"]["finetune_epochs"],
     }  # fmt: skip

@@ -283,14 +283,23 @@ def run_full(ctx: RunContext, seed: int) -> tuple[RunRecord, nn.Module | None]:
     return save_record(ctx, tag, key, _record(ctx, "full", "-", seed, full, [pre])), full
 
 
+def pruned_at_init(ctx: RunContext, method: str, mode: str, seed: int) -> nn.Module:
+    """The network ``method`` prunes from a fresh model at initialisation (the layer lottery of ``AT_INIT[method]``),
+    untrained; the same every time for the same settings and seed. (A conventional run of that seed drawn by the
+    same lottery gets the same layer sizes: the lottery decides how many filters a layer loses, the criterion
+    only which.)"""
+    s = ctx.settings
+    return prune(ctx.fresh(seed), budget=s.budget(mode), step=s.step, seed=seed, input_shape=ctx.shape,
+                 selection=AT_INIT[method]).model  # fmt: skip
+
+
 def run_at_init(ctx: RunContext, method: str, mode: str, seed: int, epochs: int) -> RunRecord:
     """Prune a fresh model at initialisation (the layer lottery of ``AT_INIT[method]``) and train it ``epochs``."""
-    s, tag = ctx.settings, run_tag(method, mode, seed)
+    tag = run_tag(method, mode, seed)
     key = record_key(ctx, method, mode, seed, epochs)
     if (done := stored_record(ctx, tag, key)) is not None:
         return done
-    pruned = prune(ctx.fresh(seed), budget=s.budget(mode), step=s.step, seed=seed, input_shape=ctx.shape,
-                   selection=AT_INIT[method]).model  # fmt: skip
+    pruned = pruned_at_init(ctx, method, mode, seed)
     ctx.log(f"[seed {seed}] {method} {mode}: pruned at init, training {epochs} epochs")
     result = ctx.train(pruned, epochs, seed, tag)
     return save_record(ctx, tag, key, _record(ctx, method, mode, seed, pruned, [result]))
