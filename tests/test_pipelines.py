@@ -3,6 +3,7 @@
 import csv
 import json
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +244,10 @@ def test_compare_resumes_from_run_records_alone(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pipelines, "train", no_training)
     assert main([*common[:-3], "--out", str(older), "--quiet", "--modes", "flops", "--resume"]) == 0
     assert json.loads((older / "compare.json").read_text())["runs"] == first["runs"]
+    # the Ray tasks' side of it: no full weights shipped when no conventional run needs them
+    settings = pipelines.CompareSettings(**first["settings"])
+    ctx = pipelines.make_context(settings, data, older, progress=False, resume=True)
+    baseline, weights = pipelines._full_task(ctx, 0)
+    assert weights is None and asdict(baseline) == first["runs"][0]
+    l1 = pipelines._conventional_task(ctx, "l1", "flops", 0, (baseline, weights))
+    assert asdict(l1) == next(r for r in first["runs"] if (r["method"], r["mode"]) == ("l1", "flops"))
