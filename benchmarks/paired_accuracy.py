@@ -38,7 +38,7 @@ from pipeline_time import provenance, write_both  # this folder's: the same head
 
 import edgeprune
 from edgeprune.data import ImageDataset, load_dataset
-from edgeprune.pipelines import run_tag
+from edgeprune.pipelines import RECORD, run_tag
 from edgeprune.train import Normalizer
 
 CONVENTIONAL = ("l1", "nuclear")
@@ -124,6 +124,15 @@ def unpack(text: str, images: int) -> torch.Tensor:
     return torch.tensor([(data[i // 8] >> (7 - i % 8)) & 1 for i in range(images)], dtype=torch.float64)
 
 
+def finished_runs(folder: Path, compare: dict) -> list[dict]:
+    """The comparison's runs: those in its compare.json, and those finished since (their ``record.json``), so that
+    a network is scored while its weights are still here, before its mode's table is written."""
+    runs = {run_tag(r["method"], r["mode"], r["seed"]): r for r in compare["runs"]}
+    for path in sorted(folder.glob(f"*/{RECORD}")):
+        runs.setdefault(path.parent.name, json.loads(path.read_text())["record"])
+    return list(runs.values())
+
+
 def kept_hits(previous: dict, compare: dict, data: ImageDataset) -> dict[str, torch.Tensor]:
     """The hits an earlier paired.json kept, for networks whose record still has the accuracy they were scored at."""
     if previous.get("data") != data.name or previous.get("images") != len(data.test_y):
@@ -184,6 +193,7 @@ def main() -> None:
     args = p.parse_args()
     folder = Path(args.runs)
     compare = json.loads((folder / "compare.json").read_text())
+    compare["runs"] = finished_runs(folder, compare)
     data = load_dataset(args.data)
     target = Path(args.out) / "paired"
     previous = json.loads(target.with_suffix(".json").read_text()) if target.with_suffix(".json").is_file() else {}
