@@ -114,13 +114,15 @@ def noise_pts(a: float, b: float, n: int) -> float:
     return 200 * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
 
 
-def paired_noise(path: Path) -> dict[tuple[str, str], tuple[float, float, bool]]:
-    """(gap, two paired standard errors, whether they are an upper bound) in points by (mode, gap) from
-    benchmarks/paired_accuracy.py."""
+def paired_noise(path: Path) -> dict[tuple[str, str, tuple[int, ...]], tuple[float, float, bool]]:
+    """(gap, two paired standard errors, whether they are an upper bound) in points by (mode, gap, seeds) from
+    benchmarks/paired_accuracy.py: a measurement applies to the seeds it was made over only."""
     if not path.is_file():
         return {}
-    rows = json.loads(path.read_text())["gaps"]
-    return {(r["mode"], r["gap"]): (r["gap_pts"], 2 * r["paired_se_pts"], r.get("se_bound", False)) for r in rows}
+    data = json.loads(path.read_text())
+    rows = [*data.get("per_seed", []), *data["gaps"]]
+    return {(r["mode"], r["gap"], tuple(r["seeds"])): (r["gap_pts"], 2 * r["paired_se_pts"], r.get("se_bound", False))
+            for r in rows}  # fmt: skip
 
 
 def judged(gap: list[float], threshold: float, noise: float) -> tuple[bool, bool]:
@@ -149,11 +151,12 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
     quiet = quiet_savings(RESULTS / folder / "quiet_times.json")
     paired = paired_noise(RESULTS / folder / "paired.json")
 
-    def noise(mode: str, gap: str, a: float, b: float) -> tuple[float, str]:
-        """The noise band of gap ``a - b``: measured paired where it was, else the unpaired bound; and its label."""
-        if (mode, gap) not in paired:
+    def noise(mode: str, gap: str, a: float, b: float, seeds: list[int]) -> tuple[float, str]:
+        """The noise band of gap ``a - b`` over ``seeds``: measured paired where it was, else the unpaired bound;
+        and its label."""
+        if (mode, gap, tuple(seeds)) not in paired:
             return (bound := noise_pts(a, b, test_images)), f"noise ±{bound:.1f}, unpaired bound"
-        measured, band, bounded = paired[mode, gap]
+        measured, band, bounded = paired[mode, gap, tuple(seeds)]
         if abs(measured - 100 * (a - b)) > 0.01:  # the networks were scored again: the gap must come out the same
             sys.exit(f"{folder}/paired.json: its {mode} '{gap}' gap {measured:+.2f} is not the runs' "
                      f"{100 * (a - b):+.2f}; run benchmarks/paired_accuracy.py again")  # fmt: skip
@@ -184,7 +187,7 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
             best = [max(100 * runs[m, mode, s]["test_accuracy"] for m in conventional) for s in done]
             gap = [100 * direct[s]["test_accuracy"] - b for s, b in zip(done, best)]
             band, shown = noise(mode, "direct vs conventional", mean([direct[s]["test_accuracy"] for s in done]),
-                                mean(best) / 100)  # fmt: skip
+                                mean(best) / 100, done)  # fmt: skip
             versus = f"{spread(gap)} pts against the better of {' / '.join(conventional)} ({shown})"
             claim = f"{SETUP[model]} {LABEL[mode]}: direct matches train -> prune -> fine-tune"
             rows.append(_row(claim, "comparable accuracy", versus, where, *judged(gap, -WITHIN, band), provisional,
@@ -192,7 +195,7 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
         if conventional and all(("direct-matched", mode, s) in runs for s in done):
             matched = [runs["direct-matched", mode, s]["test_accuracy"] for s in done]
             gap = [100 * a - b for a, b in zip(matched, best)]
-            band, shown = noise(mode, "direct-matched vs conventional", mean(matched), mean(best) / 100)
+            band, shown = noise(mode, "direct-matched vs conventional", mean(matched), mean(best) / 100, done)
             claim = f"{SETUP[model]} {LABEL[mode]}: at equal training time, direct matches conventional (ours)"
             versus = f"{spread(gap)} pts against the better of {' / '.join(conventional)} ({shown})"
             rows.append(_row(claim, "-", versus, where, *judged(gap, -WITHIN, band), provisional, link))
@@ -211,7 +214,8 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
             gaps = {m: [100 * (direct[s]["test_accuracy"] - runs[m, mode, s]["test_accuracy"]) for s in done]
                     for m in others}  # fmt: skip
             bands = {m: noise(mode, f"direct vs {m}", mean([direct[s]["test_accuracy"] for s in done]),
-                              mean([runs[m, mode, s]["test_accuracy"] for s in done])) for m in others}  # fmt: skip
+                              mean([runs[m, mode, s]["test_accuracy"] for s in done]), done)
+                     for m in others}  # fmt: skip
             calls = [judged(gaps[m], 0.0, bands[m][0]) for m in others]
             holds = all(ok for ok, _ in calls)
             # a hold could flip if either margin is within noise; a failure only if every shortfall is
