@@ -22,7 +22,8 @@ Verdict rules (stated in the output too):
 - the paper's accuracy claims are claims at convergence: when the full model is not at its plateau (its test
   accuracy over its last 4 epochs spans more than 1 point, or it trained fewer than 4 epochs) the accuracy
   change and direct-against-conventional claims are *untested at this scale*; our figures are still shown.
-With one seed every verdict is marked provisional. A comparison of two networks' accuracies (direct against
+With one seed every verdict is marked provisional; "seeds disagree" marks a verdict that some seed's figure alone
+would not give. A comparison of two networks' accuracies (direct against
 conventional, the weighting) whose distance from its threshold is less than two standard errors of test-set
 sampling is marked "within test-set noise": another draw of test images could flip it. The standard error is
 the paired one that ``benchmarks/paired_accuracy.py`` measured image by image (``paired.json``), where the study
@@ -125,9 +126,14 @@ def paired_noise(path: Path) -> dict[tuple[str, str, tuple[int, ...]], tuple[flo
             for r in rows}  # fmt: skip
 
 
-def judged(gap: list[float], threshold: float, noise: float) -> tuple[bool, bool]:
-    """(holds, within noise) for a mean accuracy gap in points against its threshold."""
-    return mean(gap) >= threshold, abs(mean(gap) - threshold) < noise
+def judged(gap: list[float], threshold: float, noise: float) -> tuple[bool, bool, bool]:
+    """(holds, within noise, seeds disagree) for a mean accuracy gap in points against its threshold."""
+    return mean(gap) >= threshold, abs(mean(gap) - threshold) < noise, disagree([g >= threshold for g in gap])
+
+
+def disagree(passes: list[bool]) -> bool:
+    """Whether the seeds' own verdicts differ: the mean's verdict then rests on which seeds were run."""
+    return len(set(passes)) > 1
 
 
 def quiet_savings(path: Path) -> dict[tuple[str, int], float]:
@@ -181,7 +187,8 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
         rows.append(_row(f"{SETUP[model]} {LABEL[mode]}: accuracy change of the direct network",
                          f"{paper_delta:+.2f} pts at {paper_cut:.2f}% fewer {mode}",
                          f"{spread(delta)} pts at {cut:.2f}%", where,
-                         mean(delta) >= paper_delta - WITHIN, False, provisional, link, untested))  # fmt: skip
+                         mean(delta) >= paper_delta - WITHIN, False, provisional, link, untested,
+                         disagree([d >= paper_delta - WITHIN for d in delta])))  # fmt: skip
         conventional = [m for m in ("l1", "nuclear") if all((m, mode, s) in runs for s in done)]
         if conventional:
             best = [max(100 * runs[m, mode, s]["test_accuracy"] for m in conventional) for s in done]
@@ -190,15 +197,17 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
                                 mean(best) / 100, done)  # fmt: skip
             versus = f"{spread(gap)} pts against the better of {' / '.join(conventional)} ({shown})"
             claim = f"{SETUP[model]} {LABEL[mode]}: direct matches train -> prune -> fine-tune"
-            rows.append(_row(claim, "comparable accuracy", versus, where, *judged(gap, -WITHIN, band), provisional,
-                             link, untested))  # fmt: skip
+            holds, near, split = judged(gap, -WITHIN, band)
+            rows.append(_row(claim, "comparable accuracy", versus, where, holds, near, provisional, link, untested,
+                             split))  # fmt: skip
         if conventional and all(("direct-matched", mode, s) in runs for s in done):
             matched = [runs["direct-matched", mode, s]["test_accuracy"] for s in done]
             gap = [100 * a - b for a, b in zip(matched, best)]
             band, shown = noise(mode, "direct-matched vs conventional", mean(matched), mean(best) / 100, done)
             claim = f"{SETUP[model]} {LABEL[mode]}: at equal training time, direct matches conventional (ours)"
             versus = f"{spread(gap)} pts against the better of {' / '.join(conventional)} ({shown})"
-            rows.append(_row(claim, "-", versus, where, *judged(gap, -WITHIN, band), provisional, link))
+            holds, near, split = judged(gap, -WITHIN, band)
+            rows.append(_row(claim, "-", versus, where, holds, near, provisional, link, split=split))
         if all(("l1", mode, s) in runs for s in done):
             saving = [1 - steady_seconds(direct[s]["history"]) / steady_seconds(runs["l1", mode, s]["history"])
                       for s in done]  # fmt: skip
@@ -208,7 +217,7 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
                 saving = re_timed
             rows.append(_row(f"{SETUP[model]} {LABEL[mode]}: training time saved against l1",
                              "about 60% (journal)", ours, where, mean(saving) >= TIME_SAVING, False, provisional,
-                             link))  # fmt: skip
+                             link, split=disagree([x >= TIME_SAVING for x in saving])))  # fmt: skip
         others = [m for m in ("unweighted", "uniform") if all((m, mode, s) in runs for s in done)]
         if others:
             gaps = {m: [100 * (direct[s]["test_accuracy"] - runs[m, mode, s]["test_accuracy"]) for s in done]
@@ -217,13 +226,14 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
                               mean([runs[m, mode, s]["test_accuracy"] for s in done]), done)
                      for m in others}  # fmt: skip
             calls = [judged(gaps[m], 0.0, bands[m][0]) for m in others]
-            holds = all(ok for ok, _ in calls)
+            holds = all(ok for ok, _, _ in calls)
             # a hold could flip if either margin is within noise; a failure only if every shortfall is
-            near = any(n for _, n in calls) if holds else all(n for ok, n in calls if not ok)
+            near = any(n for _, n, _ in calls) if holds else all(n for ok, n, _ in calls if not ok)
+            split = disagree([all(gaps[m][i] >= 0 for m in others) for i in range(len(done))])
             rows.append(_row(f"{SETUP[model]} {LABEL[mode]}: the complexity weighting helps (ours)",
                              "-", "; ".join(f"{spread(g)} pts vs {m} ({bands[m][1]})"
                                             for m, g in gaps.items()), where,
-                             holds, near, provisional, link))  # fmt: skip
+                             holds, near, provisional, link, split=split))  # fmt: skip
     return rows
 
 
@@ -242,10 +252,13 @@ def _row(
     provisional: bool,
     link: str,
     untested: str | None = None,
+    split: bool = False,
 ) -> dict:
-    """One verdict row; ``untested`` (a reason) overrides holds/fails; ``noisy``: within test-set noise."""
+    """One verdict row; ``untested`` (a reason) overrides holds/fails; ``noisy``: within test-set noise;
+    ``split``: the seeds alone would not all give this verdict."""
     verdict = f"untested at this scale ({untested})" if untested else "holds" if holds else "fails"
-    notes = [] if untested else ["within test-set noise"] * noisy + ["provisional: one seed"] * provisional
+    notes = [] if untested else (["within test-set noise"] * noisy + ["seeds disagree"] * split
+                                 + ["provisional: one seed"] * provisional)  # fmt: skip
     return {"claim": claim, "paper": paper, "ours": ours, "scale": scale,
             "verdict": verdict + (f" ({'; '.join(notes)})" if notes else ""), "run": link}  # fmt: skip
 
@@ -269,12 +282,14 @@ def tally(rows: list[dict]) -> list[str]:
         "fails",
         "untested at this scale",
         "of holds + fails, within test-set noise",
+        "of holds + fails, seeds disagree",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for kind in kinds:
         verdicts = [r["verdict"] for r in rows if r["claim"].split(": ", 1)[1] == kind]
         counts = [sum(v.startswith(word) for v in verdicts) for word in ("holds", "fails", "untested")]
         counts.append(sum("within test-set noise" in v for v in verdicts))
+        counts.append(sum("seeds disagree" in v for v in verdicts))
         lines.append(f"| {kind} | " + " | ".join(map(str, counts)) + " |")
     return [*lines, ""] if rows else []
 
@@ -295,7 +310,9 @@ def markdown(rows: list[dict], missing: list[tuple[str, str, str]], curves: list
         "weighting holds when the weighted lottery is not below the unweighted lottery nor width scaling. The "
         "paper's accuracy claims are claims at convergence: where the full model is not at its plateau (its last "
         "4 epochs span more than 1 point) they are untested at that scale, and our figures are shown beside the "
-        'verdict. One seed makes a verdict provisional. A comparison of two of our networks is marked "within '
+        'verdict. One seed makes a verdict provisional; "seeds disagree" marks a verdict that some seed alone '
+        "would not give (the mean decides, but another seed could move it). A comparison of two of our networks "
+        'is marked "within '
         'test-set noise" when its distance from its threshold is under two standard errors of test-set sampling '
         "(paired noise ±x: measured image by image by `benchmarks/paired_accuracy.py`; where a study lacks it, "
         "noise ±x: 2 sqrt((a(1-a) + b(1-b)) / n) for accuracies a, b on n test images, an upper bound for two "
