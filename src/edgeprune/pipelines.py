@@ -202,13 +202,24 @@ def run_tag(method: str, mode: str, seed: int) -> str:
     return f"full-s{seed}" if method == "full" else f"{method}-{mode}-s{seed}"
 
 
-def record_key(ctx: RunContext, method: str, mode: str, seed: int, epochs: int | list[int]) -> dict:
+def stage_epochs(settings: CompareSettings, method: str, epochs: int) -> int | list[int]:
+    """The epochs a run trains, per stage: the full model's, a conventional pipeline's pre-training and
+    fine-tuning, or (pruned at init) the run's own ``epochs``, which only those runs choose."""
+    if method == "full":
+        return settings.epochs
+    if method in CONVENTIONAL:
+        return [settings.epochs, settings.finetune_epochs]
+    return epochs
+
+
+def record_key(ctx: RunContext, method: str, mode: str, seed: int, epochs: int) -> dict:
     """What decides a run's result: the result-deciding settings, the data, the run, its budget and epochs
-    (per stage: pre-training, fine-tuning), as JSON reads it back."""
+    (per stage, ``stage_epochs``), as JSON reads it back."""
     s = ctx.settings
     key = {k: getattr(s, k) for k in RESULT_SETTINGS}
     budget = {} if method == "full" else s.budget(mode)
-    key.update(data=data_signature(ctx.data), method=method, mode=mode, seed=seed, budget=budget, epochs=epochs)
+    key.update(data=data_signature(ctx.data), method=method, mode=mode, seed=seed, budget=budget,
+               epochs=stage_epochs(s, method, epochs))  # fmt: skip
     return json.loads(json.dumps(key))
 
 
@@ -261,10 +272,7 @@ def records_from_summary(summary: dict, data: ImageDataset, out_dir: str | Path)
         tag = run_tag(r.method, r.mode, r.seed)
         if (ctx.out / tag / RECORD).exists():
             continue
-        epochs = settings.epochs if r.method == "full" else r.epochs
-        if r.method in CONVENTIONAL:
-            epochs = [settings.epochs, settings.finetune_epochs]
-        save_record(ctx, tag, record_key(ctx, r.method, r.mode, r.seed, epochs), r)
+        save_record(ctx, tag, record_key(ctx, r.method, r.mode, r.seed, r.epochs), r)
         written.append(tag)
     return written
 
@@ -311,7 +319,7 @@ def run_conventional(
     """Rank the trained full model's filters by ``method`` (l1, nuclear), prune a copy to the target, fine-tune it
     (``full`` may be None only when the run is read back from its record)."""
     s, tag = ctx.settings, run_tag(method, mode, seed)
-    key = record_key(ctx, method, mode, seed, [s.epochs, s.finetune_epochs])
+    key = record_key(ctx, method, mode, seed, s.epochs + s.finetune_epochs)
     if (done := stored_record(ctx, tag, key)) is not None:
         return done
     if full is None:  # full_weights_needed said no conventional run was left: its record went missing since
