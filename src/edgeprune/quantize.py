@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeprune.cpu import DEFAULT_TARGET, cpu_class, cpu_summary, reduce_range_for
 from edgeprune.data import ImageDataset
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import atomic_write
@@ -60,11 +61,19 @@ def quantize_onnx(
     seed: int = 0,
     method: str = DEFAULT_METHOD,
     per_channel: bool = True,
+    target_cpu: str = DEFAULT_TARGET,
 ) -> dict:
-    """Quantize an fp32 .onnx file to int8 (QDQ, S8S8), calibrated on training images; write it atomically."""
+    """Quantize an fp32 .onnx file to int8 (QDQ, S8S8), calibrated on training images; write it atomically.
+
+    ``target_cpu`` (``any``, ``native``, ``vnni``, ``avx2``) decides whether weights use 7 bits
+    (``reduce_range``), which x86 CPUs without VNNI need (see ``edgeprune.cpu``); it is recorded in the
+    file's metadata (``edgeprune.target_cpu``, ``edgeprune.reduce_range``) and in the summary.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    here = cpu_class()
+    reduce_range = reduce_range_for(target_cpu, here)
     if not isinstance(per_channel, bool):
         raise EdgepruneError(f"per_channel must be True or False, got {per_channel!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -96,17 +105,51 @@ def quantize_onnx(
                         activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8,
                         calibrate_method=calibrate,
+                        reduce_range=reduce_range,
                         extra_options=extra,
                     )
             except Exception as e:  # onnxruntime's quantizer raises many kinds of errors
                 raise EdgepruneError(f"{fp32_path}: onnxruntime cannot quantize it ({_first_line(e)})") from None
+            stamp = {"edgeprune.target_cpu": target_cpu, "edgeprune.reduce_range": str(reduce_range).lower()}
+            _stamp(out, {**stamp, "edgeprune.quantized_on": here})
             _check_runs(out, batches[0])
 
         try:
             atomic_write(int8_path, write)
         except OSError as e:
             raise EdgepruneError(f"{int8_path}: cannot write ({e.strerror or e})") from None
-    return _summary(fp32_path, int8_path, calibration, used, seed, method, per_channel, pre)
+    summary = _summary(fp32_path, int8_path, calibration, used, seed, method, per_channel, pre)
+    summary["target_cpu"] = {"target": target_cpu, "reduce_range": reduce_range, "quantized_on": here}
+    if reduce_range:
+        summary["weights"] += ", 7-bit range (reduce_range: no 16-bit saturation on x86 without VNNI)"
+    return summary
+
+
+def file_target_cpu(path: str | Path) -> dict:
+    """The ``--target-cpu`` an int8 .onnx file was quantized for (from its metadata), empty if none."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's error
+        raise EdgepruneError(f"{path}: not a readable ONNX file ({_first_line(e)})") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if "edgeprune.target_cpu" not in props:
+        return {}
+    return {"target": props["edgeprune.target_cpu"], "reduce_range": props.get("edgeprune.reduce_range") == "true"}
+
+
+def _stamp(path: Path, props: dict[str, str]) -> None:
+    """Record ``props`` in an .onnx file's metadata, in place (the file is still the caller's temporary)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in sorted(props.items()):
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
 
 
 def int8_check(
@@ -124,6 +167,8 @@ def int8_check(
     if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not math.isfinite(max_drop):
         raise EdgepruneError(f"max drop must be a finite number of accuracy points, got {max_drop!r}")
     results, correct = {}, {}
+    # int8 results depend on the instruction set (see edgeprune.cpu): the check says where it ran
+    where = cpu_summary()
     for label, path in (("fp32", Path(fp32_path)), ("int8", Path(int8_path))):
         scores = evaluate(path, test_data, batch_size=batch_size, threads=threads)
         correct[label] = scores["correct"]
@@ -143,6 +188,8 @@ def int8_check(
         "images": len(test_data.test_y),
         "data": test_data.name,
         "split": "test",
+        "cpu": where,
+        "target_cpu": file_target_cpu(int8_path),
     }
 
 
@@ -293,4 +340,4 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "calibration_batches", "int8_check", "quantize_onnx"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "calibration_batches", "file_target_cpu", "int8_check", "quantize_onnx"]
