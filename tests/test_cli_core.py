@@ -29,7 +29,8 @@ def test_prune_writes_loadable_folder_and_report(tmp_path, capsys):
     out_dir = tmp_path / "p"
     code, out, _ = run_cli(capsys, "prune", "tiny", "--mode", "flops", "--target", "0.5", "--out", str(out_dir))
     assert code == 0 and "reduction" in out and "features.0" in out
-    assert sorted(p.name for p in out_dir.iterdir()) == ["model.json", "model.safetensors", "report.json"]
+    listed = [".edgeprune-manifest.json", "model.json", "model.safetensors", "report.json"]  # the manifest: for --force
+    assert sorted(p.name for p in out_dir.iterdir()) == listed
     report = json.loads((out_dir / "report.json").read_text())
     assert report["after"]["flops"] <= report["target"] and report["steps"]
     assert {"layer", "weight", "probability", "removed"} <= set(report["steps"][0])

@@ -13,7 +13,7 @@ import pytest
 from conftest import MINI
 
 from edgeprune.cli import main
-from edgeprune.files import LOCK_FILE, STASH_DIR, FolderLock
+from edgeprune.files import LOCK_FILE, MANIFEST_FILE, STASH_DIR, FolderLock
 
 PRUNE = ["prune", "tiny", "--mode", "flops", "--target", "0.5"]
 
@@ -97,18 +97,25 @@ def test_a_lock_from_another_host_is_not_taken_over(tmp_path, capsys):
 
 
 def test_force_replaces_edgeprunes_files_and_keeps_the_users(tmp_path, capsys):
-    """Was: --force into a trained folder left the old train.json and checkpoint beside the new model."""
+    """Was: --force into a trained folder left the old train.json and checkpoint beside the new model.
+
+    Now --force removes exactly what the manifest of the earlier command lists; a folder without one is refused.
+    """
     out = tmp_path / "run"
-    out.mkdir()
-    for name in ("train.json", "checkpoint.safetensors", "metrics.jsonl", "model.json"):
-        (out / name).write_text("old run")
-    (out / "full-s0").mkdir()
-    (out / "full-s0" / "checkpoint.safetensors").write_text("old run")
+    assert run_cli(capsys, *PRUNE, "--out", out)[0] == 0
     (out / "notes.txt").write_text("mine")
     code, _, err = run_cli(capsys, *PRUNE, "--out", out, "--force")
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors", "notes.txt", "report.json"]
+    names = sorted(p.name for p in out.iterdir() if p.name != MANIFEST_FILE)
+    assert names == ["model.json", "model.safetensors", "notes.txt", "report.json"]
     assert (out / "notes.txt").read_text() == "mine"
+    old = tmp_path / "old"  # look-alike files with no manifest: nothing says edgeprune wrote them
+    old.mkdir()
+    for name in ("train.json", "checkpoint.safetensors", "model.json"):
+        (old / name).write_text("old run")
+    code, _, err = run_cli(capsys, *PRUNE, "--out", old, "--force")
+    assert "model.json" in one_line_error(err, code)
+    assert sorted(p.name for p in old.iterdir()) == ["checkpoint.safetensors", "model.json", "train.json"]
 
 
 def test_a_failed_forced_command_loses_nothing(tmp_path, capsys):

@@ -628,7 +628,7 @@ def _input_pools(job: dict, to_input: Callable[[Any], Any]) -> dict[tuple[int, .
     rng = np.random.default_rng(job["seed"])
     shapes = list(dict.fromkeys(tuple(a["input_shape"]) for a in job["artifacts"].values()))
     per_round = sum(4 * job["batch_size"] * math.prod(shape) for shape in shapes)
-    count = max(1, min(job["runs"], int(INPUT_POOL_BYTES // per_round)))
+    count = max(1, min(job["runs"], int(INPUT_POOL_BYTES // max(per_round, 1))))  # a shape with a 0: no division
     return {
         shape: [to_input(rng.standard_normal((job["batch_size"], *shape), dtype=np.float32)) for _ in range(count)]
         for shape in shapes

@@ -3,8 +3,8 @@
 A reference names where a model comes from:
 
 - ``zoo:NAME`` (or just ``NAME``): edgeprune's own zoo (``edgeprune models``); no user code runs;
-- ``py:package.module:factory`` (or ``package.module:factory``): an importable callable (the current
-  folder is importable, as for uvicorn's ``module:app``);
+- ``py:package.module:factory`` (or ``package.module:factory``): an importable callable (when the user
+  names it, the current folder is importable, as for uvicorn's ``module:app``);
 - ``file:path/to/file.py:factory`` (or ``path/to/file.py:factory``): a Python file the user points at.
 
 ``py:`` and ``file:`` run the user's own code, named explicitly by them, as ``torch.hub``, uvicorn's
@@ -16,8 +16,13 @@ reference, "kwargs": {...}, "sha256": file hash (file: only), "input_shape": [C,
 Trust (SPEC "Loading user code"): a model folder names its builder, and a folder from elsewhere
 could name any code. Its ``py:``/``file:`` builder runs only when this user vouched for it: the
 reference is in the per-user trust list (``$EDGEPRUNE_CONFIG/trusted.json``, default
-``~/.config/edgeprune/trusted.json``; naming a reference to build a model records it there, with
-the file's SHA-256 for ``file:``), or it is named again now, or the caller passes ``trust_code``.
+``~/.config/edgeprune/trusted.json``), or it is named again now, or the caller passes ``trust_code``.
+Trust is in what a reference resolves to, not its name: naming a reference to build a model records
+the file it resolved to (a ``py:`` module's file, found without running it) and that file's SHA-256.
+A folder's ``py:`` builder is then imported from the folder recorded for it, never from the current
+folder or the model folder (those are kept off ``sys.path`` unless the user names the reference in
+this command), and a module found elsewhere, or a file that changed, is not the trusted one. A user
+who edits their own trusted file vouches again once: by naming it, or with ``allow_changed``.
 Nothing in a folder vouches for itself.
 """
 
@@ -25,7 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
 import json
 import os
@@ -33,7 +41,7 @@ import re
 import sys
 import types
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +56,8 @@ BUILDER_ATTR = "edgeprune_builder"
 CONFIG_ENV = "EDGEPRUNE_CONFIG"
 TRUST_FILE = "trusted.json"
 TRUST_FORMAT = "edgeprune-trust/1"
+MAX_TRUST_BYTES = 4 << 20  # a trust list larger than this is refused unread
+MAX_ARGS_DEPTH = 64  # nesting of a factory's JSON arguments: deeper is refused before anything recurses over it
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 REFERENCE_HELP = "NAME (zoo), package.module:factory or path/to/file.py:factory (your own code: it is imported and run)"
 
@@ -109,6 +119,18 @@ def parse_reference(text: str) -> Reference:
     return Reference(PY, left, attr)
 
 
+def _too_deep(value: object, limit: int = MAX_ARGS_DEPTH) -> bool:
+    """True when lists and dicts nest deeper than ``limit``; walked with a stack, so no depth can overflow it."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def parse_model_args(text: str | None) -> dict[str, Any]:
     """``--model-args``: a JSON object of keyword arguments (``None`` -> ``{}``)."""
     if text is None:
@@ -116,11 +138,17 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise EdgepruneError(f"--model-args is not valid JSON ({e.msg} at character {e.pos}): {text!r}") from None
+        raise EdgepruneError(f"--model-args is not valid JSON ({e.msg} at character {e.pos}): {text[:200]!r}") from None
+    except RecursionError:  # the parser recurses per nesting level: thousands of '[' exhaust the stack
+        raise EdgepruneError(f"--model-args nests too deeply (at most {MAX_ARGS_DEPTH} levels)") from None
+    except ValueError as e:  # an integer too long to convert
+        raise EdgepruneError(f"--model-args cannot be read ({_first_line(e)})") from None
     if not isinstance(value, dict):
         raise EdgepruneError(
             f"--model-args must be a JSON object such as '{{\"num_classes\": 100}}', got {type(value).__name__}"
         )
+    if _too_deep(value):
+        raise EdgepruneError(f"--model-args nests too deeply (at most {MAX_ARGS_DEPTH} levels)")
     return value
 
 
@@ -130,27 +158,60 @@ def check_kwargs(kwargs: object) -> dict[str, Any]:
         return {}
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise EdgepruneError(f"model arguments must be a dict with string keys, got {type(kwargs).__name__}")
+    if _too_deep(kwargs):  # json.dumps, deepcopy and printing all recurse per level
+        raise EdgepruneError(f"model arguments nest more than {MAX_ARGS_DEPTH} levels deep")
     try:
         return json.loads(json.dumps(kwargs, allow_nan=False))
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         raise EdgepruneError(f"model arguments must be JSON values (numbers, strings, lists, dicts): {e}") from None
 
 
-# -- importing user code -----------------------------------------------------------------------
+# -- finding and importing user code -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CodeFile:
+    """What a ``py:``/``file:`` reference resolves to, found without running any of it.
+
+    ``path``: the file's absolute, symlink-free path (a ``py:`` module's file, or its origin such as
+    ``built-in`` when it has none); ``sha256``: the file's hash (None without a file); ``first``: the
+    folder put first on ``sys.path`` while the code is imported and its factory runs; ``hide``: folders
+    kept off ``sys.path`` meanwhile; ``shadow``: a different module of the same name in a hidden folder.
+    """
+
+    path: str
+    sha256: str | None
+    first: str | None = None
+    hide: tuple[str, ...] = ()
+    shadow: str | None = None
+
+
+def _real(path: object) -> str | None:
+    """The absolute, symlink-free form of a ``sys.path`` entry ('' is the current folder); None for odd entries."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    try:
+        return os.path.realpath(os.fspath(path) or os.curdir)
+    except (OSError, ValueError):
+        return None
 
 
 @contextlib.contextmanager
-def _on_sys_path(folder: str) -> Iterator[None]:
-    """``folder`` first on ``sys.path`` for the duration (as torch.hub does for a hub's folder)."""
-    added = folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
+def _import_scope(first: str | None, hide: Iterable[str] = ()) -> Iterator[None]:
+    """``first`` first on ``sys.path`` and the ``hide`` folders off it, for the duration (as torch.hub does).
+
+    Entries the user's code adds meanwhile are kept afterwards; the ones hidden come back.
+    """
+    saved = list(sys.path)
+    hidden = {_real(h) for h in hide} - {_real(first), None}
+    scope = [first] if first else []
+    scope += [p for p in saved if p != first and (_real(p) not in hidden)]
+    sys.path[:] = scope
     try:
         yield
     finally:
-        if added:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(folder)
+        added = [p for p in sys.path if p not in scope and p not in saved]
+        sys.path[:] = saved + added
 
 
 def _first_line(e: BaseException) -> str:
@@ -158,36 +219,153 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
-def _code_folder(ref: Reference) -> str:
-    return str(Path(ref.target).parent) if ref.kind == FILE else os.getcwd()
+def _find_spec(name: str, top_path: list[str] | None = None) -> importlib.machinery.ModuleSpec | None:
+    """Where module ``name`` would be imported from, running none of it (not even a parent package's __init__).
+
+    ``top_path`` None: the import system as configured (``sys.path``, installed finders); else only those folders.
+    """
+    parts = name.split(".")
+    try:
+        if top_path is None:
+            spec = importlib.util.find_spec(parts[0])
+        else:
+            spec = importlib.machinery.PathFinder.find_spec(parts[0], top_path)
+        for i in range(1, len(parts)):
+            if spec is None or not spec.submodule_search_locations:
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]), spec.submodule_search_locations)
+    except (ImportError, ValueError, OSError):
+        return None
+    return spec
 
 
-def _import_module(ref: Reference, sha256: str | None) -> types.ModuleType:
+def _origin(spec: importlib.machinery.ModuleSpec | None, module: types.ModuleType | None = None) -> str | None:
+    """A module's file as an absolute, symlink-free path, or its origin (``built-in``, ``frozen``) when it has none."""
+    origin = getattr(spec, "origin", None) if module is None else getattr(module, "__file__", None)
+    if origin is None and module is not None:
+        origin = getattr(getattr(module, "__spec__", None), "origin", None)
+    if not isinstance(origin, str):
+        return None
+    return _real(origin) if getattr(spec, "has_location", True) and os.path.isfile(origin) else str(origin)
+
+
+def _root_of(path: str, module: str) -> str | None:
+    """The ``sys.path`` folder from which ``path`` is module ``module`` (``/r`` for ``/r/pkg/mod.py`` and
+    ``pkg.mod``); None when the file's place does not fit the dotted name."""
+    parts, file = module.split("."), Path(path)
+    if file.name.split(".")[0] == "__init__":
+        folder, names = file.parent, parts
+    elif file.name.split(".")[0] == parts[-1]:
+        folder, names = file.parent, parts[:-1]
+    else:
+        return None
+    for name in reversed(names):
+        if folder.name != name:
+            return None
+        folder = folder.parent
+    return str(folder)
+
+
+def _hidden(folder: str | Path | None) -> tuple[str, ...]:
+    """Folders a model folder's code is never imported from unless named now: the current one and the model's."""
+    return (os.getcwd(),) if folder is None else (os.getcwd(), str(folder))
+
+
+def locate(ref: Reference, *, named: bool = True, folder: str | Path | None = None) -> CodeFile | None:
+    """What a code reference resolves to now, running none of it; None when there is no such file or module.
+
+    ``named``: the user names the reference in this command, so a ``py:`` module is looked up with the
+    current folder first (as uvicorn does). Otherwise (a model folder's builder) it is looked up in the
+    folder the trust list recorded for it, then on ``sys.path`` without the current folder and the model
+    ``folder``, and a different module of that name in those two is reported as ``shadow``.
+    """
+    if not ref.is_code:
+        raise EdgepruneError(f"'{ref.short}' is a zoo model, not code")
+    hide = () if named else _hidden(folder)
+    importlib.invalidate_caches()  # a file written a moment ago (same mtime second) is seen
+    if ref.kind == FILE:
+        path = Path(ref.target)
+        if not path.is_file():
+            return None
+        return CodeFile(_real(path) or str(path), sha256_file(path), str(path.parent), hide)
+    first = os.getcwd() if named else _recorded_root(ref)
+    module = sys.modules.get(ref.target)
+    if module is not None:
+        path = _origin(None, module)
+    else:
+        with _import_scope(first, hide):
+            path = _origin(_find_spec(ref.target))
+    if path is None:
+        return None
+    sha = sha256_file(path) if os.path.isfile(path) else None
+    first = first or (_root_of(path, ref.target) if sha is not None else None)
+    return CodeFile(path, sha, first, hide, None if named else _shadow(ref, path, hide))
+
+
+def _recorded_root(ref: Reference) -> str | None:
+    """The ``sys.path`` folder of the file the trust list recorded for a ``py:`` reference, if it is still there."""
+    entry = _trust_entry(ref)
+    file = entry.get("file") if entry else None
+    return _root_of(file, ref.target) if file and os.path.isfile(file) else None
+
+
+def _shadow(ref: Reference, path: str, hide: tuple[str, ...]) -> str | None:
+    """A module of ``ref``'s name in a hidden folder that is not ``path``: code a user might think runs."""
+    for folder in dict.fromkeys(hide):
+        found = _origin(_find_spec(ref.target, [folder]))
+        if found is not None and found != path:
+            return found
+    return None
+
+
+def module_at(ref: Reference, file: str | Path) -> CodeFile | None:
+    """The ``py:`` module ``ref`` names, as found at ``file`` (``pkg/mod.py`` for ``pkg.mod``); None if it is not."""
+    path = _real(Path(file).expanduser())
+    root = _root_of(path, ref.target) if ref.kind == PY and path and os.path.isfile(path) else None
+    if root is None or _origin(_find_spec(ref.target, [root])) != path:
+        return None
+    return CodeFile(path, sha256_file(path), root)
+
+
+def _missing(ref: Reference) -> EdgepruneError:
+    """The one-line error for a reference that resolves to nothing."""
+    if ref.kind == FILE:
+        return EdgepruneError(f"{ref.target}: no such file (model reference {ref.short})")
+    return EdgepruneError(
+        f"{ref.short}: cannot import module '{ref.target}' (no module named '{ref.target}'; is it installed or in "
+        "the current folder?)"
+    )
+
+
+def _import_module(ref: Reference, code: CodeFile) -> types.ModuleType:
     """Import a ``py:`` module, or run a ``file:`` (the bytes hashed are the bytes run), cached per hash."""
     if ref.kind == PY:
         try:
-            with _on_sys_path(os.getcwd()):
-                return importlib.import_module(ref.target)
+            with _import_scope(code.first, code.hide):
+                module = importlib.import_module(ref.target)
         except ModuleNotFoundError as e:
             if e.name and (ref.target == e.name or ref.target.startswith(e.name + ".")):
-                raise EdgepruneError(
-                    f"{ref.short}: cannot import module '{ref.target}' (no module named '{e.name}'; is it installed "
-                    "or in the current folder?)"
-                ) from None
+                raise _missing(ref) from None
             raise EdgepruneError(f"{ref.short}: importing '{ref.target}' raised {_first_line(e)}") from None
-        except (Exception, SystemExit) as e:
+        except KeyboardInterrupt:  # Ctrl-C: the user stops the command (the CLI says "interrupted")
+            raise
+        except BaseException as e:  # SystemExit and any BaseException subclass the user's code raises
             raise EdgepruneError(f"{ref.short}: importing '{ref.target}' raised {_first_line(e)}") from None
+        found = _origin(None, module)
+        if code.sha256 is not None and found != code.path:  # imported earlier in this process from elsewhere
+            raise EdgepruneError(
+                f"{ref.short}: module '{ref.target}' is already imported from {found}, not {code.path}"
+            )
+        return module
     path = Path(ref.target)
     try:
         source = path.read_bytes()
     except FileNotFoundError:
-        raise EdgepruneError(f"{path}: no such file (model reference {ref.short})") from None
+        raise _missing(ref) from None
     except OSError as e:
         raise EdgepruneError(f"{path}: cannot read ({e.strerror})") from None
-    import hashlib
-
     digest = hashlib.sha256(source).hexdigest()
-    if sha256 is not None and digest != sha256:
+    if code.sha256 is not None and digest != code.sha256:
         raise EdgepruneError(f"{path}: changed while it was being read; run the command again")
     name = "edgeprune_file_" + re.sub(r"\W", "_", path.stem) + "_" + digest[:16]
     if name in sys.modules:
@@ -196,25 +374,45 @@ def _import_module(ref: Reference, sha256: str | None) -> types.ModuleType:
     module.__file__ = str(path)
     sys.modules[name] = module  # dataclasses and pickling look classes up by module name
     try:
-        with _on_sys_path(str(path.parent)):
-            exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - the user's own file, named by them
-    except (Exception, SystemExit) as e:
+        with _import_scope(code.first, code.hide):
+            exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - the user's own file, vouched for
+    except KeyboardInterrupt:
+        del sys.modules[name]
+        raise
+    except BaseException as e:
         del sys.modules[name]
         raise EdgepruneError(f"{path}: running it raised {_first_line(e)}") from None
     return module
 
 
-def load_factory(ref: str | Reference, sha256: str | None = None) -> Callable[..., Any]:
-    """The callable a ``py:``/``file:`` reference names (imports or runs the user's code)."""
+def load_factory(
+    ref: str | Reference, sha256: str | None = None, *, code: CodeFile | None = None
+) -> Callable[..., Any]:
+    """The callable a ``py:``/``file:`` reference names (imports or runs the user's code).
+
+    ``code``: where it resolved to (see :func:`locate`); by default it is looked up as a reference the user
+    names now. ``sha256`` pins a ``file:`` reference to that content.
+    """
     ref = parse_reference(ref) if isinstance(ref, str) else ref
     if not ref.is_code:
         raise EdgepruneError(f"'{ref.short}' is a zoo model, not a factory")
-    obj: Any = _import_module(ref, sha256)
+    if code is None:
+        code = locate(ref)
+        if code is None:
+            raise _missing(ref)
+    if sha256 is not None and ref.kind == FILE and code.sha256 != sha256:
+        code = CodeFile(code.path, sha256, code.first, code.hide)  # _import_module refuses other bytes
+    obj: Any = _import_module(ref, code)
     where = ref.target if ref.kind == PY else Path(ref.target).name
-    for part in ref.attr.split("."):
-        if not hasattr(obj, part):
-            raise EdgepruneError(f"{ref.short}: '{where}' has no attribute '{ref.attr}'")
-        obj = getattr(obj, part)
+    try:
+        for part in ref.attr.split("."):
+            if not hasattr(obj, part):
+                raise EdgepruneError(f"{ref.short}: '{where}' has no attribute '{ref.attr}'")
+            obj = getattr(obj, part)
+    except (EdgepruneError, KeyboardInterrupt):
+        raise
+    except BaseException as e:  # a module __getattr__ or a descriptor of the user's raised
+        raise EdgepruneError(f"{ref.short}: getting '{ref.attr}' raised {_first_line(e)}") from None
     if isinstance(obj, nn.Module) or not callable(obj):
         what = "an nn.Module instance" if isinstance(obj, nn.Module) else f"a {type(obj).__name__}"
         raise EdgepruneError(f"{ref.short}: '{ref.attr}' is {what}; name a function or class that returns a model")
@@ -250,13 +448,16 @@ def build_model(
     input_shape: tuple[int, ...] | None = None,
     sha256: str | None = None,
     remember: bool = True,
+    code: CodeFile | None = None,
 ) -> nn.Module:
     """Build a model from a reference with keyword arguments; it carries ``edgeprune_builder`` for saving.
 
     ``hints`` (``num_classes``, ``in_channels``, ``width``) go to a zoo model, and to a factory only
     when it has a parameter of that name that ``kwargs`` leaves out. ``sha256`` pins a ``file:``
-    reference to that content. ``remember`` records a ``py:``/``file:`` reference in the user's
-    trust list: naming it is vouching for it.
+    reference to that content. ``code`` is where the reference resolved to (a model folder's vetted
+    builder); without it, the reference is one the user names now (the current folder comes first for a
+    ``py:`` module). ``remember`` records a ``py:``/``file:`` reference in the user's trust list, with the
+    file it resolved to and that file's hash: naming it is vouching for it.
     """
     ref = parse_reference(ref) if isinstance(ref, str) else ref
     kwargs = check_kwargs(kwargs)
@@ -270,28 +471,33 @@ def build_model(
         except TypeError as e:
             raise EdgepruneError(f"zoo model '{ref.target}' does not accept these arguments ({e})") from None
     else:
-        digest = sha256_file(ref.target) if ref.kind == FILE and Path(ref.target).is_file() else None
-        if sha256 is not None and digest is not None and digest != sha256:
-            raise EdgepruneError(f"{ref.target}: changed (sha256 {sha256[:16]}... expected, {digest[:16]}... now)")
-        factory = load_factory(ref, digest)
+        if code is None:
+            code = locate(ref)
+            if code is None:
+                raise _missing(ref)
+        if ref.kind == FILE and sha256 is not None and code.sha256 != sha256:
+            raise EdgepruneError(f"{ref.target}: changed (sha256 {sha256[:16]}... expected, {code.sha256[:16]}... now)")
+        factory = load_factory(ref, code=code)
         params = factory_parameters(factory)
         for key, value in hints.items():
             if key not in kwargs and params is not None and key in params[0]:
                 kwargs[key] = value
         _check_signature(ref, factory, kwargs)
         try:
-            with _on_sys_path(_code_folder(ref)):
+            with _import_scope(code.first, code.hide):  # imports inside the factory resolve as the module's did
                 model = factory(**kwargs)
-        except (Exception, SystemExit) as e:
+        except KeyboardInterrupt:  # Ctrl-C: the user stops the command (the CLI says "interrupted", exits 130)
+            raise
+        except BaseException as e:  # SystemExit, GeneratorExit, a user's BaseException subclass: one line
             raise EdgepruneError(f"{ref.short} raised {_first_line(e)}") from None
         if not isinstance(model, nn.Module):
             raise EdgepruneError(f"{ref.short} returned {type(model).__name__}, not a torch.nn.Module")
         info: dict[str, Any] = {"builder": ref.builder, "kwargs": kwargs}
         if ref.kind == FILE:
-            info["sha256"] = digest
+            info["sha256"] = code.sha256
         setattr(model, BUILDER_ATTR, info)
         if remember:
-            record_trust(ref, info.get("sha256"))
+            record_trust(ref, code=code)
     if input_shape is not None:
         getattr(model, BUILDER_ATTR)["input_shape"] = [int(d) for d in input_shape]
     return model
@@ -349,57 +555,205 @@ def trust_path() -> Path:
     return config_dir() / TRUST_FILE
 
 
-def _read_trust(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
+def _read_trust(path: Path) -> list[dict[str, str]]:
+    """The trust list's well-formed entries (``builder``, and ``file``, ``sha256``, ``added`` when strings); [] if none.
+
+    Whatever else the file holds (it is the user's, but any content must end in one line) is left out.
+    """
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        if not path.is_file():
+            return []
+        size = path.stat().st_size
+        if size > MAX_TRUST_BYTES:
+            raise EdgepruneError(
+                f"{path}: {size} bytes, too large for a trust list (at most {MAX_TRUST_BYTES}); fix or delete it"
+            )
+        data = json.loads(path.read_bytes())
+    except OSError as e:
+        raise EdgepruneError(f"{path}: cannot read the trust list ({e.strerror or e})") from None
+    except (ValueError, RecursionError) as e:  # not JSON or UTF-8, an overlong integer, nested too deeply to parse
         raise EdgepruneError(f"{path}: unreadable trust list ({_first_line(e)}); fix or delete it") from None
     if not isinstance(data, dict) or data.get("format") != TRUST_FORMAT or not isinstance(data.get("trusted"), list):
         raise EdgepruneError(f"{path}: not an {TRUST_FORMAT} trust list; fix or delete it")
-    return [e for e in data["trusted"] if isinstance(e, dict)]
+    return [
+        {"builder": e["builder"], **{k: e[k] for k in ("file", "sha256", "added") if isinstance(e.get(k), str)}}
+        for e in data["trusted"]
+        if isinstance(e, dict) and isinstance(e.get("builder"), str)
+    ]
 
 
-def is_trusted(ref: Reference, sha256: str | None = None) -> bool:
-    """True for a zoo reference, or a code reference in the trust list (a ``file:`` one with this content)."""
+def _trust_entries(ref: Reference) -> list[dict[str, str]]:
+    return [e for e in _read_trust(trust_path()) if e["builder"] == ref.builder]
+
+
+def _trust_entry(ref: Reference) -> dict[str, str] | None:
+    """The entry for ``ref`` the user recorded last, if any."""
+    entries = _trust_entries(ref)
+    return entries[-1] if entries else None
+
+
+def _entry_file(ref: Reference, entry: dict[str, str]) -> str | None:
+    """The file an entry vouches for: the recorded one (None in an older ``py:`` entry), a ``file:`` one's path."""
+    return entry.get("file", ref.target if ref.kind == FILE else None)
+
+
+def _same_file(recorded: str | None, path: str) -> bool:
+    return recorded is not None and (recorded == path or _real(recorded) == path)
+
+
+def trust_status(ref: Reference, code: CodeFile | None) -> tuple[str, dict[str, str] | None]:
+    """How the trust list stands on a code reference that resolves to ``code`` (None: to nothing), and its entry.
+
+    ``trusted`` (this file with this hash), ``changed`` (this file, another hash), ``moved`` (a ``py:``
+    module vouched for at another file), ``gone`` (resolves to nothing now), ``old`` (a ``py:`` entry of
+    an older edgeprune, by name only) or ``none``.
+    """
+    if not ref.is_code:
+        return "trusted", None
+    entries = _trust_entries(ref)
+    if not entries:
+        return "none", None
+    for entry in entries:
+        if code is not None and _same_file(_entry_file(ref, entry), code.path) and entry.get("sha256") == code.sha256:
+            return "trusted", entry
+    entry = entries[-1]
+    if _entry_file(ref, entry) is None:
+        return "old", entry
+    if code is None:
+        return "gone", entry
+    return ("changed" if _same_file(_entry_file(ref, entry), code.path) else "moved"), entry
+
+
+def is_trusted(ref: Reference, sha256: str | None = None, *, code: CodeFile | None = None) -> bool:
+    """True for a zoo reference, or a code reference in the trust list with the file and hash it resolves to now.
+
+    ``code`` is what it resolves to (:func:`locate`); for a ``file:`` reference ``sha256`` may stand for it.
+    """
     if not ref.is_code:
         return True
-    return any(
-        e.get("builder") == ref.builder and (ref.kind != FILE or e.get("sha256") == sha256)
-        for e in _read_trust(trust_path())
-    )
+    if code is None:
+        code = CodeFile(_real(ref.target) or ref.target, sha256) if ref.kind == FILE else locate(ref, named=False)
+    return trust_status(ref, code)[0] == "trusted"
 
 
-def record_trust(ref: Reference, sha256: str | None = None) -> None:
-    """Add a ``py:``/``file:`` reference (and a file's hash) to the trust list, atomically; warn if it cannot."""
-    if not ref.is_code or is_trusted(ref, sha256):
+def record_trust(ref: Reference, sha256: str | None = None, *, code: CodeFile | None = None) -> None:
+    """Vouch for a ``py:``/``file:`` reference: record the file it resolves to and its hash, atomically.
+
+    One entry per reference: naming it again (after editing the file, or for a module elsewhere) replaces
+    the entry. ``code`` is what it resolved to; without it a ``py:`` module is looked up as named now.
+    Warns when it cannot record.
+    """
+    if not ref.is_code:
         return
+    if code is None and ref.kind == FILE:
+        digest = sha256 or (sha256_file(ref.target) if os.path.isfile(ref.target) else None)
+        code = CodeFile(_real(ref.target) or ref.target, digest)
+    elif code is None:
+        code = locate(ref)
+        if code is None:
+            warnings.warn(f"could not record {ref.short} in the trust list: no module '{ref.target}'", stacklevel=2)
+            return
+    if trust_status(ref, code)[0] == "trusted":
+        return  # nothing to write: no lock file, no warning on a read-only config folder
     path = trust_path()
     try:
         with locked(path.with_name(TRUST_FILE + ".lock")):
-            entries = _read_trust(path)
-            entry: dict[str, Any] = {"builder": ref.builder}
-            if ref.kind == FILE:
-                entry["sha256"] = sha256
+            if trust_status(ref, code)[0] == "trusted":  # another process recorded it meanwhile
+                return
+            entries = [e for e in _read_trust(path) if e["builder"] != ref.builder]
+            entry: dict[str, Any] = {"builder": ref.builder, "file": code.path, "sha256": code.sha256}
             entry["added"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             write_json(path, {"format": TRUST_FORMAT, "trusted": [*entries, entry]})
     except OSError as e:
         warnings.warn(f"could not record {ref.short} in the trust list {path} ({e.strerror})", stacklevel=2)
 
 
-def check_trusted(ref: Reference, sha256: str | None, *, trust_code: bool = False, where: str = "") -> None:
-    """Refuse (one line) to run a folder's code builder the user has not vouched for."""
-    if not ref.is_code or trust_code or is_trusted(ref, sha256):
-        return
+def _as_path(ref: Reference) -> str:
+    """How a ``py:`` reference looks as a file reference (``PATH/pkg/mod.py:fn``), for messages."""
+    return f"PATH/{ref.target.replace('.', '/')}.py:{ref.attr}"
+
+
+def check_trusted(
+    ref: Reference,
+    code: CodeFile | str | None = None,
+    *,
+    trust_code: bool = False,
+    allow_changed: bool = False,
+    where: str = "",
+    folder: str | Path | None = None,
+) -> str | None:
+    """Refuse (one line) to run a model folder's code builder unless the user vouched for what it resolves to.
+
+    ``code``: what ``ref`` resolves to (:func:`locate` with ``named=False`` and the model ``folder``; for a
+    ``file:`` reference its SHA-256 may stand for it). ``trust_code`` runs it anyway. ``allow_changed``
+    vouches again for a file the user vouched for that changed since (they edited it): its new hash is
+    recorded and a note saying so comes back; otherwise None.
+    """
+    if not ref.is_code:
+        return None
+    if isinstance(code, str):
+        code = CodeFile(_real(ref.target) or ref.target, code)
+    elif code is None:
+        code = locate(ref, named=False, folder=folder)
+    shadow = code.shadow if code is not None else None
+    if code is None and ref.kind == PY:
+        shadow = _shadow(ref, "", _hidden(folder))
+    name_it = f"--model {ref.short}; Python: load(..., builder='{ref.short}')"
+    status, entry = ("trusted", None) if trust_code else trust_status(ref, code)
+    if status == "none":
+        raise EdgepruneError(
+            f"{where}builder {ref.builder} runs code you have not vouched for on this machine; if you trust it, name "
+            f"it ({name_it}) or pass --trust-code (trust_code=True)"
+        )
+    if status == "old":
+        raise EdgepruneError(
+            f"{where}builder {ref.builder}: your trust list vouches for this name only (recorded by an older "
+            f"edgeprune), not for a file; vouch once for the module you mean by naming it (--model {ref.short} in the "
+            f"folder that holds it, or --model {_as_path(ref)})"
+        )
+    if shadow is not None:  # never imported; refused so that nobody believes it ran
+        raise EdgepruneError(
+            f"{where}builder {ref.builder}: {shadow} is not the module edgeprune would run"
+            + ("" if code is None else f" ({code.path})" if trust_code else f" ({code.path}, which you vouched for)")
+            + "; a model folder's code is never imported from the current folder or the model folder unless you "
+            f"name it in the command: to run that one, name it from its folder (--model {ref.short})"
+        )
+    if code is None:
+        if ref.kind == FILE:
+            raise EdgepruneError(
+                f"{where}builder {ref.builder}: {ref.target} does not exist; if it moved, name its new place "
+                f"(--model NEW/PATH.py:{ref.attr}; Python: builder=...)"
+            )
+        gone = f"{_entry_file(ref, entry)}, the module you vouched for, is gone and " if entry else ""
+        raise EdgepruneError(
+            f"{where}builder {ref.builder}: {gone}no module '{ref.target}' is installed (a model folder's code is "
+            f"never imported from the current folder or the model folder); name where it is (--model {ref.short} "
+            f"in its folder, or --model {_as_path(ref)})"
+        )
+    if status == "trusted":
+        return None
+    # naming the file it resolves to vouches for it from any folder (a py: module too: io's --model PATH.py:fn)
+    here = f"--model {code.path}:{ref.attr}" if os.path.isfile(code.path) else f"--model {ref.short}"
+    if status == "moved":
+        raise EdgepruneError(
+            f"{where}builder {ref.builder}: module '{ref.target}' is {code.path}, not {_entry_file(ref, entry)} that "
+            f"you vouched for; if you trust it, name it ({here})"
+        )
+    old = str((entry or {}).get("sha256"))[:16]
+    if allow_changed:
+        record_trust(ref, code=code)
+        new = str(code.sha256)[:16]
+        return f"{code.path} changed since you vouched for it (sha256 {old}... then, {new}... now: vouched for now)"
     raise EdgepruneError(
-        f"{where}builder {ref.builder} runs code you have not vouched for on this machine; if you trust it, name it "
-        f"(--model {ref.short}; Python: load(..., builder='{ref.short}')) or pass --trust-code (trust_code=True)"
+        f"{where}{code.path} changed since you vouched for it (sha256 {old}... then, {str(code.sha256)[:16]}... now); "
+        f"if you edited it, vouch for this version once: pass --allow-changed-code (allow_changed=True) or name it "
+        f"({here})"
     )
 
 
 __all__ = [
     "REFERENCE_HELP",
+    "CodeFile",
     "Reference",
     "build_model",
     "builder_of",
@@ -408,9 +762,12 @@ __all__ = [
     "factory_parameters",
     "is_trusted",
     "load_factory",
+    "locate",
+    "module_at",
     "parse_model_args",
     "parse_reference",
     "record_trust",
     "set_builder",
     "trust_path",
+    "trust_status",
 ]

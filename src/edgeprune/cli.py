@@ -8,7 +8,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from edgeprune.cpu import DEFAULT_TARGET as DEFAULT_CPU_TARGET
+from edgeprune.cpu import TARGETS as CPU_TARGETS
 from edgeprune.errors import EdgepruneError
+from edgeprune.limits import MAX_CLASSES, MAX_EPOCHS, MAX_INPUT_CHANNELS, MAX_INPUT_SIZE, MAX_THREADS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,7 +24,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 MAX_SEED = 2**32 - 1
-MAX_INPUT_SIZE = 4096  # pixels a side: a 3x4096x4096 input is 200 MB before any activation
+# MAX_INPUT_SIZE and the other size caps are edgeprune.limits': the same for options and for files
+MAX_COUNT = 2**31 - 1  # train's --batch-size: torch takes it as a 32-bit int (more overflowed)
+MAX_RATE = 1e6  # --lr, --weight-decay: float32 holds it (1e308 overflowed inside torch), far above any use
 
 
 def _integer(text: str, what: str, low: int, high: int | None = None, unit: str = "") -> int:
@@ -50,6 +55,16 @@ def _input_size(text: str) -> int:
 def _positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     return _integer(text, "", 1)
+
+
+def _classes(text: str) -> int:
+    """argparse type: a class count, 1 to MAX_CLASSES (a billion classes is a 768 GB linear layer)."""
+    return _integer(text, "", 1, MAX_CLASSES)
+
+
+def _channels(text: str) -> int:
+    """argparse type: input channels, 1 to MAX_INPUT_CHANNELS."""
+    return _integer(text, "", 1, MAX_INPUT_CHANNELS)
 
 
 def _finite(text: str) -> float:
@@ -103,13 +118,13 @@ def _code_args(p: argparse.ArgumentParser, zoo_sizes: bool = True) -> None:
     if zoo_sizes:
         p.add_argument(
             "--num-classes",
-            type=_positive_int,
+            type=_classes,
             default=None,
             help="classes of a zoo model (default 10), or of a factory with a num_classes parameter",
         )
         p.add_argument(
             "--in-channels",
-            type=_positive_int,
+            type=_channels,
             default=None,
             help="input channels (default 3 for a zoo model, else the first conv's); also given to a factory "
             "with an in_channels parameter",
@@ -120,19 +135,22 @@ def _code_args(p: argparse.ArgumentParser, zoo_sizes: bool = True) -> None:
         dest="vouch",
         metavar="REF",
         default=None,
-        help="for a model folder built by your code: name its builder (package.module:factory or file.py:factory) "
-        "to vouch for that code, or to point at a file that moved",
+        help="for a model folder built by your code: name its builder (package.module:factory, looked up in the "
+        "current folder first, or file.py:factory) to vouch for that code as it is now, or to point at a file that "
+        "moved; later commands need no flag",
     )
     p.add_argument(
         "--trust-code",
         action="store_true",
-        help="run a model folder's code builder although you never named it on this machine (a folder cannot "
-        "vouch for itself: without this, such a folder is refused)",
+        help="run a model folder's code builder although you never vouched for it on this machine (a folder cannot "
+        "vouch for itself: without this, such a folder is refused); it is still never imported from the current "
+        "folder or the model folder",
     )
     p.add_argument(
         "--allow-changed-code",
         action="store_true",
-        help="load a model folder whose file.py builder changed since the model was saved",
+        help="vouch again for your own builder file that changed since you vouched for it or saved the model (you "
+        "edited it); recorded, so later commands need no flag",
     )
 
 
@@ -177,15 +195,86 @@ def _onnx_shape(args: argparse.Namespace) -> tuple[int, int, int] | None:
     return (args.in_channels or 3, args.input_size, args.input_size)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP, raised where the command is, as Ctrl-C is: the same clean-up runs (the files
+    --force set aside go back, temporary files and the folders the command created go, locks are released)."""
+
+    def __init__(self, signum: int) -> None:
+        """The signal ``signum`` stopped the command."""
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+_DEFERRED: dict = {"depth": 0, "pending": None}  # inside _signals_deferred: the first signal waits there
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    """Stop the command by raising :class:`Interrupted`, unless files are being moved: then once they are."""
+    if _DEFERRED["depth"]:
+        _DEFERRED["pending"] = _DEFERRED["pending"] or signum
+        return
+    raise Interrupted(signum)
+
+
+class _signals_deferred:  # lower case: used as a function would be, in `with _signals_deferred():`
+    """Hold a stop signal until the block ends (then raise it, if ``raise_after``)."""
+
+    def __init__(self, raise_after: bool = True) -> None:
+        self.raise_after = raise_after
+
+    def __enter__(self) -> None:
+        _DEFERRED["depth"] += 1
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        _DEFERRED["depth"] -= 1
+        if kind is None and self.raise_after and not _DEFERRED["depth"] and _DEFERRED["pending"]:
+            raise Interrupted(_DEFERRED["pending"])
+
+
+def _catch_signals() -> dict:
+    """Install the stop-signal handlers (and ignore SIGXFSZ); return the handlers they replace."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return {}
+    previous = {}
+    for name in _STOP_SIGNALS:
+        num = getattr(signal, name, None)
+        if num is not None and signal.getsignal(num) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays so
+            previous[num] = signal.signal(num, _on_signal)
+    if hasattr(signal, "SIGXFSZ"):  # over 'ulimit -f' a write then fails (EFBIG, one line) instead of killing us
+        previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return previous
+
+
+def _restore_signals(previous: dict) -> None:
+    import signal
+
+    for num, handler in previous.items():
+        signal.signal(num, handler)
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 class _Outputs:
-    """The folders a command writes: each locked while it runs (one writer per folder); a folder the command
-    created is removed again if it fails before writing anything resumable (a training checkpoint); files that
-    --force replaces come back if it fails."""
+    """The folders a command writes: each locked while it runs (one writer per folder and its subtree); a folder
+    the command created (and the parents it created) is removed again if it fails before writing anything
+    resumable (a training checkpoint); files that --force replaces come back if it fails; every file it writes is
+    listed in the folder's manifest, which is all a later --force removes (see edgeprune.files.OutputFolder)."""
 
     def __init__(self) -> None:
         self.locks: list = []
-        self.created: list[Path] = []
-        self.stashes: list[tuple[Path, Path]] = []  # (folder, stash of the files --force replaces)
+        self.created: list[list[Path]] = []  # per --out, deepest first: the folder, then the parents made for it
+        self.folders: list = []  # edgeprune.files.OutputFolder
 
     def lock(self, path: Path, command: str) -> None:
         """Hold ``path``'s writer lock until the command ends; say so when a dead run's lock is taken over."""
@@ -196,47 +285,64 @@ class _Outputs:
         if lock.note:
             sys.stderr.write(f"edgeprune {command}: note: {lock.note}\n")
 
-    def prepare(self, out: str, force: bool, command: str, keep: bool = False) -> Path:
-        """Create or lock ``out``; it must be empty unless ``force`` (edgeprune's own files are set aside, removed
-        when the command succeeds and put back if it fails) or ``keep`` (resume: its files are continued)."""
-        import os
+    def adopt(self, path: Path, command: str) -> None:
+        """Lock a folder the command continues in place (training a model folder); list what it writes there."""
+        self.lock(path, command)
+        self._open(path, command, str(path), force=False, keep=True)
 
-        from edgeprune.files import LOCK_FILE, STASH_DIR, stash_own_files
+    def _open(self, path: Path, command: str, label: str, force: bool, keep: bool) -> None:
+        from edgeprune.files import OutputFolder
+
+        folder = OutputFolder(path, command, label)
+        self.folders.append(folder)  # before it moves anything: close() finishes whatever open() did
+        with _signals_deferred():  # files moving in and out of the stash: never stopped half-way
+            folder.open(force=force, keep=keep)
+        for note in folder.notes:
+            sys.stderr.write(f"edgeprune {command}: note: {note}\n")
+        folder.notes = []
+
+    def prepare(self, out: str, force: bool, command: str, keep: bool = False) -> Path:
+        """Create or lock ``out``; it must be empty unless ``force`` (the files an earlier edgeprune command listed
+        in its manifest are set aside, removed when the command succeeds and put back if it fails) or ``keep``
+        (resume: its files are continued)."""
+        import os
 
         path = Path(out)
         if path.exists() and not path.is_dir():
             raise EdgepruneError(f"--out {out}: exists and is not a folder")
         if not path.exists():
+            missing = [p for p in (path, *path.parents) if not p.exists()]
             try:
                 path.mkdir(parents=True)
             except OSError as e:
                 raise EdgepruneError(f"--out {out}: cannot create folder ({e.strerror})") from None
-            self.created.append(path)
+            self.created.append(missing)
         if not os.access(path, os.W_OK):
             raise EdgepruneError(f"--out {out}: folder is not writable")
         self.lock(path, command)
-        if keep:
-            return path
-        if force:
-            stash = stash_own_files(path)
-            if stash is not None:
-                self.stashes.append((path, stash))
-        elif any(p.name not in (LOCK_FILE, STASH_DIR) for p in path.iterdir()):
-            raise EdgepruneError(f"--out {out}: folder is not empty (use --force to replace edgeprune's files in it)")
+        self._open(path, command, f"--out {out}", force=force, keep=keep)
         return path
 
     def close(self, failed: bool) -> None:
-        """Release the locks; after a failure, remove the folders this command created that hold nothing resumable."""
-        from edgeprune.files import remove_tree, restore_stash
+        """Release the locks; after a failure, put back what --force set aside and remove the folders this command
+        created that hold nothing resumable."""
+        from edgeprune.files import remove_tree
 
-        for folder, stash in self.stashes:
-            restore_stash(folder, stash) if failed else remove_tree(stash)
-        for path in self.created if failed else []:
-            if path.is_dir() and not any(path.rglob("checkpoint.safetensors")):
-                remove_tree(path)
-        for lock in reversed(self.locks):
-            lock.release()
-        self.locks, self.created, self.stashes = [], [], []
+        with _signals_deferred(raise_after=False):  # a signal must not stop the files going back; main() reports it
+            for folder in self.folders:
+                for note in folder.close(failed):
+                    sys.stderr.write(f"edgeprune: note: {note}\n")
+            for path, *parents in self.created if failed else []:
+                if path.is_dir() and not any(path.rglob("checkpoint.safetensors")):
+                    remove_tree(path)
+                for parent in parents:
+                    try:
+                        parent.rmdir()  # only while empty: something else may have been put there meanwhile
+                    except OSError:
+                        break
+            for lock in reversed(self.locks):
+                lock.release()
+            self.locks, self.created, self.folders = [], [], []
 
 
 _OUTPUTS = _Outputs()
@@ -538,6 +644,12 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-test", type=_positive_int, default=None, metavar="N",
                    help="check the int8 accuracy on this many test images only")  # fmt: skip
     p.add_argument("--seed", type=_seed, default=0, help="seed of the calibration images (default 0)")
+    p.add_argument("--target-cpu", choices=CPU_TARGETS, default=DEFAULT_CPU_TARGET,
+                   help="CPU the int8 file must hold its accuracy on: any (default: every x86 and ARM CPU; 7-bit "
+                   "weights, which x86 CPUs without VNNI need), native (this CPU), vnni (VNNI/AMX x86 or ARM "
+                   "only: full 8-bit weights), avx2 (x86 without VNNI)")  # fmt: skip
+    p.add_argument("--force", action="store_true",
+                   help="with --int8, replace a FILE-fp32.onnx that no earlier export of FILE wrote")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -548,10 +660,25 @@ def _export_int8(args: argparse.Namespace, fp32: Path) -> dict:
 
     data = load_dataset(args.calibration, None, args.limit_test, progress=False)
     info = quantize_onnx(
-        fp32, args.onnx, data, images=args.calibration_images, seed=args.seed, method=args.calibration_method
+        fp32,
+        args.onnx,
+        data,
+        images=args.calibration_images,
+        seed=args.seed,
+        method=args.calibration_method,
+        target_cpu=args.target_cpu,
     )
     info["check"] = int8_check(fp32, args.onnx, data, args.max_drop)
     return info
+
+
+def _target_cpu_line(target: dict, cpu: dict) -> str:
+    """Which CPUs the int8 file is for, and which CPU checked its accuracy."""
+    weights = "7-bit weights" if target["reduce_range"] else "8-bit weights"
+    holds = "every x86 and ARM CPU" if target["reduce_range"] else "VNNI/AMX x86 and ARM CPUs (not AVX2-only x86)"
+    return (
+        f"target CPU: {target['target']} ({weights}: for {holds}); accuracy checked on {cpu['model']} ({cpu['class']})"
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -572,8 +699,13 @@ def cmd_export(args: argparse.Namespace) -> None:
             raise EdgepruneError(f"unknown calibration method '{args.calibration_method}'; choose from: "
                                  f"{', '.join(METHODS)}")  # fmt: skip
     target = Path(args.onnx)
-    fp32 = target.with_name(target.stem + "-fp32.onnx") if args.int8 else target
-    info = export_onnx(_model_ref(args), fp32, None, args.opset, args.exporter, args.atol, pad_to=args.pad_channels)
+    fp32, mark = target, None
+    if args.int8:  # FILE-fp32.onnx is a name the user never gave: never overwrite another file there
+        from edgeprune.export import check_fp32_path, fp32_path
+
+        fp32, mark = fp32_path(target), check_fp32_path(target, args.force)
+    info = export_onnx(_model_ref(args), fp32, None, args.opset, args.exporter, args.atol, pad_to=args.pad_channels,
+                       metadata=mark)  # fmt: skip
     line = (
         f"wrote {info['path']} ({info['bytes'] / 1e6:.2f} MB, opset {info['opset']}, {info['exporter']} exporter); "
         f"max |onnxruntime - torch| = {info['check']['max_abs_diff']:.2e} (limit {info['check']['atol']:g})"
@@ -586,6 +718,7 @@ def cmd_export(args: argparse.Namespace) -> None:
             f"{info['int8']['method']} calibration on {info['int8']['calibration']['images']} images); test top-1 "
             f"fp32 {100 * check['fp32']['top1']:.2f}%, int8 {100 * check['int8']['top1']:.2f}% "
             f"(drop {check['drop_points']:+.2f} points, limit {check['max_drop_points']:g}) on {check['images']} images"
+            f"\n{_target_cpu_line(info['int8']['target_cpu'], check['cpu'])}"
         )
         if check["int8"]["bytes"] >= info["fp32"]["bytes"]:  # per-channel scales outweigh the bytes saved
             line += (
@@ -856,27 +989,39 @@ def _data_caps(p: argparse.ArgumentParser) -> None:
                    help="refuse an image of more than N pixels, from its header (default 4096x4096)")  # fmt: skip
     p.add_argument("--max-file-bytes", type=_positive_int, default=None, metavar="N",
                    help="refuse an image file (or archive member) over N bytes, unread (default 64 MiB)")  # fmt: skip
+    p.add_argument("--max-data-bytes", type=_positive_int, default=None, metavar="N",
+                   help="refuse a data set whose files, or whose decoded images, come to over N bytes, before "
+                   "reading or decoding them (default: half the memory available)")  # fmt: skip
 
 
 def _load_data(args: argparse.Namespace, limit_train: int | None, limit_test: int | None, progress: bool):  # noqa: ANN202
     """The data set ``--data`` names, with the size caps the options set."""
     from edgeprune.data import load_dataset
 
-    caps = {"max_image_pixels": args.max_image_pixels, "max_file_bytes": args.max_file_bytes}
+    caps = {"max_image_pixels": args.max_image_pixels, "max_file_bytes": args.max_file_bytes,
+            "max_data_bytes": args.max_data_bytes}  # fmt: skip
     return load_dataset(args.data, limit_train, limit_test, progress=progress, **{k: v for k, v in caps.items() if v})
 
 
-def _parse_number(text: str | None, option: str, kind: type, minimum: float | None = None) -> float | int | None:
-    """Parse a numeric option, raising a one-line EdgepruneError."""
+def _parse_number(
+    text: str | None, option: str, kind: type, minimum: float | None = None, maximum: float | None = None
+) -> float | int | None:
+    """Parse a numeric option: finite and within [minimum, maximum], else a one-line EdgepruneError."""
+    import math
+
     if text is None:
         return None
     try:
         value = kind(text)
-    except ValueError:
+    except ValueError:  # also an integer of more than 4,300 digits
         what = "an integer" if kind is int else "a number"
         raise EdgepruneError(f"{option} must be {what}, got '{text}'") from None
+    if kind is float and not math.isfinite(value):
+        raise EdgepruneError(f"{option} must be a finite number, got '{text}'")
     if minimum is not None and not value >= minimum:
         raise EdgepruneError(f"{option} must be at least {minimum}, got '{text}'")
+    if maximum is not None and not value <= maximum:  # 1e308 warm-up epochs overflowed the schedule's step count
+        raise EdgepruneError(f"{option} must be at most {maximum:g}, got '{text}'")
     return value
 
 
@@ -898,14 +1043,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from edgeprune.train import TrainConfig, process_ranks, resolve_device, train
 
     config = TrainConfig(
-        epochs=_parse_number(args.epochs, "--epochs", int, 1),
-        batch_size=_parse_number(args.batch_size, "--batch-size", int, 1),
-        lr=_parse_number(args.lr, "--lr", float),
+        epochs=_parse_number(args.epochs, "--epochs", int, 1, MAX_EPOCHS),
+        batch_size=_parse_number(args.batch_size, "--batch-size", int, 1, MAX_COUNT),
+        lr=_parse_number(args.lr, "--lr", float, None, MAX_RATE),
         optimizer=args.optimizer,
         momentum=_parse_number(args.momentum, "--momentum", float),
-        weight_decay=_parse_number(args.weight_decay, "--weight-decay", float),
+        weight_decay=_parse_number(args.weight_decay, "--weight-decay", float, None, MAX_RATE),
         schedule=args.schedule,
-        warmup_epochs=_parse_number(args.warmup_epochs, "--warmup-epochs", float),
+        warmup_epochs=_parse_number(args.warmup_epochs, "--warmup-epochs", float, 0, MAX_EPOCHS),
         label_smoothing=_parse_number(args.label_smoothing, "--label-smoothing", float),
         seed=_parse_seed(args.seed),
         augment=not args.no_augment,
@@ -913,7 +1058,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     ).validate()
     limit_train = _parse_number(args.limit_train, "--limit-train", int, 1)
     limit_test = _parse_number(args.limit_test, "--limit-test", int, 1)
-    threads = _parse_number(args.threads, "--threads", int, 1)
+    threads = _parse_number(args.threads, "--threads", int, 1, MAX_THREADS)
     ranks = process_ranks()  # torchrun's; rank 0 alone prepares, locks, writes and prints
     resolve_device(args.device, ranks.local_rank)  # an unknown or absent device fails before the data loads
     ref = _model_ref(args)
@@ -928,7 +1073,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     elif args.out and not (model_dir and out.resolve() == Path(args.model).resolve()):
         out = prepare_out_dir(args.out, args.force, "train", keep=args.resume)
     else:
-        _OUTPUTS.lock(out, "train")  # training in place: the model folder is the output
+        _OUTPUTS.adopt(out, "train")  # training in place: the model folder is the output
     data = _load_data(args, limit_train, limit_test, progress=not args.quiet and ranks.main)
     if ranks.main:
         print(data.summary(), flush=True)
@@ -1188,21 +1333,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors print one line and return a non-zero status."""
     args = build_parser().parse_args(argv)
     failed = True
+    _DEFERRED.update(depth=0, pending=None)
+    previous = _catch_signals()  # SIGTERM and SIGHUP clean up as Ctrl-C does; exit status 128 + the signal
     try:
-        code = COMMANDS[args.command][1](args) or 0  # 1: written, but short of what was asked
-        failed = False
-    except EdgepruneError as e:
-        sys.stderr.write(f"edgeprune {args.command}: error: {e}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write(f"edgeprune {args.command}: interrupted\n")
-        return 130
-    except OSError as e:  # a file the library did not expect to fail (disk full, a folder vanished): one line
-        where = f": {e.filename}" if e.filename else ""
-        sys.stderr.write(f"edgeprune {args.command}: error: {e.strerror or e}{where}\n")
-        return 2
+        try:
+            code = COMMANDS[args.command][1](args) or 0  # 1: written, but short of what was asked
+            failed = False
+        except EdgepruneError as e:
+            sys.stderr.write(f"edgeprune {args.command}: error: {e}\n")
+            return 2
+        except KeyboardInterrupt as e:
+            signum = getattr(e, "signum", 2)
+            by = f" ({_signal_name(signum)})" if signum != 2 else ""
+            sys.stderr.write(f"edgeprune {args.command}: interrupted{by}\n")
+            return 128 + signum
+        except OSError as e:  # a file the library did not expect to fail (disk full, a folder vanished): one line
+            where = f": {e.filename}" if e.filename else ""
+            sys.stderr.write(f"edgeprune {args.command}: error: {e.strerror or e}{where}\n")
+            return 2
+        finally:
+            _OUTPUTS.close(failed)
     finally:
-        _OUTPUTS.close(failed)
+        _restore_signals(previous)
+    if _DEFERRED["pending"]:  # it came as the command finished: its output is complete, but it was asked to stop
+        sys.stderr.write(f"edgeprune {args.command}: {_signal_name(_DEFERRED['pending'])} as it finished\n")
+        return 128 + _DEFERRED["pending"]
     return code
 
 

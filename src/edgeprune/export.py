@@ -56,6 +56,52 @@ def _torchscript_export(model: nn.Module, example: torch.Tensor, path: Path, ops
         )
 
 
+def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Add ``metadata`` to an .onnx file's ``metadata_props`` (kept by onnxruntime and its tools)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+# metadata of the files export --int8 writes (the fp32 file, and the int8 one, which inherits it): the command
+WRITTEN_BY = "edgeprune.written_by"
+
+
+def fp32_path(target: str | Path) -> Path:
+    """Where ``export --onnx FILE --int8`` puts the checked fp32 model: ``FILE-fp32.onnx``."""
+    target = Path(target)
+    return target.with_name(target.stem + "-fp32.onnx")
+
+
+def check_fp32_path(target: str | Path, force: bool = False) -> dict[str, str]:
+    """Refuse (one line) to overwrite ``FILE-fp32.onnx`` unless an earlier ``export --onnx FILE --int8`` wrote it
+    (or ``force``); return the metadata that marks the new one as that command's."""
+    target = Path(target)
+    fp32 = fp32_path(target)
+    if fp32.is_dir():
+        raise EdgepruneError(f"{fp32}: is a folder (export --int8 writes the fp32 model there)")
+    command = f"export --onnx {target.name} --int8"
+    if (fp32.exists() or fp32.is_symlink()) and not force and _written_by(fp32) != command:
+        raise EdgepruneError(
+            f"{fp32} exists and an earlier '{command}' did not write it; move it away, or give --force to replace it"
+        )
+    return {WRITTEN_BY: command}
+
+
+def _written_by(path: Path) -> str | None:
+    """The edgeprune command an .onnx file says wrote it, or None (not ours, or not an .onnx file)."""
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # anything that does not parse is not ours
+        return None
+    return next((p.value for p in proto.metadata_props if p.key == WRITTEN_BY), None)
+
+
 def _dynamo_export(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     try:
         import onnxscript  # noqa: F401
@@ -152,11 +198,12 @@ def export_onnx(
     check_batch: int = 2,
     seed: int = 0,
     pad_to: int | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> dict:
     """Export a model (module, folder, reference or ``ModelRef``) to ONNX, check it in onnxruntime, write it atomically.
 
     ``pad_to`` zero-pads the pruned layers' widths to that multiple first (``pad_channels``); the check
-    still compares with the model as given.
+    still compares with the model as given. ``metadata`` is added to the file's ``metadata_props``.
     """
     check_export_args(opset, atol, exporter)
     if check_batch < 1:
@@ -181,14 +228,21 @@ def export_onnx(
             try:
                 _torchscript_export(model, example, tmp, opset)
                 used = "torchscript"
+            except OSError:
+                raise  # the file could not be written (disk full): atomic_write says so; no other exporter helps
             except Exception as e:
+                failed = f"ONNX export failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
                 if exporter == "torchscript":
-                    raise EdgepruneError(
-                        f"ONNX export failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                    ) from e
+                    raise EdgepruneError(failed) from e
+                try:
+                    import onnxscript  # noqa: F401
+                except ImportError:  # the torchscript failure is the news, not the missing fallback
+                    raise EdgepruneError(f"{failed} (the dynamo exporter, tried next, needs 'onnxscript')") from e
                 used = "dynamo"
         if used == "dynamo":
             _dynamo_export(model, example, tmp, opset)
+        if metadata:
+            _add_metadata(tmp, metadata)
         diff = check_onnx(reference, tmp, check_input)  # padded or not, compared with the model as given
         if not np.isfinite(diff) or diff > atol:
             raise EdgepruneError(f"ONNX export check failed: outputs differ from PyTorch by {diff:.3g} (> {atol:g})")
@@ -298,4 +352,14 @@ def pad_channels(model: nn.Module, multiple: int = 16, input_shape: tuple[int, .
     return padded
 
 
-__all__ = ["EXPORTERS", "check_onnx", "export_onnx", "onnx_outputs", "ort_session", "pad_channels"]
+__all__ = [
+    "EXPORTERS",
+    "WRITTEN_BY",
+    "check_fp32_path",
+    "check_onnx",
+    "export_onnx",
+    "fp32_path",
+    "onnx_outputs",
+    "ort_session",
+    "pad_channels",
+]

@@ -26,7 +26,7 @@ from torch import nn
 
 from edgeprune.complexity import LayerShape, Profile
 from edgeprune.errors import EdgepruneError
-from edgeprune.trace import record_shapes
+from edgeprune.trace import NORMS, norm_width, record_shapes
 
 _RESIDUAL_OPS = ("AddBackward", "SubBackward")
 
@@ -55,6 +55,9 @@ class ChannelGroup:
     prunable: bool
     reason: str = ""  # why it is not prunable
     unit: int = 1  # channels per removal slot: the channel groups of a grouped conv / GroupNorm it feeds
+    # per group channel, the parameters outside any conv/linear layer that go with it: the affine vectors of a
+    # norm no layer owns (DenseNet's pre-activation BatchNorm on a concatenation), counted in ``other_params``
+    extra: tuple[int, ...] = ()
 
     @property
     def out_layers(self) -> list[str]:
@@ -79,6 +82,10 @@ class ChannelGroup:
             s = new[m.layer]
             new[m.layer] = s.resized(c_out=s.c_out - n) if m.dim == "out" else s.resized(c_in=s.c_in - n)
         return new
+
+    def extra_params(self, slots: Sequence[int]) -> int:
+        """Parameters outside conv/linear layers removed with ``slots`` (norms no layer owns)."""
+        return sum(self.extra[c] for c in self.channels(slots)) if self.extra else 0
 
     def to_dict(self) -> dict:
         """JSON-ready view."""
@@ -115,6 +122,17 @@ def _channel_groups(module: nn.Module, shape: LayerShape | None) -> int:
     return 1
 
 
+def _extra_per_channel(module: nn.Module) -> int:
+    """Parameters per channel of a norm or PReLU that no layer owns (0 for anything else)."""
+    if isinstance(module, NORMS):
+        width = norm_width(module)
+    elif isinstance(module, nn.PReLU) and module.num_parameters > 1:
+        width = module.num_parameters
+    else:
+        return 0
+    return sum(p.numel() // width for p in module.parameters(recurse=False)) if width else 0
+
+
 def find_groups(
     graph: tp.DependencyGraph,
     model: nn.Module,
@@ -127,10 +145,12 @@ def find_groups(
     shapes = prof.by_name()
     order = {layer.name: i for i, layer in enumerate(prof.layers)}
     outputs, kept = set(prof.outputs), set(keep)
+    owned = {layer.bn for layer in prof.layers if layer.bn}  # norms whose vectors a layer's params count
     groups = []
     for tp_group in graph.get_all_groups():
         width = len(tp_group[0].idxs)
         members: dict[tuple[str, str], list[int]] = {}
+        loose: dict[tuple[int, int], tuple[int, int]] = {}  # (norm, its channel) -> (group channel, params)
         residual = False
         unit = 1
         for item in tp_group.items:
@@ -141,8 +161,12 @@ def find_groups(
             name = names.get(module)
             shape = shapes.get(name)
             unit = math.lcm(unit, _channel_groups(module, shape))
-            if shape is None:
-                continue  # a norm (counted with its layer) or a parameter-free op
+            if shape is None:  # a norm (counted with its layer, or loose), or a parameter-free op
+                per = 0 if name in owned else _extra_per_channel(module)
+                for idx, root in zip(item.idxs, item.root_idxs or []) if per else ():
+                    if root is not None and 0 <= root < width:
+                        loose[(id(module), int(idx))] = (root, per)  # one norm reached twice counts once
+                continue
             dim = "out" if graph.is_out_channel_pruning_fn(dep.handler) else "in"
             if shape.depthwise:
                 dim = "out"  # inputs, outputs and groups of a depthwise conv shrink as one
@@ -161,7 +185,10 @@ def find_groups(
         uneven = any(len(set(m.counts)) > 1 for m in ordered)
         reason = _reason(outs, width, unit, residual, prune_residual, outputs, kept, uneven)
         name = outs[0] if outs else ordered[0].layer
-        groups.append(ChannelGroup(name, width, ordered, not reason, reason, unit))
+        extra = [0] * width
+        for root, per in loose.values():
+            extra[root] += per
+        groups.append(ChannelGroup(name, width, ordered, not reason, reason, unit, tuple(extra) if any(extra) else ()))
     return sorted(groups, key=lambda g: order[g.name])
 
 

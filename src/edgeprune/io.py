@@ -19,9 +19,12 @@ factory's signature; a zoo model is then built on the meta device, so memory is 
 tensors the file holds. Weights of another dtype than the model's are refused unless
 ``allow_cast``. Every failure is one ``EdgepruneError`` line; loading writes nothing.
 
-A ``py:``/``file:`` builder is code: ``load`` runs it only when the user vouched for it (the trust
-list, naming it again with ``builder=``, or ``trust_code=True``), and refuses a ``file:`` builder
-whose file changed since saving unless ``allow_changed=True``.
+A ``py:``/``file:`` builder is code: ``load`` runs it only when the user vouched for what it resolves
+to (the trust list records the file and its hash; naming it again with ``builder=``; ``trust_code=True``),
+never importing it from the current folder or the model folder unless named now (see ``edgeprune.builders``).
+A file the user edited after vouching is refused until they vouch again once (naming it, or
+``allow_changed=True``); a ``file:`` builder whose file changed since saving loads once the user vouched
+for its content, with a warning that it still builds the recorded architecture.
 
 ``resolve`` is the one rule for what a command's model argument means: a model folder, or a
 reference (zoo name, ``package.module:factory``, ``path/file.py:factory``) with its arguments.
@@ -43,24 +46,30 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from edgeprune import limits
 from edgeprune.builders import (
     BUILDER_ATTR,
     FILE,
+    PY,
     REFERENCE_HELP,
     ZOO,
+    CodeFile,
     Reference,
     build_model,
     builder_of,
     check_kwargs,
     check_trusted,
+    locate,
+    module_at,
     parse_reference,
     record_trust,
+    trust_status,
 )
 from edgeprune.errors import EdgepruneError
-from edgeprune.files import atomic_write, sha256_file, tensors_digest, write_json
+from edgeprune.files import atomic_write, save_safetensors, sha256_file, tensors_digest, write_json
 
 FORMAT = "edgeprune-model/2"
 FORMAT_V1 = "edgeprune-model/1"
@@ -73,8 +82,9 @@ MAX_SPEC_BYTES = 16 << 20  # a model.json larger than this is refused unread
 MAX_HEADER_BYTES = 64 << 20  # a safetensors header larger than this is refused unread
 MAX_WIDTH = 1 << 24  # any recorded width, and a LayerNorm's normalized size
 MAX_DIMS = 8  # dimensions of a recorded tensor shape
-MAX_INPUT_DIMS = 4  # (C,), (C, L), (C, H, W) or (C, D, H, W)
-MAX_INPUT_ELEMENTS = 1 << 28  # C x H x W of one input
+# every input shape, from a file or an option, meets the same caps (edgeprune.limits)
+MAX_INPUT_DIMS = limits.MAX_INPUT_DIMS  # (C,), (C, L), (C, H, W) or (C, D, H, W)
+MAX_INPUT_ELEMENTS = limits.MAX_INPUT_ELEMENTS  # C x H x W of one input
 MAX_UNSTORED = 1 << 24  # elements of recorded custom tensors the weights file does not hold (non-persistent buffers)
 # safetensors dtype -> (bytes per element, torch dtype name)
 _DTYPES = {
@@ -200,7 +210,8 @@ def save(
         record_trust(parse_reference(spec["builder"]), spec.get("sha256"))
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, CHECKSUM_KEY: tensors_digest(tensors)}
-    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata=metadata))
+    # sorted metadata keys: identical runs write identical bytes (safetensors' own order changes call to call)
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_safetensors(tensors, p, metadata))
     write_json(directory / SPEC_FILE, spec)
     return directory
 
@@ -303,12 +314,15 @@ def _check_kwargs_field(kwargs: object, path: str | Path) -> dict[str, Any]:
 
 
 def _check_input_shape(shape: object, path: str | Path) -> None:
-    """``input_shape`` is 1 to MAX_INPUT_DIMS positive ints, of at most MAX_INPUT_ELEMENTS elements."""
-    if not (_is_shape(shape, 1, MAX_INPUT_DIMS) and shape and math.prod(shape) <= MAX_INPUT_ELEMENTS):
+    """``input_shape`` is 1 to MAX_INPUT_DIMS positive ints, within the caps of every input (edgeprune.limits)."""
+    if not (_is_shape(shape, 1, MAX_INPUT_DIMS) and shape):
         raise EdgepruneError(
-            f"{path}: 'input_shape' must be a list of 1 to {MAX_INPUT_DIMS} positive integers such as [3, 32, 32] "
-            f"(at most {MAX_INPUT_ELEMENTS} elements), got {_show(shape)}"
+            f"{path}: 'input_shape' must be a list of 1 to {MAX_INPUT_DIMS} positive integers such as [3, 32, 32], "
+            f"got {_show(shape)}"
         )
+    problem = limits.input_shape_problem(shape)
+    if problem is not None:  # [3, 9000, 9000] passes the element count but not --input-size's side
+        raise EdgepruneError(f"{path}: 'input_shape' {_show(shape)} {problem} (the caps of --input-size)")
 
 
 def _check_layers(layers: object, legacy: bool, path: str | Path) -> None:
@@ -646,7 +660,21 @@ def build(
     every resized layer's shapes before it is resized; ``meta`` builds a zoo model on the meta device
     (shapes only, no memory: ``load`` materializes it once the weights file agrees).
     """
-    use, sha_now = vouched(spec, trust_code=trust_code, allow_changed=allow_changed, builder=builder, where=where)
+    use, code, _ = _vouch(spec, trust_code=trust_code, allow_changed=allow_changed, builder=builder, where=where)
+    return _build(spec, use, code, named=builder is not None, where=where, weights=weights, meta=meta)
+
+
+def _build(
+    spec: dict,
+    use: Reference,
+    code: CodeFile | None,
+    *,
+    named: bool,
+    where: str,
+    weights: WeightsHeader | None,
+    meta: bool = False,
+) -> nn.Module:
+    """Build a vetted spec with ``use``, which resolved to ``code`` (see :func:`_vouch`); see :func:`build`."""
     on_meta = meta and use.kind == ZOO
     if use.kind == ZOO:
         check_zoo_kwargs(use.target, spec["kwargs"], where)
@@ -656,8 +684,8 @@ def build(
                 use,
                 spec["kwargs"],
                 input_shape=tuple(spec["input_shape"]),
-                sha256=sha_now,
-                remember=builder is not None,
+                code=code,
+                remember=named,
             )
     except EdgepruneError as e:
         raise EdgepruneError(f"{where}{e}") from None
@@ -668,32 +696,71 @@ def build(
 
 
 def vouched(
-    spec: dict, *, trust_code: bool = False, allow_changed: bool = False, builder: str | None = None, where: str = ""
+    spec: dict,
+    *,
+    trust_code: bool = False,
+    allow_changed: bool = False,
+    builder: str | None = None,
+    where: str = "",
+    folder: str | Path | None = None,
 ) -> tuple[Reference, str | None]:
     """The reference to build a spec with and its file's SHA-256 now; refuses code the user has not vouched for."""
+    use, code, _ = _vouch(
+        spec, trust_code=trust_code, allow_changed=allow_changed, builder=builder, where=where, folder=folder
+    )
+    return use, code.sha256 if code is not None else None
+
+
+def _vouch(
+    spec: dict,
+    *,
+    trust_code: bool,
+    allow_changed: bool,
+    builder: str | None,
+    where: str,
+    folder: str | Path | None = None,
+) -> tuple[Reference, CodeFile | None, str | None]:
+    """The reference to build a spec with, what it resolves to, and a note when its file changed; or one line why not.
+
+    Named now (``builder``), it is what the user vouches for (recorded once built); ``--model PATH/mod.py:fn``
+    for a folder's ``py:mod:fn`` names that module at that file. Otherwise the trust list decides, on what the
+    reference resolves to without the current folder and the model ``folder`` (``builders.check_trusted``).
+    A ``file:`` builder whose file changed since saving is built once the user vouched for its content now
+    (trust list, naming it, ``allow_changed``); the note says so, for ``load`` to report.
+    """
+    recorded = parse_reference(spec["builder"])
     named = parse_reference(builder) if builder is not None else None
-    use = named or parse_reference(spec["builder"])
-    sha_now = _check_code_file(use, spec, allow_changed, where) if use.kind == FILE else None
-    if named is None:
-        check_trusted(use, sha_now, trust_code=trust_code, where=where)
-    return use, sha_now
-
-
-def _check_code_file(use: Reference, spec: dict, allow_changed: bool, where: str) -> str:
-    """The SHA-256 of a ``file:`` builder's file now; refuse a missing file, or a changed one unless allowed."""
-    if not Path(use.target).is_file():
+    use, code = named or recorded, None
+    if named is not None and named.kind == FILE and recorded.kind == PY and named.attr == recorded.attr:
+        code = module_at(recorded, named.target)  # the folder's module, at the file the user points at
+        use = recorded if code is not None else named
+    if not use.is_code:
+        return use, None, None
+    code = code or locate(use, named=named is not None, folder=folder)
+    if code is None and use.kind == FILE:
         raise EdgepruneError(
             f"{where}builder {use.builder}: {use.target} does not exist; if it moved, name its new place "
             f"(--model NEW/PATH.py:{use.attr}; Python: builder=...)"
         )
-    sha_now = sha256_file(use.target)
+    if code is None and named is not None:
+        raise EdgepruneError(f"{where}{use.short}: cannot import module '{use.target}' (is it installed or here?)")
+    note = None
+    if named is None:
+        note = check_trusted(use, code, trust_code=trust_code, allow_changed=allow_changed, where=where, folder=folder)
+    else:
+        status, entry = trust_status(use, code)
+        if status == "changed" and entry is not None:
+            note = f"{code.path} changed since you vouched for it (sha256 {entry.get('sha256', '')[:16]}... then, "
+            note += f"{str(code.sha256)[:16]}... now: vouched for now)"
     saved = spec.get("sha256")
-    if saved is not None and saved != sha_now and not allow_changed:
-        raise EdgepruneError(
-            f"{where}{use.target} has changed since the model was saved (sha256 {saved} then, {sha_now} now); "
-            "if it still builds the same architecture, pass --allow-changed-code (allow_changed=True)"
-        )
-    return sha_now
+    if use.kind == FILE and saved is not None and saved != code.sha256:
+        if not (named is not None or allow_changed or trust_status(use, code)[0] == "trusted"):
+            raise EdgepruneError(
+                f"{where}{use.target} has changed since the model was saved (sha256 {saved} then, {code.sha256} "
+                "now); if it still builds the same architecture, pass --allow-changed-code (allow_changed=True)"
+            )
+        note = f"{code.path} changed since the model was saved (sha256 {saved[:16]}... then, {code.sha256[:16]}... now)"
+    return use, code, note
 
 
 def _apply_widths(model: nn.Module, spec: dict, use: Reference, where: str, weights: WeightsHeader | None) -> None:
@@ -731,25 +798,36 @@ def load(
 ) -> nn.Module:
     """Rebuild a saved model from ``DIR/model.json`` and ``DIR/model.safetensors``; no pickle, no write.
 
-    A ``py:``/``file:`` builder runs only if the user vouched for it: it is in their trust list,
-    ``builder`` names it now, or ``trust_code=True``. A ``file:`` builder whose file changed since
-    saving is refused unless ``allow_changed=True``. Both files are validated against each other
-    before anything is built or allocated; weights of another dtype than the model's are refused
-    unless ``allow_cast=True`` (then cast, with a warning); a checksum mismatch is refused.
+    A ``py:``/``file:`` builder runs only if the user vouched for what it resolves to: the file and hash
+    in their trust list, ``builder`` names it now, or ``trust_code=True``; ``allow_changed=True`` vouches
+    again for a file of theirs they edited. A ``file:`` builder whose file changed since saving loads
+    once its content is vouched for (a warning says it still builds the recorded architecture). Both
+    files are validated against each other before anything is built or allocated; weights of another
+    dtype than the model's are refused unless ``allow_cast=True`` (then cast, with a warning); a
+    checksum mismatch is refused.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise EdgepruneError(f"{directory}: no such model folder")
     where = f"{directory}: "
     spec = read_spec(directory)
-    options: dict[str, Any] = {"trust_code": trust_code, "allow_changed": allow_changed, "builder": builder}
-    vouched(spec, **options, where=where)  # first: a folder naming code the user never vouched for is refused as such
+    # first: a folder naming code the user never vouched for is refused as such
+    use, code, note = _vouch(
+        spec, trust_code=trust_code, allow_changed=allow_changed, builder=builder, where=where, folder=directory
+    )
+    why = f" ({note})" if note else ""  # a build that fails after the code changed says so
     header = read_header(directory / WEIGHTS_FILE)
     check_against_header(spec, header, where)
-    model = build(spec, **options, where=where, weights=header, meta=True)
-    expected = {k: v.dtype for k, v in model.state_dict().items()}
-    casts = _check_state(model, header, allow_cast)
-    model = _materialize(model, lambda: build(spec, **options, where=where, weights=header))
+    # the model holds what the weights file holds: a file larger than the memory is refused before any of it is read
+    limits.check_memory(str(directory), header.data_bytes, None)
+    options: dict[str, Any] = {"named": builder is not None, "where": where, "weights": header}
+    try:
+        model = _build(spec, use, code, **options, meta=True)
+        expected = {k: v.dtype for k, v in model.state_dict().items()}
+        casts = _check_state(model, header, allow_cast)
+        model = _materialize(model, lambda: _build(spec, use, code, **options))
+    except EdgepruneError as e:
+        raise EdgepruneError(f"{e}{why}") from None
     tensors = _read_tensors(header)
     if casts:
         tensors.update({k: tensors[k].to(expected[k]) for k in casts})
@@ -762,7 +840,9 @@ def load(
     try:
         model.load_state_dict(tensors, strict=True)
     except (RuntimeError, ValueError, TypeError) as e:
-        raise EdgepruneError(f"{header.path}: weights do not fit the model ({_brief(e)})") from None
+        raise EdgepruneError(f"{header.path}: weights do not fit the model ({_brief(e)}){why}") from None
+    if note:
+        warnings.warn(f"{where}{note} and still builds the recorded architecture", stacklevel=2)
     return model.eval()
 
 
@@ -826,6 +906,92 @@ def input_shape_of(directory: str | Path) -> tuple[int, ...]:
 def is_model_dir(path: str | Path) -> bool:
     """True when ``path`` is a folder holding a model.json."""
     return (Path(path) / SPEC_FILE).is_file()
+
+
+# -- memory: what a model needs, computed from shapes before anything is allocated --------------------------------
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers (a shared tensor once); meta-device tensors count their size."""
+    seen: set[int] = set()
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def activation_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> int | None:
+    """Bytes of the input and of every leaf module's output at batch 1, from one forward pass on the meta device
+    (shapes only: nothing is allocated, the model's own tensors stay where they are); None when the model cannot
+    run there (data-dependent code, an op without a meta kernel): the caller then goes on without the estimate."""
+    floats = [t.dtype for t in model.parameters() if t.is_floating_point()]
+    x = torch.empty((1, *input_shape), dtype=floats[0] if floats else torch.float32, device="meta")
+    sizes = [x.numel() * x.element_size()]
+
+    def hook(_module: nn.Module, _args: tuple, out: object) -> None:
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                sizes.append(t.numel() * t.element_size())
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    tensors = {n: torch.empty_like(t, device="meta") for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    was_training = model.training
+    try:
+        model.eval()  # a BatchNorm in training mode refuses batch 1 after a global pool
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.func.functional_call(model, tensors, (x,))
+    except Exception:  # noqa: BLE001 - any failure only means no estimate; the real forward reports its own error
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return sum(sizes)
+
+
+def check_model_memory(model: nn.Module, input_shape: tuple[int, ...], what: str, batch: int = 1) -> None:
+    """Refuse a model whose parameters plus ``batch`` x (input + every layer's output) exceed the memory available
+    now (``edgeprune.limits.check_memory``); outputs are estimated on the meta device."""
+    limits.check_memory(what, parameter_bytes(model), activation_bytes(model, tuple(input_shape)), batch)
+
+
+def _meta_build(parsed: Reference, kwargs: dict[str, Any], hints: dict[str, Any]) -> nn.Module | None:
+    """A zoo model built on the meta device (shapes only, nothing allocated), the random stream left as it was (the
+    real build after it gets the seed's weights); None for user code, which runs once, as named: a module it imports
+    under the meta device would keep meta tensors for the real build (it is sized once built, before any forward
+    pass), and None when the zoo model cannot be built there (the real build reports its own error)."""
+    if parsed.is_code:
+        return None
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            return build_model(parsed, dict(kwargs), hints=hints, remember=False)
+    except Exception:  # noqa: BLE001 - the real build that follows raises the error, as one line
+        return None
+
+
+def _check_ref_sizes(ref: ModelRef) -> None:
+    """The sizes a command's options give a reference within the caps of edgeprune.limits, before anything is built
+    (a class count of a billion is 768 GB of one linear layer)."""
+    caps = (("num-classes", ref.num_classes, limits.MAX_CLASSES), ("in-channels", ref.in_channels,
+            limits.MAX_INPUT_CHANNELS), ("input-size", ref.input_size, limits.MAX_INPUT_SIZE))  # fmt: skip
+    for option, value, high in caps:
+        if value is not None and not limits.is_int(value, 1, high):
+            raise EdgepruneError(f"--{option} must be from 1 to {high}, got {_show(value)}")
+    if ref.input_shape is not None:
+        limits.check_input_shape(list(ref.input_shape), "the input shape")
+
+
+def _reference_shape(ref: ModelRef, channels: int | None, model: nn.Module, is_code: bool) -> tuple[int, ...]:
+    """The input shape of a built reference: ``input_shape``, else (channels, size, size), checked against the caps."""
+    if ref.input_shape is not None:
+        return tuple(int(d) for d in ref.input_shape)
+    channels = channels or (_default_shape(model)[0] if is_code else 3)
+    size = ref.input_size or DEFAULT_SIZE
+    return limits.check_input_shape((channels, size, size), "the input shape")
 
 
 # -- what a command's model argument means --------------------------------------------------------
@@ -926,7 +1092,9 @@ def resolve(model: str | Path | ModelRef | nn.Module | Resolved, **options: Any)
     """Turn a command's model argument into a model: a model folder (trust-checked) or a built reference.
 
     ``options`` are :class:`ModelRef` fields for a string. An ``nn.Module`` is taken as it is (its
-    recorded input shape, else (C, 32, 32)).
+    recorded input shape, else (C, 32, 32)). Sizes from options and files meet the caps of ``edgeprune.limits``,
+    and a model whose parameters, input and layer outputs at batch 1 exceed the memory available is refused
+    before any forward pass (a zoo model before it is built: it is sized on the meta device first).
     """
     if isinstance(model, Resolved):
         return model
@@ -936,8 +1104,7 @@ def resolve(model: str | Path | ModelRef | nn.Module | Resolved, **options: Any)
         return Resolved(model, shape, info.get("builder", type(model).__name__))
     ref = model if isinstance(model, ModelRef) else ModelRef(str(model), **options)
     text = ref.ref
-    if ref.input_size is not None and ref.input_size < 1:
-        raise EdgepruneError(f"--input-size must be positive, got {ref.input_size}")
+    _check_ref_sizes(ref)
     parsed = classify(text)
     if parsed is None:
         if ref.model_args or ref.width is not None:
@@ -949,7 +1116,9 @@ def resolve(model: str | Path | ModelRef | nn.Module | Resolved, **options: Any)
             builder=ref.builder,
             allow_cast=ref.allow_cast,
         )
-        return Resolved(loaded, input_shape_of(text), text, Path(text))
+        shape = input_shape_of(text)
+        check_model_memory(loaded, shape, text)  # before any forward pass at the recorded input shape
+        return Resolved(loaded, shape, text, Path(text))
     if ref.builder is not None and parse_reference(ref.builder) != parsed:
         raise EdgepruneError(f"--model {ref.builder} names a model folder's builder; the model here is {text}")
     kwargs = dict(ref.model_args)
@@ -960,13 +1129,15 @@ def resolve(model: str | Path | ModelRef | nn.Module | Resolved, **options: Any)
             kwargs.setdefault("width", ref.width)
     else:
         hints["width"] = ref.width
+    if not parsed.is_code:
+        check_zoo_kwargs(parsed.target, kwargs)  # integers within MAX_WIDTH: torch's overflow errors run to pages
+    probe = _meta_build(parsed, kwargs, hints)  # a zoo model is sized on the meta device: refused before allocating
+    if probe is not None:
+        check_model_memory(probe, _reference_shape(ref, channels, probe, parsed.is_code), text)
     built = build_model(parsed, kwargs, hints=hints, remember=ref.remember)
-    if ref.input_shape is not None:
-        shape = tuple(int(d) for d in ref.input_shape)
-    else:
-        channels = channels or (_default_shape(built)[0] if parsed.is_code else 3)
-        size = ref.input_size or DEFAULT_SIZE
-        shape = (channels, size, size)
+    shape = _reference_shape(ref, channels, built, parsed.is_code)
+    if probe is None:
+        check_model_memory(built, shape, text)  # its parameters are there; its forward pass is not yet
     getattr(built, BUILDER_ATTR)["input_shape"] = list(shape)
     return Resolved(built, shape, text)
 
@@ -987,8 +1158,10 @@ __all__ = [
     "TensorInfo",
     "WeightsHeader",
     "atomic_write",
+    "activation_bytes",
     "build",
     "check_against_header",
+    "check_model_memory",
     "check_zoo_kwargs",
     "classify",
     "input_shape_of",
@@ -997,6 +1170,7 @@ __all__ = [
     "layer_widths",
     "load",
     "model_spec",
+    "parameter_bytes",
     "read_header",
     "read_spec",
     "resolve",

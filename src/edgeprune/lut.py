@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeprune import limits
 from edgeprune.complexity import LayerShape, Profile
 from edgeprune.errors import EdgepruneError
 
@@ -49,6 +50,14 @@ ACTIVATIONS = {"relu": "relu", "relu_": "relu", "relu6": "relu6", "silu": "silu"
 # Measured (docs/results/latency_budget.md): FA at 50 % FLOPs realises 0.90 of its FLOPs cut on onnxruntime for
 # MobileNetV2 at round_to 8 0.90-0.93, at 16 0.92-0.94, at 32 0.96-0.98 (0.41-0.45 at 1); 16 keeps targets finer
 DEFAULT_ROUND_TO = 16
+# What a table read from a file may hold (load_table): every number typed, finite and in range.
+MAX_MS = 1e9  # any latency in a table (11 days): finite sums, never an overflow to inf
+MAX_THREADS = limits.MAX_THREADS  # a table's thread count (the measuring processes run that many)
+MAX_PROCESSES = 1000  # settings.processes: how many fresh processes a recalibration starts
+MAX_GRID = 4096  # widths per axis of one layer's grid
+_TABLE_KEYS = ({"format", "kind", "model", "input_shape", "backend", "backend_version", "threads", "cpu", "round_to",
+                "parent_ms", "rest_ms", "layers"}, {"settings", "build_seconds", "created", "calibration"})  # fmt: skip
+_LAYER_KEYS = ({"kind", "c_in", "c_out", "ms"}, {"depthwise", "calls", "block"})
 
 
 @dataclass
@@ -215,47 +224,138 @@ class LatencyTable:
 
 
 def load_table(path: str | Path) -> LatencyTable:
-    """Read a latency table written by ``LatencyTable.save``, checking its layout (one-line errors)."""
+    """Read a latency table written by ``LatencyTable.save``: its schema (exact keys), every value's type, and every
+    number finite and in range, checked before any of it is used (one-line errors)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EdgepruneError(f"{path}: no such latency table") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EdgepruneError(f"{path}: not a latency table ({type(e).__name__})") from None
+    if not path.exists():
+        raise EdgepruneError(f"{path}: no such latency table")
+    data = limits.read_json(path, "a latency table")
     if not isinstance(data, dict) or data.get("kind") != KIND or data.get("format") != FORMAT:
         raise EdgepruneError(f"{path}: not an edgeprune latency table (format {FORMAT})")
     try:
-        layers = {name: _layer_from(entry) for name, entry in data["layers"].items()}
-        fields = {k: data[k] for k in ("model", "input_shape", "backend", "backend_version", "threads", "cpu")}
-        numbers = {k: float(data[k]) for k in ("parent_ms", "rest_ms")}
-        table = LatencyTable(**fields, round_to=int(data["round_to"]), **numbers, layers=layers,
-                             settings=dict(data.get("settings", {})), build_seconds=float(data.get("build_seconds", 0)),
-                             created=str(data.get("created", "")),
-                             calibration=[[float(a), float(b)] for a, b in data.get("calibration", [])])  # fmt: skip
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise EdgepruneError(f"{path}: malformed latency table ({type(e).__name__}: {e})") from None
-    if not math.isfinite(table.parent_ms) or table.parent_ms <= 0 or table.threads < 1:
-        raise EdgepruneError(f"{path}: malformed latency table (parent latency or threads out of range)")
-    if any(not (math.isfinite(v) and v > 0) for point in table.calibration for v in point):
-        raise EdgepruneError(f"{path}: malformed latency table (calibration latencies must be positive)")
+        return _table_from(data)
+    except ValueError as e:
+        raise EdgepruneError(f"{path}: malformed latency table ({e})") from None
+
+
+def _keys(what: str, data: dict, keys: tuple[set[str], set[str]]) -> None:
+    """``data`` has every required key of ``keys`` and no key outside both sets; ValueError naming the first."""
+    required, optional = keys
+    missing, extra = sorted(required - set(data)), sorted(set(data) - required - optional, key=str)
+    if missing or extra:
+        raise ValueError(f"{what}: missing '{missing[0]}'" if missing else f"{what}: unknown key {extra[0]!r}")
+
+
+def _number(what: str, value: object, low: float, high: float = MAX_MS) -> float:
+    """A JSON number (not a bool, not NaN or infinite) in [low, high], as a float; ValueError naming ``what``."""
+    if not limits.is_number(value, low, high):
+        raise ValueError(f"{what} must be a finite number in [{low:g}, {high:g}], got {_shown(value)}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _integer(what: str, value: object, low: int, high: int) -> int:
+    """A JSON integer (not a bool) in [low, high]; ValueError naming ``what``."""
+    if not limits.is_int(value, low, high):
+        raise ValueError(f"{what} must be an integer in [{low}, {high}], got {_shown(value)}")
+    return value  # type: ignore[return-value]
+
+
+def _text(what: str, value: object) -> str:
+    """A JSON string; ValueError naming ``what``."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {_shown(value)}")
+    return value
+
+
+def _shown(value: object) -> str:
+    """A value from the file for a one-line message, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _table_from(data: dict) -> LatencyTable:
+    """The table a parsed file describes, every field checked; ValueError (one line) names the first bad one."""
+    from edgeprune.backends import BACKENDS
+
+    _keys("the table", data, _TABLE_KEYS)
+    backend = _text("backend", data["backend"])
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {_shown(backend)}")
+    problem = limits.input_shape_problem(data["input_shape"])
+    if problem is not None:
+        raise ValueError(f"input_shape {_shown(data['input_shape'])} {problem}")
+    layers = data["layers"]
+    if not isinstance(layers, dict):
+        raise ValueError(f"layers must be an object, got {_shown(layers)}")
+    parsed = {_text("a layer name", name): _layer_from(name, entry) for name, entry in layers.items()}
+    calibration = data.get("calibration", [])
+    if not isinstance(calibration, list) or not all(isinstance(p, list) and len(p) == 2 for p in calibration):
+        raise ValueError("calibration must be a list of [table sum, measured] pairs")
+    if not all(limits.is_number(v, 0, MAX_MS) and v > 0 for p in calibration for v in p):
+        raise ValueError("calibration latencies must be positive")
+    table = LatencyTable(
+        model=_text("model", data["model"]), input_shape=list(data["input_shape"]), backend=backend,
+        backend_version=_text("backend_version", data["backend_version"]),
+        threads=_integer("threads", data["threads"], 1, MAX_THREADS), cpu=_text("cpu", data["cpu"]),
+        round_to=_integer("round_to", data["round_to"], 1, limits.MAX_CLASSES),
+        parent_ms=_number("parent_ms", data["parent_ms"], 0), rest_ms=_number("rest_ms", data["rest_ms"], -MAX_MS),
+        layers=parsed, settings=_settings(data.get("settings", {}), parsed),
+        build_seconds=_number("build_seconds", data.get("build_seconds", 0.0), 0),
+        created=_text("created", data.get("created", "")), calibration=[[float(a), float(b)] for a, b in calibration],
+    )  # fmt: skip
+    if table.parent_ms <= 0:
+        raise ValueError(f"parent_ms must be positive, got {table.parent_ms}")
     return table
 
 
-def _layer_from(entry: dict) -> LayerTable:
-    """One layer's entry, checked: sorted positive widths and a finite non-negative latency per grid point."""
-    layer = LayerTable(str(entry["kind"]), [int(c) for c in entry["c_in"]], [int(c) for c in entry["c_out"]],
-                       [[float(v) for v in row] for row in entry["ms"]], bool(entry.get("depthwise", False)),
-                       int(entry.get("calls", 1)), dict(entry.get("block", {})))  # fmt: skip
-    rows = 1 if layer.depthwise else len(layer.c_in)
-    for widths in (layer.c_in, layer.c_out):
-        if not widths or widths != sorted(set(widths)) or widths[0] < 1:
-            raise ValueError("widths must be sorted, distinct and positive")
-    if len(layer.ms) != rows or any(len(r) != len(layer.c_out) for r in layer.ms):
-        raise ValueError("the latency grid does not match its widths")
-    if any(not math.isfinite(v) or v < 0 for r in layer.ms for v in r) or layer.calls < 1:
-        raise ValueError("latencies must be finite and non-negative")
-    return layer
+def _settings(settings: object, layers: dict[str, LayerTable]) -> dict:
+    """A table's settings: an object whose counts a recalibration uses are in range; ``points`` filled in if absent."""
+    if not isinstance(settings, dict):
+        raise ValueError(f"settings must be an object, got {_shown(settings)}")
+    settings = dict(settings)
+    for key, high in (("processes", MAX_PROCESSES), ("runs", limits.MAX_CLASSES), ("warmup", limits.MAX_CLASSES),
+                      ("points", limits.MAX_CLASSES)):  # fmt: skip
+        if key in settings:
+            _integer(f"settings.{key}", settings[key], 0 if key in ("warmup", "points") else 1, high)
+    if "spin" in settings and not isinstance(settings["spin"], bool):
+        raise ValueError(f"settings.spin must be true or false, got {_shown(settings['spin'])}")
+    settings.setdefault("points", sum(len(t.c_out) * (1 if t.depthwise else len(t.c_in)) for t in layers.values()))
+    return settings
+
+
+def _layer_from(name: str, entry: object) -> LayerTable:
+    """One layer's entry, checked: sorted distinct widths in range and a finite non-negative latency per grid point
+    (a point can measure 0: the per-call overhead taken off)."""
+    what = f"layer {_shown(name)}"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{what} must be an object, got {_shown(entry)}")
+    _keys(what, entry, _LAYER_KEYS)
+    kind = entry["kind"]
+    if kind not in ("conv", "linear"):
+        raise ValueError(f"{what}: kind must be conv or linear, got {_shown(kind)}")
+    widths = []
+    for key in ("c_in", "c_out"):
+        values = entry[key]
+        if not isinstance(values, list) or not 1 <= len(values) <= MAX_GRID:
+            raise ValueError(f"{what}: {key} must be a list of 1 to {MAX_GRID} widths, got {_shown(values)}")
+        if not all(limits.is_int(c, 1, limits.MAX_CLASSES) for c in values) or values != sorted(set(values)):
+            raise ValueError(f"{what}: widths must be sorted, distinct and positive, got {_shown(values)}")
+        widths.append(values)
+    depthwise = entry.get("depthwise", False)
+    if not isinstance(depthwise, bool):
+        raise ValueError(f"{what}: depthwise must be true or false, got {_shown(depthwise)}")
+    rows, ms = 1 if depthwise else len(widths[0]), entry["ms"]
+    shaped = isinstance(ms, list) and len(ms) == rows
+    if not shaped or any(not isinstance(r, list) or len(r) != len(widths[1]) for r in ms):
+        raise ValueError(f"{what}: the latency grid does not match its widths")
+    if not all(limits.is_number(v, 0, MAX_MS) for r in ms for v in r):
+        raise ValueError(f"{what}: latencies must be finite and non-negative (at most {MAX_MS:g} ms)")
+    block = entry.get("block", {})
+    if not isinstance(block, dict):
+        raise ValueError(f"{what}: block must be an object, got {_shown(block)}")
+    calls = _integer(f"{what}: calls", entry.get("calls", 1), 1, limits.MAX_CLASSES)
+    return LayerTable(kind, list(widths[0]), list(widths[1]), [[float(v) for v in r] for r in ms], depthwise, calls,
+                      dict(block))  # fmt: skip
 
 
 # -- the grid -----------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ estimate and the backends' names so that ``from edgeprune.measure import ...`` k
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -252,6 +253,7 @@ def measure_prepared(
     device = str(resolve_device(device))  # a device that is not there: one line, before any process starts
     backends = check_backends(tuple(backends))
     _check_positive(runs=runs, warmup=warmup, batch_size=batch_size, threads=threads)
+    _check_memory(prepared, batch_size)
     threads = threads or default_threads()
     out: dict = {
         "model": prepared.source,
@@ -289,6 +291,17 @@ def measure_prepared(
             result["export"] = prepared.export
         out["backends"][backend] = result
     return out
+
+
+def _check_memory(prepared: Prepared, batch_size: int) -> None:
+    """Refuse a model whose weights plus ``batch_size`` x (input + layer outputs) exceed the memory available, before
+    a measuring process allocates them (an .onnx file's input and widths come from the file, --batch-size from the
+    user). Estimated from the complexity counts: 4 B per parameter, the rest of ``memory_bytes`` being outputs."""
+    from edgeprune import limits
+
+    params = 4 * prepared.totals["params"]
+    outputs = 4 * math.prod(prepared.input_shape) + max(0, prepared.totals["memory_bytes"] - params)
+    limits.check_memory(prepared.source, params, outputs, batch_size)
 
 
 def _conventions(precision: str) -> str:

@@ -40,6 +40,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from edgeprune import limits
 from edgeprune.complexity import BYTES_PER_VALUE, LayerShape, Profile
 from edgeprune.errors import EdgepruneError
 
@@ -97,12 +98,13 @@ def _fix_input(path: str | Path, value: Any, input_shape: tuple[int, ...] | None
     """Set the graph input to batch 1 and ``input_shape`` (checked against its static dims)."""
     dims = value.type.tensor_type.shape.dim
     declared = [d.dim_value if d.HasField("dim_value") else None for d in dims][1:]
-    shown = "x".join(str(d or "?") for d in declared)
+    shown = "x".join("?" if d is None else str(d) for d in declared)
     if input_shape is None:
         if None in declared or not declared:
             raise EdgepruneError(f"{path}: the input's size is not fixed ({shown}); give it (--input-size)")
         input_shape = tuple(declared)  # type: ignore[arg-type]
-    input_shape = tuple(int(d) for d in input_shape)
+    # the file's own dims meet the caps of --input-size (a declared 3x100000x100000 is 112 GiB; a 0 divides by 0)
+    input_shape = limits.check_input_shape([int(d) for d in input_shape], f"{path}: the input")
     if len(input_shape) != len(declared) or any(d not in (None, s) for d, s in zip(declared, input_shape)):
         wanted = "x".join(map(str, input_shape))
         raise EdgepruneError(f"{path}: the model takes {shown} inputs, not {wanted}")
@@ -281,7 +283,17 @@ def _infer(
         except Exception:  # not installed, or an op it does not know
             pass
     if missing():
+        _check_graph_memory(path, model, shapes)  # the run below allocates every value the graph computes
         shapes.update(_measure(path, model, missing(), input_value, shape))
+
+
+def _check_graph_memory(path: str | Path, model: Any, shapes: dict[str, Shape]) -> None:
+    """Refuse a graph whose known values at batch 1 (its weights, input and every inferred output, 4 B each)
+    exceed the memory available, before onnxruntime allocates them."""
+    stored = {t.name for t in model.graph.initializer}
+    sizes = {name: BYTES_PER_VALUE * math.prod(s) for name, s in shapes.items()}
+    weights = sum(size for name, size in sizes.items() if name in stored)
+    limits.check_memory(str(path), weights, sum(sizes.values()) - weights)
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ still to do retrains its seed's full model, deterministically, when no checkpoin
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import statistics
@@ -39,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeprune import cluster
+from edgeprune import cluster, limits
 from edgeprune.cluster import CRASH_ENV, MAX_RETRIES, NOT_COMPARABLE, RayOptions, crash_hook, hosts, node_info
 from edgeprune.complexity import reduction
 from edgeprune.costs import STATIC
@@ -58,6 +59,8 @@ CONVENTIONAL = ("l1", "nuclear")
 BASELINES = ("l1", "nuclear", "uniform", "unweighted")
 RECORD = "record.json"  # a finished run's record, in its folder
 RECORD_FORMAT = "edgeprune-run-record/1"
+MAX_SECONDS = 1e9  # any duration in a record (31 years): finite sums, never an overflow
+MAX_COUNT = 2**62  # parameters, FLOPs and bytes in a record
 # The settings that decide a run's result (threads and device do not: a record made with others is still it)
 RESULT_SETTINGS = ("model", "width", "model_args", "num_classes", "step", "conventional_layers", "optimizer", "lr",
                    "batch_size", "calibration_images", "also")  # fmt: skip
@@ -220,27 +223,118 @@ def record_key(ctx: RunContext, method: str, mode: str, seed: int, epochs: int) 
     budget = {} if method == "full" else s.budget(mode)
     key.update(data=data_signature(ctx.data), method=method, mode=mode, seed=seed, budget=budget,
                epochs=stage_epochs(s, method, epochs))  # fmt: skip
+    content = getattr(ctx.data, "content_hash", None)
+    if content is not None:  # name and sizes stay the same when images are swapped between classes; this does not
+        key["data"]["content_hash"] = content
     return json.loads(json.dumps(key))
 
 
 def stored_record(ctx: RunContext, tag: str, key: dict) -> RunRecord | None:
-    """The run's record in ``out/tag/record.json`` when resuming, else None; a record of other settings is
-    refused, not rerun over."""
+    """The run's record in ``out/tag/record.json`` when resuming, else None; a record that is malformed, out of range
+    or of other settings or data (its content hash) is refused, not rerun over."""
     path = ctx.out / tag / RECORD
     if not ctx.resume or not path.is_file():
         return None
+    saved = limits.read_json(path, "a run record")
     try:
-        saved = json.loads(path.read_text())
-        if saved.get("format") != RECORD_FORMAT:
-            raise ValueError(f"format {saved.get('format')!r}")
-        stored, record = saved["key"], RunRecord(**saved["record"])
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        if not isinstance(saved, dict) or saved.get("format") != RECORD_FORMAT:
+            raise ValueError(f"format {_shown(saved.get('format') if isinstance(saved, dict) else saved)}")
+        if set(saved) != {"format", "key", "record"} or not isinstance(saved["key"], dict):
+            raise ValueError("expected format, key and record")
+        stored, record = saved["key"], check_record(saved["record"])
+    except ValueError as e:
         raise EdgepruneError(f"{path}: not a run record of this version ({e}); delete it to rerun the run") from None
     if stored != key:
-        raise EdgepruneError(f"{path}: recorded with other settings ({describe_difference(stored, key)}); "
-                             "resume with the same settings or use another --out")  # fmt: skip
+        raise EdgepruneError(f"{path}: {_key_difference(stored, key)}; resume with the same settings and data or "
+                             "use another --out")  # fmt: skip
+    ran = (key["method"], key["mode"], key["seed"], sum(key["epochs"]) if isinstance(key["epochs"], list) else
+           key["epochs"])  # fmt: skip
+    if (record.method, record.mode, record.seed, record.epochs) != ran:  # a record edited, or copied from another run
+        raise EdgepruneError(f"{path}: its record is of another run ({record.method} {record.mode}, seed "
+                             f"{record.seed}, {record.epochs} epochs) than its key; delete it to rerun it")  # fmt: skip
     ctx.log(f"[seed {record.seed}] {record.method} {record.mode}: read back from {tag}/{RECORD}")
     return record
+
+
+def _key_difference(stored: dict, key: dict) -> str:
+    """Why a record's key is not this run's: other data (its content hash) or other settings."""
+    old, new = stored.get("data"), key.get("data")
+    if isinstance(old, dict) and isinstance(new, dict) and "content_hash" in new:
+        old_sizes, new_sizes = ({k: v for k, v in d.items() if k != "content_hash"} for d in (old, new))
+        if old_sizes == new_sizes and {**stored, "data": None} == {**key, "data": None}:
+            if "content_hash" not in old:
+                return ("recorded without the data set's content hash (an older edgeprune): nothing shows it ran on "
+                        "this data")  # fmt: skip
+            return (f"recorded on other data: same name and sizes, other images or labels (content hash "
+                    f"{_shown(old['content_hash'])} then, {new['content_hash'][:16]}... now)")  # fmt: skip
+    return f"recorded with other settings ({describe_difference(stored, key)})"
+
+
+def _shown(value: object) -> str:
+    """A value from a file for a one-line message, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_RUN_METHODS = ("full", *AT_INIT, *CONVENTIONAL)
+_HISTORY_RANGES = {"epoch": (1, limits.MAX_EPOCHS), "stage": (0, 1), "test_acc": (0, 1), "train_acc": (0, 1),
+                   "epoch_seconds": (0, MAX_SECONDS), "eval_seconds": (0, MAX_SECONDS),
+                   "train_seconds": (0, MAX_SECONDS), "images_per_s": (0, MAX_COUNT), "lr": (0, MAX_COUNT)}  # fmt: skip
+
+
+def check_record(data: object) -> RunRecord:
+    """A run record read from a file: exactly RunRecord's fields, each typed, finite and in range (accuracy a
+    fraction in [0, 1], seconds >= 0, epochs the history's length); ValueError (one line) names the first bad one."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a record is an object, got {_shown(data)}")
+    names = [f.name for f in dataclasses.fields(RunRecord)]
+    missing, extra = [n for n in names[:-1] if n not in data], sorted(set(data) - set(names), key=str)
+    if missing or extra:
+        raise ValueError(f"missing '{missing[0]}'" if missing else f"unknown field {_shown(extra[0])}")
+    d = data
+    checks = [
+        ("method", isinstance(d["method"], str) and d["method"] in _RUN_METHODS, f"one of {', '.join(_RUN_METHODS)}"),
+        ("mode", d["mode"] == "-" if d["method"] == "full" else isinstance(d["mode"], str) and d["mode"] in STATIC,
+         "'-' for the full model, else a cost"),
+        ("seed", limits.is_int(d["seed"], 0, 2**32 - 1), "an integer in [0, 2**32 - 1]"),
+        ("target", limits.is_number(d["target"], 0, MAX_COUNT) or (isinstance(d["target"], str)
+                                                                    and 0 < len(d["target"]) <= 64), "a target"),
+        ("test_accuracy", limits.is_number(d["test_accuracy"], 0, 1), "a fraction in [0, 1]"),
+        *((k, limits.is_int(d[k], 0, MAX_COUNT), "an integer >= 0") for k in ("params", "flops", "memory_bytes")),
+        *((k, limits.is_number(d[k], 0, MAX_SECONDS), "a number of seconds >= 0")
+          for k in ("train_seconds", "pretrain_seconds")),
+        ("epochs", limits.is_int(d["epochs"], 1, limits.MAX_EPOCHS), f"an integer in [1, {limits.MAX_EPOCHS}]"),
+        ("history", isinstance(d["history"], list) and len(d["history"]) == d["epochs"], "one entry per epoch"),
+        ("nodes", isinstance(d.get("nodes", []), list), "a list"),
+    ]  # fmt: skip
+    for name, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"{name} must be {expected}, got {_shown(d.get(name))}")
+    if d["pretrain_seconds"] > d["train_seconds"]:
+        raise ValueError(f"pretrain_seconds {d['pretrain_seconds']} exceeds train_seconds {d['train_seconds']}")
+    for i, h in enumerate(d["history"]):
+        _check_epoch(i, h)
+    for node in d.get("nodes", []):
+        if not (isinstance(node, dict) and isinstance(node.get("hostname"), str)
+                and all(isinstance(v, str) or v is None for v in node.values())):  # fmt: skip
+            raise ValueError(f"a node must be {{hostname, ray_node_id}}, got {_shown(node)}")
+    return RunRecord(**{k: v for k, v in d.items()})
+
+
+def _check_epoch(i: int, h: object) -> None:
+    """One epoch of a record's history: finite numbers (or null), the known ones in range, epoch_seconds present."""
+    if not isinstance(h, dict) or not isinstance(h.get("epoch_seconds"), (int, float)):
+        raise ValueError(f"history[{i}] must be an object with epoch_seconds, got {_shown(h)}")
+    for k, v in h.items():
+        low, high = _HISTORY_RANGES.get(k, (-MAX_COUNT, MAX_COUNT))
+        integer = k in ("epoch", "stage")
+        if integer:
+            ok = limits.is_int(v, low, high)
+        else:
+            ok = (v is None and k != "epoch_seconds") or limits.is_number(v, low, high)
+        if not ok:  # training stops at a non-finite loss: a legitimate record holds finite numbers only
+            raise ValueError(f"history[{i}].{k} must be {'an integer' if integer else 'a finite number'} in "
+                             f"[{low:g}, {high:g}], got {_shown(v)}")  # fmt: skip
 
 
 def save_record(ctx: RunContext, tag: str, key: dict, record: RunRecord) -> RunRecord:
@@ -263,8 +357,8 @@ def records_from_summary(summary: dict, data: ImageDataset, out_dir: str | Path)
     folders written (one that has a record keeps it)."""
     try:
         settings = CompareSettings(**summary["settings"])
-        records = [RunRecord(**r) for r in summary["runs"]]
-    except (KeyError, TypeError) as e:
+        records = [check_record(r) for r in summary["runs"]]
+    except (KeyError, TypeError, ValueError) as e:
         raise EdgepruneError(f"not a comparison summary with run records ({e})") from None
     ctx = make_context(settings, data, out_dir)
     written = []

@@ -13,8 +13,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,10 @@ from edgeprune.criteria import check_criterion, filter_scores
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import ChannelGroup, analyse, build_graph, cut
 from edgeprune.trace import record_shapes
+
+if TYPE_CHECKING:
+    from edgeprune.cluster import RayOptions
+    from edgeprune.data import ImageDataset
 
 SELECTIONS = ("weighted", "uniform", "ratio")  # Algorithm 1, its unweighted lottery, one ratio for all
 
@@ -65,6 +69,8 @@ class PrunePlan:
     table: LayerTimes | None = None  # the latency table, when latency is one of the costs
     latency: dict = field(default_factory=dict)  # predicted vs measured latency and the re-plans (latency budgets)
     bound_last: list[str] = field(default_factory=list)  # the costs still over their limits before the last step
+    fill: dict = field(default_factory=dict)  # what the fill pass gave back, in which order, and each limit's slack
+    search: dict = field(default_factory=dict)  # the candidates drawn and scored (edgeprune.search), when K > 1
 
     def to_dict(self, criterion: str) -> dict:
         """Everything about one pruning run, JSON-ready (the content of report.json)."""
@@ -109,6 +115,8 @@ class PrunePlan:
                 for layer in before.layers
             ],
             "steps": [asdict(s) for s in self.steps],
+            **({"fill": self.fill} if self.fill else {}),
+            **({"search": self.search} if self.search else {}),
         }
         if self.latency:
             out["budget"]["latency"].update(after=self.latency["measured_ms"], met=self.latency["met"])
@@ -119,15 +127,16 @@ class PrunePlan:
 
 
 class _State:
-    """Mutable layer shapes while the plan is made."""
+    """Mutable layer shapes (and parameters outside layers) while the plan is made."""
 
     def __init__(self, prof: Profile):
         self.prof = prof
         self.shapes: dict[str, LayerShape] = prof.by_name()
+        self.other = prof.other_params  # shrinks with a norm no layer owns (ChannelGroup.extra)
 
     def profile(self) -> Profile:
         """The current shapes as a Profile."""
-        return Profile(list(self.shapes.values()), self.prof.input_shape, self.prof.other_params)
+        return Profile(list(self.shapes.values()), self.prof.input_shape, self.other)
 
     def total(self, cost: Cost) -> float:
         return cost.total(self.profile())
@@ -136,13 +145,46 @@ class _State:
         """The member layers' shapes after removing ``slots`` of ``group``."""
         return group.shrunk(self.shapes, slots)
 
-    def total_after(self, group: ChannelGroup, slots: list[int], cost: Cost, current: float) -> float:
-        new = self.shrunk(group, slots)
-        return current - sum(cost.layer(self.shapes[k]) for k in new) + sum(cost.layer(s) for s in new.values())
+    def changed(self, group: ChannelGroup, slots: list[int], grow: bool = False) -> tuple[dict[str, LayerShape], int]:
+        """The member layers' shapes and the parameters outside layers after removing (or giving back) ``slots``."""
+        if grow:
+            return _grown(self.shapes, group, slots), self.other + group.extra_params(slots)
+        return group.shrunk(self.shapes, slots), self.other - group.extra_params(slots)
+
+    def total_after(self, group: ChannelGroup, slots: list[int], cost: Cost, current: float,
+                    grow: bool = False) -> float:  # fmt: skip
+        new, other = self.changed(group, slots, grow)
+        # the same sum in the same order as Algorithm 1 always did: plans stay bit-identical
+        value = current - sum(cost.layer(self.shapes[k]) for k in new) + sum(cost.layer(s) for s in new.values())
+        if other != self.other:
+            value += self._extra(cost, other) - self._extra(cost, self.other)
+        return int(value) if cost.integer else value
+
+    def _extra(self, cost: Cost, other: int) -> float:
+        return cost.extra(Profile([], self.prof.input_shape, other))
+
+    def apply(self, group: ChannelGroup, slots: list[int], grow: bool = False) -> None:
+        """Remove (or give back) ``slots`` of ``group``."""
+        new, self.other = self.changed(group, slots, grow)
+        self.shapes.update(new)
 
     def weight(self, group: ChannelGroup, cost: Cost) -> float:
         """The complexity of the layers whose filters the group removes."""
         return sum(cost.layer(self.shapes[layer]) for layer in set(group.out_layers))
+
+
+def _grown(shapes: dict[str, LayerShape], group: ChannelGroup, slots: list[int]) -> dict[str, LayerShape]:
+    """The member layers' shapes after giving back ``slots`` (positions in the original width) of ``group``."""
+    added = group.channels(slots)
+    new = {m.layer: shapes[m.layer] for m in group.members}
+    for m in group.members:
+        n = sum(m.counts[i] for i in added)
+        s = new[m.layer]
+        if s.depthwise:  # resized() keeps the narrower side of a depthwise conv: grow both
+            new[m.layer] = s.resized(c_in=s.c_in + n, c_out=s.c_out + n)
+        else:
+            new[m.layer] = s.resized(c_out=s.c_out + n) if m.dim == "out" else s.resized(c_in=s.c_in + n)
+    return new
 
 
 def _meets(state: _State, group: ChannelGroup, slots: list[int], budget: dict[str, float],
@@ -227,7 +269,7 @@ def _floor_state(prof: Profile, prunable: list[ChannelGroup], floors: dict[str, 
     """The shapes with every prunable group cut to its floor (its first ``floors`` slots kept)."""
     state = _State(prof)
     for g in prunable:
-        state.shapes.update(state.shrunk(g, list(range(floors[g.name], g.slots))))
+        state.apply(g, list(range(floors[g.name], g.slots)))
     return state
 
 
@@ -242,8 +284,9 @@ def floor_plan(prof: Profile, groups: list[ChannelGroup], min_filters: int = 1, 
     return PrunePlan("floor", 0, prof, after, groups, _kept_channels(groups, slots), [], settings)
 
 
-def _check_budget(budget: dict[str, float], floor: _State, min_filters: int, costs: dict[str, Cost]) -> None:
-    """Refuse an unreachable combination up front, naming the cost and its smallest reachable value."""
+def _check_budget(budget: dict[str, float], floor: _State, how: str, costs: dict[str, Cost]) -> None:
+    """Refuse an unreachable combination up front, naming the cost, its smallest reachable value and ``how`` that
+    smallest network is made (``_floor_text``)."""
     if not budget:
         raise EdgepruneError("no budget given: name at least one cost and its limit")
     for name, limit in budget.items():
@@ -252,9 +295,26 @@ def _check_budget(budget: dict[str, float], floor: _State, min_filters: int, cos
         if smallest > limit:
             limit_text, smallest_text = (f"{v:,}" if cost.integer else cost.human(v) for v in (limit, smallest))
             raise EdgepruneError(
-                f"target {limit_text} {name} is unreachable: with every prunable layer at {min_filters} "
-                f"filter(s) the smallest reachable is {smallest_text} {name}"
+                f"target {limit_text} {name} is unreachable: the smallest reachable is {smallest_text} {name}, {how}"
             )
+
+
+def _floor_text(groups: list[ChannelGroup], prunable: list[ChannelGroup], floors: dict[str, int], round_to: int) -> str:
+    """The filters the floor network keeps, as they are: ``min_filters`` rounded up to whole ``round_to`` steps (and
+    channel groups), the layers narrower than that kept whole (it said '1 filter(s)' at --round-to 1000)."""
+    kept = sorted({floors[g.name] * g.unit for g in prunable})
+    cut = {g.name for g in prunable}
+    whole = sum(1 for g in groups if g.prunable and g.name not in cut)
+    count = "" if not kept else f"{kept[0]:,}" if len(kept) == 1 else f"{kept[0]:,} to {kept[-1]:,}"
+    if round_to == 1:
+        text = f"with every prunable layer at {count} filter(s)" if kept else "with no prunable layer it can cut"
+        return text + (f" ({whole} no wider than that kept whole)" if whole and kept else "")
+    if not kept:
+        return f"with no prunable layer wide enough to cut to a multiple of {round_to:,} filters ({whole} kept whole)"
+    if not whole:
+        return f"with every prunable layer at {count} filters (multiples of round-to {round_to:,})"
+    return (f"with the prunable layers wide enough at {count} filters (multiples of round-to {round_to:,}) and "
+            f"{whole} narrower one(s) kept whole")  # fmt: skip
 
 
 def _weights(state: _State, active: list[ChannelGroup], over: dict[str, float], totals: dict[str, float],
@@ -282,12 +342,15 @@ def make_budget_plan(
     selection: str = "weighted",
     round_to: int = 1,
     table: LayerTimes | None = None,
+    *,
+    fill: bool = False,
 ) -> PrunePlan:
     """Algorithm 1 against several limits at once (SPEC, multi-budget): loop while any cost is over its limit.
 
     With one cost it is the paper's algorithm exactly (same seed, same plan). ``round_to`` N makes every
     pruned group keep a multiple of N channels (a group narrower than N is left as it is). ``table`` is
-    the latency table a ``latency`` limit is planned with (``edgeprune.lut``).
+    the latency table a ``latency`` limit is planned with (``edgeprune.lut``). ``fill`` gives filters back
+    after the lottery stops while every limit holds (``_fill``); off, the plan is the paper's stopping rule.
     """
     check_seed(seed)
     if not 0 < step < 1:
@@ -303,17 +366,23 @@ def make_budget_plan(
     floors = {g.name: _floor_slots(g, min_filters, round_to) for g in groups}  # in slots
     prunable = _prunable(groups, floors, round_to)
     state = _State(prof)
-    _check_budget(budget, _floor_state(prof, prunable, floors), min_filters, costs)
+    _check_budget(budget, _floor_state(prof, prunable, floors), _floor_text(groups, prunable, floors, round_to), costs)
     mode, target = next(iter(budget.items()))
     # Separate streams for the layer lottery and the random filter choice: the layers drawn (and so the
     # widths) then depend on the seed alone, not on the criterion, and a conventional pipeline's
     # network has exactly the widths of the direct pipeline's for the same seed.
     lottery, picker = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     slots = {g.name: list(range(g.slots)) for g in groups}  # the slots each group keeps
-    settings = {"step": step, "seed": seed, "min_filters": min_filters, "selection": selection, "round_to": round_to}
+    settings = {"step": step, "seed": seed, "min_filters": min_filters, "selection": selection, "round_to": round_to,
+                "fill": bool(fill)}  # fmt: skip
     if selection == "ratio":
-        plan = _ratio_plan(prof, groups, prunable, budget, scores, floors, picker, slots, settings, round_to, costs)
+        plan, state = _ratio_plan(prof, groups, prunable, budget, scores, floors, picker, slots, settings, round_to,
+                                  costs)  # fmt: skip
         plan.table = table
+        if fill:
+            current = {k: state.total(costs[k]) for k in budget}
+            plan.fill = _fill(state, prunable, slots, budget, costs, current, round_to, scores, picker)
+            plan.after, plan.keep = state.profile(), _kept_channels(groups, slots)
         return plan
     totals = {k: costs[k].total(prof) for k in budget}
     current = dict(totals)
@@ -336,7 +405,7 @@ def make_budget_plan(
         removed = _choose(remaining, n, _slot_scores(group, scores), picker)
         slots[group.name] = [i for i in remaining if i not in set(removed)]
         current = {k: state.total_after(group, removed, costs[k], current[k]) for k in budget}
-        state.shapes.update(state.shrunk(group, removed))
+        state.apply(group, removed)
         width = len(remaining) * group.unit
         exact = len(over) == 1 and selection != "uniform" and costs[next(iter(over))].integer
         weight = int(weights[pick]) if exact else float(weights[pick])
@@ -344,10 +413,113 @@ def make_budget_plan(
             Step(len(steps) + 1, group.name, weight, float(probs[pick]), group.channels(removed),
                  width - len(removed) * group.unit, current[mode])
         )  # fmt: skip
-    after = Profile(list(state.shapes.values()), prof.input_shape, prof.other_params)
-    plan = PrunePlan(mode, target, prof, after, groups, _kept_channels(groups, slots), steps, settings)
-    plan.budget, plan.bound_last, plan.table = budget, bound_last, table
+    fill_log = _fill(state, prunable, slots, budget, costs, current, round_to, scores, picker) if fill else {}
+    plan = PrunePlan(mode, target, prof, state.profile(), groups, _kept_channels(groups, slots), steps, settings)
+    plan.budget, plan.bound_last, plan.table, plan.fill = budget, bound_last, table, fill_log
     return plan
+
+
+FILL_ORDER = (
+    "one step at a time (round_to channels, or what is left of the group), to the group the complexity weighting "
+    "would cut least (the smallest sum of its shares of the budget's costs; ties in execution order), while every "
+    "limit holds"
+)
+FILL_TOLERANCE = 0.01  # a binding limit ends within 1 % under when the granularity allows
+
+
+def _fill(state: _State, prunable: list[ChannelGroup], slots: dict[str, list[int]], budget: dict[str, float],
+          costs: dict[str, Cost], current: dict[str, float], round_to: int, scores: dict[str, np.ndarray] | None,
+          rng: np.random.Generator) -> dict:  # fmt: skip
+    """Give slots back after the lottery stops while every limit holds (SPEC, filling); updates ``state`` and
+    ``slots`` and returns the log: the order, what went back, and each limit's slack and granularity.
+
+    The lottery's last step already lands just under the limit it was sized for, but the limits it was not
+    sized for, a big ``round_to`` or width scaling's rounding leave room a user paid for; this spends it.
+    """
+    parent = {k: costs[k].total(state.prof) for k in budget}
+    given: dict[str, int] = {}
+    closed: set[str] = set()  # costs only grow as slots go back: a step that does not fit never will
+    while True:
+        open_groups = [g for g in prunable if g.name not in closed and len(slots[g.name]) < g.slots]
+        weight = {g.name: sum(state.weight(g, costs[k]) / parent[k] for k in budget) for g in open_groups}
+        for g in sorted(open_groups, key=lambda g: weight[g.name]):  # stable: ties keep execution order
+            removed = _removed(g, slots[g.name])
+            n = _give_back_count(g, len(slots[g.name]), round_to)
+            after = {k: state.total_after(g, removed[:n], costs[k], current[k], grow=True) for k in budget}
+            if all(after[k] <= limit for k, limit in budget.items()):
+                back = _restore(removed, n, _slot_scores(g, scores), rng)  # which slots: the count decides the cost
+                state.apply(g, back, grow=True)
+                current = after
+                slots[g.name] = sorted(slots[g.name] + back)
+                given[g.name] = given.get(g.name, 0) + n * g.unit
+                break
+            closed.add(g.name)
+        else:
+            break
+    return {
+        "order": FILL_ORDER,
+        "channels_given_back": sum(given.values()),
+        "groups": given,
+        "limits": _slack(state, prunable, slots, budget, costs, current, round_to),
+    }
+
+
+def _removed(group: ChannelGroup, kept: list[int]) -> list[int]:
+    """The slots of ``group`` not in ``kept``, in order."""
+    keep = set(kept)
+    return [i for i in range(group.slots) if i not in keep]
+
+
+def _give_back_count(group: ChannelGroup, kept: int, round_to: int) -> int:
+    """Slots one fill step gives back: a whole quantum, or what is left of the group (back to its full width)."""
+    return min(_quantum(group, round_to), group.slots - kept)
+
+
+def _restore(removed: list[int], n: int, scores: np.ndarray | None, rng: np.random.Generator) -> list[int]:
+    """Pick ``n`` removed slots to give back: at random, or the highest-scoring (ties by index)."""
+    if scores is None:
+        return sorted(int(i) for i in rng.choice(removed, size=n, replace=False))
+    return sorted(sorted(removed, key=lambda i: (-scores[i], i))[:n])
+
+
+def _slack(state: _State, prunable: list[ChannelGroup], slots: dict[str, list[int]], budget: dict[str, float],
+           costs: dict[str, Cost], current: dict[str, float], round_to: int) -> dict[str, dict]:  # fmt: skip
+    """Each limit after filling: its slack, the finest step it could still take, and why it ends where it does."""
+    out = {}
+    for k, limit in budget.items():
+        steps = []
+        for g in prunable:
+            if len(slots[g.name]) < g.slots:
+                removed = _removed(g, slots[g.name])
+                n = _give_back_count(g, len(slots[g.name]), round_to)
+                steps.append(state.total_after(g, removed[:n], costs[k], current[k], grow=True) - current[k])
+        finest = min(steps) if steps else None
+        slack = limit - current[k]
+        within = slack <= FILL_TOLERANCE * limit
+        entry = {
+            "limit": limit,
+            "after": current[k],
+            "slack_pct": 100 * slack / limit,
+            "within_1pct": within,
+            "finest_step": finest,
+            "finest_step_pct": None if finest is None else 100 * finest / limit,
+        }
+        if within:
+            entry["why"] = "met within 1 %"
+        elif finest is None:
+            entry["why"] = "every prunable group is back at its full width"
+        elif finest > slack:
+            entry["why"] = (f"granularity: the smallest step that could go back adds {_text(costs[k], finest)} "
+                            f"{k} ({100 * finest / limit:.2f} % of the limit), more than the slack")  # fmt: skip
+        else:
+            entry["why"] = "not binding: every step that fits it breaks another limit"
+        out[k] = entry
+    return out
+
+
+def _text(cost: Cost, value: float) -> str:
+    """A cost value for a message: exact counts with separators, else the cost's own format."""
+    return f"{int(value):,}" if cost.integer else cost.human(value)
 
 
 def _kept_channels(groups: list[ChannelGroup], slots: dict[str, list[int]]) -> dict[str, list[int]]:
@@ -367,7 +539,7 @@ def _ratio_plan(
     settings: dict,
     round_to: int,
     costs: dict[str, Cost],
-) -> PrunePlan:
+) -> tuple[PrunePlan, _State]:
     """Remove the same fraction r of every prunable group's filters, r the smallest that meets every limit.
 
     This is uniform width scaling when filters are chosen at random at initialisation, and the
@@ -385,7 +557,7 @@ def _ratio_plan(
         state = _State(prof)
         counts = {g.name: count(g, ratio) for g in prunable}
         for g in prunable:
-            state.shapes.update(state.shrunk(g, list(range(counts[g.name]))))
+            state.apply(g, list(range(counts[g.name])))
         return state, counts
 
     def fits(state: _State) -> bool:
@@ -400,12 +572,12 @@ def _ratio_plan(
     for g in prunable:
         removed = set(_choose(slots[g.name], counts[g.name], _slot_scores(g, scores), rng))
         slots[g.name] = [i for i in slots[g.name] if i not in removed]
-        after_shapes.shapes.update(after_shapes.shrunk(g, sorted(removed)))
-    after = Profile(list(after_shapes.shapes.values()), prof.input_shape, prof.other_params)
+        after_shapes.apply(g, sorted(removed))
+    after = after_shapes.profile()
     mode, target = next(iter(budget.items()))
     plan = PrunePlan(mode, target, prof, after, groups, _kept_channels(groups, slots), [], {**settings, "ratio": hi})
     plan.budget = budget
-    return plan
+    return plan, after_shapes
 
 
 def _choose(remaining: list[int], n: int, scores: np.ndarray | None, rng: np.random.Generator) -> list[int]:
@@ -438,6 +610,10 @@ def apply_plan(
             got = f"{layer.c_in}->{layer.c_out}"
             raise EdgepruneError(f"pruned layer {layer.name} is {got}, the plan expected "
                                  f"{f'{want.c_in}->{want.c_out}' if want else 'no such layer'}")  # fmt: skip
+    if actual.other_params != plan.after.other_params:
+        # a parameter outside the layers that the graph cut and the plan did not count (a custom module's
+        # per-channel vector): the report must give the totals of the model written, so take the recount
+        plan.after = replace(plan.after, other_params=actual.other_params)
     return model
 
 
@@ -484,6 +660,13 @@ def prune(
     table: LayerTimes | None = None,
     measure: Measure | None = None,
     attempts: int = 4,
+    *,
+    fill: bool = False,
+    candidates: int = 1,
+    candidate_kinds: Sequence[str] | None = None,
+    proxy: str = "flops",
+    data: ImageDataset | None = None,
+    ray: RayOptions | None = None,
 ) -> PruneResult:
     """Prune a copy of ``model`` with Algorithm 1 to ``target`` in ``mode``, or to every limit of ``budget``.
 
@@ -492,6 +675,12 @@ def prune(
     latency table's). ``keep`` names layers whose filters must stay (besides the output layers, which always
     do). A latency limit needs ``table`` (``edgeprune.lut.load_table``); the pruned model is then measured
     (``measure``, default: on the table's backend and threads) and re-planned up to ``attempts`` times.
+
+    ``fill`` gives filters back after the lottery stops while every limit holds (off, the default here: the
+    paper's stopping rule). ``candidates`` K > 1 (or ``candidate_kinds`` beyond ``selection``) draws K plans
+    per kind (``edgeprune.search``) and keeps the one ``proxy`` ranks best; ``data`` is the training images a
+    data-driven proxy reads (never its test split); ``ray`` scores the candidates as Ray tasks. K = 1 without
+    fill is Algorithm 1's plan exactly.
     """
     if (budget is None) == (mode is None or target is None):
         raise EdgepruneError("give either mode and target, or a budget of several costs (not both)")
@@ -517,14 +706,28 @@ def prune(
     bns = {layer.name: layer.bn for layer in prof.layers}
     scores = filter_scores(model, [(g.name, bns.get(g.name)) for g in groups if g.prunable], criterion, calibration)
 
+    kinds = tuple(candidate_kinds) if candidate_kinds is not None else (selection,)
+    chosen = {"selection": selection, "seed": seed}  # the search's kept candidate, when there is a search
+
     def plan_for(limits_now: dict[str, float]) -> PrunePlan:
-        return make_budget_plan(prof, groups, limits_now, step, seed, scores, min_filters, selection, round_to, table)
+        return make_budget_plan(prof, groups, limits_now, step, chosen["seed"], scores, min_filters,
+                                chosen["selection"], round_to, table, fill=fill)  # fmt: skip
 
     first = dict(absolute)
     if "latency" in absolute:
         smallest = get_cost("latency", table).total(floor_plan(prof, groups, min_filters, round_to).after)
         first["latency"] = _first_limit(table, absolute["latency"], smallest)
-    plan = plan_for(first)
+    found = None
+    if candidates != 1 or kinds != (selection,):
+        from edgeprune.search import search  # search sits above pruning (it cuts and trains): loaded when asked for
+
+        found = search(model, prof, first, k=candidates, kinds=kinds, proxy=proxy, seed=seed, data=data,
+                       example=example, step=step, scores=scores, min_filters=min_filters, round_to=round_to,
+                       table=table, fill=fill, ray=ray)  # fmt: skip
+        chosen.update(selection=found.kept.kind, seed=found.kept.seed)
+        plan = found.kept.plan
+    else:
+        plan = plan_for(first)
     apply_plan(pruned, plan, example, graph)
     if "latency" in absolute:
         measure = measure or _default_measure(table, tuple(example.shape[1:]), model)
@@ -533,6 +736,8 @@ def prune(
     plan.settings["prune_residual"] = prune_residual
     if keep:
         plan.settings["keep"] = list(keep)
+    if found is not None:
+        plan.search = found.to_dict()
     return PruneResult(pruned, plan, criterion)
 
 
