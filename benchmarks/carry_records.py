@@ -17,15 +17,17 @@ A run folder that already has a record keeps it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 from pathlib import Path
 
+from common import parser
+
 from edgeprune.data import load_dataset
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipelines import RECORD, records_from_summary
+from edgeprune.pipelines import records_from_summary
+from edgeprune.records import RECORD
 
 
 def save(runs: Path, results: Path) -> list[str]:
@@ -59,7 +61,7 @@ def restore(results: Path, runs: Path, data_path: str | None) -> list[str]:
 
 def main() -> None:
     """Save or restore one study's records."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("save", help="runs/<study> -> docs/results/<study>/records/")
     s.add_argument("runs")

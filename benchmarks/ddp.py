@@ -12,7 +12,6 @@ ddp.json with the commands, date, commit, machine and every run's figures.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shutil
 import socket
@@ -21,6 +20,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from common import commit_id, utc_date, write_report
+from common import parser as common_parser
 
 from edgeprune.measure import machine_info
 
@@ -110,14 +112,13 @@ def render(result: dict) -> str:
 
 def main() -> None:
     """Run both configurations, write ddp.md and ddp.json."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common_parser(__doc__, results={"default": str(ROOT / "docs" / "results")})
     parser.add_argument("--model", default="resnet56")
     parser.add_argument("--data", default=str(ROOT / "data" / "cifar10-mini.tar.gz"))
     parser.add_argument("--limit-train", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--results", default=str(ROOT / "docs" / "results"))
     args = parser.parse_args()
     info = machine_info()
     figures: dict[str, list[dict]] = {"ddp": [], "single": []}
@@ -134,9 +135,9 @@ def main() -> None:
         }
         for k, v in figures.items()
     }
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = commit_id()
     result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_date("iso"),
         "commit": commit,
         "machine": info,
         "command": ["benchmarks/ddp.py", *sys.argv[1:]],
@@ -146,9 +147,7 @@ def main() -> None:
         "runs": figures,
     }
     results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "ddp.json").write_text(json.dumps(result, indent=2) + "\n")
-    (results / "ddp.md").write_text(render(result))
+    write_report(results / "ddp", render(result), result)
     print(render(result))
 
 

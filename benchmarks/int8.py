@@ -59,14 +59,17 @@ import time
 from pathlib import Path
 
 import torch
+from common import git_commit, parser, write_report
 from torch import nn
 
 import edgeprune
 from edgeprune.data import ImageDataset, load_dataset
+from edgeprune.energy import energy_estimate
 from edgeprune.errors import EdgepruneError
 from edgeprune.export import export_onnx
-from edgeprune.files import FolderLock, atomic_write, write_json
-from edgeprune.measure import Prepared, energy_estimate, latency_interleaved, machine_info, prepare
+from edgeprune.files import write_json
+from edgeprune.locks import FolderLock
+from edgeprune.measure import Prepared, latency_interleaved, machine_info, prepare
 from edgeprune.onnx_graph import onnx_profile
 from edgeprune.quantize import DEFAULT_METHOD, METHODS, int8_check, quantize_onnx
 from edgeprune.trace import record_shapes
@@ -107,7 +110,12 @@ QUICK = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, with ``--quick`` or full-run defaults filled in where an option was not given."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(
+        __doc__,
+        threads={"nargs": "+", "default": [1, 2], "help": "onnxruntime threads (default: 1 2)"},
+        results={"help": "folder for int8.md and int8.json (default docs/results; --quick: the work one)"},
+        quick="smoke test: tiny CNN, 256 images, 1 epoch, 5 timing rounds",
+    )
     p.add_argument("--models", nargs="+", help="zoo names (default: vgg16 mobilenetv2 resnet56; --quick: tiny)")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier of every model (default 1)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="pruning modes (default: all)")
@@ -119,14 +127,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="model initialisation, pruning, training and calibration")
     p.add_argument("--calibration-method", choices=METHODS, default=DEFAULT_METHOD)
     p.add_argument("--calibration-images", type=int, default=256)
-    p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="onnxruntime threads (default: 1 2)")
     p.add_argument("--runs", type=int, help="timed rounds per process (default 100; --quick: 5)")
     p.add_argument("--warmup", type=int, help="untimed rounds first (default 10; --quick: 2)")
     p.add_argument("--processes", type=int, help="fresh timing processes per thread count (default 3; --quick: 2)")
     p.add_argument("--no-spin", action="store_true", help="idle onnxruntime threads sleep instead of spin-waiting")
     p.add_argument("--work", help="trained models and .onnx files (default runs/int8-bench; --quick: runs/int8-quick)")
-    p.add_argument("--results", help="folder for int8.md and int8.json (default docs/results; --quick: the work one)")
-    p.add_argument("--quick", action="store_true", help="smoke test: tiny CNN, 256 images, 1 epoch, 5 timing rounds")
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -163,15 +168,6 @@ def cpu_int8_flags() -> dict:
         except OSError:
             source, flags = "unknown", []
     return {"source": source, **{flag: flag in flags for flag in CPU_FLAGS}}
-
-
-def git_commit() -> dict:
-    """The checked-out commit and whether the working tree differs from it."""
-
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain"))}
 
 
 def run_folder(args: argparse.Namespace, model: str, data: ImageDataset) -> Path:
@@ -308,9 +304,8 @@ def time_model(records: list[dict], args: argparse.Namespace) -> None:
     for threads in args.threads:
         medians: dict[str, list[float]] = {k: [] for k in files}
         for _ in range(args.processes):
-            lat = latency_interleaved(
-                prepared, "onnxruntime", args.runs, args.warmup, 1, threads, seed=args.seed, spin=not args.no_spin
-            )
+            options = {"runs": args.runs, "warmup": args.warmup, "threads": threads, "spin": not args.no_spin}
+            lat = latency_interleaved(prepared, "onnxruntime", seed=args.seed, **options)
             for k in files:
                 medians[k].append(lat[k]["latency_ms"]["median"])
         for r in records:
@@ -464,8 +459,7 @@ def write_results(result: dict, folder: Path) -> None:
     width = result["settings"]["width"]
     stem = "int8" if width == 1 else f"int8-w{width:g}"
     text = markdown(result)
-    atomic_write(folder / f"{stem}.md", lambda p: p.write_text(text))
-    write_json(folder / f"{stem}.json", result)
+    write_report(folder / stem, text, result)
     print(f"\n{text}\nwrote {folder / stem}.md and {folder / stem}.json")
 
 

@@ -66,18 +66,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import git_commit, parser, write_report
 from torch import nn
 
 import edgeprune
 from edgeprune.cpu import cpu_class, cpu_summary, reduce_range_for
-from edgeprune.data import ImageDataset, load_dataset
+from edgeprune.data import ImageDataset, Normalizer, load_dataset
 from edgeprune.errors import EdgepruneError
 from edgeprune.export import export_onnx
-from edgeprune.files import FolderLock, atomic_write, sha256_file, write_json
+from edgeprune.files import atomic_write, sha256_file, write_json
+from edgeprune.locks import FolderLock
 from edgeprune.measure import latency_interleaved, machine_info, prepare
 from edgeprune.quantize import int8_check, quantize_onnx
 from edgeprune.trace import record_shapes
-from edgeprune.train import CHECKPOINT_FILE, SUMMARY_FILE, Normalizer, TrainConfig, train
+from edgeprune.train import CHECKPOINT_FILE, SUMMARY_FILE, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 32, 32)
@@ -148,7 +150,12 @@ with open(f"{out_dir}/run.json", "w") as f:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, with ``--quick`` or full-run defaults filled in where an option was not given."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(
+        __doc__,
+        threads={"default": 1, "help": "threads for training, evaluation and latency (default 1)"},
+        results={"help": "folder for int8_target_cpu.md/.json (default docs/results)"},
+        quick="smoke run: tiny only, 1 epoch, 5 timing rounds",
+    )
     p.add_argument("--models", nargs="+", help="zoo names (default: tiny vgg16 resnet56 mobilenetv2; --quick: tiny)")
     p.add_argument("--width", type=float, default=0.25, help="width of every model but tiny (default 0.25)")
     p.add_argument("--tiny-width", type=float, default=1.0, help="width of the tiny CNN (default 1)")
@@ -158,7 +165,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tiny-epochs", type=int, help="training epochs of the tiny CNN (default 3; --quick: 1)")
     p.add_argument("--seed", type=int, default=0, help="model initialisation, pruning, training and calibration")
     p.add_argument("--calibration-images", type=int, default=256)
-    p.add_argument("--threads", type=int, default=1, help="threads for training, evaluation and latency (default 1)")
     p.add_argument("--emulate", default="Haswell", help="qemu CPU model without VNNI (default Haswell: AVX2 only)")
     p.add_argument("--no-emulate", action="store_true", help="skip the emulated-CPU accuracy")
     p.add_argument("--re-emulate", action="store_true", help="run every file under qemu again, reusing nothing")
@@ -166,8 +172,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, help="untimed rounds first (default 10; --quick: 2)")
     p.add_argument("--processes", type=int, help="fresh timing processes (default 3; --quick: 2)")
     p.add_argument("--work", help="trained models and .onnx files (default runs/int8-target-cpu)")
-    p.add_argument("--results", help="folder for int8_target_cpu.md/.json (default docs/results)")
-    p.add_argument("--quick", action="store_true", help="smoke run: tiny only, 1 epoch, 5 timing rounds")
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -184,15 +188,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be positive")
     return args
-
-
-def git_commit() -> dict:
-    """The checked-out commit and whether the working tree differs from it."""
-
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain"))}
 
 
 def width_of(name: str, args: argparse.Namespace) -> float:
@@ -442,7 +437,9 @@ def time_model(record: dict, args: argparse.Namespace) -> None:
     medians: dict[str, list[float]] = {k: [] for k in FILES}
     t0 = time.perf_counter()
     for _ in range(args.processes):
-        lat = latency_interleaved(prepared, "onnxruntime", args.runs, args.warmup, 1, args.threads, seed=args.seed)
+        lat = latency_interleaved(
+            prepared, "onnxruntime", runs=args.runs, warmup=args.warmup, threads=args.threads, seed=args.seed
+        )
         for k in FILES:
             medians[k].append(lat[k]["latency_ms"]["median"])
     ratios = [a / b for a, b in zip(medians["any"], medians["native"], strict=True)]
@@ -696,9 +693,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
 def write_results(result: dict, folder: Path) -> None:
     """int8_target_cpu.md and .json into ``folder``, each written atomically."""
     text = markdown(result)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / "int8_target_cpu.md", lambda p: p.write_text(text))
-    write_json(folder / "int8_target_cpu.json", result)
+    write_report(folder / "int8_target_cpu", text, result)
     print(f"\n{text}\nwrote {folder / 'int8_target_cpu.md'} and {folder / 'int8_target_cpu.json'}")
 
 

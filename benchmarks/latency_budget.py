@@ -4,7 +4,7 @@ For each model (``--models``, default vgg16 mobilenetv2 resnet56, built by ``edg
 default 1, input 3x32x32) and backend (``--backends``, default onnxruntime torch), at ``--threads`` 1 with idle
 threads sleeping (``spin=False``) everywhere:
 
-1. Latency table (``edgeprune.lut.build_table``: every conv/linear layer at a grid of widths, multiples of
+1. Latency table (``edgeprune.latency.build_table``: every conv/linear layer at a grid of widths, multiples of
    ``--round-to``, default 8; ``--table-runs`` rounds in ``--table-processes`` fresh processes), its build time
    and grid points; the parent's latency is the one the table measured (``measure_latency``). Each table is
    calibrated (``--calibrate``, default 0.75 0.5 0.3: uniform cuts and the smallest network timed whole beside
@@ -55,29 +55,24 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import git_commit, parser, write_report
 from torch import nn
 
 import edgeprune
+from edgeprune.backends import BACKENDS
 from edgeprune.data import ImageDataset, load_dataset
 from edgeprune.errors import EdgepruneError
-from edgeprune.files import FolderLock, atomic_write, write_json
-from edgeprune.lut import (
-    CALIBRATION,
-    DEFAULT_ROUND_TO,
-    LatencyTable,
-    build_table,
-    calibrate,
-    load_table,
-    measure_latency,
-)
-from edgeprune.measure import BACKENDS, Prepared, latency_interleaved, machine_info, prepare
+from edgeprune.files import write_json
+from edgeprune.latency import build_table, calibrate, measure_latency
+from edgeprune.locks import FolderLock
+from edgeprune.lut import CALIBRATION, DEFAULT_ROUND_TO, LatencyTable, TableSettings, load_table
+from edgeprune.measure import Prepared, latency_interleaved, machine_info, prepare
 from edgeprune.plots import plt, save_figure
 from edgeprune.trace import record_shapes
 from edgeprune.train import CHECKPOINT_FILE, SUMMARY_FILE, TrainConfig, train
@@ -128,11 +123,15 @@ QUICK = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, with ``--quick`` or full-run defaults filled in where an option was not given."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(
+        __doc__,
+        threads={"default": 1, "help": "intra-op threads of every timing (default 1)"},
+        results={"help": "folder for latency_budget.md/.json/.png (default docs/results)"},
+        quick="smoke test: tiny CNN, onnxruntime, a tiny grid",
+    )
     p.add_argument("--models", nargs="+", help="zoo names (default: vgg16 mobilenetv2 resnet56; --quick: tiny)")
     p.add_argument("--backends", nargs="+", choices=BACKENDS, help="default: onnxruntime torch; --quick: onnxruntime")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier of every model (default 1)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads of every timing (default 1)")
     p.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.3], help="latency targets, of the parent's")
     p.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO, help="the latency tables' round_to (default 8)")
     p.add_argument("--near", type=int, default=2, help="table grid: round_to steps just below full width (default 2)")
@@ -164,8 +163,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="latency mode and the matched FA network may also prune channels tied to residual adds "
                    "(ResNet-56 cannot reach half its latency without)")  # fmt: skip
     p.add_argument("--work", help="tables, networks, trained models (default runs/latency-budget)")
-    p.add_argument("--results", help="folder for latency_budget.md/.json/.png (default docs/results)")
-    p.add_argument("--quick", action="store_true", help="smoke test: tiny CNN, onnxruntime, a tiny grid")
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -196,15 +193,6 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if min(args.round_tos) < 1 or args.train_epochs < 0 or args.near < 0 or not 0 < args.ratio < 1:
         p.error("--round-tos must be positive, --train-epochs >= 0, --near >= 0 and --ratio in (0, 1)")
     args.round_tos = sorted(set(args.round_tos))
-
-
-def git_commit() -> dict:
-    """The checked-out commit and whether the working tree differs from it."""
-
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain"))}
 
 
 def say(line: str) -> None:
@@ -253,11 +241,12 @@ def get_table(folder: Path, parent: nn.Module, name: str, backend: str, args: ar
             say(f"  {backend}: calibrated in {table.settings['calibration_seconds']:.0f} s: {table.calibration}")
         return table
     say(f"  {backend}: building the latency table")
-    table = build_table(
-        parent, SHAPE, backend, args.threads, args.round_to, args.near, args.ratio, args.table_runs,
-        args.table_warmup, args.table_processes, spin=False, source=name, progress=lambda s: say(f"    {s}"),
+    settings = TableSettings(
+        backend=backend, threads=args.threads, round_to=args.round_to, near=args.near, ratio=args.ratio,
+        runs=args.table_runs, warmup=args.table_warmup, processes=args.table_processes, spin=False,
         calibration=tuple(args.calibrate),
     )  # fmt: skip
+    table = build_table(parent, SHAPE, settings, source=name, progress=lambda s: say(f"    {s}"))
     table.save(path)
     grid, seconds = table.settings["points"], table.build_seconds
     say(f"  {backend}: {grid} points in {seconds:.0f} s, parent {table.parent_ms:.3f} ms")
@@ -341,7 +330,7 @@ def fa_network(parent: nn.Module, fraction: float, round_to: int, seed: int, pru
 def measure(model: nn.Module, table: LatencyTable) -> float:
     """One network's latency (ms), measured exactly as prune's default measure does for the latency mode."""
     processes = table.settings.get("processes", 3)
-    return measure_latency(model, SHAPE, table.backend, table.threads, processes=processes, spin=False)
+    return measure_latency(model, SHAPE, table.backend, threads=table.threads, processes=processes, spin=False)
 
 
 def widths(model: nn.Module) -> list[int]:
@@ -414,7 +403,8 @@ def time_together(models: dict[str, nn.Module], backend: str, args: argparse.Nam
         }
         medians: dict[str, list[float]] = {label: [] for label in models}
         for p in range(args.processes):
-            lat = latency_interleaved(prepared, backend, args.runs, args.warmup, 1, args.threads, seed=p, spin=False)
+            options = {"runs": args.runs, "warmup": args.warmup, "threads": args.threads, "spin": False}
+            lat = latency_interleaved(prepared, backend, seed=p, **options)
             for label in models:
                 medians[label].append(lat[label]["latency_ms"]["median"])
     return medians
@@ -912,8 +902,7 @@ def write_results(result: dict, folder: Path) -> None:
     result["plot"] = f"{stem}.png"
     plot(result, folder / f"{stem}.png")
     text = markdown(result)
-    atomic_write(folder / f"{stem}.md", lambda p: p.write_text(text))
-    write_json(folder / f"{stem}.json", result)
+    write_report(folder / stem, text, result)
     print(f"\n{text}\nwrote {folder / stem}.md, .json and .png")
 
 

@@ -34,13 +34,15 @@ import time
 from pathlib import Path
 
 import torch
+from common import json_text, parser, write_text
 
 import edgeprune
 from edgeprune.export import pad_channels
 from edgeprune.graph import build_graph, cut, profile
-from edgeprune.measure import default_threads, latency_interleaved, machine_info, prepare
+from edgeprune.measure import latency_interleaved, machine_info, prepare
 from edgeprune.pruning import make_plan, prune
 from edgeprune.report import table
+from edgeprune.runtime import default_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("params", "flops", "memory")
@@ -163,9 +165,8 @@ def run(args):
                 for threads in threads_list:
                     medians = {label: [] for label in variants}
                     for _ in range(args.repeats):
-                        lat = latency_interleaved(
-                            prepared, backend, args.runs, args.warmup, 1, threads, spin=not args.no_spin
-                        )
+                        options = {"runs": args.runs, "warmup": args.warmup, "spin": not args.no_spin}
+                        lat = latency_interleaved(prepared, backend, threads=threads, **options)
                         for label in variants:
                             medians[label].append(lat[label]["latency_ms"]["median"])
                     for label in variants:
@@ -289,10 +290,13 @@ def markdown(results, before, after, elapsed, args, command, date):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(
+        __doc__,
+        threads={"nargs": "+", "default": None, "help": "default: 1 and all cores"},
+        out={"default": str(ROOT / "docs/results/latency_realisation.md")},
+    )
     p.add_argument("--models", nargs="+", default=["vgg16", "mobilenetv2"])
     p.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
-    p.add_argument("--threads", nargs="+", type=int, default=None, help="default: 1 and all cores")
     p.add_argument("--fraction", type=float, default=0.5, help="FLOPs fraction to prune to (default 0.5)")
     p.add_argument(
         "--pad", nargs="*", type=int, default=[16], help="also time each pruned model zero-padded to these multiples"
@@ -309,7 +313,6 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-spin", action="store_true", help="worker threads sleep instead of spin-waiting")
-    p.add_argument("--out", default=str(ROOT / "docs/results/latency_realisation.md"))
     p.add_argument("--json", default=None, help="also write the raw results as JSON here")
     p.add_argument("--from-json", default=None, help="re-render the report from a --json file of an earlier run")
     args = p.parse_args()
@@ -325,9 +328,7 @@ def main():
     text = markdown(results, before, after, elapsed, args, command, date)
     print()
     print(text)
-    from edgeprune.io import atomic_write
-
-    atomic_write(Path(args.out), lambda path: path.write_text(text))
+    write_text(Path(args.out), text)
     if args.json:
         payload = {
             "results": results,
@@ -338,7 +339,7 @@ def main():
             "command": command,
             "date": date,
         }
-        atomic_write(Path(args.json), lambda path: path.write_text(json.dumps(payload, indent=2)))
+        write_text(Path(args.json), json_text(payload, newline=False))
     print(f"wrote {args.out}")
 
 

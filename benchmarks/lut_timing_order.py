@@ -12,12 +12,14 @@ processes) and prints both tables' predictions and errors. Run it with nothing e
 from __future__ import annotations
 
 import glob
-import sys
 import time
+
+from common import parser
 
 import edgeprune
 from edgeprune.io import load
-from edgeprune.lut import build_table, load_table, measure_latency
+from edgeprune.latency import build_table, measure_latency
+from edgeprune.lut import TableSettings, load_table
 
 SHAPE = (3, 32, 32)
 
@@ -27,15 +29,16 @@ def compare(name: str) -> None:
     folder = glob.glob(f"runs/latency-budget/{name}-w1-s0/onnxruntime-*")[0]
     rr = load_table(f"{folder}/table.json")
     t0 = time.time()
-    bl = build_table(edgeprune.create(name), SHAPE, "onnxruntime", 1, rr.round_to, runs=10, warmup=2, processes=2,
-                     parent_ms=rr.parent_ms, order="blocked", source=name)  # fmt: skip
+    settings = TableSettings(backend="onnxruntime", threads=1, round_to=rr.round_to, runs=10, warmup=2, processes=2,
+                             order="blocked")  # fmt: skip
+    bl = build_table(edgeprune.create(name), SHAPE, settings, parent_ms=rr.parent_ms, source=name)
     bl.save(f"runs/{name}-ort-blocked.json")
     print(f"{name}: blocked table {time.time() - t0:.0f} s; layers sum {bl.parent_ms - bl.rest_ms:.3f} ms vs "
           f"round-robin {rr.parent_ms - rr.rest_ms:.3f}, parent {rr.parent_ms:.3f}", flush=True)  # fmt: skip
     for sub in sorted(glob.glob(f"{folder}/*/model.json")):
         model = load(sub.rsplit("/", 1)[0]).eval()
         prof = edgeprune.profile(model)
-        measured = measure_latency(model, SHAPE, "onnxruntime", 1, processes=3)
+        measured = measure_latency(model, SHAPE, "onnxruntime", threads=1, processes=3)
         p_rr, p_bl = rr.predict(prof), bl.predict(prof)
         print(f"  {sub.split('/')[-2]}: measured {measured:.3f} ms, round-robin {p_rr:.3f} "
               f"({100 * (p_rr - measured) / measured:+.0f}%), blocked {p_bl:.3f} "
@@ -43,5 +46,7 @@ def compare(name: str) -> None:
 
 
 if __name__ == "__main__":
-    for model_name in sys.argv[1:] or ["mobilenetv2", "vgg16"]:
+    p = parser(__doc__)
+    p.add_argument("models", nargs="*", default=["mobilenetv2", "vgg16"], help="zoo names (default: mobilenetv2 vgg16)")
+    for model_name in p.parse_args().models:
         compare(model_name)

@@ -26,7 +26,6 @@ deviation of a mean of vectors is at most the mean of their standard deviations)
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import math
@@ -34,12 +33,11 @@ import sys
 from pathlib import Path
 
 import torch
-from pipeline_time import provenance, write_both  # this folder's: the same header and file pair
+from common import parser, runs_provenance, write_report
 
 import edgeprune
-from edgeprune.data import ImageDataset, load_dataset
-from edgeprune.pipelines import RECORD, run_tag
-from edgeprune.train import Normalizer
+from edgeprune.data import ImageDataset, Normalizer, load_dataset
+from edgeprune.records import RECORD, run_tag
 
 CONVENTIONAL = ("l1", "nuclear")
 # (name of the gap, the network, what it is compared with): "best" is the better conventional network per seed
@@ -186,10 +184,9 @@ def markdown(meta: dict, checks: dict[str, dict], rows: list[dict], singles: lis
 
 def main() -> None:
     """Score one comparison's networks image by image and write paired.json/.md."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, out={"required": True, "help": "folder for paired.json and paired.md"})
     p.add_argument("runs", help="the comparison's --out folder (with compare.json and a folder per run)")
     p.add_argument("--data", required=True, help="the comparison's data set (its test split is scored)")
-    p.add_argument("--out", required=True, help="folder for paired.json and paired.md")
     args = p.parse_args()
     folder = Path(args.runs)
     compare = json.loads((folder / "compare.json").read_text())
@@ -214,10 +211,10 @@ def main() -> None:
         sys.exit(f"{args.data}: recomputed accuracies differ from the runs' by more than a point: not their test set?")
     same = previous.get("data") == data.name and previous.get("images") == len(data.test_y)
     rows, singles = gaps(compare, correct, [*previous.get("gaps", []), *previous.get("per_seed", [])] if same else [])
-    meta = {**provenance(folder), "data": data.name, "images": len(data.test_y)}
+    meta = {**runs_provenance(folder), "data": data.name, "images": len(data.test_y)}
     kept = {t: pack(h) for t, h in sorted(correct.items())}
     record = {**meta, "checks": checks, "gaps": rows, "per_seed": singles, "hits": kept}
-    write_both(target, record, markdown(meta, checks, rows, singles))
+    write_report(target, markdown(meta, checks, rows, singles), record, indent=1, newline=False, echo=True)
 
 
 if __name__ == "__main__":

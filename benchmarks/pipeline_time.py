@@ -24,25 +24,23 @@ layer sizes, not the weights.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import psutil
 import torch
+from common import parser, runs_provenance, write_report
 from torch import nn
 
 import edgeprune
 from edgeprune.data import ImageDataset, load_dataset
-from edgeprune.files import atomic_write
 from edgeprune.measure import machine_info
-from edgeprune.pipelines import CompareSettings, RunContext, make_context, pruned_at_init, run_tag, steady_seconds
+from edgeprune.pipelines import CompareSettings, RunContext, make_context, pruned_at_init
+from edgeprune.records import run_tag, steady_seconds
 from edgeprune.trace import record_shapes
 from edgeprune.train import TrainConfig, TrainStep
 
@@ -167,33 +165,14 @@ def markdown(meta: dict, step: dict[str, float], rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def provenance(folder: Path) -> dict:
-    """Which runs, the command line, the date and the commit: the header of a re-measurement's files."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    return {
-        "runs": str(folder), "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit.stdout.strip(),
-    }  # fmt: skip
-
-
-def write_both(stem: Path, record: dict, report: str) -> None:
-    """Write ``stem``.json (for verdict.py) and ``stem``.md atomically, and print the report."""
-    text = json.dumps(record, indent=1)
-    atomic_write(stem.with_suffix(".json"), lambda path: path.write_text(text))
-    atomic_write(stem.with_suffix(".md"), lambda path: path.write_text(report))
-    print(report)
-
-
 def main() -> None:
     """Re-time one comparison's networks and write quiet_times.json/.md."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, out={"required": True, "help": "folder for quiet_times.json and quiet_times.md"})
     p.add_argument("runs", help="the comparison's --out folder (with compare.json and a folder per run)")
     p.add_argument("--data", required=True, help="a data set of the comparison's image size (the mini set will do)")
     # short rounds, many of them: a slow stretch of a shared VM then spreads over every network alike
     p.add_argument("--steps", type=int, default=4, help="steps per network per round (default 4)")
     p.add_argument("--rounds", type=int, default=12, help="interleaved rounds (default 12)")
-    p.add_argument("--out", required=True, help="folder for quiet_times.json and quiet_times.md")
     args = p.parse_args()
     folder = Path(args.runs)
     compare = json.loads((folder / "compare.json").read_text())
@@ -210,13 +189,13 @@ def main() -> None:
     others = others_share(*marks)
     rows = savings(compare, runs, step)
     meta = {
-        **provenance(folder), "machine": machine_info(), "others_cpu_share": others,
+        **runs_provenance(folder), "machine": machine_info(), "others_cpu_share": others,
         "batch": batch, "steps": args.steps, "rebuilt": rebuilt,
         "rounds": args.rounds,
         "epochs": compare["settings"]["epochs"], "finetune_epochs": compare["settings"]["finetune_epochs"],
     }  # fmt: skip
-    write_both(Path(args.out) / "quiet_times", {**meta, "step_seconds": step, "savings": rows},
-               markdown(meta, step, rows))  # fmt: skip
+    record = {**meta, "step_seconds": step, "savings": rows}
+    write_report(Path(args.out) / "quiet_times", markdown(meta, step, rows), record, indent=1, newline=False, echo=True)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ Runs are interleaved; medians are reported. Usage:
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import statistics
 import time
@@ -23,6 +21,8 @@ from pathlib import Path
 
 import torch
 import torch_pruning as tp
+from common import json_text, write_text
+from common import parser as common_parser
 
 import edgeprune
 from edgeprune.trace import record_shapes
@@ -60,11 +60,10 @@ def run_torch_pruning(target: float, iterative_steps: int) -> tuple[float, int, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common_parser(__doc__, out={"default": "docs/results/prune_speed.md"})
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--target", type=float, default=0.3)
     parser.add_argument("--tp-steps", type=int, default=100, help="Torch-Pruning iterative_steps (granularity)")
-    parser.add_argument("--out", default="docs/results/prune_speed.md")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = {"edgeprune": [], "torch-pruning": []}
@@ -113,9 +112,8 @@ def main() -> None:
         "network; this benchmark compares the cost of reaching the budget, not the networks.",
     ]
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "ratio": ratio, **summary}, indent=2) + "\n")
+    write_text(out, "\n".join(lines) + "\n")
+    write_text(out.with_suffix(".json"), json_text({"command": cmd, "ratio": ratio, **summary}))
     print("\n".join(lines))
 
 

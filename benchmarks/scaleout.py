@@ -18,8 +18,6 @@ measurement) and writes to runs/scaleout-quick instead.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
 import shutil
@@ -27,6 +25,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import parser, utc_date, write_report
 
 from edgeprune.measure import machine_info
 
@@ -114,13 +114,17 @@ def render(result: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: a check that it runs, in a minute or two")
+    ap = parser(
+        __doc__,
+        quick="tiny sizes: a check that it runs, in a minute or two",
+        results={
+            "default": None,
+            "help": "where scaleout.md/.json go (default docs/results; runs/scaleout-quick with --quick)",
+        },
+    )
     ap.add_argument("--data", default=str(ROOT / "data" / "cifar10-mini.tar.gz"))
     ap.add_argument("--serial-threads", type=int, default=os.cpu_count() or 1, help="threads of the serial runs")
     ap.add_argument("--work", default=None, help="folder for the two comparisons (default runs/scaleout[-quick])")
-    ap.add_argument("--results", default=None, help="where scaleout.md/.json go (default docs/results; "
-                    "runs/scaleout-quick with --quick)")  # fmt: skip
     args = ap.parse_args()
     import ray
 
@@ -142,7 +146,7 @@ def main() -> None:
     diffs = [abs(serial[k]["test_accuracy"] - on_ray[k]["test_accuracy"]) for k in serial]
     result = {
         "command": " ".join(["python", "benchmarks/scaleout.py", *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_date(),
         "machine": machine_info(),
         "ray_version": ray.__version__,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
@@ -156,9 +160,7 @@ def main() -> None:
         "same_accuracies": set(serial) == set(on_ray) and max(diffs) == 0,
         "max_accuracy_diff": max(diffs),
     }
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "scaleout.json").write_text(json.dumps(result, indent=2) + "\n")
-    (results / "scaleout.md").write_text(render(result))
+    write_report(results / "scaleout", render(result), result)
     print(f"serial / Ray wall time = {result['speedup_serial_over_ray']:.2f}; wrote {results}/scaleout.md, .json")
 
 

@@ -23,9 +23,7 @@ on the small model. Other processes sharing the CPU make single timings noisy, h
 
 from __future__ import annotations
 
-import argparse
 import copy
-import datetime
 import os
 import platform
 import statistics
@@ -35,12 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import command_line, utc_date, write_text
+from common import parser as common_parser
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import edgeprune
 from edgeprune.data import ImageDataset, load_dataset
-from edgeprune.measure import default_threads
+from edgeprune.runtime import default_threads
 from edgeprune.train import TrainConfig, TrainStep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +160,11 @@ PIPELINES = {"a": "bare", "b": "ours", "c": "DataLoader", "d": "ours bf16"}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common_parser(
+        __doc__,
+        threads={"default": None, "help": "compute threads (default: all cores)"},
+        out={"default": str(ROOT / "docs" / "results" / "train_throughput.md")},
+    )
     parser.add_argument("--data", default=str(ROOT / "data" / "cifar10-mini.tar.gz"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
@@ -168,9 +172,7 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--models", default="tiny,tiny-w16,vgg16-fa50,vgg16")
-    parser.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
     parser.add_argument("--bf16", action="store_true", help="also time (d): our step with --precision bf16")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "train_throughput.md"))
     args = parser.parse_args()
     steps = {k: int(v) for k, v in (item.split("=") for item in args.steps.split(","))}
     torch.set_num_threads(args.threads or default_threads())
@@ -229,11 +231,11 @@ def write_report(args, results, data, seconds, load_start, load_end, steps) -> N
     ]
     omp = os.environ.get("OMP_WAIT_POLICY", "unset")
     env = f"OMP_WAIT_POLICY={omp} " if omp != "unset" else ""
-    command = env + " ".join([".venv/bin/python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    command = env + command_line(sys.argv[0], prefix=".venv/bin/python", quote=False)
     d_line = (
         "\n- (d) ours with `--precision bf16` (autocast to bfloat16 on CPUs with AMX / AVX-512 BF16)." if bf16 else ""
     )
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = utc_date()
     text = f"""# Training throughput: in-memory pipeline vs bare step vs DataLoader
 
 Command: `{command}`
@@ -270,8 +272,7 @@ Per-round rates (images/s):
 
 {chr(10).join(raw)}
 """
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_text(Path(args.out), text)
     print(f"wrote {args.out}")
 
 

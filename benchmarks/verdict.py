@@ -34,14 +34,15 @@ has it; else ``noise_pts``, an unpaired upper bound.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 from pathlib import Path
 
-from edgeprune.pipelines import steady_seconds
+from common import parser, write_text
+
 from edgeprune.plots import accuracy_curve, plot_learning_curves
+from edgeprune.records import steady_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -354,8 +355,9 @@ def markdown(rows: list[dict], missing: list[tuple[str, str, str]], curves: list
 
 def main() -> None:
     """Build the verdict page."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=str(RESULTS / "README.md"), help="where to write (default docs/results/...)")
+    p = parser(
+        __doc__, out={"default": str(RESULTS / "README.md"), "help": "where to write (default docs/results/...)"}
+    )
     args = p.parse_args()
     rows, missing, curves = [], [], []
     for folder, model, scale, planned, test_images in STUDIES:
@@ -366,7 +368,7 @@ def main() -> None:
         elif line := draw_curves(folder, model, scale):
             curves.append(line)
     text = markdown(rows, missing, curves)
-    Path(args.out).write_text(text)
+    write_text(Path(args.out), text)
     print(text)
 
 

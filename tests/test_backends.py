@@ -42,6 +42,7 @@ def specs(tmp_path_factory):
             {"conv": CONV, "depthwise": DEPTHWISE, "linear": LINEAR}.items()}  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_specs_of_each_kind_and_shape_timed_in_one_job(specs, backend, tmp_path):
     artifacts = {name: (path, tuple(read_layer_spec(path)["input_shape"])) for name, path in specs.items()}
@@ -146,10 +147,12 @@ def test_other_bad_artifacts_are_one_line(specs, tmp_path):
         time_artifacts({"x": (specs["conv"], (8, 10, 12))}, "torch", runs=0)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_backends_module_imports_neither_torch_nor_edgeprune():
     import subprocess
 
-    from edgeprune import backends
+    from edgeprune.backends import worker as backends
 
     code = (
         "import importlib.util, sys\n"
@@ -163,6 +166,7 @@ def test_backends_module_imports_neither_torch_nor_edgeprune():
     assert out.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_blocked_order_times_each_artifact_back_to_back(specs):
     artifacts = {name: (path, tuple(read_layer_spec(path)["input_shape"])) for name, path in specs.items()}
     stats = time_artifacts(artifacts, "onnxruntime", runs=4, warmup=1, order="blocked")

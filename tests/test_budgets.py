@@ -27,6 +27,7 @@ def build(name: str) -> torch.nn.Module:
     return edgeprune.create(name, **ZOO[name])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
     [
@@ -48,6 +49,7 @@ def test_a_single_budget_gives_the_papers_plan_unchanged(case):
         assert {k: report["after"][k] for k in want["after"]} == want["after"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "selection"),
     [("tiny", "weighted"), ("tiny", "uniform"), ("tiny", "ratio"), ("mobilenetv2", "weighted")],
@@ -68,6 +70,7 @@ def test_every_limit_of_a_budget_is_met(name, selection):
         assert report["steps"][-1]["total_after"] == report["after"][KEY[report["mode"]]]
 
 
+@pytest.mark.slow
 def test_a_budget_binds_harder_than_each_of_its_limits_alone():
     model = build("mobilenetv2")
     alone = edgeprune.prune(model, "flops", 0.5, seed=0).report()
@@ -88,6 +91,7 @@ def test_an_unreachable_combination_names_the_cost():
         edgeprune.prune(build("tiny"), budget={"speed": 0.5})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "round_to"), [("vgg16", 8), ("mobilenetv2", 16)])
 def test_round_to_keeps_multiples_and_meets_the_budget_on_them(name, round_to):
     model = build(name)
@@ -111,6 +115,7 @@ def test_round_to_one_is_the_default():
         edgeprune.prune(model, "params", 0.5, round_to=0)
 
 
+@pytest.mark.slow
 def test_cli_budget_and_round_to(tmp_path, capsys):
     out = tmp_path / "p"
     code = main(["prune", "tiny", "--target", "flops=0.5", "--target", "memory=0.7", "--round-to", "4",

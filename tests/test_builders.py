@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 from torch import nn
 
 import edgeprune
-from edgeprune.builders import build_model, parse_reference, set_builder, trust_path
-from edgeprune.cli import main
 from edgeprune.errors import EdgepruneError
 from edgeprune.io import layer_widths, load, save
+from edgeprune.models.build import build_model, set_builder
+from edgeprune.refs import parse_reference, trust_path
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "data" / "cifar10-mini.tar.gz"
@@ -63,12 +64,6 @@ def models_py(tmp_path):
     path = tmp_path / "models.py"
     path.write_text(MODELS)
     return path
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def same_outputs(a: nn.Module, b: nn.Module, shape=(2, 3, 32, 32)) -> bool:
@@ -122,6 +117,7 @@ def test_resized_layers_round_trip_identical(models_py, tmp_path):
     assert same_outputs(loaded, small)
 
 
+@pytest.mark.slow
 def test_pruned_copy_remembers_its_builder(models_py, tmp_path):
     model = build_model(f"{models_py}:net")
     result = edgeprune.prune(model, "params", 0.6, input_shape=(3, 32, 32))
@@ -131,7 +127,7 @@ def test_pruned_copy_remembers_its_builder(models_py, tmp_path):
 
 
 def test_save_with_an_explicit_builder(models_py, tmp_path):
-    from edgeprune.builders import load_factory
+    from edgeprune.models.build import load_factory
 
     plain = load_factory(f"{models_py}:net")(widths=(8, 8, 16), num_classes=5)  # no builder attribute
     with pytest.raises(EdgepruneError, match=r"no known builder: pass builder="):
@@ -143,6 +139,7 @@ def test_save_with_an_explicit_builder(models_py, tmp_path):
     assert same_outputs(edgeprune.load(tmp_path / "x"), plain, (2, 3, 64, 64))
 
 
+@pytest.mark.slow
 def test_format_1_model_json_still_loads(tmp_path):
     model = edgeprune.prune(edgeprune.create("tiny"), "params", 0.5).model
     edgeprune.save(model, tmp_path)
@@ -166,6 +163,7 @@ def saved_file_model(models_py, tmp_path, monkeypatch):
     return tmp_path / "m", model
 
 
+@pytest.mark.slow
 def test_naming_a_reference_records_it_in_the_trust_list(models_py, capsys):
     assert run_cli(capsys, "profile", f"{models_py}:net")[0] == 0
     entries = json.loads(trust_path().read_text())["trusted"]
@@ -181,6 +179,7 @@ def test_untrusted_code_builder_is_refused_with_how_to_vouch(saved_file_model, m
     assert code == 2 and err.count("\n") == 1 and "--model" in err and "--trust-code" in err
 
 
+@pytest.mark.slow
 def test_three_ways_to_vouch(saved_file_model, models_py, capsys):
     folder, model = saved_file_model
     assert same_outputs(load(folder, trust_code=True), model)  # (c) the explicit flag
@@ -206,6 +205,7 @@ def test_a_folder_cannot_vouch_for_its_own_code(tmp_path, capsys):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_changed_file_is_refused_naming_both_hashes(saved_file_model, models_py, capsys):
     folder, model = saved_file_model
     before = json.loads((folder / "model.json").read_text())["sha256"]
@@ -242,6 +242,7 @@ def test_py_reference_through_cli_prune_and_load(tmp_path, monkeypatch, capsys):
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
 
 
+@pytest.mark.slow
 def test_file_reference_through_prune_train_bench_export(models_py, tmp_path, capsys):
     ref = f"{models_py}:net"
     code, _, err = run_cli(capsys, "prune", ref, "--mode", "params", "--target", "0.5", "--out", tmp_path / "p")
@@ -257,6 +258,7 @@ def test_file_reference_through_prune_train_bench_export(models_py, tmp_path, ca
     assert code == 0 and (tmp_path / "m.onnx").is_file(), err
 
 
+@pytest.mark.slow
 def test_train_a_reference_sizes_it_for_the_data(models_py, tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", f"{models_py}:net", "--data", MINI, "--epochs", 1, "--limit-train", 64,
                            "--limit-test", 32, "--batch-size", 32, "--quiet")  # fmt: skip
@@ -267,6 +269,7 @@ def test_train_a_reference_sizes_it_for_the_data(models_py, tmp_path, capsys):
     assert json.loads((tmp_path / "t" / "model.json").read_text())["kwargs"] == {"num_classes": 10, "in_channels": 3}
 
 
+@pytest.mark.slow
 def test_train_refuses_a_model_that_is_not_a_classifier(models_py, tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", f"{models_py}:segnet", "--data", MINI, "--epochs", 1, "--limit-train",
                            64, "--limit-test", 32, "--quiet", "--out", tmp_path / "t")  # fmt: skip
@@ -285,6 +288,7 @@ def test_train_with_out_dir_refuses_a_model_without_builder_before_training(tmp_
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
+@pytest.mark.slow
 def test_sweep_takes_a_reference(models_py, tmp_path, capsys):
     code, _, err = run_cli(capsys, "sweep", f"{models_py}:net", "--modes", "params", "--targets", "0.5", "--backends",
                            "torch", "--runs", 2, "--warmup", 1, "--out", tmp_path / "s")  # fmt: skip
@@ -293,6 +297,7 @@ def test_sweep_takes_a_reference(models_py, tmp_path, capsys):
     assert result["model"] == f"{models_py}:net" and len(result["rows"]) == 2
 
 
+@pytest.mark.slow
 def test_zoo_width_option(capsys):
     sizes = {}
     for width in ("1", "0.5"):

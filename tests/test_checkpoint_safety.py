@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_one_line_error, small_model, synthetic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import edgeprune
-import edgeprune.train as train_module
+import edgeprune.train.loop as train_module
 from edgeprune.cli import main
-from edgeprune.data import ImageDataset, channel_stats
+from edgeprune.data import ImageDataset
 from edgeprune.errors import EdgepruneError
 from edgeprune.io import save
 from edgeprune.train import CHECKPOINT_FILE, TrainConfig, load_checkpoint, make_optimizer, train
@@ -27,21 +28,6 @@ from edgeprune.train import CHECKPOINT_FILE, TrainConfig, load_checkpoint, make_
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "data" / "cifar10-mini.tar.gz"
 CONFIG = TrainConfig(epochs=2, batch_size=8, seed=0)
-
-
-def synthetic(n: int = 32, classes: int = 2) -> ImageDataset:
-    """A tiny random 3x8x8 data set."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g)
-    y = torch.arange(n) % classes
-    mean, std = channel_stats(x)
-    return ImageDataset("synthetic", [str(i) for i in range(classes)], x, y, x.clone(), y.clone(), mean, std)
-
-
-def small_model(seed: int = 0) -> torch.nn.Module:
-    """The zoo's tiny CNN, 4 channels wide, 2 classes."""
-    torch.manual_seed(seed)
-    return edgeprune.create("tiny", num_classes=2, channels=4)
 
 
 def stop_after_first_epoch(record: dict) -> None:
@@ -61,7 +47,15 @@ def pristine(data, tmp_path_factory) -> bytes:
     """The bytes of a checkpoint after epoch 1 of a 2-epoch run (SGD with momentum: optimiser tensors)."""
     out = tmp_path_factory.mktemp("pristine")
     with pytest.raises(KeyboardInterrupt):
-        train(small_model(), data, CONFIG, out_dir=out, progress=False, threads=1, callback=stop_after_first_epoch)
+        train(
+            small_model(num_classes=2),
+            data,
+            CONFIG,
+            out_dir=out,
+            progress=False,
+            threads=1,
+            callback=stop_after_first_epoch,
+        )
     return (out / CHECKPOINT_FILE).read_bytes()
 
 
@@ -104,7 +98,7 @@ def rewrite(
 
 def load_into_fresh(path: Path) -> dict:
     """``load_checkpoint`` into a fresh model, optimiser and generator; the global RNG is restored afterwards."""
-    model = small_model(seed=7)
+    model = small_model(seed=7, num_classes=2)
     optimizer = make_optimizer(model, CONFIG)
     rng = torch.get_rng_state()
     try:
@@ -131,24 +125,16 @@ def flip_middle(path: Path, count: int = 64) -> None:
     path.write_bytes(bytes(raw))
 
 
-def assert_one_line_error(call: Callable[[], object], *fragments: str) -> str:
-    """``call`` raises an EdgepruneError of one line containing every fragment; return its message."""
-    with pytest.raises(EdgepruneError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
-
-
 # -- integrity --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_good_checkpoint_loads_and_resumes(ckpt, data):
     state = load_into_fresh(ckpt)
     assert state["epoch"] == 1 and state["step"] == 4
-    result = train(small_model(seed=3), data, CONFIG, out_dir=ckpt.parent, resume=True, progress=False, threads=1)
+    result = train(
+        small_model(seed=3, num_classes=2), data, CONFIG, out_dir=ckpt.parent, resume=True, progress=False, threads=1
+    )
     assert [r["epoch"] for r in result.history] == [1, 2]
 
 
@@ -156,7 +142,7 @@ def test_flipped_bytes_mid_file_are_a_checksum_error_and_resume_writes_nothing(c
     flip_middle(ckpt)
     assert_one_line_error(lambda: load_into_fresh(ckpt), str(ckpt), "checksum mismatch", "corrupt")
     before = snapshot(ckpt.parent)
-    model = small_model(seed=3)
+    model = small_model(seed=3, num_classes=2)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     assert_one_line_error(
         lambda: train(model, data, CONFIG, out_dir=ckpt.parent, resume=True, progress=False, threads=1),
@@ -171,6 +157,7 @@ def test_edited_state_without_new_checksums_is_a_checksum_error(ckpt):
     assert_one_line_error(lambda: load_into_fresh(ckpt), "checksum mismatch")
 
 
+@pytest.mark.slow
 def test_cli_resume_from_a_corrupt_checkpoint_fails_in_one_line_and_changes_nothing(tmp_path, capsys, monkeypatch):
     folder = tmp_path / "pruned"
     save(edgeprune.create("tiny", channels=4), folder)
@@ -323,7 +310,7 @@ def test_model_tensors_that_do_not_fit(ckpt, change):
 
 def test_failed_load_changes_neither_model_nor_optimizer_nor_rng(ckpt):
     rewrite(ckpt, tensors=lambda t: t.update({"rng.generator": torch.zeros_like(t["rng.generator"])}))
-    model = small_model(seed=7)
+    model = small_model(seed=7, num_classes=2)
     optimizer = make_optimizer(model, CONFIG)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
@@ -337,7 +324,9 @@ def test_resume_refuses_a_step_that_does_not_fit_the_run(ckpt, data):
     rewrite(ckpt, state=lambda s: s.update(step=3))
     before = snapshot(ckpt.parent)
     assert_one_line_error(
-        lambda: train(small_model(), data, CONFIG, out_dir=ckpt.parent, resume=True, progress=False, threads=1),
+        lambda: train(
+            small_model(num_classes=2), data, CONFIG, out_dir=ckpt.parent, resume=True, progress=False, threads=1
+        ),
         "epoch 1, step 3",
     )
     assert snapshot(ckpt.parent) == before
@@ -349,7 +338,9 @@ def test_a_checkpoint_from_before_checksums_still_resumes(ckpt, data):
     state["format"] = "edgeprune-checkpoint/1"
     save_file(tensors, str(ckpt), metadata={"state": json.dumps(state)})
     assert load_into_fresh(ckpt)["epoch"] == 1
-    result = train(small_model(), data, CONFIG, out_dir=ckpt.parent, resume=True, progress=False, threads=1)
+    result = train(
+        small_model(num_classes=2), data, CONFIG, out_dir=ckpt.parent, resume=True, progress=False, threads=1
+    )
     assert [r["epoch"] for r in result.history] == [1, 2]
 
 
@@ -405,6 +396,7 @@ def check_only_edgeprune_errors(pristine: bytes, change: Callable[[Path], None],
         assert snapshot(Path(tmp)) == before
 
 
+@pytest.mark.slow
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(draw=st.data())
 def test_fuzz_json_state_mutations_give_edgeprune_errors_only(pristine, draw):

@@ -7,15 +7,9 @@ import sys
 
 import pytest
 import torch
+from helpers import run_cli
 
 import edgeprune
-from edgeprune.cli import main
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_models_lists_the_zoo(capsys):
@@ -25,6 +19,7 @@ def test_models_lists_the_zoo(capsys):
         assert name in out
 
 
+@pytest.mark.slow
 def test_prune_writes_loadable_folder_and_report(tmp_path, capsys):
     out_dir = tmp_path / "p"
     code, out, _ = run_cli(capsys, "prune", "tiny", "--mode", "flops", "--target", "0.5", "--out", str(out_dir))
@@ -43,12 +38,14 @@ def test_prune_writes_loadable_folder_and_report(tmp_path, capsys):
     assert code == 0
 
 
+@pytest.mark.slow
 def test_absolute_target_with_unit(tmp_path, capsys):
     code, _, _ = run_cli(capsys, "prune", "resnet56", "--mode", "memory", "--target", "2.5MB", "--out", str(tmp_path))
     assert code == 0
     assert json.loads((tmp_path / "report.json").read_text())["after"]["memory_bytes"] <= 2_500_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -69,7 +66,7 @@ def test_bad_input_one_line_error(tmp_path, capsys, argv, message):
     if argv[0] == "prune":
         argv = [*argv, "--out", str(tmp_path / "o")]
     with pytest.raises(SystemExit) if "abc" in argv else _nothing():
-        code, out, err = run_cli(capsys, *argv)
+        code, out, err = run_cli(capsys, *argv, catch_exit=False)
         assert code == 2 and message in err and err.count("\n") == 1 and not out
     if "abc" in argv:
         err = capsys.readouterr().err
@@ -118,6 +115,7 @@ def saved(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -154,6 +152,8 @@ def test_load_never_unpickles(saved, monkeypatch):
     assert edgeprune.load(saved)(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_console_script_error_has_no_traceback(tmp_path):
     proc = subprocess.run(
         [
@@ -178,6 +178,8 @@ def test_console_script_error_has_no_traceback(tmp_path):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_help_explains_every_option():
     proc = subprocess.run([sys.executable, "-m", "edgeprune", "prune", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0

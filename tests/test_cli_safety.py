@@ -11,27 +11,12 @@ import sys
 
 import pytest
 from conftest import MINI
+from helpers import one_line_error, run_cli
 
-from edgeprune.cli import main
-from edgeprune.files import LOCK_FILE, MANIFEST_FILE, STASH_DIR, FolderLock
+from edgeprune.files import LOCK_FILE, MANIFEST_FILE, STASH_DIR
+from edgeprune.locks import FolderLock
 
 PRUNE = ["prune", "tiny", "--mode", "flops", "--target", "0.5"]
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's own errors (checked at parse time)
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(err: str, code: int) -> str:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def snapshot(folder) -> dict[str, bytes]:
@@ -96,6 +81,7 @@ def test_a_lock_from_another_host_is_not_taken_over(tmp_path, capsys):
 # -- --force and failures ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_force_replaces_edgeprunes_files_and_keeps_the_users(tmp_path, capsys):
     """Was: --force into a trained folder left the old train.json and checkpoint beside the new model.
 
@@ -144,6 +130,7 @@ def test_a_failed_command_leaves_no_folder_it_created(tmp_path, capsys, argv):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_training_keeps_its_checkpoint_folder(tmp_path, capsys, monkeypatch):
     """A failure after a checkpoint was written keeps the folder: the work can be resumed."""
     import edgeprune.train as train_module
@@ -166,6 +153,7 @@ def test_an_interrupted_training_keeps_its_checkpoint_folder(tmp_path, capsys, m
 # -- arguments checked before any work --------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -200,6 +188,8 @@ def test_bad_arguments_fail_at_once_in_one_line(tmp_path, capsys, argv, message)
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob("*.onnx"))
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_console_script_bad_opset_prints_one_line(tmp_path):
     """Was: 51 lines of TorchScript IR on stdout and a message blaming onnxscript."""
     proc = subprocess.run(

@@ -37,6 +37,7 @@ def hook_memory(model: nn.Module, shape=(3, 32, 32)) -> int:
     return 4 * (sum(p.numel() for p in model.parameters()) + sum(outputs))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_totals_match_independent_counts(name):
     model = edgeprune.create(name)
@@ -71,6 +72,7 @@ def test_profile_works_on_any_module_and_marks_output_layer():
     assert prof.total("params") == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_shares_sum_to_one_and_json_cli(capsys):
     assert main(["profile", "resnet56", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -82,6 +84,7 @@ def test_shares_sum_to_one_and_json_cli(capsys):
     assert residual and all(not g["prunable"] for g in residual)
 
 
+@pytest.mark.slow
 def test_profile_table_and_plot(tmp_path, capsys):
     png = tmp_path / "shares.png"
     assert main(["profile", "vgg16", "--plot", str(png)]) == 0

@@ -118,6 +118,7 @@ def test_official_cifar_archive(tmp_path):
     assert torch.equal(ds.test_x, load_dataset(root).test_x)
 
 
+@pytest.mark.slow
 def test_shipped_mini_cifar10_with_stratified_limits():
     ds = load_dataset(MINI, limit_train=200, limit_test=50)
     assert ds.name == "cifar10-mini"

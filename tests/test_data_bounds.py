@@ -24,13 +24,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import one_line_message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-import edgeprune.data as data_module
+import edgeprune.data.cache as data_module
 from edgeprune.cli import main
 from edgeprune.data import ImageDataset, load_dataset
 from edgeprune.errors import EdgepruneError
@@ -139,12 +140,6 @@ def _available(monkeypatch, available: int) -> None:
     monkeypatch.setattr(data_module, "_cgroup_room", lambda: 2**62, raising=False)
 
 
-def _one_line(excinfo) -> str:
-    text = str(excinfo.value)
-    assert "\n" not in text and "\r" not in text
-    return text
-
-
 def _peak_while(fn) -> tuple[object, int]:
     """``fn()``'s result (or exception) and the peak of Python-allocated memory while it ran."""
     tracemalloc.start()
@@ -181,11 +176,12 @@ def test_archive_of_zero_filled_members_is_refused_from_headers_by_the_default_c
     assert peak < 4 * MiB
     with pytest.raises(EdgepruneError, match="max_data_bytes") as excinfo:  # the same with the cap given
         load_dataset(archive, max_data_bytes=4 * MiB)
-    _one_line(excinfo)
+    one_line_message(excinfo, forbid="\n\r")
     with pytest.raises(EdgepruneError, match="max_data_bytes must be a positive integer"):
         load_dataset(archive, max_data_bytes=0)
 
 
+@pytest.mark.slow
 def test_archive_members_are_streamed_one_at_a_time_not_held(tmp_path):
     """24 valid images, each padded with 1 MiB of zeros: holding them all would take 24 MiB."""
     png = _png()
@@ -238,7 +234,7 @@ def test_total_file_bytes_cap_for_a_folder(tmp_path):
     total = sum(p.stat().st_size for p in root.rglob("*.png"))
     with pytest.raises(EdgepruneError, match=rf"its 8 files hold {total:,} bytes, over the cap") as excinfo:
         load_dataset(root, max_data_bytes=total - 1)
-    _one_line(excinfo)
+    one_line_message(excinfo, forbid="\n\r")
     assert len(load_dataset(root, max_data_bytes=total).train_y) == 4
 
 
@@ -248,9 +244,10 @@ def test_archive_of_many_tiny_members_is_refused_for_its_bookkeeping(tmp_path, m
     _available(monkeypatch, 2 * MiB)  # default max_data_bytes: 1 MiB, passed at the 1,025th member
     with pytest.raises(EdgepruneError, match=r"1,024 bytes per member .* over the cap of 1,048,576") as excinfo:
         load_dataset(archive)
-    _one_line(excinfo)
+    one_line_message(excinfo, forbid="\n\r")
 
 
+@pytest.mark.slow
 def test_tar_header_asking_for_a_huge_read_is_refused(tmp_path):
     """A GNU long-name header declaring 300 MiB: tarfile would read it whole before looking at any member."""
     size = 300 * MiB
@@ -293,7 +290,7 @@ def test_cifar_pickle_calling_the_array_constructor_is_counted_before_copying(tm
     _available(monkeypatch, 16 * MiB)
     with pytest.raises(EdgepruneError, match=r"data_batch_1: .*67,10\d,\d+ bytes, over the cap of 8,388,608") as e:
         load_dataset(root)
-    assert "max_data_bytes" in _one_line(e)
+    assert "max_data_bytes" in one_line_message(e, forbid="\n\r")
 
 
 def test_caps_hold_on_a_cache_hit(tmp_path):
@@ -301,7 +298,7 @@ def test_caps_hold_on_a_cache_hit(tmp_path):
     assert len(load_dataset(root, max_image_pixels=30).train_y) == 4  # cached
     with pytest.raises(EdgepruneError, match=r"image is 6x5 \(30 pixels\), over the cap of 29") as excinfo:
         load_dataset(root, max_image_pixels=29)
-    _one_line(excinfo)
+    one_line_message(excinfo, forbid="\n\r")
     with pytest.raises(EdgepruneError, match="max_data_bytes"):
         load_dataset(root, max_data_bytes=100)
     assert len(load_dataset(root).train_y) == 4  # within the caps: the cache is used again
@@ -316,7 +313,7 @@ def test_caps_hold_on_a_cache_hit(tmp_path):
     assert len(load_dataset(archive, max_file_bytes=size).train_y) == 5  # cached
     with pytest.raises(EdgepruneError, match=rf"big\.png: file is {size:,} bytes, over the cap of 2,000") as excinfo:
         load_dataset(archive, max_file_bytes=2000)
-    _one_line(excinfo)
+    one_line_message(excinfo, forbid="\n\r")
 
 
 # -- 8. the cache: checksum, damage, disk full ---------------------------------------------------
@@ -375,6 +372,7 @@ def test_cache_edited_to_out_of_range_labels_is_rebuilt(tmp_path, capsys):
 _FUZZED: dict[str, tuple] = {}
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     edit=st.one_of(
@@ -432,6 +430,8 @@ def test_cache_write_failing_with_disk_full_is_one_warning(tmp_path, monkeypatch
     assert not any((tmp_path / "cache" / "decoded").iterdir())  # no partial file left behind
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_cache_write_over_the_file_size_limit_is_one_warning(tmp_path):
     """``ulimit -f``: the cache file is refused with EFBIG; the load goes on without a cache."""
     root = _folder(tmp_path / "ds", per_class=4, w=16, h=16)  # the cache file: about 6 KB
@@ -483,7 +483,7 @@ def test_32_bit_integer_images_holding_16_bit_values_are_scaled_others_refused(t
     wide[0, 0] = 70000
     with pytest.raises(EdgepruneError, match=r"0\.tif: 32-bit integer image with values 2000\.\.70000") as excinfo:
         load_dataset(_gray_folder(tmp_path / "wide", [a, wide], "tif", "I"))
-    _one_line(excinfo)
+    one_line_message(excinfo, forbid="\n\r")
 
 
 def test_float_images_in_0_1_are_scaled_others_refused(tmp_path):
@@ -493,7 +493,7 @@ def test_float_images_in_0_1_are_scaled_others_refused(tmp_path):
     assert int(ds.train_x.max()) == 255
     with pytest.raises(EdgepruneError, match=r"floating-point image with values outside \[0, 1\] \(0\.\.2\)") as e:
         load_dataset(_gray_folder(tmp_path / "bad", [a, a * 2], "tif", "F"))
-    _one_line(e)
+    one_line_message(e, forbid="\n\r")
 
 
 # -- one line, never a traceback ---------------------------------------------------------------
@@ -509,7 +509,7 @@ def test_garbage_archives_give_one_line_errors(tmp_path):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(EdgepruneError, match="not a readable tar archive|truncated") as excinfo:
             load_dataset(tmp_path / name)
-        _one_line(excinfo)
+        one_line_message(excinfo, forbid="\n\r")
 
 
 def test_member_names_with_line_breaks_stay_one_line(tmp_path):
@@ -522,7 +522,7 @@ def test_member_names_with_line_breaks_stay_one_line(tmp_path):
     archive = _tar_of(tmp_path / "names.tar.gz", members)
     with pytest.raises(EdgepruneError, match="unreadable image") as excinfo:
         load_dataset(archive)
-    assert "evil\\nname.png" in _one_line(excinfo)
+    assert "evil\\nname.png" in one_line_message(excinfo, forbid="\n\r")
 
 
 def test_multi_line_library_errors_become_one_line(tmp_path, monkeypatch):
@@ -534,7 +534,7 @@ def test_multi_line_library_errors_become_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "open", broken)
     with pytest.raises(EdgepruneError, match="unreadable image") as excinfo:
         load_dataset(root)
-    assert "decoder failed: - first line - second line" in _one_line(excinfo)
+    assert "decoder failed: - first line - second line" in one_line_message(excinfo, forbid="\n\r")
 
 
 def test_cli_max_data_bytes_is_one_line_and_exit_2(tmp_path, capsys):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import one_line_message
 from PIL import Image, ImageFile, WebPImagePlugin
 
 from edgeprune.data import load_dataset
@@ -86,12 +87,6 @@ def _record_extracts(monkeypatch) -> list[str]:
     return names
 
 
-def _one_line(excinfo) -> str:
-    text = str(excinfo.value)
-    assert "\n" not in text
-    return text
-
-
 def test_huge_png_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch):
     root = _folder(tmp_path / "ds")
     (root / "train" / "a" / "000_huge.png").write_bytes(_huge_png())  # sorted first: the first image decoded
@@ -104,7 +99,7 @@ def test_huge_png_is_refused_from_its_header_before_decoding(tmp_path, monkeypat
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    text = _one_line(excinfo)
+    text = one_line_message(excinfo)
     assert "000_huge.png" in text and "12000x12000" in text and "max_image_pixels" in text
     assert time.perf_counter() - start < 5 and peak < 20 * 2**20
 
@@ -119,7 +114,7 @@ def test_huge_webp_is_refused_before_pillow_allocates_its_canvas(tmp_path, monke
     monkeypatch.setattr(WebPImagePlugin._webp, "WebPAnimDecoder", no_canvas)
     with pytest.raises(EdgepruneError) as excinfo:
         load_dataset(root)
-    text = _one_line(excinfo)
+    text = one_line_message(excinfo)
     assert "000_huge.webp" in text and "12000x12000" in text and "max_image_pixels" in text
 
 
@@ -136,7 +131,7 @@ def test_wrongly_sized_image_is_refused_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", load)
     with pytest.raises(EdgepruneError, match=r"odd\.png: image is 7x7, but .*img_0\.png is 6x5") as excinfo:
         load_dataset(root)
-    _one_line(excinfo)
+    one_line_message(excinfo)
     assert decoded and (7, 7) not in decoded
 
 
@@ -144,7 +139,7 @@ def test_pixel_cap_is_a_parameter_and_raising_it_lets_the_image_through(tmp_path
     root = _folder(tmp_path / "ds")  # 6x5 = 30 pixels
     with pytest.raises(EdgepruneError, match=r"img_0\.png: image is 6x5 \(30 pixels\), over the cap of 29") as excinfo:
         load_dataset(root, max_image_pixels=29)
-    assert "max_image_pixels" in _one_line(excinfo)
+    assert "max_image_pixels" in one_line_message(excinfo)
     ds = load_dataset(root, max_image_pixels=30)
     assert ds.input_shape() == (3, 5, 6)
     with pytest.raises(EdgepruneError, match="max_image_pixels must be a positive integer"):
@@ -170,7 +165,7 @@ def test_pillow_decompression_bomb_error_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "open", bomb)
     with pytest.raises(EdgepruneError, match=r"img_0\.png: refused by Pillow .*max_image_pixels") as excinfo:
         load_dataset(root)
-    _one_line(excinfo)
+    one_line_message(excinfo)
 
 
 def test_archive_members_that_are_not_images_are_never_read(tmp_path, monkeypatch):
@@ -195,7 +190,7 @@ def test_archive_member_over_the_cap_is_refused_from_its_header(tmp_path, monkey
     names = _record_extracts(monkeypatch)
     with pytest.raises(EdgepruneError) as excinfo:
         load_dataset(archive, max_file_bytes=2000)
-    text = _one_line(excinfo)
+    text = one_line_message(excinfo)
     assert "pets/train/b/big.png" in text and f"{size:,} bytes" in text and "max_file_bytes" in text
     assert names and not any(n.endswith("big.png") for n in names)
     ds = load_dataset(archive, max_file_bytes=size)  # raised: read and decoded
@@ -209,7 +204,7 @@ def test_folder_file_over_the_cap_is_refused_from_its_size(tmp_path):
     size = big.stat().st_size
     with pytest.raises(EdgepruneError) as excinfo:
         load_dataset(root, max_file_bytes=2000)
-    text = _one_line(excinfo)
+    text = one_line_message(excinfo)
     assert "big.png" in text and f"{size:,} bytes" in text and "max_file_bytes" in text
     assert len(load_dataset(root, max_file_bytes=size).test_y) == 5
 

@@ -13,24 +13,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import small_model, synthetic
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import edgeprune
-import edgeprune.train as train_module
+import edgeprune.runtime as train_module
 from edgeprune.cli import main
-from edgeprune.data import ImageDataset, channel_stats
+from edgeprune.data import ImageStore
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import tensors_digest
 from edgeprune.io import load
+from edgeprune.runtime import Ranks, process_ranks, resolve_device
 from edgeprune.train import (
     CHECKPOINT_FILE,
-    ImageStore,
-    Ranks,
     TrainConfig,
-    process_ranks,
     read_checkpoint,
-    resolve_device,
     train,
 )
 
@@ -107,6 +104,8 @@ def metrics(folder: Path) -> list[dict]:
 # -- two processes, end to end -----------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_processes_train_alike_resume_under_torchrun_and_in_one_process(tmp_path, capsys):
     """2 gloo processes: same weights in both, rank 0's files, loss falls; resume under torchrun and alone."""
     worker, digests, kept = tmp_path / "worker.py", tmp_path / "digests", tmp_path / "epoch1.safetensors"
@@ -194,7 +193,14 @@ def test_each_share_of_an_augmented_batch_is_that_slice_of_the_whole_batch():
 
 def test_a_checkpoint_with_a_bad_world_size_is_refused(tmp_path):
     data = synthetic()
-    train(small_model(), data, TrainConfig(epochs=1, batch_size=8), out_dir=tmp_path, progress=False, threads=1)
+    train(
+        small_model(num_classes=2),
+        data,
+        TrainConfig(epochs=1, batch_size=8),
+        out_dir=tmp_path,
+        progress=False,
+        threads=1,
+    )
     path = tmp_path / CHECKPOINT_FILE
     with safe_open(str(path), "pt") as f:
         tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
@@ -240,21 +246,6 @@ def test_cli_device_that_is_not_there_is_one_line_before_the_data_loads(no_accel
         assert not (tmp_path / device).exists()
 
 
-def synthetic(n: int = 32, classes: int = 2) -> ImageDataset:
-    """A tiny random 3x8x8 data set."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g)
-    y = torch.arange(n) % classes
-    mean, std = channel_stats(x)
-    return ImageDataset("synthetic", [str(i) for i in range(classes)], x, y, x.clone(), y.clone(), mean, std)
-
-
-def small_model(seed: int = 0) -> torch.nn.Module:
-    """The zoo's tiny CNN, 4 channels wide, 2 classes."""
-    torch.manual_seed(seed)
-    return edgeprune.create("tiny", num_classes=2, channels=4)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_augmentation_equals_the_cpu_s_and_a_cuda_run_resumes_on_the_cpu(tmp_path):
     x = torch.randint(0, 256, (20, 3, 6, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
@@ -265,10 +256,20 @@ def test_cuda_augmentation_equals_the_cpu_s_and_a_cuda_run_resumes_on_the_cpu(tm
 
     data, config = synthetic(n=64), TrainConfig(epochs=2, batch_size=16, seed=0)
     with pytest.raises(KeyboardInterrupt):
-        train(small_model(), data, config, out_dir=tmp_path / "a", progress=False, device="cuda", callback=stop_at_1)
-    result = train(small_model(seed=4), data, config, out_dir=tmp_path / "a", resume=True, progress=False)
+        train(
+            small_model(num_classes=2),
+            data,
+            config,
+            out_dir=tmp_path / "a",
+            progress=False,
+            device="cuda",
+            callback=stop_at_1,
+        )
+    result = train(
+        small_model(seed=4, num_classes=2), data, config, out_dir=tmp_path / "a", resume=True, progress=False
+    )
     assert len(result.history) == 2 and json.loads((tmp_path / "a" / "train.json").read_text())["device"] == "cpu"
-    model = small_model()
+    model = small_model(num_classes=2)
     result = train(model, data, TrainConfig(epochs=1, batch_size=16), out_dir=tmp_path / "b", device="cuda")
     assert next(model.parameters()).device.type == "cpu"  # back where it came from
     assert json.loads((tmp_path / "b" / "train.json").read_text())["device"] == "cuda"

@@ -22,6 +22,7 @@ def _pruned(name: str) -> torch.nn.Module:
     return _PRUNED[name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pruned", [False, True], ids=["unpruned", "pruned"])
 @pytest.mark.parametrize("name", edgeprune.list_models())
 def test_onnx_matches_torch(name, pruned, tmp_path):
@@ -66,6 +67,7 @@ def test_export_bad_input(tmp_path):
         export_onnx(str(tmp_path / "missing" / "dir"), tmp_path / "a.onnx")
 
 
+@pytest.mark.slow
 def test_cli_export(tmp_path, capsys):
     folder = tmp_path / "pruned"
     assert main(["prune", "tiny", "--mode", "params", "--target", "0.5", "--out", str(folder)]) == 0
@@ -77,12 +79,14 @@ def test_cli_export(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("onnxscript") is None, reason="dynamo exporter needs onnxscript")
 def test_dynamo_exporter(tmp_path):
     info = export_onnx("tiny", tmp_path / "d.onnx", exporter="dynamo")
     assert info["exporter"] == "dynamo" and info["check"]["max_abs_diff"] <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny", "mobilenetv2"])
 def test_pad_channels_keeps_outputs(name, tmp_path):
     from edgeprune.export import pad_channels

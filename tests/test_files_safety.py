@@ -17,29 +17,15 @@ import psutil
 import pytest
 import torch
 from conftest import MINI
+from helpers import one_line_error, run_cli
 
 import edgeprune
 from edgeprune.cli import main
-from edgeprune.files import LOCK_FILE, STASH_DIR, FolderLock
+from edgeprune.files import LOCK_FILE, STASH_DIR
+from edgeprune.locks import FolderLock
 
 PRUNE = ["prune", "tiny", "--mode", "flops", "--target", "0.5"]
 MANIFEST_FILE = ".edgeprune-manifest.json"  # edgeprune.files.MANIFEST_FILE, spelled out: the file is the contract
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(err: str, code: int) -> str:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def snapshot(folder) -> dict[str, bytes]:
@@ -100,6 +86,8 @@ def write_lock(folder, pid: int, command: str = "compare", **extra) -> None:
 # -- 2. SIGTERM and SIGHUP as Ctrl-C; a stash is never deleted by a command that did not make it --------------
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
 def test_a_signal_during_force_puts_the_replaced_model_back(tmp_path, capsys, sig):
     """Was: SIGTERM left the previous model hidden in DIR/.edgeprune-replaced/ (no handler: killed at once)."""
@@ -114,6 +102,8 @@ def test_a_signal_during_force_puts_the_replaced_model_back(tmp_path, capsys, si
     assert not (out / STASH_DIR).exists() and not (out / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_signal_as_the_command_finishes_waits_for_its_files(tmp_path, capsys):
     """A signal while the stash is being removed (or put back) is held until that is done: never half a stash."""
     out = tmp_path / "run"
@@ -156,6 +146,7 @@ def test_a_stash_found_before_a_resume_is_named_not_touched(tmp_path, capsys):
 # -- 3. --force removes exactly what a manifest lists; export writes only names it owns -------------------------
 
 
+@pytest.mark.slow
 def test_force_removes_only_what_the_manifest_lists(tmp_path, capsys):
     """Was: --force deleted a user's files that merely looked like edgeprune's."""
     out = tmp_path / "run"
@@ -226,6 +217,7 @@ def export_int8(target, *extra):
                  "--calibration-images", "16", "--limit-test", "32", "--max-drop", "100", *extra])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_export_int8_never_overwrites_an_fp32_file_it_did_not_write(tmp_path, capsys):
     """Was: export --onnx q.onnx --int8 silently overwrote an unrelated q-fp32.onnx."""
     theirs = tmp_path / "q-fp32.onnx"
@@ -285,6 +277,8 @@ def test_a_lock_records_when_its_process_started(tmp_path):
 # -- one line, never a traceback: a write that fails ----------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_model_save_over_the_file_size_limit_is_one_line_and_loses_nothing(tmp_path, capsys):
     """Was: ulimit -f killed the command (SIGXFSZ), or safetensors' SafetensorError came as a traceback."""
     out = tmp_path / "run"
@@ -297,6 +291,8 @@ def test_a_model_save_over_the_file_size_limit_is_one_line_and_loses_nothing(tmp
     assert not (out / STASH_DIR).exists() and not (out / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_checkpoint_save_over_the_file_size_limit_is_one_line(tmp_path):
     from edgeprune.data import load_dataset
 
@@ -310,6 +306,8 @@ def test_a_checkpoint_save_over_the_file_size_limit_is_one_line(tmp_path):
     assert not out.exists() or not temporary_files(out)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_an_image_cache_over_the_file_size_limit_is_a_warning(tmp_path):
     cache = tmp_path / "cache"
     proc = run_limited(1_000_000, "evaluate", "tiny", "--data", MINI, "--limit-test", 32,
@@ -319,6 +317,8 @@ def test_an_image_cache_over_the_file_size_limit_is_a_warning(tmp_path):
     assert not temporary_files(cache)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_an_export_over_the_file_size_limit_is_reported_as_such(tmp_path):
     """Was: a failed write made the exporter fall back to dynamo: "needs the 'onnxscript' package"."""
     proc = run_limited(200_000, "export", "tiny", "--onnx", tmp_path / "t.onnx")
@@ -337,12 +337,16 @@ def test_a_failed_command_removes_the_parent_folders_it_created(tmp_path, capsys
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigterm_during_export_leaves_no_temporary_file(tmp_path):
     proc = run_hooked("edgeprune.export", "check_onnx", "SIGTERM", "export", "tiny", "--onnx", tmp_path / "t.onnx")
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigterm_leaves_no_folder_holding_a_stale_lock(tmp_path):
     proc = run_hooked("edgeprune.pruning", "prune", "SIGTERM", *PRUNE, "--out", tmp_path / "new" / "run")
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
@@ -359,11 +363,13 @@ def test_identical_saves_write_identical_bytes(tmp_path):
     assert edgeprune.load(tmp_path / "0") is not None  # still a valid file, checksum and all
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_deferred_signal_is_raised_once_the_files_are_in_place():
     """SIGTERM while --force moves files is held until they are all moved (never half a stash)."""
     code = textwrap.dedent("""
         import os, signal
-        from edgeprune import cli
+        from edgeprune.cli import signals as cli
         cli._catch_signals()
         try:
             with cli._signals_deferred():

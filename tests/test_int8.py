@@ -6,18 +6,21 @@ import onnx
 import pytest
 import torch
 from conftest import MINI
+from helpers import random_dataset
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 from torch import nn
 
 import edgeprune
 from edgeprune.complexity import LayerShape, Profile
-from edgeprune.data import ImageDataset, load_dataset
+from edgeprune.data import load_dataset
+from edgeprune.energy import energy_estimate
 from edgeprune.errors import EdgepruneError
 from edgeprune.evaluate import evaluate
 from edgeprune.export import export_onnx
-from edgeprune.measure import bench, bench_table, energy_estimate
+from edgeprune.measure import bench
 from edgeprune.onnx_graph import onnx_profile
 from edgeprune.quantize import calibration_batches, int8_check, quantize_onnx
+from edgeprune.report import bench_table
 from edgeprune.train import TrainConfig, train
 from edgeprune.train import evaluate as train_evaluate
 
@@ -38,19 +41,10 @@ def trained(shared_cache, tmp_path_factory):
     return model.eval(), data, fp32, int8, info
 
 
-def _dataset(shape, classes, train=32, test=16, seed=0):
-    """A random uint8 image data set: ``train`` and ``test`` images of ``shape``, ``classes`` labels."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (train + test, *shape), generator=gen, dtype=torch.uint8)
-    y = torch.randint(0, classes, (train + test,), generator=gen)
-    names = [f"c{i}" for i in range(classes)]
-    c = shape[0]
-    return ImageDataset("random", names, x[:train], y[:train], x[train:], y[train:], (0.5,) * c, (0.25,) * c)
-
-
 # -- quantize and check ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_int8_export_stays_within_the_accuracy_limit(trained):
     _, data, fp32, int8, info = trained
     assert info["format"] == "QDQ" and info["method"] == "minmax" and info["per_channel"]
@@ -67,6 +61,7 @@ def test_int8_export_stays_within_the_accuracy_limit(trained):
     json.dumps(check)
 
 
+@pytest.mark.slow
 def test_int8_counts_and_energy_of_the_tiny_model(trained):
     _, _, fp32, int8, _ = trained
     f, q = onnx_profile(fp32), onnx_profile(int8)
@@ -80,6 +75,7 @@ def test_int8_counts_and_energy_of_the_tiny_model(trained):
     assert e["constants"] == {"pj_per_mac": 0.23, "pj_per_dram_byte": 160.0, "source": "45 nm, Horowitz 2014"}
 
 
+@pytest.mark.slow
 def test_bench_of_an_int8_onnx_file_reports_int8_energy(trained):
     _, _, _, int8, _ = trained
     out = bench(int8, runs=2, warmup=0, threads=1)
@@ -94,6 +90,7 @@ def test_bench_of_an_int8_onnx_file_reports_int8_energy(trained):
     assert "energy per inference (int8)" in text and "0.23 pJ" in text and "160 pJ" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_other_calibration_methods(trained, tmp_path, monkeypatch, method):
     _, data, fp32, _, _ = trained
@@ -103,15 +100,17 @@ def test_other_calibration_methods(trained, tmp_path, monkeypatch, method):
     assert onnx_profile(tmp_path / "q.onnx").precision == "int8"
 
 
+@pytest.mark.slow
 def test_bad_calibration_input_is_one_line(trained, tmp_path):
     _, data, fp32, _, _ = trained
     target = tmp_path / "q.onnx"
     target.write_bytes(b"old")
     cases = [
         (dict(calibration=data, images=8), "calibration needs at least 16 images, got 8"),
-        (dict(calibration=_dataset((3, 32, 32), 10, train=10)), "training split of 'random' has 10"),
-        (dict(calibration=_dataset((3, 16, 16), 10)), "takes 3x32x32 inputs, the calibration data set 'random' has"),
-        (dict(calibration=_dataset((1, 32, 32), 10)), "has 1x32x32"),
+        (dict(calibration=random_dataset((3, 32, 32), 10, train=10)), "training split of 'random' has 10"),
+        (dict(calibration=random_dataset((3, 16, 16), 10)),
+         "takes 3x32x32 inputs, the calibration data set 'random' has"),
+        (dict(calibration=random_dataset((1, 32, 32), 10)), "has 1x32x32"),
         (dict(calibration=data, method="kl"), "unknown calibration method 'kl'"),
     ]  # fmt: skip
     for kwargs, message in cases:
@@ -162,7 +161,7 @@ def two_layer(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("two") / "two.onnx"
     export_onnx(_TwoLayer().eval(), path, (3, 8, 8))
-    return path, _dataset((3, 8, 8), 5)
+    return path, random_dataset((3, 8, 8), 5)
 
 
 def test_qdq_graph_counts_against_hand_numbers(two_layer, tmp_path):
@@ -222,6 +221,7 @@ def test_energy_of_fp32_int8_and_mixed_profiles():
 # -- evaluate ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_evaluate_torch_model_and_its_onnx_agree(trained, tmp_path):
     model, data, fp32, _, _ = trained
     torch_scores = evaluate(model, data, batch_size=128)
@@ -235,7 +235,7 @@ def test_evaluate_torch_model_and_its_onnx_agree(trained, tmp_path):
 
 
 def test_evaluate_top5_above_ten_classes(tmp_path):
-    data = _dataset((3, 16, 16), 12, test=40)
+    data = random_dataset((3, 16, 16), 12, test=40)
     torch.manual_seed(0)
     model = edgeprune.create("tiny", num_classes=12, channels=8).eval()
     scores = evaluate(model, data, batch_size=16)
@@ -248,16 +248,17 @@ def test_evaluate_top5_above_ten_classes(tmp_path):
     assert evaluate(tmp_path / "m.onnx", data)["top5"] == pytest.approx(scores["top5"], abs=1 / 40)
 
 
+@pytest.mark.slow
 def test_evaluate_shape_mismatch_is_one_line(trained, tmp_path):
     model, data, fp32, _, _ = trained
-    small, gray = _dataset((3, 16, 16), 10), _dataset((1, 32, 32), 10)
+    small, gray = random_dataset((3, 16, 16), 10), random_dataset((1, 32, 32), 10)
     edgeprune.save(model, tmp_path / "folder", (3, 32, 32))
     cases = [
         (fp32, small, "takes 3x32x32 inputs, the data set 'random' has 3x16x16 images"),
         (fp32, gray, "takes 3x32x32 inputs, the data set 'random' has 1x32x32 images"),
         (model, gray, "3-channel images, the data set 'random' has 1-channel images"),
         (tmp_path / "folder", small, "was built for 3x32x32 images"),
-        (model, _dataset((3, 32, 32), 7), "the data set 'random' has 7 classes"),
+        (model, random_dataset((3, 32, 32), 7), "the data set 'random' has 7 classes"),
         (tmp_path / "missing.onnx", data, "no such file"),
     ]
     for source, dataset, message in cases:
@@ -268,6 +269,7 @@ def test_evaluate_shape_mismatch_is_one_line(trained, tmp_path):
         evaluate(model, data, batch_size=0)
 
 
+@pytest.mark.slow
 def test_cli_export_int8_and_evaluate(trained, tmp_path, capsys):
     """The commands of the issue: export --int8 --calibration, then evaluate the model folder and both files."""
     from edgeprune.cli import main
@@ -314,6 +316,7 @@ def test_cli_int8_argument_errors_are_one_line(tmp_path, capsys, extra, message)
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_sweep_int8_adds_int8_rows_beside_the_fp32_ones(tmp_path, capsys):
     from edgeprune.cli import main
 
@@ -339,6 +342,7 @@ def test_sweep_int8_adds_int8_rows_beside_the_fp32_ones(tmp_path, capsys):
     assert code == 2 and "--int8 needs --data" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_export_int8_says_when_the_int8_file_is_not_smaller(tmp_path, capsys):
     """At a few channels per layer, per-channel scales and zero points outweigh the bytes int8 weights save."""
     from edgeprune.cli import main

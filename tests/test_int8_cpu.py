@@ -14,25 +14,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import random_dataset
 from onnx import numpy_helper
 from torch import nn
 
 from edgeprune.cpu import TARGETS, cpu_class, cpu_summary, reduce_range_for
-from edgeprune.data import ImageDataset
 from edgeprune.errors import EdgepruneError
 from edgeprune.export import export_onnx
 from edgeprune.quantize import file_target_cpu, int8_check, quantize_onnx
 
 INT16_MAX = 32767
-
-
-def _dataset(train=64, test=16, seed=0):
-    """Random uint8 images: after normalisation many activations sit at both ends of their range."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (train + test, 3, 8, 8), generator=gen, dtype=torch.uint8)
-    y = torch.randint(0, 4, (train + test,), generator=gen)
-    names = [f"c{i}" for i in range(4)]
-    return ImageDataset("random", names, x[:train], y[:train], x[train:], y[train:], (0.5,) * 3, (0.25,) * 3)
 
 
 def _saturating_model():
@@ -51,7 +42,7 @@ def _saturating_model():
 def files(tmp_path_factory):
     """The saturating model's fp32 file and its int8 files for every target CPU."""
     folder = tmp_path_factory.mktemp("target-cpu")
-    data = _dataset()
+    data = random_dataset((3, 8, 8), 4, train=64)
     fp32 = folder / "m.onnx"
     export_onnx(_saturating_model(), fp32, (3, 8, 8))
     out = {}
@@ -115,6 +106,7 @@ def test_unknown_target_is_one_line():
     assert TARGETS[0] == "any"
 
 
+@pytest.mark.slow
 def test_any_and_avx2_files_cannot_saturate_a_16_bit_pair_sum(files):
     _, _, out = files
     for target in ("any", "avx2"):
@@ -160,6 +152,7 @@ def _run(paths, x, tmp_path, emulate=None):
     return [np.load(str(p) + ".out.npy") for p in paths]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="needs qemu-user (apt-get install qemu-user)")
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="qemu-user runs Linux x86-64 programs")
 def test_on_an_emulated_avx2_cpu_only_the_any_file_keeps_its_outputs(files, tmp_path):

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import MINI
+from helpers import one_line_error, one_line_message, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import edgeprune
 from edgeprune import io as eio
-from edgeprune import pipelines
-from edgeprune.cli import main
+from edgeprune import pipelines, records
 from edgeprune.data import ImageDataset, load_dataset
 from edgeprune.errors import EdgepruneError
 from edgeprune.lut import LatencyTable, LayerTable, load_table
@@ -50,22 +50,6 @@ def memory_guard():
     resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
     yield
     resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's own errors (checked at parse time)
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(err: str, code: int) -> str:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def no_forward(*args, **kwargs):
@@ -123,6 +107,7 @@ def test_a_model_json_input_shape_beyond_the_input_size_caps_is_refused(tmp_path
         eio.read_spec(folder)
 
 
+@pytest.mark.slow
 def test_a_model_whose_layer_outputs_exceed_the_memory_is_refused_before_its_forward_pass(tmp_path, capsys,
                                                                                            monkeypatch):  # fmt: skip
     """[3, 2048, 2048] is within the caps, but tiny's feature maps at that size are 4.6 GB: estimated on the meta
@@ -180,6 +165,7 @@ def test_the_meta_device_sizing_leaves_the_seed_s_weights_as_they_were():
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
+@pytest.mark.slow
 def test_an_onnx_file_declaring_a_112_gib_input_is_refused_before_any_run(tmp_path, capsys, monkeypatch):
     """Was: profile printed it and bench's measuring process tried to allocate 112 GiB of random input."""
     monkeypatch.setattr("edgeprune.measure.run_measurement", no_measurement)
@@ -219,7 +205,7 @@ def test_every_input_shape_meets_the_same_caps():
     """--input-size's caps hold for model.json, .onnx inputs, latency tables and API shapes alike."""
     from edgeprune import limits
 
-    assert limits.MAX_INPUT_SIZE == __import__("edgeprune.cli").cli.MAX_INPUT_SIZE == 4096
+    assert limits.MAX_INPUT_SIZE == __import__("edgeprune.cli.options").cli.options.MAX_INPUT_SIZE == 4096
     assert limits.input_shape_problem([3, 4096, 4096]) is None and limits.input_shape_problem([1, 1 << 20]) is None
     for bad in ([3, 4097, 8], [5000, 8, 8], [4, 4096, 4096], [3, 0, 8], [3.0, 8, 8], [True, 8, 8], [], [1] * 5, "3"):
         assert limits.input_shape_problem(bad) is not None, bad
@@ -287,7 +273,7 @@ def _write_saved(ctx, tag: str, record: dict) -> Path:
     key = pipelines.record_key(ctx, record["method"], record["mode"], record["seed"], record["epochs"])
     path = ctx.out / tag / pipelines.RECORD
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format": pipelines.RECORD_FORMAT, "key": key, "record": record}))
+    path.write_text(json.dumps({"format": records.RECORD_FORMAT, "key": key, "record": record}))
     return path
 
 
@@ -312,12 +298,13 @@ def test_a_record_with_out_of_range_values_is_refused(tmp_path, mini, edit, mess
     key = pipelines.record_key(ctx, "direct", "flops", 0, 1)
     path = ctx.out / "direct-flops-s0" / pipelines.RECORD
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"format": pipelines.RECORD_FORMAT, "key": key, "record": record}))
+    path.write_text(json.dumps({"format": records.RECORD_FORMAT, "key": key, "record": record}))
     with pytest.raises(EdgepruneError, match=message) as e:
         pipelines.stored_record(ctx, "direct-flops-s0", key)
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_compare_resume_refuses_a_record_of_700_percent(tmp_path, mini, capsys, monkeypatch):
     """The command itself: one line, exit 2, nothing trained, no compare.md of 700.00 %."""
     monkeypatch.setattr(pipelines, "train", no_forward)
@@ -448,10 +435,7 @@ def _document(draw, valid: dict) -> str:
     return json.dumps(_set(doc, path, draw(NUMBERS | JSON)))
 
 
-def _one_line(e: EdgepruneError) -> None:
-    assert "\n" not in str(e) and str(e)
-
-
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_fuzzed_latency_tables_load_valid_or_fail_in_one_line(tmp_path, data):
@@ -460,7 +444,7 @@ def test_fuzzed_latency_tables_load_valid_or_fail_in_one_line(tmp_path, data):
     try:
         table = load_table(path)
     except EdgepruneError as e:
-        _one_line(e)
+        assert one_line_message(e)
         return
     numbers = [table.parent_ms, table.rest_ms, table.build_seconds, *(v for p in table.calibration for v in p)]
     numbers += [v for layer in table.layers.values() for row in layer.ms for v in row]
@@ -478,18 +462,19 @@ def record_ctx(mini, tmp_path_factory):
     return ctx, pipelines.record_key(ctx, "direct", "flops", 0, 1)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_fuzzed_run_records_read_valid_or_fail_in_one_line(record_ctx, data):
     ctx, key = record_ctx
-    valid = {"format": pipelines.RECORD_FORMAT, "key": key, "record": asdict(_run("direct", "flops"))}
+    valid = {"format": records.RECORD_FORMAT, "key": key, "record": asdict(_run("direct", "flops"))}
     path = ctx.out / "direct-flops-s0" / pipelines.RECORD
     path.parent.mkdir(exist_ok=True)
     path.write_text(_document(data.draw, valid), encoding="utf-8", errors="surrogatepass")
     try:
         record = pipelines.stored_record(ctx, "direct-flops-s0", key)
     except EdgepruneError as e:
-        _one_line(e)
+        assert one_line_message(e)
         return
     assert 0 <= record.test_accuracy <= 1 and record.epochs == len(record.history) >= 1
     assert all(math.isfinite(v) and v >= 0 for v in (record.train_seconds, record.pretrain_seconds))
@@ -517,6 +502,7 @@ def test_train_numbers_that_overflow_are_one_line(tmp_path, capsys, option, mess
     assert message in one_line_error(err, code)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "round_to, floor",
     [

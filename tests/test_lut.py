@@ -11,19 +11,18 @@ from torch import nn
 import edgeprune
 from edgeprune.cli import main
 from edgeprune.costs import NAMES, STATIC, get_cost, totals
+from edgeprune.energy import energy_estimate
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import analyse
+from edgeprune.latency import build_table, calibrate
 from edgeprune.lut import (
     LatencyTable,
     LayerTable,
     _isotonic,
-    build_table,
-    calibrate,
     grid_widths,
     layer_blocks,
     load_table,
 )
-from edgeprune.measure import energy_estimate
 from edgeprune.pruning import apply_plan, floor_plan
 
 SHAPE = (3, 32, 32)
@@ -88,6 +87,7 @@ def test_bad_limits_are_one_line(cost, text, match):
         get_cost(cost).parse(text, 100.0)
 
 
+@pytest.mark.slow
 def test_an_energy_budget_is_met_and_combines_with_others():
     result = edgeprune.prune(tiny(), budget={"energy": 0.5, "params": 0.6}, seed=1)
     report = result.report()
@@ -120,6 +120,7 @@ def test_grid_is_multiples_of_round_to_dense_near_full_width():
     assert grid_widths(5, 8) == [5]
 
 
+@pytest.mark.slow
 def test_blocks_find_norms_and_activations_module_or_functional():
     blocks = layer_blocks(tiny(), SHAPE)
     assert [(b["norm"], b["act"]) for b in blocks.values()] == [(True, "relu")] * 3 + [(False, "relu"), (False, None)]
@@ -128,6 +129,7 @@ def test_blocks_find_norms_and_activations_module_or_functional():
     assert res["layer1.0.conv2"]["act"] is None  # relu(bn2(conv2(out)) + shortcut): not its own
 
 
+@pytest.mark.slow
 def test_table_predicts_the_parent_exactly_and_round_trips(tmp_path):
     model = tiny()
     table = fake_table(model)
@@ -217,6 +219,7 @@ def test_a_measured_miss_replans_against_a_lowered_limit():
     assert lat["met"] and lat["measured_ms"] <= 1.2
 
 
+@pytest.mark.slow
 def test_latency_combines_with_memory_in_one_budget():
     table = fake_table()
     result = edgeprune.prune(tiny(), budget={"latency": 0.8, "memory": 0.4}, table=table,
@@ -228,7 +231,7 @@ def test_latency_combines_with_memory_in_one_budget():
 def test_a_miss_that_never_recovers_is_reported_and_the_cli_exits_1(tmp_path, monkeypatch, capsys):
     table = fake_table()
     table.save(tmp_path / "t.json")
-    monkeypatch.setattr("edgeprune.pruning._default_measure", lambda *args: lambda model: 99.0)
+    monkeypatch.setattr("edgeprune.search.default_measure", lambda *args: lambda model: 99.0)
     code = main(["prune", "tiny", "--target", "latency=0.5", "--lut", str(tmp_path / "t.json"), "--attempts", "2",
                  "--out", str(tmp_path / "p")])  # fmt: skip
     err = capsys.readouterr().err
@@ -303,6 +306,7 @@ def test_isotonic_fit_pools_violators():
     assert _isotonic([1.0, 2.0]) == [1.0, 2.0]
 
 
+@pytest.mark.slow
 def test_calibration_points_are_the_uniform_cuts_and_the_floor_measured():
     table, device = calibrated_table()
     model, example = tiny(), torch.zeros(1, *SHAPE)
@@ -318,6 +322,7 @@ def test_calibration_points_are_the_uniform_cuts_and_the_floor_measured():
         assert table.calibrated(s) == pytest.approx(ms) and table.table_ms_for(ms) == pytest.approx(s)
 
 
+@pytest.mark.slow
 def test_calibration_predicts_a_non_uniform_cut_better_than_the_sum():
     table, device = calibrated_table()
     cut = edgeprune.prune(tiny(), mode="flops", target=0.4, round_to=8).model  # Algorithm 1: not uniform
@@ -326,6 +331,7 @@ def test_calibration_predicts_a_non_uniform_cut_better_than_the_sum():
     assert abs(table.predict(prof) - truth) < 0.05 * truth < abs(table.table_sum(prof) - truth)
 
 
+@pytest.mark.slow
 def test_a_calibrated_table_lands_the_first_cut_and_round_trips(tmp_path):
     table, device = calibrated_table()
     table.save(tmp_path / "t.json")
@@ -353,6 +359,7 @@ def test_a_target_under_the_measured_floor_is_refused_before_cutting():
     assert not measured
 
 
+@pytest.mark.slow
 def test_a_malformed_calibration_is_one_line(tmp_path):
     data = calibrated_table()[0].to_dict()
     data["calibration"][0] = [1.0, -2.0]
@@ -365,6 +372,7 @@ def test_a_malformed_calibration_is_one_line(tmp_path):
         load_table(tmp_path / "t.json")
 
 
+@pytest.mark.slow
 def test_cli_builds_a_calibrated_table_with_real_processes(tmp_path, capsys):
     out = tmp_path / "lut.json"
     code = main(["lut", "tiny", "--backend", "onnxruntime", "--runs", "2", "--warmup", "0", "--processes", "1",
@@ -382,6 +390,7 @@ def test_cli_builds_a_calibrated_table_with_real_processes(tmp_path, capsys):
     assert exc.value.code == 2 and "between 0 and 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_cut_measuring_off_the_calibration_curve_is_replanned_along_its_slope():
     table, device = calibrated_table()
     slower = lambda m: device(m) + 0.2  # noqa: E731 - Algorithm 1's cuts run slower than uniform ones of equal sum
@@ -393,6 +402,7 @@ def test_a_cut_measuring_off_the_calibration_curve_is_replanned_along_its_slope(
     assert lat["met"] and lat["measured_ms"] <= 1.8
 
 
+@pytest.mark.slow
 def test_a_replan_below_the_smallest_network_plans_the_smallest_network_instead():
     table, device = calibrated_table()
     floor_sum = table.calibration[0][0]
@@ -405,6 +415,7 @@ def test_a_replan_below_the_smallest_network_plans_the_smallest_network_instead(
     assert lat["attempts"][1]["table_ms"] == pytest.approx(floor_sum)  # the smallest network, planned and measured
 
 
+@pytest.mark.slow
 def test_cli_recalibrates_a_table_without_rebuilding_its_layers(tmp_path, capsys):
     table = fake_table()  # made "on this machine" (its CPU and onnxruntime version), no calibration
     table.save(tmp_path / "t.json")
@@ -421,6 +432,7 @@ def test_cli_recalibrates_a_table_without_rebuilding_its_layers(tmp_path, capsys
     assert "made for CPU 'Another CPU'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_target_under_what_the_settings_allow_is_refused_in_predicted_ms():
     table, device = calibrated_table()  # its floor: one quantum of 8 filters per layer
     model, example = tiny(), torch.zeros(1, *SHAPE)

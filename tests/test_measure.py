@@ -9,10 +9,12 @@ import torch
 from torch import nn
 
 import edgeprune
+from edgeprune.backends import latency_stats
 from edgeprune.cli import main
+from edgeprune.energy import energy_estimate
 from edgeprune.errors import EdgepruneError
 from edgeprune.export import export_onnx
-from edgeprune.measure import bench, energy_estimate, latency_interleaved, latency_stats, prepare
+from edgeprune.measure import bench, latency_interleaved, prepare
 
 RUNS = 5
 
@@ -55,6 +57,7 @@ def _positive_finite(x):
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow
 def test_bench_schema_and_figures(measured, pruned_dir):
     assert set(measured) >= {"model", "input_shape", "runs", "warmup", "threads", "complexity", "energy", "backends"}
     assert measured["runs"] == RUNS and measured["threads"] == 1 and measured["input_shape"] == [3, 32, 32]
@@ -83,6 +86,7 @@ def test_bench_schema_and_figures(measured, pruned_dir):
     json.dumps(measured)  # JSON-ready
 
 
+@pytest.mark.slow
 def test_energy_equals_formula_on_own_counts(measured, pruned_dir):
     macs, words = _own_counts(edgeprune.load(pruned_dir))
     e = measured["energy"]
@@ -107,6 +111,7 @@ def _powercap(root, energy_uj):
     return root
 
 
+@pytest.mark.slow
 def test_bench_reads_rapl_in_the_measuring_process(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EDGEPRUNE_POWERCAP", str(_powercap(tmp_path / "powercap", 123456)))
     quick = ["--runs", "2", "--warmup", "0", "--threads", "1"]
@@ -166,6 +171,7 @@ def test_bench_rejects_missing_folder(tmp_path):
         bench("resnet9000")
 
 
+@pytest.mark.slow
 def test_cli_bench_json_and_errors(capsys, pruned_dir):
     assert main(["bench", str(pruned_dir), "--backends", "onnxruntime", "--runs", "3", "--warmup", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -181,6 +187,7 @@ def test_cli_bench_json_and_errors(capsys, pruned_dir):
     assert capsys.readouterr().err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_cli_bench_table(capsys):
     args = ["bench", "tiny", "--backends", "onnxruntime", "--runs", "2", "--warmup", "0", "--threads", "2", "--no-spin"]
     assert main(args) == 0
@@ -189,6 +196,7 @@ def test_cli_bench_table(capsys):
     assert "45 nm, Horowitz 2014" in out and "4.6 pJ" in out and "640 pJ" in out
 
 
+@pytest.mark.slow
 def test_latency_interleaved(pruned_dir):
     res = latency_interleaved({"parent": "tiny", "pruned": str(pruned_dir)}, "onnxruntime", runs=4, warmup=1, threads=1)
     assert set(res) == {"parent", "pruned"}
@@ -196,6 +204,7 @@ def test_latency_interleaved(pruned_dir):
         assert r["latency_ms"]["n"] == 4 and _positive_finite(r["latency_ms"]["median"])
 
 
+@pytest.mark.slow
 def test_latency_interleaved_models_of_different_input_shapes(tmp_path):
     small = prepare("tiny", tmp_path / "small", ("torch",), (3, 16, 16))
     large = prepare("tiny", tmp_path / "large", ("torch",), (3, 40, 40))
@@ -203,6 +212,7 @@ def test_latency_interleaved_models_of_different_input_shapes(tmp_path):
     assert {n: r["latency_ms"]["n"] for n, r in res.items()} == {"small": 3, "large": 3}
 
 
+@pytest.mark.slow
 def test_bench_an_onnx_file_as_it_is(tmp_path, capsys):
     model = edgeprune.create("tiny")
     path = tmp_path / "tiny.onnx"

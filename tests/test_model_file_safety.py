@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import edgeprune
-from edgeprune import io
 from edgeprune.cli import main
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import tensors_digest
+from edgeprune.io import files as io
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 HUGE = [8_000_000, 10**9]
@@ -278,7 +278,7 @@ def test_a_huge_zoo_argument_is_refused_or_never_allocated(folder, width):
 def test_a_huge_layer_of_a_code_builder_is_refused_before_resizing(tmp_path, monkeypatch):
     code = tmp_path / "net.py"
     code.write_text("from torch import nn\n\ndef net(width=4):\n    return nn.Sequential(nn.Conv2d(3, width, 3))\n")
-    io.save(edgeprune.builders.build_model(f"{code}:net"), tmp_path / "m")
+    io.save(edgeprune.models.build.build_model(f"{code}:net"), tmp_path / "m")
     edit_spec(tmp_path / "m", _set("layers", "0", "out_channels", value=8_000_000))
     monkeypatch.setattr(io, "_resize", lambda *a: pytest.fail("resized"))
     refused(tmp_path / "m", r"layer '0' has 3 -> 8000000 channels in 1 groups, its weight is \[4, 3, 3, 3\]")
@@ -347,6 +347,7 @@ def load_is_safe(folder: Path) -> None:
     assert snapshot(folder) == before
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_fuzzed_model_json_loads_or_fails_in_one_line(pristine, data):
@@ -359,6 +360,7 @@ def test_fuzzed_model_json_loads_or_fails_in_one_line(pristine, data):
         load_is_safe(folder)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_fuzzed_weights_header_loads_or_fails_in_one_line(pristine, data):

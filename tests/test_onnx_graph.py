@@ -83,6 +83,7 @@ def test_hand_built_conv_transpose_counts_input_positions(tmp_path):
     assert (layer.params, layer.flops) == (4 * 3 * 16, 4 * 3 * 16 * 25)
 
 
+@pytest.mark.slow
 def test_two_inputs_and_an_unrunnable_graph_are_one_line_errors(tmp_path):
     two = tmp_path / "two.onnx"
     a, b = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in "ab")
@@ -102,6 +103,7 @@ def test_two_inputs_and_an_unrunnable_graph_are_one_line_errors(tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny", "mobilenetv2"])
 def test_onnx_profile_of_an_export_matches_the_torch_profile(name, tmp_path):
     model = edgeprune.create(name)
@@ -229,6 +231,7 @@ def exported(tmp_path_factory):
     return nets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NETS)
 def test_exported_nets_match_flop_counter_and_numel(name, exported):
     model, path = exported[name]

@@ -60,6 +60,7 @@ def comparison(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_compare_writes_every_row_and_column(comparison):
     rows = list(csv.DictReader((comparison / "compare.csv").open()))
     assert {(r["method"], r["mode"]) for r in rows} == {
@@ -81,6 +82,7 @@ def test_compare_writes_every_row_and_column(comparison):
     assert (comparison / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_learning_curves_count_the_whole_pipeline(comparison):
     """A conventional run's curve is its pre-training (the full model's curve), then its fine-tuning."""
     from edgeprune.plots import accuracy_curve
@@ -104,6 +106,7 @@ def stage_medians_x_epochs(history: list[dict]) -> float:
     )
 
 
+@pytest.mark.slow
 def test_compare_table_matches_run_records(comparison):
     data = json.loads((comparison / "compare.json").read_text())
     runs, rows = (
@@ -140,6 +143,7 @@ def test_compare_rejects_bad_targets(tmp_path, capsys):
     assert code == 2 and "no value for mode(s) flops" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_resume_reuses_finished_runs(tmp_path):
     common = ["compare", "tiny", "--data", str(MINI), "--target", "params=0.5", "flops=0.4", "--baselines", "l1",
               "--epochs", "1", "--finetune-epochs", "1", "--limit-train", "128", "--limit-test", "64",
@@ -175,6 +179,7 @@ def test_time_matched_needs_a_conventional_pipeline(tmp_path, capsys):
     assert code == 2 and "needs a conventional pipeline" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_also_meets_extra_limits_in_every_pruned_network(tmp_path, capsys):
     argv = ["compare", "tiny", "--data", str(MINI), "--target", "0.6", "--modes", "flops", "--also", "memory=0.3",
             "--baselines", "l1", "uniform", "unweighted", "--epochs", "1", "--finetune-epochs", "1",
@@ -194,6 +199,7 @@ def test_compare_also_meets_extra_limits_in_every_pruned_network(tmp_path, capsy
     assert not (tmp_path / "p" / "full-s0").exists()
 
 
+@pytest.mark.slow
 def test_compare_resumes_from_run_records_alone(tmp_path, monkeypatch, capsys):
     """A study carried over as its runs' record.json files: read back without training; a conventional run
     still to do retrains its seed's full model, to the same figures (deterministic)."""

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import edgeprune
+from edgeprune.costs import parse_target
 from edgeprune.errors import EdgepruneError
 from edgeprune.models import list_models
-from edgeprune.pruning import parse_target
 from edgeprune.trace import record_shapes
 
 KEY = {"params": "params", "flops": "flops", "memory": "memory_bytes"}
@@ -20,6 +20,7 @@ def widths(model):
     return [layer.c_out for layer in record_shapes(model, torch.zeros(1, 3, 32, 32)).layers]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("mode", ["params", "flops", "memory"])
 def test_half_target_met_runs_and_round_trips(name, mode, tmp_path):
@@ -44,6 +45,7 @@ def test_half_target_met_runs_and_round_trips(name, mode, tmp_path):
     assert record_shapes(model, torch.zeros(1, 3, 32, 32)).total(mode) == before
 
 
+@pytest.mark.slow
 def test_same_seed_same_widths_different_seed_differs():
     model = edgeprune.create("resnet56")
     a = widths(edgeprune.prune(model, "flops", 0.5, seed=3).model)
@@ -52,6 +54,7 @@ def test_same_seed_same_widths_different_seed_differs():
     assert a == b and a != c
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("selection", ["weighted", "uniform", "ratio"])
 def test_criterion_changes_which_filters_not_the_widths(selection):
     # the layer lottery has its own random stream, so a ranked (conventional) pipeline gets exactly
@@ -69,6 +72,7 @@ def test_criterion_changes_which_filters_not_the_widths(selection):
     assert plans["l1"].keep != ref.keep
 
 
+@pytest.mark.slow
 def test_vgg16_fa_prunes_early_layers_pa_prunes_late_512_layers():
     # at width 0.25 every layer's share of params and FLOPs is the full model's but for the first conv and the
     # classifier (both scale with one width, not two), so the lottery's bias is the same, at a fifth of the time
@@ -86,6 +90,7 @@ def test_vgg16_fa_prunes_early_layers_pa_prunes_late_512_layers():
     assert removed["params"][late].mean() > removed["flops"][late].mean()
 
 
+@pytest.mark.slow
 def test_final_step_lands_just_under_target():
     report = edgeprune.prune(edgeprune.create("vgg16"), "params", 0.3, seed=0).report()
     last = report["steps"][-1]
@@ -95,6 +100,7 @@ def test_final_step_lands_just_under_target():
     assert all(0 < p <= 1 for p in probabilities)
 
 
+@pytest.mark.slow
 def test_residual_channels_kept_by_default_and_prunable_on_request():
     model = edgeprune.create("resnet56")
     default = edgeprune.prune(model, "params", 0.5, seed=0).model
@@ -104,6 +110,7 @@ def test_residual_channels_kept_by_default_and_prunable_on_request():
     assert opened(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
+@pytest.mark.slow
 def test_mobilenet_expansion_and_depthwise_shrink_together():
     pruned = edgeprune.prune(edgeprune.create("mobilenetv2"), "flops", 0.4, seed=0).model
     for block in pruned.features[2:17]:
@@ -129,6 +136,7 @@ def test_l1_criterion_removes_lowest_norm_filters():
     assert removed and max(removed) < min(kept)
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(fraction=st.floats(0.1, 0.9), step=st.floats(0.05, 0.5), seed=st.integers(0, 1000))
 def test_any_target_is_met_and_no_layer_emptied(fraction, step, seed):

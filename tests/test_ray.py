@@ -14,8 +14,9 @@ import edgeprune
 from edgeprune import cluster
 from edgeprune.cli import main
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipelines import CompareSettings, RunRecord, markdown_table, summarise
-from edgeprune.sweep import columns, sweep
+from edgeprune.pipelines import CompareSettings, markdown_table, summarise
+from edgeprune.records import RunRecord
+from edgeprune.sweep import SweepSettings, columns, sweep
 
 COMPARE = ["compare", "tiny", "--data", str(MINI), "--target", "0.5", "--modes", "flops", "--baselines", "l1",
            "--epochs", "1", "--finetune-epochs", "2", "--seeds", "0", "--limit-train", "128", "--limit-test", "64",
@@ -50,6 +51,8 @@ def _runs(folder):
     return {(r["method"], r["mode"], r["seed"]): r for r in json.loads((folder / "compare.json").read_text())["runs"]}
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_ray_comparison_equals_the_local_one(compared, ray_local):
     local, remote = compared
     here, there = _runs(local), _runs(remote)
@@ -72,6 +75,8 @@ def test_ray_comparison_equals_the_local_one(compared, ray_local):
     assert not list(remote.glob(".edgeprune-probe*"))
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_dead_worker_is_retried_from_its_checkpoint(compared):
     _, remote = compared
     lines = (remote / f".crashed-once-{CRASHED}").read_text().splitlines()
@@ -82,6 +87,8 @@ def test_dead_worker_is_retried_from_its_checkpoint(compared):
     assert l1["epochs"] == 3 and [h["epoch"] for h in l1["history"] if h["stage"] == 1] == [1, 2]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_out_must_be_seen_by_every_node(ray_local, tmp_path, monkeypatch, capsys):
     cluster.check_shared_folder(ray_local, tmp_path)  # one local node: it sees the folder
     assert not list(tmp_path.iterdir())  # probe files removed
@@ -97,9 +104,11 @@ def test_out_must_be_seen_by_every_node(ray_local, tmp_path, monkeypatch, capsys
         cluster.check_shared_folder(ray_local, tmp_path)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_sweep_on_ray_records_its_nodes(ray_local, tmp_path):
-    result = sweep("tiny", tmp_path, modes=["flops"], targets=[0.5], backends=["onnxruntime"], runs=2, warmup=0,
-                   log=None, ray=cluster.RayOptions())  # fmt: skip
+    result = sweep("tiny", SweepSettings(tmp_path, modes=["flops"], targets=[0.5], backends=["onnxruntime"], runs=2,
+                                         warmup=0, log=None, ray=cluster.RayOptions()))  # fmt: skip
     rows = result["rows"]
     assert [(r["mode"], r["target"]) for r in rows] == [("unpruned", 1.0), ("flops", 0.5)]
     expected = edgeprune.prune(edgeprune.create("tiny"), "flops", 0.5, seed=0).model  # independent recount

@@ -21,14 +21,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from archs import ALL  # tests/ is on sys.path (pytest's rootdir-relative import)
+from helpers import graded_dataset
 from torch import nn
 
 import edgeprune
-from edgeprune.costs import get_cost, totals
+from edgeprune.costs import get_cost, parse_budget, totals
 from edgeprune.data import ImageDataset
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import analyse
-from edgeprune.pruning import apply_plan, make_budget_plan, parse_budget
+from edgeprune.pruning import apply_plan, make_budget_plan
 from edgeprune.search import (
     PROXIES,
     ProxyContext,
@@ -169,17 +170,6 @@ def digest(plan) -> str:
     return hashlib.sha256(json.dumps(plan.keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def synthetic(n_train: int = 48, n_test: int = 16, classes: int = 4, seed: int = 0, shape=(3, 32, 32)) -> ImageDataset:
-    """A small random image data set (uint8), labels that a net can partly learn (brightness by class)."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n_train + n_test,), generator=g)
-    x = torch.randint(0, 128, (n_train + n_test, *shape), generator=g, dtype=torch.uint8)
-    x = (x + (y * (127 // classes)).view(-1, 1, 1, 1)).to(torch.uint8)
-    names = [str(i) for i in range(classes)]
-    mean, std = (0.5,) * shape[0], (0.25,) * shape[0]
-    return ImageDataset("synthetic", names, x[:n_train], y[:n_train], x[n_train:], y[n_train:], mean, std)
-
-
 # -- K = 1 without fill is Algorithm 1, plan for plan ---------------------------------------------------------
 
 # keep digests (sha256 of the kept channels per group) and step counts, recorded with the planner as it was
@@ -225,6 +215,7 @@ def _case(key: str) -> tuple[str, dict[str, float], str, int, int]:
     return name, limits, selection, int(seed), int(round_to)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", list(RECORDED))
 def test_one_candidate_without_fill_is_the_recorded_plan(key):
     name, limits, selection, seed, round_to = _case(key)
@@ -235,6 +226,7 @@ def test_one_candidate_without_fill_is_the_recorded_plan(key):
     assert plan.fill == {} and plan.search == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["tiny|flops=0.5|weighted|7|1", "unet|flops=0.5|weighted|6|8"])
 def test_prune_with_k1_and_no_fill_is_the_recorded_plan(key):
     name, limits, selection, seed, round_to = _case(key)
@@ -254,6 +246,7 @@ def _profile_of_folder(name: str, model: nn.Module, shape: tuple[int, ...], fold
     return totals(edgeprune.profile(edgeprune.load(folder, trust_code=True), shape))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PRUNABLE)
 def test_report_totals_are_a_fresh_profile_of_the_written_folder(name, tmp_path):
     model, shape = build(name)
@@ -270,6 +263,7 @@ def test_report_totals_are_a_fresh_profile_of_the_written_folder(name, tmp_path)
             assert entry["after"] == fresh[KEY[cost]] <= entry["limit"]
 
 
+@pytest.mark.slow
 def test_densenet_report_counts_the_batchnorms_on_concatenations():
     # was: the BatchNorm vectors of a cut concatenation stayed in the report (184,126 reported, 182,310 written)
     model, shape = build("densenet")
@@ -301,6 +295,7 @@ def _kept_sets(plan) -> dict[str, set[int]]:
     return {k: set(v) for k, v in plan.keep.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "budget", "round_to"), FILL_CASES, ids=lambda v: str(v))
 @pytest.mark.parametrize("selection", ["weighted", "ratio"])
 def test_fill_ends_within_one_percent_or_says_the_granularity(name, budget, round_to, selection):
@@ -334,6 +329,7 @@ def test_fill_ends_within_one_percent_or_says_the_granularity(name, budget, roun
         assert n == g.width or n % math.lcm(round_to, g.unit) == 0 or g.width < round_to
 
 
+@pytest.mark.slow
 def test_fill_lands_the_issues_two_nets_within_one_percent():
     for name, budget, cost in (("unet_gn", {"flops": 0.5}, "flops"), ("dense_mixed", {"memory": 0.6}, "memory")):
         model, shape = build(name)
@@ -365,6 +361,7 @@ def test_fill_gives_back_the_highest_ranked_filters_under_a_criterion():
 # -- candidates and the search ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_candidate_meets_every_limit_and_round_to():
     model, shape = build("resnext")
     prof = analysed("resnext")
@@ -403,6 +400,7 @@ def test_search_keeps_the_best_score_and_ties_go_to_the_lower_seed():
     assert (tied.kept.kind, tied.kept.seed, tied.kept.rank) == ("weighted", 7, 1)
 
 
+@pytest.mark.slow
 def test_prune_with_candidates_reports_every_candidate_and_writes_the_kept_one(tmp_path):
     model, shape = build("densenet")
     result = edgeprune.prune(model, budget={"flops": 0.5, "params": 0.6}, seed=10, candidates=3, fill=True,
@@ -430,6 +428,7 @@ def test_prune_with_candidates_reports_every_candidate_and_writes_the_kept_one(t
     assert alone.plan.keep == result.plan.keep
 
 
+@pytest.mark.slow
 def test_candidate_kinds_never_do_worse_than_each_kind_alone_by_the_proxy():
     model, _ = build("unet")
     prof = analysed("unet")
@@ -491,7 +490,7 @@ def test_naswot_is_the_log_determinant_of_the_agreement_kernel():
 
 def test_gradnorm_is_the_sum_of_weight_gradient_norms_on_training_images():
     model = _chain()
-    data = synthetic(shape=(3, 16, 16), classes=5)
+    data = graded_dataset(shape=(3, 16, 16), classes=5)
     ctx = ProxyContext((3, 16, 16), data=data, batch=8)
     x, y = ctx.labelled(8)
     manual = copy.deepcopy(model).train()
@@ -500,15 +499,16 @@ def test_gradnorm_is_the_sum_of_weight_gradient_norms_on_training_images():
     assert get_proxy("gradnorm").score(copy.deepcopy(model), _candidate_of(model), ctx) == pytest.approx(want)
 
 
+@pytest.mark.slow
 def test_the_short_training_proxy_reads_only_the_training_split():
-    data = synthetic(classes=10)
+    data = graded_dataset(classes=10)
     split = holdout_split(data, 0.25, seed=3)
     assert len(split.test_y) == 12 and len(split.train_y) == 36
     rows = {bytes(img.numpy()) for img in data.train_x}
     assert all(bytes(img.numpy()) in rows for img in torch.cat([split.train_x, split.test_x]))
     assert not {bytes(img.numpy()) for img in split.test_x} & {bytes(img.numpy()) for img in split.train_x}
     # another test split changes nothing: it is never read
-    other = synthetic(classes=10, seed=9)
+    other = graded_dataset(classes=10, seed=9)
     swapped = ImageDataset(data.name, data.classes, data.train_x, data.train_y, other.test_x, 1 - other.test_y,
                            data.mean, data.std)  # fmt: skip
     model = edgeprune.create("tiny", channels=8)
@@ -520,6 +520,7 @@ def test_the_short_training_proxy_reads_only_the_training_split():
     assert runs[0].proxy == "train:3" and "held out" in runs[0].inputs and "test split not read" in runs[0].inputs
 
 
+@pytest.mark.slow
 def test_zero_cost_proxies_score_every_test_architecture():
     # one candidate each: SynFlow and NASWOT must run on concatenations, groups, two heads, dense outputs
     for name in ("densenet", "unet_gn", "two_head", "dense_mixed", "chunk_net"):
@@ -557,7 +558,7 @@ def test_bad_search_settings_are_one_line_errors(kwargs, message):
 def test_data_of_another_shape_is_refused():
     with pytest.raises(EdgepruneError, match="do not fit the model"):
         edgeprune.prune(edgeprune.create("tiny", channels=8), "flops", 0.5, candidates=2, proxy="gradnorm",
-                        data=synthetic(shape=(3, 16, 16)))  # fmt: skip
+                        data=graded_dataset(shape=(3, 16, 16)))  # fmt: skip
 
 
 def test_every_proxy_is_named_and_has_help():
@@ -578,12 +579,14 @@ def test_spearman_matches_the_pearson_correlation_of_mean_ranks():
         spearman([1.0], [2.0])
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.skipif(not os.environ.get("EDGEPRUNE_TEST_RAY"), reason="starts Ray (a minute here): EDGEPRUNE_TEST_RAY=1")
 def test_proxy_trainings_as_ray_tasks_score_as_they_do_here(monkeypatch, tmp_path):
     ray = pytest.importorskip("ray")
     from edgeprune.cluster import RayOptions
 
-    data = synthetic(classes=10)
+    data = graded_dataset(classes=10)
     model = edgeprune.create("tiny", channels=8)
     prof = analyse(model, torch.zeros(1, 3, 32, 32))[0]
     limits = parse_budget({"flops": 0.5}, prof)
@@ -598,6 +601,7 @@ def test_proxy_trainings_as_ray_tasks_score_as_they_do_here(monkeypatch, tmp_pat
     assert (there.kept.kind, there.kept.seed) == (here.kept.kind, here.kept.seed)
 
 
+@pytest.mark.slow
 def test_a_latency_budget_searches_and_fills_with_the_table():
     from test_lut import fake_table, tiny  # the table whose layer times are proportional to their MACs
 

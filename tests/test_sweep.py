@@ -9,16 +9,17 @@ import pytest
 from edgeprune.cli import main
 from edgeprune.errors import EdgepruneError
 from edgeprune.plots import pareto_front
-from edgeprune.sweep import columns, sweep
+from edgeprune.sweep import SweepSettings, columns, sweep
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
-    result = sweep("tiny", out, modes=["flops"], targets=[0.5], runs=3, warmup=1, threads=1, log=None)
+    result = sweep("tiny", SweepSettings(out, modes=["flops"], targets=[0.5], runs=3, warmup=1, threads=1, log=None))
     return out, result
 
 
+@pytest.mark.slow
 def test_sweep_rows(swept):
     _, result = swept
     rows = result["rows"]
@@ -42,6 +43,7 @@ def test_sweep_rows(swept):
         assert r["accuracy"] is None
 
 
+@pytest.mark.slow
 def test_sweep_files(swept):
     out, result = swept
     saved = json.loads((out / "results.json").read_text())
@@ -83,7 +85,7 @@ def test_pareto_front():
 )
 def test_sweep_rejects_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(EdgepruneError, match=message):
-        sweep("tiny", tmp_path, log=None, **kwargs)
+        sweep("tiny", SweepSettings(tmp_path, log=None, **kwargs))
 
 
 def test_cli_sweep_errors(tmp_path, capsys):
@@ -93,20 +95,22 @@ def test_cli_sweep_errors(tmp_path, capsys):
     assert "not a model folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sweep_with_training(tmp_path):
     pytest.importorskip("edgeprune.train")
     from conftest import MINI
 
-    result = sweep(
-        "tiny", tmp_path, modes=["flops"], targets=[0.5], backends=["onnxruntime"], runs=2, warmup=0, threads=1,
+    result = sweep("tiny", SweepSettings(
+        tmp_path, modes=["flops"], targets=[0.5], backends=["onnxruntime"], runs=2, warmup=0, threads=1,
         epochs=1, data=str(MINI), limit_train=128, limit_test=64, log=None,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert result["settings"]["y"] == "accuracy"
     for row in result["rows"]:
         assert 0.0 <= row["accuracy"] <= 1.0 and row["train_seconds"] > 0
     assert (tmp_path / "tradeoffs_onnxruntime.png").is_file()
 
 
+@pytest.mark.slow
 def test_every_point_also_meets_the_extra_limits_on_rounded_widths(tmp_path, capsys):
     argv = ["sweep", "tiny", "--modes", "flops", "--targets", "0.7", "--also", "params=0.3", "--round-to", "8"]
     code = main([*argv, "--backends", "onnxruntime", "--runs", "2", "--warmup", "0", "--out", str(tmp_path / "s")])
@@ -115,4 +119,4 @@ def test_every_point_also_meets_the_extra_limits_on_rounded_widths(tmp_path, cap
     point = next(r for r in rows if r["mode"] == "flops")
     assert point["params_pct"] <= 30.0 and point["flops_pct"] <= 70.0  # both limits, params the binding one
     with pytest.raises(EdgepruneError, match="a sweep prunes to proxy costs"):
-        sweep("tiny", tmp_path / "x", also={"latency": "1ms"}, log=None)
+        sweep("tiny", SweepSettings(tmp_path / "x", also={"latency": "1ms"}, log=None))

@@ -14,21 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli, small_model, synthetic
 from safetensors import safe_open
 from torch import nn
 
-import edgeprune
-from edgeprune.cli import main
-from edgeprune.data import ImageDataset, channel_stats, load_dataset
+from edgeprune.data import ImageStore, Normalizer, check_compatible, load_dataset
 from edgeprune.errors import EdgepruneError
 from edgeprune.io import load, save
 from edgeprune.train import (
     CHECKPOINT_FILE,
-    ImageStore,
-    Normalizer,
     Progress,
     TrainConfig,
-    check_compatible,
     evaluate,
     lr_at,
     train,
@@ -52,11 +48,6 @@ def mini(shared_cache):
             os.environ["EDGEPRUNE_CACHE"] = old
 
 
-def small_model(seed=0, **kwargs):
-    torch.manual_seed(seed)
-    return edgeprune.create("tiny", channels=4, **kwargs)
-
-
 def quick(**kwargs):
     return TrainConfig(**{"epochs": 3, "batch_size": 32, "seed": 0, **kwargs})
 
@@ -64,14 +55,6 @@ def quick(**kwargs):
 def weights_equal(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def synthetic(n=16, c=3, h=8, w=8, classes=2, seed=0) -> ImageDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8, generator=g)
-    y = torch.arange(n) % classes
-    mean, std = channel_stats(x)
-    return ImageDataset("synthetic", [str(i) for i in range(classes)], x, y, x.clone(), y.clone(), mean, std)
 
 
 # -- augmentation and batches -----------------------------------------------------------------
@@ -138,6 +121,7 @@ def test_learning_rate_schedules():
 # -- training -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_learns_and_writes_records(mini, tmp_path):
     a, b, c = small_model(), small_model(), small_model()
     ra = train(a, mini, quick(), out_dir=tmp_path / "a", progress=False, threads=1)
@@ -174,6 +158,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("optimizer", "precision"), [("sgd", "fp32"), ("rmsprop", "bf16")])
 def test_interrupted_and_resumed_run_equals_uninterrupted(mini, tmp_path, optimizer, precision):
     config = quick(optimizer=optimizer, precision=precision)
@@ -196,6 +181,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(mini, tmp_path, optimi
     assert result.train_seconds == pytest.approx(sum(r["epoch_seconds"] for r in result.history), abs=0.01)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_killed_process_resumes_to_the_same_weights(mini, tmp_path, shared_cache):
     """SIGKILL a training process after its first checkpoint, resume here: same weights as in one go."""
     config = quick(epochs=4)
@@ -254,13 +241,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(mini, tmp_path):
 
 def test_model_must_fit_the_data():
     with pytest.raises(EdgepruneError, match="takes 3-channel images.*has 1-channel"):
-        check_compatible(small_model(), synthetic(c=1))
+        check_compatible(small_model(), synthetic(n=16, c=1))
     with pytest.raises(EdgepruneError, match=r"\(10,\) outputs.*has 2 classes"):
-        check_compatible(small_model(), synthetic())
+        check_compatible(small_model(), synthetic(n=16))
     flat = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 30 * 30, 2))
     with pytest.raises(EdgepruneError, match="cannot take the data set's 3x8x8 images"):
-        check_compatible(flat, synthetic())
-    check_compatible(small_model(num_classes=2), synthetic())
+        check_compatible(flat, synthetic(n=16))
+    check_compatible(small_model(num_classes=2), synthetic(n=16))
 
 
 @pytest.mark.parametrize(
@@ -289,12 +276,6 @@ def model_dir(tmp_path):
     path = tmp_path / "pruned"
     save(small_model(), path)
     return path
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_trains_a_model_folder_in_place(model_dir, capsys):

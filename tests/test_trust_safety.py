@@ -14,15 +14,16 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import one_line, run_cli
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import edgeprune
-from edgeprune.builders import build_model, check_kwargs, is_trusted, parse_reference, record_trust, trust_path
-from edgeprune.cli import main
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import sha256_file
 from edgeprune.io import load, save
+from edgeprune.models.build import build_model
+from edgeprune.refs import check_kwargs, is_trusted, parse_reference, record_trust, trust_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,16 +42,6 @@ def net(num_classes=10, width=8):
 def evil(canary: Path) -> str:
     """A module that writes ``canary`` when it is imported, then looks like the real one."""
     return f"open({str(canary)!r}, 'w').write('pwned')\n" + MODELS
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line(err: str) -> bool:
-    return err.count("\n") == 1 and err.startswith("edgeprune ") and "Traceback" not in err
 
 
 @pytest.fixture
@@ -105,6 +96,7 @@ def receive(w, folder):
 # -- 1. a received folder never runs its own module -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_received_folder_with_its_own_module_is_refused(world, capsys):
     """`cd recv && edgeprune bench .` after the user vouched for py:NAME:net in proj/: recv's module never runs."""
     receive(world, prune_in_proj(world, capsys))
@@ -125,6 +117,8 @@ def test_trust_code_never_imports_from_the_current_folder(world, capsys):
     assert f"--model {world.name}:net" in err
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_received_folder_end_to_end_in_a_fresh_process(world, capsys, trust_list):
     """The same attack as a user runs it: `python -m edgeprune bench .` in recv/ (whose folder is on sys.path)."""
     receive(world, prune_in_proj(world, capsys))
@@ -343,6 +337,7 @@ def fuzz_folder(tmp_path_factory):
     return base
 
 
+@pytest.mark.slow
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(content=TRUST)
 @example(content=b'{"format": "edgeprune-trust/1", "trusted": ' + b"[" * 5000 + b"]" * 5000 + b"}")

@@ -132,6 +132,7 @@ def check_prune_result(name: str, result, mode: str, fraction: float, band: floa
 # -- 1. profile: totals against independent counts ------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ALL))
 def test_profile_totals_match_flop_counter_and_numel(name):
     model, shape = build(name)
@@ -148,6 +149,7 @@ def test_profile_totals_match_flop_counter_and_numel(name):
     assert set(prof.outputs) <= {layer.name for layer in prof.layers}
 
 
+@pytest.mark.slow
 def test_resnet18_matches_torchvision_figures():
     prof = profile_of("resnet18")
     assert prof.totals()["params"] == 11_689_512  # torchvision.models.resnet18().parameters()
@@ -159,6 +161,7 @@ def test_resnet18_matches_torchvision_figures():
 # -- 2. prune in all three modes at 0.5 -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "mode"), PRUNE_CASES)
 def test_prune_lands_within_two_percent_under_target(name, mode):
     result = pruned(name, mode)
@@ -169,6 +172,7 @@ def test_prune_lands_within_two_percent_under_target(name, mode):
 # -- 3. save -> load ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ARCHS))
 def test_save_load_pruned_identical_outputs(name, tmp_path):
     factory, kwargs, shape = ALL[name]
@@ -214,6 +218,7 @@ def test_save_of_user_model_without_builder_says_what_to_pass(tmp_path):
 # -- 4. ONNX export and the profile of the .onnx file ---------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ARCHS))
 def test_export_onnx_and_profile_the_file(name, tmp_path):
     from edgeprune.onnx_graph import onnx_profile  # new module (issue 10)
@@ -226,6 +231,7 @@ def test_export_onnx_and_profile_the_file(name, tmp_path):
     assert onnx_totals["flops"] == profile_of(name).totals()["flops"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["unet", "gn_se", "resnext"])
 def test_export_pruned_onnx_and_profile_the_file(name, tmp_path):
     """Odd widths left by pruning (GroupNorm, grouped and transposed convs) export and count the same."""
@@ -240,6 +246,7 @@ def test_export_pruned_onnx_and_profile_the_file(name, tmp_path):
 # -- 5. the failures listed at the top of issue 10 -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dense_concat_grouped_depthwise_residual_reaches_flops_0_6():
     """Was: 'target 0.6 unreachable' (grouped convs never pruned froze everything feeding them: floor 0.656)."""
     model, shape = build("dense_mixed")
@@ -247,6 +254,7 @@ def test_dense_concat_grouped_depthwise_residual_reaches_flops_0_6():
     check_prune_result("dense_mixed", result, "flops", 0.6)
 
 
+@pytest.mark.slow
 def test_unet_conv_transpose_counted_exactly_and_prunes():
     """Was: -4.1% FLOPs (ConvTranspose2d not counted) and a raw RuntimeError 'dec2.0 is c_out=0' when pruned."""
     model, shape = build("unet")
@@ -280,6 +288,7 @@ def test_module_called_twice_counted_per_call():
     check_prune_result("twice", pruned("twice", "flops"), "flops", 0.5)
 
 
+@pytest.mark.slow
 def test_functional_conv_on_module_weight_is_counted_and_never_silently_over_target():
     """Was: F.conv2d(x, self.conv.weight) not counted, so FLOPs 0.5 landed at 0.543 with no warning."""
     model, shape = build("functional_weight")
@@ -357,6 +366,7 @@ def test_prune_errors_are_edgeprune_errors():
 # -- 6. keep=[...] --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_keep_protects_the_named_layers():
     model, shape = build("unet")
     keep = ["enc1.0", "up2", "dec1.3"]
@@ -378,6 +388,7 @@ def test_tables_are_consistent():
         assert callable(factory) and isinstance(kwargs, dict) and len(shape) == 3, name
 
 
+@pytest.mark.slow
 def test_bench_of_a_module_without_a_builder(tmp_path):
     """Was: 'only models built by edgeprune.create ... can be saved'. It is measured as its torch.export program."""
     from edgeprune.measure import bench

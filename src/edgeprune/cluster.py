@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, first_line
 
 RAY_HINT = "--ray needs Ray: pip install 'edgeprune[ray]'"
 LOCAL = "local"  # --ray without an address: start a Ray instance on this machine
@@ -115,12 +115,6 @@ def import_ray() -> ModuleType:
     return ray
 
 
-def _first_line(e: BaseException) -> str:
-    """An exception's first line of text, or its type's name."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 @contextmanager
 def connected(options: RayOptions) -> Iterator[ModuleType]:
     """Ray, connected: an instance this process already runs as it is, else one started or joined (and left after)."""
@@ -134,7 +128,7 @@ def connected(options: RayOptions) -> Iterator[ModuleType]:
         else:
             ray.init(address=options.address, logging_level="WARNING")
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise EdgepruneError(f"--ray {options.address}: cannot start or join Ray ({_first_line(e)})") from None
+        raise EdgepruneError(f"--ray {options.address}: cannot start or join Ray ({first_line(e)})") from None
     try:
         yield ray
     finally:
@@ -159,7 +153,7 @@ def get(ray: ModuleType, ref: Any, what: str) -> Any:
         raise  # a bug: keep the remote traceback
     except ray.exceptions.RayError as e:
         raise EdgepruneError(
-            f"{what}: {type(e).__name__} after {MAX_RETRIES} retries ({_first_line(e)}); the finished runs and "
+            f"{what}: {type(e).__name__} after {MAX_RETRIES} retries ({first_line(e)}); the finished runs and "
             "checkpoints stay in --out: run again with --resume"
         ) from None
 
@@ -181,8 +175,8 @@ def hosts(nodes: list[dict]) -> list[str]:
 
 def portable_ref(text: str) -> str:
     """A model argument a Ray worker elsewhere reads the same: folders and ``file:`` references made absolute."""
-    from edgeprune.builders import FILE
     from edgeprune.io import classify
+    from edgeprune.refs import FILE
 
     parsed = classify(text)
     if parsed is None:
@@ -227,7 +221,7 @@ def _probe_nodes(ray: ModuleType, folder: Path, token: str) -> dict[str, str | N
         except ray.exceptions.GetTimeoutError:
             found[label] = f"did not answer in {PROBE_TIMEOUT_S} s"
         except ray.exceptions.RayError as e:
-            found[label] = f"failed ({_first_line(e)})"
+            found[label] = f"failed ({first_line(e)})"
         if found[label] is None and (folder / f"{PROBE}-{token}-{node_id}").read_text() != node_id:
             found[label] = "wrote a file this machine does not see"
     return found

@@ -19,6 +19,8 @@ Adding a cost is one class here plus an entry in ``COSTS``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from edgeprune.complexity import BYTES_PER_VALUE, LayerShape, Profile
@@ -271,6 +273,58 @@ def totals(prof: Profile, table: LayerTimes | None = None) -> dict[str, float]:
     if table is not None:
         out[Latency.key] = Latency(table).total(prof)
     return out
+
+
+_EMPTY_BUDGET = "a budget is a non-empty mapping of cost to limit, e.g. {'flops': 0.5, 'memory': '4MB'}"
+
+
+def parse_target(target: str | float, mode: str, current: float, table: LayerTimes | None = None) -> float:
+    """Absolute limit from a fraction of ``current`` (``0.5``) or an amount with a unit (``2M``, ``4MB``, ``3ms``)."""
+    return get_cost(mode, table).parse(target, current)
+
+
+def parse_budget(budget: dict[str, str | float], prof: Profile, table: LayerTimes | None = None) -> dict[str, float]:
+    """``{"flops": 0.5, "memory": "4MB"}`` -> absolute limits, each parsed like a single target."""
+    if not isinstance(budget, dict) or not budget:
+        raise EdgepruneError(_EMPTY_BUDGET)
+    costs = {name: get_cost(name, table) for name in budget}
+    return {name: cost.parse(budget[name], cost.total(prof)) for name, cost in costs.items()}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a plan must meet: (cost, limit) pairs, every cost at or under its limit after the cut."""
+
+    # cost name (``NAMES``) -> limit: a fraction of the parent's total (``0.5``) or an amount in the cost's units
+    # (``"2M"`` params, ``"4MB"``, ``"3ms"``), parsed against the model by ``parse_budget``
+    limits: dict[str, str | float]
+
+    @classmethod
+    def of(cls, mode: str, target: str | float) -> Budget:
+        """The one-cost budget of the paper's modes: ``target`` in ``mode``."""
+        return cls({mode: target})
+
+    @classmethod
+    def from_args(cls, mode: str | None, target: str | float | None,
+                  budget: Budget | Mapping[str, str | float] | None) -> Budget:  # fmt: skip
+        """The budget of a call that gives ``mode`` and ``target`` or ``budget`` (a Budget or a mapping), not both."""
+        if (budget is None) == (mode is None or target is None):
+            raise EdgepruneError("give either mode and target, or a budget of several costs (not both)")
+        if isinstance(budget, Budget):
+            return budget
+        return cls(dict(budget)) if budget is not None else cls.of(mode, target)  # type: ignore[arg-type]
+
+    def validate(self, table: LayerTimes | None = None) -> None:
+        """Every cost known, and a latency limit only with ``table``: a one-line EdgepruneError otherwise."""
+        for cost in self.limits:
+            check_cost(cost)
+            get_cost(cost, table)
+        if not isinstance(self.limits, dict) or not self.limits:
+            raise EdgepruneError(_EMPTY_BUDGET)
+
+    def absolute(self, prof: Profile, table: LayerTimes | None = None) -> dict[str, float]:
+        """Every limit as an absolute amount of ``prof``'s model (``parse_budget``)."""
+        return parse_budget(dict(self.limits), prof, table)
 
 
 def cost_help() -> str:

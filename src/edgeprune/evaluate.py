@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.data import ImageDataset
-from edgeprune.errors import EdgepruneError
+from edgeprune.data import ImageDataset, Normalizer, check_compatible
+from edgeprune.errors import EdgepruneError, first_line
 from edgeprune.measure import is_onnx_path
-from edgeprune.train import Normalizer, check_compatible
 
 Logits = Callable[[torch.Tensor], torch.Tensor]  # a normalised float batch -> (N, classes) scores
 
@@ -50,8 +49,8 @@ def evaluate(model: Any, data: ImageDataset, *, batch_size: int = 256, threads: 
 
 def _torch_model(model: Any, data: ImageDataset) -> tuple[nn.Module, str]:
     """The module to evaluate and its name; a one-line error when it cannot take the data set's images."""
-    from edgeprune.builders import builder_of
     from edgeprune.io import Resolved, resolve, resolve_for_data
+    from edgeprune.refs import builder_of
 
     shape = data.input_shape()
     if isinstance(model, nn.Module):
@@ -93,7 +92,7 @@ def _onnx_logits(path: Path, data: ImageDataset, threads: int | None, batch_size
         try:
             out = session.run(None, {name: array})[0]
         except Exception as e:  # onnxruntime raises its own exception types
-            raise EdgepruneError(f"{path}: onnxruntime failed ({_first_line(e)})") from None
+            raise EdgepruneError(f"{path}: onnxruntime failed ({first_line(e)})") from None
         return torch.from_numpy(np.asarray(out)[:n])
 
     return run, batch
@@ -144,11 +143,6 @@ def _shown(shape: Any) -> str:
 
 def _of(data: ImageDataset) -> str:
     return f"the data set '{data.name}' has {_shown(data.input_shape())} images"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 __all__ = ["evaluate"]

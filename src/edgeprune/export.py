@@ -188,10 +188,34 @@ def check_export_args(opset: object, atol: object, exporter: str = "auto") -> No
         raise EdgepruneError(f"atol must be a finite number >= 0, got {atol!r}")
 
 
+def _export_with(exporter: str, model: nn.Module, example: torch.Tensor, tmp: Path, opset: int) -> str:
+    """Write ``tmp`` with ``exporter`` (``auto``: torchscript, dynamo when that fails); the exporter that wrote it."""
+    used = exporter
+    if exporter in ("auto", "torchscript"):
+        try:
+            _torchscript_export(model, example, tmp, opset)
+            used = "torchscript"
+        except OSError:
+            raise  # the file could not be written (disk full): atomic_write says so; no other exporter helps
+        except Exception as e:
+            failed = f"ONNX export failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            if exporter == "torchscript":
+                raise EdgepruneError(failed) from e
+            try:
+                import onnxscript  # noqa: F401
+            except ImportError:  # the torchscript failure is the news, not the missing fallback
+                raise EdgepruneError(f"{failed} (the dynamo exporter, tried next, needs 'onnxscript')") from e
+            used = "dynamo"
+    if used == "dynamo":
+        _dynamo_export(model, example, tmp, opset)
+    return used
+
+
 def export_onnx(
     model: nn.Module | str | Path | ModelRef | Resolved,
     path: str | Path,
     input_shape: tuple[int, ...] | None = None,
+    *,
     opset: int = DEFAULT_OPSET,
     exporter: str = "auto",
     atol: float = DEFAULT_ATOL,
@@ -223,24 +247,7 @@ def export_onnx(
     result: dict = {}
 
     def write(tmp: Path) -> None:
-        used = exporter
-        if exporter in ("auto", "torchscript"):
-            try:
-                _torchscript_export(model, example, tmp, opset)
-                used = "torchscript"
-            except OSError:
-                raise  # the file could not be written (disk full): atomic_write says so; no other exporter helps
-            except Exception as e:
-                failed = f"ONNX export failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                if exporter == "torchscript":
-                    raise EdgepruneError(failed) from e
-                try:
-                    import onnxscript  # noqa: F401
-                except ImportError:  # the torchscript failure is the news, not the missing fallback
-                    raise EdgepruneError(f"{failed} (the dynamo exporter, tried next, needs 'onnxscript')") from e
-                used = "dynamo"
-        if used == "dynamo":
-            _dynamo_export(model, example, tmp, opset)
+        used = _export_with(exporter, model, example, tmp, opset)
         if metadata:
             _add_metadata(tmp, metadata)
         diff = check_onnx(reference, tmp, check_input)  # padded or not, compared with the model as given

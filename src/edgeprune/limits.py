@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, first_line
 
 MAX_INPUT_SIZE = 4096  # pixels a side: a 3x4096x4096 input is 200 MB before any activation
 MAX_INPUT_CHANNELS = 4096  # channels of one input (hyperspectral images have a few hundred)
@@ -166,8 +166,7 @@ def read_json(path: str | Path, what: str) -> Any:
     except RecursionError:  # json recurses per nesting level: a deep document exhausts the stack
         raise EdgepruneError(f"{path}: not {what} (nested too deeply)") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers of too many digits
-        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
-        raise EdgepruneError(f"{path}: not {what} (not valid JSON: {first})") from None
+        raise EdgepruneError(f"{path}: not {what} (not valid JSON: {first_line(e, limit=120)})") from None
     if json_depth(value) > MAX_JSON_DEPTH:
         raise EdgepruneError(f"{path}: not {what} (nested more than {MAX_JSON_DEPTH} levels deep)")
     return value

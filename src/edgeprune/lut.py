@@ -22,24 +22,20 @@ the widths a plan made with ``round_to`` 8 gives.
 
 Every measurement runs in fresh processes through ``edgeprune.backends`` (the same loaders ``bench``
 uses): all grid points of one layer timed round-robin in one process, so that they share conditions.
+This module holds the table (its format, grid and prediction); ``edgeprune.latency`` builds and calibrates
+it, since calibration needs pruning's plans.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import datetime
-import json
 import math
-import statistics
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeprune import limits
+from edgeprune.backends import BACKENDS, ORDERS, check_backends, check_counts
 from edgeprune.complexity import LayerShape, Profile
 from edgeprune.errors import EdgepruneError
 
@@ -275,8 +271,6 @@ def _shown(value: object) -> str:
 
 def _table_from(data: dict) -> LatencyTable:
     """The table a parsed file describes, every field checked; ValueError (one line) names the first bad one."""
-    from edgeprune.backends import BACKENDS
-
     _keys("the table", data, _TABLE_KEYS)
     backend = _text("backend", data["backend"])
     if backend not in BACKENDS:
@@ -491,7 +485,7 @@ def environment(backend: str) -> dict:
     return {"cpu": info.get("processor", ""), "backend_version": str(info.get(backend, "unknown"))}
 
 
-def _varying(prof: Profile) -> tuple[set[str], set[str]]:
+def varying_layers(prof: Profile) -> tuple[set[str], set[str]]:
     """Layers whose input widths / output widths pruning can change (any prunable group, residual ones too)."""
     ins, outs = set(), set()
     for g in prof.groups:
@@ -501,7 +495,7 @@ def _varying(prof: Profile) -> tuple[set[str], set[str]]:
     return ins, outs
 
 
-def _points(spec: dict, layer: LayerShape, ins: set[str], outs: set[str], round_to: int,
+def layer_grid(spec: dict, layer: LayerShape, ins: set[str], outs: set[str], round_to: int,
             grid: dict) -> tuple[list[int], list[int]]:  # fmt: skip
     """The (c_in, c_out) grid of one layer."""
     groups = spec["groups"]
@@ -515,7 +509,7 @@ def _points(spec: dict, layer: LayerShape, ins: set[str], outs: set[str], round_
     return c_in, c_out
 
 
-def _block_at(spec: dict, c_in: int, c_out: int) -> dict:
+def block_at(spec: dict, c_in: int, c_out: int) -> dict:
     """The block spec at other widths (a depthwise conv's groups follow its width)."""
     block = {k: v for k, v in spec.items() if k != "calls"}
     depthwise = spec["kind"] == "conv" and spec["groups"] == spec["c_in"] == spec["c_out"] and spec["groups"] > 1
@@ -529,280 +523,54 @@ ModelTimer = Callable[[dict[str, Any]], dict[str, float]]  # models by name (one
 CALIBRATION = (0.75, 0.5, 0.3)  # uniform cuts, as fractions of the parent's table sum; the floor is always added
 
 
-def build_table(
-    model: Any,
-    input_shape: tuple[int, ...],
-    backend: str = "onnxruntime",
-    threads: int = 1,
-    round_to: int = DEFAULT_ROUND_TO,
-    near: int = 2,
-    ratio: float = 0.7,
-    runs: int = 20,
-    warmup: int = 3,
-    processes: int = 3,
-    spin: bool = False,
-    source: str = "",
-    timer: Timer | None = None,
-    parent_ms: float | None = None,
-    progress: Callable[[str], None] | None = None,
-    order: str = "round_robin",
-    calibration: tuple[float, ...] = CALIBRATION,
-    model_timer: ModelTimer | None = None,
-) -> LatencyTable:
-    """Measure every conv/linear layer of ``model`` at a grid of widths on ``backend``; the latency table.
+@dataclass(frozen=True)
+class TableSettings:
+    """How a latency table is measured (``edgeprune.latency.build_table``); ``validate`` checks every field."""
 
-    ``timer`` replaces the measuring processes (tests inject one); ``parent_ms`` the parent's measured latency.
-    ``calibration`` gives the uniform cuts timed whole (see ``calibrate``; ``()`` for none), ``model_timer``
-    replaces their measuring processes.
-    """
-    import torch
+    backend: str = "onnxruntime"  # the backend timed: torch or onnxruntime
+    threads: int = 1  # intra-op threads of each measuring process
+    round_to: int = DEFAULT_ROUND_TO  # the grid's widths are multiples of it (the channel counts plans give)
+    near: int = 2  # grid points one round_to step apart just below full width
+    ratio: float = 0.7  # below those, each width is this fraction of the one above, down to round_to
+    runs: int = 20  # timed runs of each grid point per process
+    warmup: int = 3  # untimed runs of each grid point before timing
+    processes: int = 3  # fresh processes per layer (and per calibration); the median over them is kept
+    spin: bool = False  # let idle backend threads busy-wait (False: they sleep at once)
+    order: str = "round_robin"  # grid points of one process timed round-robin, or "blocked" (back to back)
+    calibration: tuple[float, ...] = CALIBRATION  # uniform cuts timed whole, as fractions of the table sum; () none
 
-    from edgeprune.graph import analyse
-    from edgeprune.measure import check_backends
-
-    (backend,) = check_backends(backend)
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise EdgepruneError(f"round_to must be a positive integer, got {round_to!r}")
-    if not 0 < ratio < 1 or near < 0:
-        raise EdgepruneError(f"the grid needs 0 < ratio < 1 and near >= 0, got ratio {ratio}, near {near}")
-    started = time.perf_counter()
-    model = model.eval()
-    prof, _ = analyse(model, torch.zeros(1, *input_shape), prune_residual=True)
-    blocks = layer_blocks(model, input_shape)
-    ins, outs = _varying(prof)
-    grid = {"near": near, "ratio": ratio}
-    timer = timer or _ProcessTimer(backend, threads, runs, warmup, processes, spin, order)
-    layers = _measure_layers(prof, blocks, timer, ins, outs, round_to, grid, progress)
-    if parent_ms is None:
-        # measured as prune measures a cut model, so that "latency=0.5" is half of what that measurement says
-        parent_ms = measure_latency(model, input_shape, backend, threads, processes=processes, spin=spin)
-    env = environment(backend)
-    full = sum(layers[layer.name].calls * layers[layer.name].at(layer.c_in, layer.c_out) for layer in prof.layers)
-    table = LatencyTable(
-        model=source or type(model).__name__, input_shape=list(input_shape), backend=backend,
-        backend_version=env["backend_version"], threads=threads, cpu=env["cpu"], round_to=round_to,
-        parent_ms=parent_ms, rest_ms=parent_ms - full, layers=layers,
-        settings={"grid": {"round_to": round_to, **grid}, "runs": runs, "warmup": warmup, "processes": processes,
-                  "spin": spin, "order": order, "points": sum(len(t.c_out) * (1 if t.depthwise else len(t.c_in))
-                                                for t in layers.values())},
-        created=datetime.datetime.now().isoformat(timespec="seconds"),
-    )  # fmt: skip
-    if calibration:
-        if progress:
-            progress(f"calibration: uniform cuts at {', '.join(f'{f:g}' for f in calibration)} and the floor")
-        table = calibrate(table, model, calibration, timer=model_timer, processes=processes)
-    table.build_seconds = time.perf_counter() - started
-    return table
-
-
-def _measure_layers(prof: Profile, blocks: dict[str, dict], timer: Timer, ins: set[str], outs: set[str],
-                    round_to: int, grid: dict,
-                    progress: Callable[[str], None] | None) -> dict[str, LayerTable]:  # fmt: skip
-    """Every layer's grid, timed."""
-    layers: dict[str, LayerTable] = {}
-    for layer in prof.layers:
-        if layer.name not in blocks:
-            raise EdgepruneError(f"layer {layer.name} is not a Conv2d or Linear module: no latency table for it")
-        spec = blocks[layer.name]
-        c_in, c_out = _points(spec, layer, ins, outs, round_to, grid)
-        if layer.depthwise:
-            keys = {f"{w}": _block_at(spec, w, w) for w in c_out}
-            times = timer(keys)
-            ms = [[times[f"{w}"] for w in c_out]]
-        else:
-            keys = {f"{i}x{o}": _block_at(spec, i, o) for i in c_in for o in c_out}
-            times = timer(keys)
-            ms = [[times[f"{i}x{o}"] for o in c_out] for i in c_in]
-        layers[layer.name] = LayerTable(spec["kind"], c_in, c_out, ms, layer.depthwise, spec["calls"],
-                                        _block_at(spec, layer.c_in, layer.c_out))  # fmt: skip
-        if progress:
-            low, high = min(min(r) for r in ms), max(max(r) for r in ms)
-            progress(f"{layer.name}: {len(keys)} widths, {low:.3f}-{high:.3f} ms")
-    return layers
-
-
-class _ProcessTimer:
-    """Time block specs in fresh processes (edgeprune.backends.time_artifacts): median over processes."""
-
-    def __init__(self, backend: str, threads: int, runs: int, warmup: int, processes: int, spin: bool,
-                 order: str = "round_robin"):  # fmt: skip
-        self.options = {"threads": threads, "runs": runs, "warmup": warmup, "spin": spin, "order": order}
-        self.backend, self.processes = backend, processes
-
-    def __call__(self, blocks: dict[str, dict]) -> dict[str, float]:
-        """Median ms of each block, the per-call overhead taken off."""
-        from edgeprune.backends import time_artifacts
-
-        out: dict[str, float] = {}
-        with tempfile.TemporaryDirectory(prefix="edgeprune-lut-") as tmp:
-            for chunk in _chunks(blocks):
-                artifacts = {}
-                for key in chunk:
-                    path = Path(tmp) / f"b{len(out) + len(artifacts)}.json"
-                    path.write_text(json.dumps(blocks[key]))
-                    artifacts[key] = (path, tuple(blocks[key]["input_shape"]))
-                path = Path(tmp) / "overhead.json"
-                path.write_text(json.dumps(OVERHEAD_BLOCK))
-                artifacts[OVERHEAD] = (path, tuple(OVERHEAD_BLOCK["input_shape"]))
-                rounds = [
-                    time_artifacts(artifacts, self.backend, seed=p, **self.options) for p in range(self.processes)
-                ]
-                # A layer timed alone pays the backend's per-call cost (session.run, module call, output
-                # allocation) that a whole model pays once; the rest of the model keeps it once.
-                overhead = [r[OVERHEAD]["median"] for r in rounds]
-                out.update(
-                    {key: statistics.median(max(0.0, r[key]["median"] - o) for r, o in zip(rounds, overhead))
-                     for key in chunk}
-                )  # fmt: skip
-        return out
-
-
-OVERHEAD = "__overhead__"
-# the cheapest call a backend can make: a 1x1 conv on one value, timed beside the layers and subtracted
-OVERHEAD_BLOCK = {"kind": "conv", "c_in": 1, "c_out": 1, "kernel": [1, 1], "stride": [1, 1], "padding": [0, 0],
-                  "dilation": [1, 1], "groups": 1, "bias": False, "norm": False, "act": None,
-                  "input_shape": [1, 1, 1]}  # fmt: skip
-CHUNK_BYTES = 256 * 2**20  # weights held by one measuring process at a time (a 4096x4096 layer is 64 MiB)
-
-
-def _chunks(blocks: dict[str, dict]) -> list[list[str]]:
-    """Split the blocks so that one process never holds more than CHUNK_BYTES of weights."""
-    chunks: list[list[str]] = [[]]
-    held = 0
-    for key, b in blocks.items():
-        size = 4 * b["c_in"] // b["groups"] * b["c_out"] * math.prod(b.get("kernel", [1]))
-        if chunks[-1] and held + size > CHUNK_BYTES:
-            chunks.append([])
-            held = 0
-        chunks[-1].append(key)
-        held += size
-    return chunks
-
-
-def _medians(models: dict[str, Any], input_shape: tuple[int, ...], backend: str, threads: int, runs: int,
-             warmup: int, processes: int, spin: bool) -> list[dict[str, float]]:  # fmt: skip
-    """Per fresh process, each model's median latency (ms), the models timed interleaved in that process."""
-    from edgeprune.measure import latency_interleaved, prepare
-
-    with tempfile.TemporaryDirectory(prefix="edgeprune-lut-models-") as tmp:
-        ready = {name: prepare(m, Path(tmp) / name, (backend,), tuple(input_shape)) for name, m in models.items()}
-        rounds = [latency_interleaved(ready, backend, runs, warmup, 1, threads, seed=p, spin=spin)
-                  for p in range(processes)]  # fmt: skip
-    return [{name: r[name]["latency_ms"]["median"] for name in models} for r in rounds]
-
-
-def measure_latency(
-    model: Any,
-    input_shape: tuple[int, ...],
-    backend: str,
-    threads: int,
-    runs: int = 100,
-    warmup: int = 10,
-    processes: int = 3,
-    spin: bool = False,
-) -> float:
-    """A whole model's batch-1 latency (ms) on ``backend``: median over ``processes`` fresh processes' medians."""
-    rounds = _medians({"model": model}, input_shape, backend, threads, runs, warmup, processes, spin)
-    return statistics.median(r["model"] for r in rounds)
-
-
-def calibrate(
-    table: LatencyTable,
-    model: Any,
-    fractions: tuple[float, ...] = CALIBRATION,
-    prune_residual: bool = True,
-    timer: ModelTimer | None = None,
-    runs: int = 100,
-    warmup: int = 10,
-    processes: int | None = None,
-) -> LatencyTable:
-    """``table`` with its calibration: uniform cuts of ``model`` at ``fractions`` of its table sum and the smallest
-    network (every prunable group at its floor), each measured beside the parent (in the table's ms).
-
-    ``timer`` replaces the measuring processes (tests inject one).
-    """
-    if any(not 0 < f < 1 for f in fractions):
-        raise EdgepruneError(f"calibration fractions must be in (0, 1), got {list(fractions)}")
-    parent_sum, cuts = _calibration_cuts(table, model, fractions, prune_residual)
-    if timer is None:
-        settings = table.settings or {}
-        timer = _relative_timer(table, runs, warmup, processes or settings.get("processes", 3),
-                                settings.get("spin", False))  # fmt: skip
-    ms = timer({"parent": model, **{name: cut for name, (cut, _) in cuts.items()}})
-    points = [[parent_sum, table.parent_ms]] + [[s, ms[name]] for name, (_, s) in cuts.items()]
-    return dataclasses.replace(table, calibration=sorted(points))
-
-
-def _calibration_cuts(table: LatencyTable, model: Any, fractions: tuple[float, ...],
-                      prune_residual: bool) -> tuple[float, dict[str, tuple[Any, float]]]:  # fmt: skip
-    """The parent's table sum, and the calibration networks by name: (the cut model, its table sum)."""
-    import torch
-
-    from edgeprune.graph import analyse
-    from edgeprune.pruning import apply_plan, floor_plan, make_budget_plan
-
-    example = torch.zeros(1, *table.input_shape)
-    prof, _ = analyse(copy.deepcopy(model), example, prune_residual)
-    table.check_model(prof)
-    plans = {"floor": floor_plan(prof, prof.groups, round_to=table.round_to)}
-    for f in fractions:
-        try:
-            budget = {"latency": f * table.parent_ms}
-            plans[f"uniform {f:g}"] = make_budget_plan(prof, prof.groups, budget, selection="ratio",
-                                                       round_to=table.round_to, table=table)  # fmt: skip
-        except EdgepruneError:  # below the floor: the floor stands for it
-            continue
-    cuts = {}
-    for name, plan in plans.items():
-        cut = copy.deepcopy(model)
-        apply_plan(cut, plan, example, analyse(cut, example, prune_residual)[1])
-        cuts[name] = (cut, table.table_sum(plan.after))
-    return table.table_sum(prof), cuts
-
-
-def _relative_timer(table: LatencyTable, runs: int, warmup: int, processes: int, spin: bool) -> ModelTimer:
-    """Time models interleaved with the parent in fresh processes, in the table's ms."""
-    return lambda models: _relative(models, tuple(table.input_shape), table.backend, table.threads, table.parent_ms,
-                                    runs, warmup, processes, spin)  # fmt: skip
-
-
-def _relative(models: dict[str, Any], input_shape: tuple[int, ...], backend: str, threads: int, parent_ms: float,
-              runs: int, warmup: int, processes: int, spin: bool) -> dict[str, float]:  # fmt: skip
-    """Each model as ``parent_ms`` x its median ratio to ``models["parent"]``, timed interleaved per fresh process."""
-    rounds = _medians(models, input_shape, backend, threads, runs, warmup, processes, spin)
-    return {n: parent_ms * statistics.median(r[n] / r["parent"] for r in rounds) for n in models}
-
-
-def measure_relative(
-    model: Any,
-    parent: Any,
-    input_shape: tuple[int, ...],
-    backend: str,
-    threads: int,
-    parent_ms: float,
-    runs: int = 100,
-    warmup: int = 10,
-    processes: int = 3,
-    spin: bool = False,
-) -> float:
-    """``model``'s latency as ``parent_ms`` x its ratio to ``parent``, both timed interleaved in each fresh process.
-
-    On a shared machine absolute latency drifts by tens of % within an hour (docs/results/lut_timing_order.md);
-    the ratio of two models timed side by side does not, so a cut is judged against the parent under the same
-    conditions, in the units of the table it was planned with.
-    """
-    models = {"parent": parent, "model": model}
-    return _relative(models, input_shape, backend, threads, parent_ms, runs, warmup, processes, spin)["model"]
+    def validate(self) -> None:
+        """Raise a one-line EdgepruneError naming the first field that is wrong."""
+        check_backends(self.backend)
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise EdgepruneError(f"round_to must be a positive integer, got {self.round_to!r}")
+        near_ok = isinstance(self.near, int) and not isinstance(self.near, bool) and self.near >= 0
+        if not limits.is_number(self.ratio) or not 0 < self.ratio < 1 or not near_ok:
+            raise EdgepruneError(
+                f"the grid needs 0 < ratio < 1 and near >= 0, got ratio {self.ratio}, near {self.near}"
+            )
+        check_counts(threads=self.threads, runs=self.runs, warmup=self.warmup, processes=self.processes)
+        if not isinstance(self.spin, bool):
+            raise EdgepruneError(f"spin must be true or false, got {self.spin!r}")
+        if self.order not in ORDERS:
+            raise EdgepruneError(f"unknown timing order '{self.order}'; choose from: {', '.join(ORDERS)}")
+        if any(not limits.is_number(f) or not 0 < f < 1 for f in self.calibration):
+            raise EdgepruneError(f"calibration fractions must be in (0, 1), got {list(self.calibration)}")
 
 
 __all__ = [
+    "CALIBRATION",
+    "DEFAULT_ROUND_TO",
     "LatencyTable",
     "LayerTable",
-    "build_table",
-    "calibrate",
+    "ModelTimer",
+    "TableSettings",
+    "Timer",
+    "block_at",
+    "environment",
     "grid_widths",
     "layer_blocks",
+    "layer_grid",
     "load_table",
-    "measure_latency",
-    "measure_relative",
+    "varying_layers",
 ]

@@ -24,8 +24,7 @@ each backend's ``energy`` is a *measurement* from the CPU's RAPL counters over t
 CPU figure (``"source": "rapl"``: whole-package energy, idle cores and other processes included), or
 the reason there is none (no powercap interface, counters readable by root only, ...).
 
-The text report, ``bench_table``, lives in ``edgeprune.report``; this module re-exports it, the energy
-estimate and the backends' names so that ``from edgeprune.measure import ...`` keeps working.
+The text report, ``bench_table``, lives in ``edgeprune.report``.
 """
 
 from __future__ import annotations
@@ -37,44 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeprune.backends import (
-    BACKENDS,
-    CPU_WINDOW_S,
-    MB,
-    check_backends,
-    check_counts,
-    latency_stats,
-    run_measurement,
-    write_artifact,
-)
-from edgeprune.energy import (
-    ENERGY_NOTE,
-    ENERGY_SOURCE,
-    INT8_ENERGY_NOTE,
-    PJ_PER_DRAM_BYTE,
-    PJ_PER_DRAM_WORD,
-    PJ_PER_INT8_MAC,
-    PJ_PER_MAC,
-    energy_estimate,
-)
-from edgeprune.report import bench_table
-
-
-def _error(message: str) -> Exception:
-    from edgeprune.errors import EdgepruneError
-
-    return EdgepruneError(message)
-
+from edgeprune.backends import BACKENDS, MB, check_backends, check_counts, run_measurement, write_artifact
+from edgeprune.energy import energy_estimate
+from edgeprune.errors import EdgepruneError
+from edgeprune.runtime import default_threads, resolve_device
 
 # -- argument checks --------------------------------------------------------------------------
-
-
-def default_threads() -> int:
-    """All the cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _check_positive(pad_to: int | None = None, **values: int | None) -> None:
@@ -120,6 +87,7 @@ def prepare(
     workdir: str | Path,
     backends: tuple[str, ...] | list[str] = BACKENDS,
     input_shape: tuple[int, ...] | None = None,
+    *,
     num_classes: int | None = None,
     in_channels: int | None = None,
     pad_to: int | None = None,
@@ -186,9 +154,9 @@ def _prepare_onnx(
     from edgeprune.onnx_graph import onnx_profile
 
     if "torch" in backends:
-        raise _error(f"{path}: an .onnx file runs on onnxruntime only (--backends onnxruntime)")
+        raise EdgepruneError(f"{path}: an .onnx file runs on onnxruntime only (--backends onnxruntime)")
     if pad_to:
-        raise _error(f"{path}: --pad-channels needs a model folder or a zoo name, not an .onnx file")
+        raise EdgepruneError(f"{path}: --pad-channels needs a model folder or a zoo name, not an .onnx file")
     prof = onnx_profile(path, input_shape)
     totals = prof.totals()
     where = "the ONNX graph (a BatchNorm folded into a conv counts as its bias)"
@@ -236,6 +204,7 @@ def _cpu_model() -> str:
 def measure_prepared(
     prepared: Prepared,
     backends: tuple[str, ...] | list[str] = BACKENDS,
+    *,
     runs: int = 100,
     warmup: int = 10,
     batch_size: int = 1,
@@ -248,8 +217,6 @@ def measure_prepared(
 
     ``device`` (``auto``, ``cpu``, ``cuda``, ``mps``) is where the torch backend runs; onnxruntime stays on the CPU.
     """
-    from edgeprune.train import resolve_device
-
     device = str(resolve_device(device))  # a device that is not there: one line, before any process starts
     backends = check_backends(tuple(backends))
     _check_positive(runs=runs, warmup=warmup, batch_size=batch_size, threads=threads)
@@ -282,10 +249,11 @@ def measure_prepared(
     }
     for backend in backends:
         if backend == "onnxruntime" and prepared.onnx is None:
-            raise _error("model was prepared without onnxruntime")
+            raise EdgepruneError("model was prepared without onnxruntime")
         artifact = {"model": (prepared.file_for(backend), prepared.input_shape)}
-        args = (runs, warmup, batch_size, threads, seed, spin, device)  # onnxruntime ignores the device
-        result = run_measurement(artifact, backend, False, *args)["model"]
+        options = {"runs": runs, "warmup": warmup, "batch_size": batch_size, "threads": threads, "seed": seed}
+        # onnxruntime ignores the device
+        result = run_measurement(artifact, backend, False, spin=spin, device=device, **options)["model"]
         result["size"] = prepared.size(backend)
         if backend == "onnxruntime" and prepared.export is not None:
             result["export"] = prepared.export
@@ -317,6 +285,7 @@ def _conventions(precision: str) -> str:
 def bench(
     model_or_dir: Any,
     backends: tuple[str, ...] | list[str] | None = None,
+    *,
     runs: int = 100,
     warmup: int = 10,
     batch_size: int = 1,
@@ -343,13 +312,19 @@ def bench(
     backends = check_backends(default_backends(model_or_dir) if backends is None else backends)
     _check_positive(runs=runs, warmup=warmup, batch_size=batch_size, threads=threads, pad_to=pad_to)
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp:
-        prepared = prepare(model_or_dir, tmp, backends, input_shape, num_classes, in_channels, pad_to)
-        return measure_prepared(prepared, backends, runs, warmup, batch_size, threads, seed, spin, device)
+        prepared = prepare(
+            model_or_dir, tmp, backends, input_shape, num_classes=num_classes, in_channels=in_channels, pad_to=pad_to
+        )
+        return measure_prepared(
+            prepared, backends, runs=runs, warmup=warmup, batch_size=batch_size, threads=threads, seed=seed,
+            spin=spin, device=device,
+        )  # fmt: skip
 
 
 def latency_interleaved(
     models: dict[str, Any],
     backend: str,
+    *,
     runs: int = 100,
     warmup: int = 10,
     batch_size: int = 1,
@@ -365,37 +340,25 @@ def latency_interleaved(
     (backend,) = check_backends(backend)
     _check_positive(runs=runs, warmup=warmup, batch_size=batch_size, threads=threads)
     if not models:
-        raise _error("no models given")
+        raise EdgepruneError("no models given")
     threads = threads or default_threads()
     with tempfile.TemporaryDirectory(prefix="edgeprune-interleave-") as tmp:
         ready = {}
         for i, (name, m) in enumerate(models.items()):
             ready[name] = m if isinstance(m, Prepared) else prepare(m, Path(tmp) / f"m{i}", (backend,), input_shape)
         artifacts = {str(n): (p.file_for(backend), p.input_shape) for n, p in ready.items()}
-        return run_measurement(artifacts, backend, True, runs, warmup, batch_size, threads, seed, spin)
+        return run_measurement(
+            artifacts, backend, True, runs=runs, warmup=warmup, batch_size=batch_size, threads=threads, seed=seed,
+            spin=spin,
+        )  # fmt: skip
 
 
 __all__ = [
-    "BACKENDS",
-    "CPU_WINDOW_S",
-    "ENERGY_NOTE",
-    "ENERGY_SOURCE",
-    "INT8_ENERGY_NOTE",
-    "MB",
-    "PJ_PER_DRAM_BYTE",
-    "PJ_PER_DRAM_WORD",
-    "PJ_PER_INT8_MAC",
-    "PJ_PER_MAC",
     "Prepared",
     "bench",
-    "bench_table",
-    "check_backends",
     "default_backends",
-    "default_threads",
-    "energy_estimate",
     "is_onnx_path",
     "latency_interleaved",
-    "latency_stats",
     "machine_info",
     "measure_prepared",
     "prepare",

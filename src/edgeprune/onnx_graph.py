@@ -42,7 +42,7 @@ from typing import Any
 
 from edgeprune import limits
 from edgeprune.complexity import BYTES_PER_VALUE, LayerShape, Profile
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, first_line
 
 Shape = tuple[int, ...]
 
@@ -330,8 +330,9 @@ def _measure(path: str | Path, model: Any, names: list[str], input_value: Any, s
         x = np.zeros((1, *shape), dtype=onnx.helper.tensor_dtype_to_np_dtype(elem))
         values = session.run(names, {input_value.name: x})
     except Exception as e:  # onnxruntime raises its own exception types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EdgepruneError(f"{path}: cannot read the shape of '{names[0]}': onnxruntime failed ({first})") from None
+        raise EdgepruneError(
+            f"{path}: cannot read the shape of '{names[0]}': onnxruntime failed ({first_line(e)})"
+        ) from None
     return {n: tuple(int(d) for d in np.shape(v)) for n, v in zip(names, values)}
 
 
@@ -348,82 +349,113 @@ def _onnx_layers(
     The second value names the initializers that are no parameters of the source model: the scale and
     bias that torch's GroupNorm export gives its InstanceNormalization (ones and zeros per group).
     """
-    layers: list[LayerShape] = []
-    by_output: dict[str, int] = {}
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[Any]] = {}
+    reader = _LayerReader(path, graph, shapes, params, dtypes)
     for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    synthetic: set[str] = set()
-
-    def dims(name: str, node: Any) -> Shape:
-        found = shapes.get(name)
-        if not found or 0 in found:
-            raise EdgepruneError(f"{path}: cannot read the shape of '{name}' (node {node.name or node.op_type})")
-        return found
-
-    def size(name: str) -> int:
-        return math.prod(shapes[name]) if name in shapes else -1
-
-    def only(name: str, op: str) -> Any:
-        found = consumers.get(name, [])
-        return found[0] if len(found) == 1 and found[0].op_type == op else None
-
-    def affine(node: Any, c_out: int) -> bool:
-        """True when a Mul -> Add pair after ``node`` scales and shifts by stored per-channel vectors."""
-        mul = only(node.output[0], "Mul")
-        add = mul and only(mul.output[0], "Add")
-        if not add:
-            return False
-        vectors = [[n for n in op.input if n != src][:1] for op, src in ((mul, node.output[0]), (add, mul.output[0]))]
-        return all(v and v[0] in params and size(v[0]) == c_out for v in vectors)
-
-    def attach(i: int, norm: str, c: int) -> None:
-        if layers[i].bn is None and layers[i].c_out == c:
-            layers[i] = replace(layers[i], bn=norm)
-
-    for node in graph.node:
-        attrs = {a.name: a for a in node.attribute}
-        name = node.name or node.output[0]
-        w_at, b_at = LAYER_OPS.get(node.op_type, (1, None))
-        has_bias = b_at is not None and len(node.input) > b_at and bool(node.input[b_at])
         if node.op_type in CONV_OPS:
-            widths = _widths(node, consumers, dtypes)
-            w, x, out = dims(node.input[w_at], node), dims(node.input[0], node), dims(node.output[0], node)
-            groups = attrs["group"].i if "group" in attrs else 1
-            if node.op_type != "ConvTranspose":  # weight (C_out, C_in / g, k...)
-                kind, c_in, c_out = "conv", w[1] * groups, w[0]
-            else:  # weight (C_in, C_out / g, k...)
-                kind, c_in, c_out = "conv_transpose", w[0], w[1] * groups
-            kernel, spatial, in_spatial = math.prod(w[2:]), math.prod(out[2:]), math.prod(x[2:])
-            layer = LayerShape(
-                name, kind, c_in, c_out, groups, kernel, spatial, has_bias, in_spatial=in_spatial, **widths
-            )
+            layer = reader.conv(node)
         elif node.op_type in LAYER_OPS and _counted(node, constants):
-            widths = _widths(node, consumers, dtypes)
-            w, out = dims(node.input[w_at], node), dims(node.output[0], node)
-            if len(w) != 2:
+            layer = reader.linear(node)
+            if layer is None:
                 continue  # a batched MatMul of two activations has no weights
-            transposed = node.op_type in ("Gemm", "QGemm") and "transB" in attrs and attrs["transB"].i == 1
-            c_in, c_out = (w[1], w[0]) if transposed else (w[0], w[1])
-            layer = LayerShape(name, "linear", c_in, c_out, spatial=math.prod(out[1:-1]), bias=has_bias, **widths)
-        elif node.op_type == "BatchNormalization" and node.input[0] in by_output:
-            attach(by_output[node.input[0]], name, dims(node.input[1], node)[0])
+        elif node.op_type == "BatchNormalization" and node.input[0] in reader.by_output:
+            reader.attach(
+                reader.by_output[node.input[0]], node.name or node.output[0], reader.dims(node.input[1], node)[0]
+            )
             continue
         elif node.op_type in ("InstanceNormalization", "GroupNormalization"):
-            source = producer.get(node.input[0])
-            if node.input[0] in by_output and len(node.input) > 2 and {node.input[1], node.input[2]} <= params:
-                attach(by_output[node.input[0]], name, size(node.input[1]))  # the norm's own per-channel vectors
-            elif node.op_type == "InstanceNormalization" and source is not None and source.op_type == "Reshape":
-                synthetic.update(node.input[1:3])  # torch's GroupNorm: ones and zeros per group, no parameters
-                back = only(node.output[0], "Reshape")
-                c_out = layers[by_output[source.input[0]]].c_out if source.input[0] in by_output else -1
-                if back is not None and source.input[0] in by_output and affine(back, c_out):
-                    attach(by_output[source.input[0]], name, c_out)
+            reader.instance_norm(node)
             continue
         else:
             continue
-        by_output[node.output[0]] = len(layers)
-        layers.append(layer)
-    return layers, synthetic
+        reader.by_output[node.output[0]] = len(reader.layers)
+        reader.layers.append(layer)
+    return reader.layers, reader.synthetic
+
+
+class _LayerReader:
+    """What ``_onnx_layers`` reads a graph with: shapes, producers and consumers, and the layers found so far."""
+
+    def __init__(self, path: str | Path, graph: Any, shapes: dict[str, Shape], params: set[str],
+                 dtypes: dict[str, int]) -> None:  # fmt: skip
+        self.path, self.shapes, self.params, self.dtypes = path, shapes, params, dtypes
+        self.layers: list[LayerShape] = []
+        self.by_output: dict[str, int] = {}  # a layer's output tensor -> its index in layers
+        self.producer = {out: node for node in graph.node for out in node.output}
+        self.consumers: dict[str, list[Any]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.synthetic: set[str] = set()
+
+    def dims(self, name: str, node: Any) -> Shape:
+        """The static shape of tensor ``name``; one line naming the node when it is unknown or empty."""
+        found = self.shapes.get(name)
+        if not found or 0 in found:
+            raise EdgepruneError(f"{self.path}: cannot read the shape of '{name}' (node {node.name or node.op_type})")
+        return found
+
+    def size(self, name: str) -> int:
+        """Number of values of tensor ``name``, -1 when its shape is unknown."""
+        return math.prod(self.shapes[name]) if name in self.shapes else -1
+
+    def only(self, name: str, op: str) -> Any:
+        """The single consumer of ``name`` when it is an ``op`` node, else None."""
+        found = self.consumers.get(name, [])
+        return found[0] if len(found) == 1 and found[0].op_type == op else None
+
+    def affine(self, node: Any, c_out: int) -> bool:
+        """True when a Mul -> Add pair after ``node`` scales and shifts by stored per-channel vectors."""
+        mul = self.only(node.output[0], "Mul")
+        add = mul and self.only(mul.output[0], "Add")
+        if not add:
+            return False
+        vectors = [[n for n in op.input if n != src][:1] for op, src in ((mul, node.output[0]), (add, mul.output[0]))]
+        return all(v and v[0] in self.params and self.size(v[0]) == c_out for v in vectors)
+
+    def attach(self, i: int, norm: str, c: int) -> None:
+        """Record ``norm`` as layer ``i``'s norm, unless it has one or its width differs."""
+        if self.layers[i].bn is None and self.layers[i].c_out == c:
+            self.layers[i] = replace(self.layers[i], bn=norm)
+
+    def conv(self, node: Any) -> LayerShape:
+        """A Conv, ConvTranspose or quantized conv node's LayerShape."""
+        attrs = {a.name: a for a in node.attribute}
+        w_at, b_at = LAYER_OPS.get(node.op_type, (1, None))
+        has_bias = b_at is not None and len(node.input) > b_at and bool(node.input[b_at])
+        widths = _widths(node, self.consumers, self.dtypes)
+        w, x, out = self.dims(node.input[w_at], node), self.dims(node.input[0], node), self.dims(node.output[0], node)
+        groups = attrs["group"].i if "group" in attrs else 1
+        if node.op_type != "ConvTranspose":  # weight (C_out, C_in / g, k...)
+            kind, c_in, c_out = "conv", w[1] * groups, w[0]
+        else:  # weight (C_in, C_out / g, k...)
+            kind, c_in, c_out = "conv_transpose", w[0], w[1] * groups
+        kernel, spatial, in_spatial = math.prod(w[2:]), math.prod(out[2:]), math.prod(x[2:])
+        name = node.name or node.output[0]
+        return LayerShape(name, kind, c_in, c_out, groups, kernel, spatial, has_bias, in_spatial=in_spatial, **widths)
+
+    def linear(self, node: Any) -> LayerShape | None:
+        """A Gemm or MatMul node's LayerShape; None for one whose weight is no matrix (two activations)."""
+        attrs = {a.name: a for a in node.attribute}
+        w_at, b_at = LAYER_OPS.get(node.op_type, (1, None))
+        has_bias = b_at is not None and len(node.input) > b_at and bool(node.input[b_at])
+        widths = _widths(node, self.consumers, self.dtypes)
+        w, out = self.dims(node.input[w_at], node), self.dims(node.output[0], node)
+        if len(w) != 2:
+            return None
+        transposed = node.op_type in ("Gemm", "QGemm") and "transB" in attrs and attrs["transB"].i == 1
+        c_in, c_out = (w[1], w[0]) if transposed else (w[0], w[1])
+        name = node.name or node.output[0]
+        return LayerShape(name, "linear", c_in, c_out, spatial=math.prod(out[1:-1]), bias=has_bias, **widths)
+
+    def instance_norm(self, node: Any) -> None:
+        """Attach an InstanceNormalization or GroupNormalization to its layer (torch's GroupNorm export too)."""
+        name, by_output = node.name or node.output[0], self.by_output
+        source = self.producer.get(node.input[0])
+        if node.input[0] in by_output and len(node.input) > 2 and {node.input[1], node.input[2]} <= self.params:
+            self.attach(by_output[node.input[0]], name, self.size(node.input[1]))  # the norm's own per-channel vectors
+        elif node.op_type == "InstanceNormalization" and source is not None and source.op_type == "Reshape":
+            self.synthetic.update(node.input[1:3])  # torch's GroupNorm: ones and zeros per group, no parameters
+            back = self.only(node.output[0], "Reshape")
+            c_out = self.layers[by_output[source.input[0]]].c_out if source.input[0] in by_output else -1
+            if back is not None and source.input[0] in by_output and self.affine(back, c_out):
+                self.attach(by_output[source.input[0]], name, c_out)

@@ -18,19 +18,15 @@ the other; with ``ray`` (:mod:`edgeprune.cluster`) each is a Ray task, a convent
 its own seed's full model only. Every run records the machine it trained on, and a table's training
 time says when its runs ran on different machines.
 
-A finished run also leaves ``record.json`` in its folder: what it measured and the settings that decided
-it. ``--resume`` reads a run back from that record before looking for its checkpoint, so a long study
-carries over to another machine or session in those small files, without its weights (a conventional run
-still to do retrains its seed's full model, deterministically, when no checkpoint of it is left).
+A finished run also leaves ``record.json`` in its folder (``edgeprune.records``), which ``--resume`` reads back
+before its checkpoint: a long study carries over to another machine in those small files, without its weights.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
-import statistics
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,8 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeprune import cluster, limits
-from edgeprune.cluster import CRASH_ENV, MAX_RETRIES, NOT_COMPARABLE, RayOptions, crash_hook, hosts, node_info
+from edgeprune import cluster
+from edgeprune.cluster import CRASH_ENV, MAX_RETRIES, NOT_COMPARABLE, RayOptions, crash_hook, node_info
 from edgeprune.complexity import reduction
 from edgeprune.costs import STATIC
 from edgeprune.data import ImageDataset
@@ -49,40 +45,29 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.files import write_json
 from edgeprune.io import ModelRef, is_folder_ref, resolve
 from edgeprune.pruning import check_seed, prune
+from edgeprune.records import (
+    RECORD,
+    RunRecord,
+    check_record,
+    new_record,
+    progress_line,
+    run_tag,
+    save_record,
+    steady_seconds,
+    stored_record,
+    train_hosts,
+)
 from edgeprune.trace import record_shapes
-from edgeprune.train import TrainConfig, TrainResult, data_signature, describe_difference, train
+from edgeprune.train import TrainConfig, TrainResult, data_signature, train
 
 DIRECT = "direct"
 MATCHED = "direct-matched"  # the direct pipeline trained as long as the conventional one
 AT_INIT = {DIRECT: "weighted", "unweighted": "uniform", "uniform": "ratio", MATCHED: "weighted"}  # -> layer selection
 CONVENTIONAL = ("l1", "nuclear")
 BASELINES = ("l1", "nuclear", "uniform", "unweighted")
-RECORD = "record.json"  # a finished run's record, in its folder
-RECORD_FORMAT = "edgeprune-run-record/1"
-MAX_SECONDS = 1e9  # any duration in a record (31 years): finite sums, never an overflow
-MAX_COUNT = 2**62  # parameters, FLOPs and bytes in a record
 # The settings that decide a run's result (threads and device do not: a record made with others is still it)
 RESULT_SETTINGS = ("model", "width", "model_args", "num_classes", "step", "conventional_layers", "optimizer", "lr",
                    "batch_size", "calibration_images", "also")  # fmt: skip
-
-
-@dataclass
-class RunRecord:
-    """What one pipeline run measured: accuracy, complexity, every second of training, and where it ran."""
-
-    method: str
-    mode: str
-    seed: int
-    target: float
-    test_accuracy: float
-    params: int
-    flops: int
-    memory_bytes: int
-    train_seconds: float  # all epochs of this pipeline, pre-training included
-    pretrain_seconds: float
-    epochs: int  # all epochs of this pipeline, pre-training included
-    history: list[dict]
-    nodes: list[dict] = field(default_factory=list)  # per training stage: hostname, Ray node id (None outside Ray)
 
 
 @dataclass
@@ -146,13 +131,9 @@ class RunContext:
         """Train ``model`` in ``out/tag``, resuming from its checkpoint when asked."""
         s = self.settings
         config = TrainConfig(epochs=epochs, seed=seed, optimizer=s.optimizer, lr=s.lr, batch_size=s.batch_size)
-        return train(model, self.data, config, self.out / tag, self.resume, self.progress,
+        return train(model, self.data, config, self.out / tag, resume=self.resume, progress=self.progress,
                      callback=crash_hook(tag, self.out, self.crash_once), threads=s.threads,
                      device=s.device)  # fmt: skip
-
-
-def _totals(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
-    return record_shapes(model, torch.zeros(1, *shape)).totals()
 
 
 def calibration_batch(data: ImageDataset, n: int, seed: int) -> torch.Tensor:
@@ -160,33 +141,17 @@ def calibration_batch(data: ImageDataset, n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train_y), generator=g)[: min(n, len(data.train_y))]
     x = data.train_x[idx].float() / 255
-    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
-    std = torch.tensor(data.std).view(1, -1, 1, 1)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (data.mean, data.std))
     return (x - mean) / std
 
 
-def _record(
-    ctx: RunContext, method: str, mode: str, seed: int, model: nn.Module, runs: list[TrainResult],
-    before: list[dict] | None = None,
-) -> RunRecord:  # fmt: skip
+def _record(ctx: RunContext, method: str, mode: str, seed: int, model: nn.Module, runs: list[TrainResult],
+            before: list[dict] | None = None) -> RunRecord:  # fmt: skip
     """The record of a run whose stages are ``runs``; ``before``: the nodes of the stages it did not train itself."""
-    totals = _totals(model, ctx.shape)
     target = 1.0 if method == "full" else ctx.settings.targets[mode]
-    history = [dict(h, stage=i) for i, r in enumerate(runs) for h in r.history]
-    return RunRecord(
-        method, mode, seed, target, runs[-1].test_accuracy, totals["params"], totals["flops"], totals["memory_bytes"],
-        sum(r.train_seconds for r in runs), runs[0].train_seconds if len(runs) > 1 else 0.0, len(history), history,
-        [*(before or []), node_info(ctx.in_ray)],
-    )  # fmt: skip
-
-
-def steady_seconds(history: list[dict]) -> float:
-    """Training seconds charged per stage as its median epoch time x its epochs: a paused or crowded epoch (a
-    shared machine) does not count. ``history``: the per-epoch records, with their ``stage``."""
-    stages: dict[int, list[float]] = {}
-    for h in history:
-        stages.setdefault(h.get("stage", 0), []).append(h["epoch_seconds"])
-    return sum(statistics.median(s) * len(s) for s in stages.values())
+    totals = record_shapes(model, torch.zeros(1, *ctx.shape)).totals()
+    return new_record(method, mode, seed, target=target, totals=totals, runs=runs,
+                      nodes=[*(before or []), node_info(ctx.in_ray)])  # fmt: skip
 
 
 def matched_epochs(runs: list[RunRecord]) -> int:
@@ -198,11 +163,6 @@ def matched_epochs(runs: list[RunRecord]) -> int:
 
 
 # -- the runs: each independent of the others but for its inputs, called by the serial and the Ray paths --
-
-
-def run_tag(method: str, mode: str, seed: int) -> str:
-    """A run's folder in the output folder: ``full-s0``, ``direct-flops-s0``, ``l1-params-s1``..."""
-    return f"full-s{seed}" if method == "full" else f"{method}-{mode}-s{seed}"
 
 
 def stage_epochs(settings: CompareSettings, method: str, epochs: int) -> int | list[int]:
@@ -227,121 +187,6 @@ def record_key(ctx: RunContext, method: str, mode: str, seed: int, epochs: int) 
     if content is not None:  # name and sizes stay the same when images are swapped between classes; this does not
         key["data"]["content_hash"] = content
     return json.loads(json.dumps(key))
-
-
-def stored_record(ctx: RunContext, tag: str, key: dict) -> RunRecord | None:
-    """The run's record in ``out/tag/record.json`` when resuming, else None; a record that is malformed, out of range
-    or of other settings or data (its content hash) is refused, not rerun over."""
-    path = ctx.out / tag / RECORD
-    if not ctx.resume or not path.is_file():
-        return None
-    saved = limits.read_json(path, "a run record")
-    try:
-        if not isinstance(saved, dict) or saved.get("format") != RECORD_FORMAT:
-            raise ValueError(f"format {_shown(saved.get('format') if isinstance(saved, dict) else saved)}")
-        if set(saved) != {"format", "key", "record"} or not isinstance(saved["key"], dict):
-            raise ValueError("expected format, key and record")
-        stored, record = saved["key"], check_record(saved["record"])
-    except ValueError as e:
-        raise EdgepruneError(f"{path}: not a run record of this version ({e}); delete it to rerun the run") from None
-    if stored != key:
-        raise EdgepruneError(f"{path}: {_key_difference(stored, key)}; resume with the same settings and data or "
-                             "use another --out")  # fmt: skip
-    ran = (key["method"], key["mode"], key["seed"], sum(key["epochs"]) if isinstance(key["epochs"], list) else
-           key["epochs"])  # fmt: skip
-    if (record.method, record.mode, record.seed, record.epochs) != ran:  # a record edited, or copied from another run
-        raise EdgepruneError(f"{path}: its record is of another run ({record.method} {record.mode}, seed "
-                             f"{record.seed}, {record.epochs} epochs) than its key; delete it to rerun it")  # fmt: skip
-    ctx.log(f"[seed {record.seed}] {record.method} {record.mode}: read back from {tag}/{RECORD}")
-    return record
-
-
-def _key_difference(stored: dict, key: dict) -> str:
-    """Why a record's key is not this run's: other data (its content hash) or other settings."""
-    old, new = stored.get("data"), key.get("data")
-    if isinstance(old, dict) and isinstance(new, dict) and "content_hash" in new:
-        old_sizes, new_sizes = ({k: v for k, v in d.items() if k != "content_hash"} for d in (old, new))
-        if old_sizes == new_sizes and {**stored, "data": None} == {**key, "data": None}:
-            if "content_hash" not in old:
-                return ("recorded without the data set's content hash (an older edgeprune): nothing shows it ran on "
-                        "this data")  # fmt: skip
-            return (f"recorded on other data: same name and sizes, other images or labels (content hash "
-                    f"{_shown(old['content_hash'])} then, {new['content_hash'][:16]}... now)")  # fmt: skip
-    return f"recorded with other settings ({describe_difference(stored, key)})"
-
-
-def _shown(value: object) -> str:
-    """A value from a file for a one-line message, cut short."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-_RUN_METHODS = ("full", *AT_INIT, *CONVENTIONAL)
-_HISTORY_RANGES = {"epoch": (1, limits.MAX_EPOCHS), "stage": (0, 1), "test_acc": (0, 1), "train_acc": (0, 1),
-                   "epoch_seconds": (0, MAX_SECONDS), "eval_seconds": (0, MAX_SECONDS),
-                   "train_seconds": (0, MAX_SECONDS), "images_per_s": (0, MAX_COUNT), "lr": (0, MAX_COUNT)}  # fmt: skip
-
-
-def check_record(data: object) -> RunRecord:
-    """A run record read from a file: exactly RunRecord's fields, each typed, finite and in range (accuracy a
-    fraction in [0, 1], seconds >= 0, epochs the history's length); ValueError (one line) names the first bad one."""
-    if not isinstance(data, dict):
-        raise ValueError(f"a record is an object, got {_shown(data)}")
-    names = [f.name for f in dataclasses.fields(RunRecord)]
-    missing, extra = [n for n in names[:-1] if n not in data], sorted(set(data) - set(names), key=str)
-    if missing or extra:
-        raise ValueError(f"missing '{missing[0]}'" if missing else f"unknown field {_shown(extra[0])}")
-    d = data
-    checks = [
-        ("method", isinstance(d["method"], str) and d["method"] in _RUN_METHODS, f"one of {', '.join(_RUN_METHODS)}"),
-        ("mode", d["mode"] == "-" if d["method"] == "full" else isinstance(d["mode"], str) and d["mode"] in STATIC,
-         "'-' for the full model, else a cost"),
-        ("seed", limits.is_int(d["seed"], 0, 2**32 - 1), "an integer in [0, 2**32 - 1]"),
-        ("target", limits.is_number(d["target"], 0, MAX_COUNT) or (isinstance(d["target"], str)
-                                                                    and 0 < len(d["target"]) <= 64), "a target"),
-        ("test_accuracy", limits.is_number(d["test_accuracy"], 0, 1), "a fraction in [0, 1]"),
-        *((k, limits.is_int(d[k], 0, MAX_COUNT), "an integer >= 0") for k in ("params", "flops", "memory_bytes")),
-        *((k, limits.is_number(d[k], 0, MAX_SECONDS), "a number of seconds >= 0")
-          for k in ("train_seconds", "pretrain_seconds")),
-        ("epochs", limits.is_int(d["epochs"], 1, limits.MAX_EPOCHS), f"an integer in [1, {limits.MAX_EPOCHS}]"),
-        ("history", isinstance(d["history"], list) and len(d["history"]) == d["epochs"], "one entry per epoch"),
-        ("nodes", isinstance(d.get("nodes", []), list), "a list"),
-    ]  # fmt: skip
-    for name, ok, expected in checks:
-        if not ok:
-            raise ValueError(f"{name} must be {expected}, got {_shown(d.get(name))}")
-    if d["pretrain_seconds"] > d["train_seconds"]:
-        raise ValueError(f"pretrain_seconds {d['pretrain_seconds']} exceeds train_seconds {d['train_seconds']}")
-    for i, h in enumerate(d["history"]):
-        _check_epoch(i, h)
-    for node in d.get("nodes", []):
-        if not (isinstance(node, dict) and isinstance(node.get("hostname"), str)
-                and all(isinstance(v, str) or v is None for v in node.values())):  # fmt: skip
-            raise ValueError(f"a node must be {{hostname, ray_node_id}}, got {_shown(node)}")
-    return RunRecord(**{k: v for k, v in d.items()})
-
-
-def _check_epoch(i: int, h: object) -> None:
-    """One epoch of a record's history: finite numbers (or null), the known ones in range, epoch_seconds present."""
-    if not isinstance(h, dict) or not isinstance(h.get("epoch_seconds"), (int, float)):
-        raise ValueError(f"history[{i}] must be an object with epoch_seconds, got {_shown(h)}")
-    for k, v in h.items():
-        low, high = _HISTORY_RANGES.get(k, (-MAX_COUNT, MAX_COUNT))
-        integer = k in ("epoch", "stage")
-        if integer:
-            ok = limits.is_int(v, low, high)
-        else:
-            ok = (v is None and k != "epoch_seconds") or limits.is_number(v, low, high)
-        if not ok:  # training stops at a non-finite loss: a legitimate record holds finite numbers only
-            raise ValueError(f"history[{i}].{k} must be {'an integer' if integer else 'a finite number'} in "
-                             f"[{low:g}, {high:g}], got {_shown(v)}")  # fmt: skip
-
-
-def save_record(ctx: RunContext, tag: str, key: dict, record: RunRecord) -> RunRecord:
-    """Write the finished run's ``record.json`` (atomically) and return the record."""
-    (ctx.out / tag).mkdir(parents=True, exist_ok=True)
-    write_json(ctx.out / tag / RECORD, {"format": RECORD_FORMAT, "key": key, "record": asdict(record)})
-    return record
 
 
 def full_weights_needed(ctx: RunContext, seed: int) -> bool:
@@ -559,18 +404,11 @@ def _runs_on_ray(ctx: RunContext, options: RayOptions) -> Iterator[Batch]:
         for seed, mode, full, refs in plan:
             if seed not in baselines:
                 baselines[seed] = cluster.get(ray, full, f"the full model, seed {seed}")[0]
-                ctx.log(_finished(baselines[seed]))
+                ctx.log(progress_line(baselines[seed]))
             mine = [cluster.get(ray, r, f"a {mode} run, seed {seed}") for r in refs]
             for record in mine:
-                ctx.log(_finished(record))
+                ctx.log(progress_line(record))
             yield baselines[seed], mine
-
-
-def _finished(record: RunRecord) -> str:
-    """A progress line for a run done elsewhere."""
-    where = record.nodes[-1]["hostname"] if record.nodes else "?"
-    return (f"[seed {record.seed}] {record.method} {record.mode}: test accuracy {100 * record.test_accuracy:.2f}% "
-            f"after {record.epochs} epochs, {record.train_seconds:.0f} s on {where}")  # fmt: skip
 
 
 def run_comparison(
@@ -652,7 +490,7 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: Co
                 "epochs": _span([r.epochs for r in runs]),
                 "train_seconds": seconds,
                 "steady_seconds": steady,
-                "train_hosts": _hosts(runs),
+                "train_hosts": train_hosts(runs),
                 "time_ratio_to_conventional": steady[0] / ref_seconds if ref_seconds else None,
             }
             rows.append(row)
@@ -664,7 +502,7 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: Co
             "memory_mb": b0.memory_bytes / 1e6,
             "params_m": b0.params / 1e6,
             "train_seconds": _mean_std([b.train_seconds for b in baselines]),
-            "train_hosts": _hosts(baselines),
+            "train_hosts": train_hosts(baselines),
             "epochs": b0.epochs,
         },
         "rows": rows,
@@ -677,13 +515,8 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: Co
         + (f"; every pruned network also meets {', '.join(f'{k} <= {v}' for k, v in settings.also.items())}"
            if settings.also else "")
         + (f"; training time '(N machines)': {NOT_COMPARABLE.format(n='N', hosts='in train_hosts')}"
-           if any(len(r["train_hosts"]) > 1 for r in rows) or len(_hosts(baselines)) > 1 else ""),
+           if any(len(r["train_hosts"]) > 1 for r in rows) or len(train_hosts(baselines)) > 1 else ""),
     }  # fmt: skip
-
-
-def _hosts(runs: list[RunRecord]) -> list[str]:
-    """The machines the runs' training stages ran on."""
-    return hosts([n for r in runs for n in r.nodes])
 
 
 def _machines(figure: dict) -> str:

@@ -86,6 +86,7 @@ def plot_tradeoffs(
     rows: list[dict],
     path: str | Path,
     y_key: str,
+    *,
     y_label: str,
     panels: list[tuple],
     title: str = "",

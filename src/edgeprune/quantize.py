@@ -40,8 +40,9 @@ import torch
 
 from edgeprune.cpu import DEFAULT_TARGET, cpu_class, cpu_summary, reduce_range_for
 from edgeprune.data import ImageDataset
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, first_line
 from edgeprune.files import atomic_write
+from edgeprune.validate import check_int
 
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_METHOD = "minmax"  # measured against the others: see the module's docstring
@@ -76,8 +77,7 @@ def quantize_onnx(
     reduce_range = reduce_range_for(target_cpu, here)
     if not isinstance(per_channel, bool):
         raise EdgepruneError(f"per_channel must be True or False, got {per_channel!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise EdgepruneError(f"seed must be an integer, got {seed!r}")
+    check_int(seed, "seed")
     if method not in METHODS:
         raise EdgepruneError(f"unknown calibration method '{method}'; choose from: {', '.join(METHODS)}")
     if int8_path.is_dir():
@@ -109,7 +109,7 @@ def quantize_onnx(
                         extra_options=extra,
                     )
             except Exception as e:  # onnxruntime's quantizer raises many kinds of errors
-                raise EdgepruneError(f"{fp32_path}: onnxruntime cannot quantize it ({_first_line(e)})") from None
+                raise EdgepruneError(f"{fp32_path}: onnxruntime cannot quantize it ({first_line(e)})") from None
             stamp = {"edgeprune.target_cpu": target_cpu, "edgeprune.reduce_range": str(reduce_range).lower()}
             _stamp(out, {**stamp, "edgeprune.quantized_on": here})
             _check_runs(out, batches[0])
@@ -132,7 +132,7 @@ def file_target_cpu(path: str | Path) -> dict:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's error
-        raise EdgepruneError(f"{path}: not a readable ONNX file ({_first_line(e)})") from None
+        raise EdgepruneError(f"{path}: not a readable ONNX file ({first_line(e)})") from None
     props = {p.key: p.value for p in model.metadata_props}
     if "edgeprune.target_cpu" not in props:
         return {}
@@ -197,7 +197,7 @@ def calibration_batches(
     data: ImageDataset, shape: tuple[int | None, ...], *, images: int = 256, seed: int = 0
 ) -> list[np.ndarray]:
     """``images`` training images drawn with ``seed``, normalised as in training, in float32 batches (NCHW)."""
-    from edgeprune.train import Normalizer
+    from edgeprune.data import Normalizer
 
     if not isinstance(data, ImageDataset):
         raise EdgepruneError(f"calibration data must be an image data set, got {type(data).__name__}")
@@ -260,7 +260,7 @@ def _entropy_ranges(model: Path, augmented: Path, name: str, batches: list[np.nd
             calibrator.collect_data(_Reader(name, batches))
             ranges = calibrator.compute_data()
     except Exception as e:  # onnxruntime's calibrators raise many kinds of errors
-        raise EdgepruneError(f"{model.name}: entropy calibration failed ({_first_line(e)})") from None
+        raise EdgepruneError(f"{model.name}: entropy calibration failed ({first_line(e)})") from None
     overrides = {}
     for tensor, data in ranges.data.items():
         low, high = (np.asarray(v, dtype=np.float32) for v in data.range_value)
@@ -333,11 +333,6 @@ def _details(method: str) -> dict:
     if method == "percentile":
         return {"percentile": 99.999, "histogram_bins": 2048, "symmetric": True}  # onnxruntime's defaults
     return {}
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "calibration_batches", "file_target_cpu", "int8_check", "quantize_onnx"]

@@ -32,9 +32,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -42,15 +42,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from edgeprune import cluster
+from edgeprune import cluster, pruning
 from edgeprune.cluster import RayOptions
 from edgeprune.complexity import Profile
-from edgeprune.costs import LayerTimes, get_cost, totals
-from edgeprune.data import ImageDataset
+from edgeprune.costs import Budget, LayerTimes, get_cost, totals
+from edgeprune.data import ImageDataset, Normalizer, check_compatible
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import ChannelGroup
-from edgeprune.pruning import SELECTIONS, PrunePlan, apply_plan, check_seed, make_budget_plan
-from edgeprune.train import Normalizer, TrainConfig, TrainStep, check_compatible, evaluate, lr_at
+from edgeprune.latency import Measure, default_measure
+from edgeprune.pruning import SELECTIONS, PruneJob, PrunePlan, PruneResult, apply_plan, check_seed, make_budget_plan
+from edgeprune.train import TrainConfig, TrainStep, evaluate, lr_at
 
 KINDS = SELECTIONS  # weighted = Algorithm 1, uniform = its unweighted lottery, ratio = width scaling
 DEFAULT_TRAIN_STEPS = 200
@@ -392,21 +393,10 @@ def _check_search(k: int, kinds: Sequence[str]) -> tuple[str, ...]:
     return kinds
 
 
-def draw_candidates(
-    prof: Profile,
-    groups: list[ChannelGroup],
-    budget: dict[str, float],
-    k: int = 1,
-    kinds: Sequence[str] = ("weighted",),
-    seed: int = 0,
-    *,
-    step: float = 0.1,
-    scores: dict[str, np.ndarray] | None = None,
-    min_filters: int = 1,
-    round_to: int = 1,
-    table: LayerTimes | None = None,
-    fill: bool = False,
-) -> list[Candidate]:
+def draw_candidates(prof: Profile, groups: list[ChannelGroup], budget: dict[str, float], k: int = 1,
+                    kinds: Sequence[str] = ("weighted",), seed: int = 0, *, step: float = 0.1,
+                    scores: dict[str, np.ndarray] | None = None, min_filters: int = 1, round_to: int = 1,
+                    table: LayerTimes | None = None, fill: bool = False) -> list[Candidate]:  # fmt: skip
     """K plans per lottery kind (seeds ``seed .. seed+K-1``) and one width-scaling plan, each meeting ``budget``."""
     kinds = _check_search(k, kinds)
     check_seed(seed + k - 1, "seed + candidates - 1")
@@ -415,8 +405,8 @@ def draw_candidates(
     for kind in kinds:
         for s in range(seed, seed + (1 if kind == "ratio" else k)):
             t0 = time.perf_counter()
-            plan = make_budget_plan(prof, groups, budget, step, s, scores, min_filters, kind, round_to, table,
-                                    fill=fill)  # fmt: skip
+            plan = make_budget_plan(prof, groups, budget, step=step, seed=s, scores=scores, min_filters=min_filters,
+                                    selection=kind, round_to=round_to, table=table, fill=fill)  # fmt: skip
             missed = [n for n, limit in budget.items() if costs[n].total(plan.after) > limit]
             if missed:  # make_budget_plan never returns such a plan; a candidate is only ever one that fits
                 raise EdgepruneError(f"candidate {kind} seed {s} misses its {missed[0]} limit")
@@ -448,27 +438,12 @@ def _sortable(score: float | None) -> float:
     return -math.inf if score is None or math.isnan(score) else score
 
 
-def search(
-    model: nn.Module,
-    prof: Profile,
-    budget: dict[str, float],
-    *,
-    k: int = 1,
-    kinds: Sequence[str] = ("weighted",),
-    proxy: str | Proxy = "flops",
-    seed: int = 0,
-    data: ImageDataset | None = None,
-    example: torch.Tensor | None = None,
-    step: float = 0.1,
-    scores: dict[str, np.ndarray] | None = None,
-    min_filters: int = 1,
-    round_to: int = 1,
-    table: LayerTimes | None = None,
-    fill: bool = False,
-    device: str = "cpu",
-    ray: RayOptions | None = None,
-    holdout: float = 0.1,
-) -> SearchResult:
+def search(model: nn.Module, prof: Profile, budget: dict[str, float], *, k: int = 1,
+           kinds: Sequence[str] = ("weighted",), proxy: str | Proxy = "flops", seed: int = 0,
+           data: ImageDataset | None = None, example: torch.Tensor | None = None, step: float = 0.1,
+           scores: dict[str, np.ndarray] | None = None, min_filters: int = 1, round_to: int = 1,
+           table: LayerTimes | None = None, fill: bool = False, device: str = "cpu", ray: RayOptions | None = None,
+           holdout: float = 0.1) -> SearchResult:  # fmt: skip
     """Draw the candidates for ``budget`` on ``model``'s analysed profile, score each with ``proxy``, keep the best.
 
     ``prof`` is ``edgeprune.graph.analyse``'s profile of ``model`` (its groups included); ``data`` is the training
@@ -492,6 +467,41 @@ def search(
         cand.score, cand.seconds = score, cand.seconds + seconds
     kept = rank(found)
     return SearchResult(kept, found, chosen.spec, time.perf_counter() - t0, _inputs(chosen, ctx))
+
+
+def prune(model: nn.Module, mode: str | None = None, target: str | float | None = None, *,
+          budget: Budget | Mapping[str, str | float] | None = None, candidates: int = 1,
+          candidate_kinds: Sequence[str] | None = None, proxy: str | Proxy = "flops", data: ImageDataset | None = None,
+          ray: RayOptions | None = None, seed: int = 0, selection: str = "weighted", measure: Measure | None = None,
+          table: LayerTimes | None = None, **options: Any) -> PruneResult:  # fmt: skip
+    """Prune a copy of ``model`` to its budget: the best of K candidate plans by ``proxy`` (``edgeprune.prune``).
+
+    ``candidates`` K > 1 (or ``candidate_kinds`` beyond ``selection``) draws K plans per kind and keeps the one
+    ``proxy`` ranks best; ``data`` is the training images a data-driven proxy reads (never its test split); ``ray``
+    scores the candidates as Ray tasks. K = 1 is ``edgeprune.pruning.prune``: Algorithm 1's plan exactly (without
+    ``fill``). ``budget``/``mode``/``target``, ``seed``, ``selection`` and ``table`` and the ``options`` (``step``,
+    ``criterion``, ``example_input``, ``input_shape``, ``min_filters``, ``prune_residual``, ``calibration``,
+    ``keep``, ``round_to``, ``attempts``, ``fill``) are ``edgeprune.pruning.prune``'s. ``measure`` times a cut
+    model for a latency limit; by default on the table's backend and threads beside the parent
+    (``edgeprune.latency.default_measure``).
+    """
+    limits = Budget.from_args(mode, target, budget)
+    limits.validate(table)
+    if measure is None and "latency" in limits.limits:
+        example = options.get("example_input")
+        shape = tuple(example.shape[1:]) if example is not None else tuple(options.get("input_shape", (3, 32, 32)))
+        measure = default_measure(table, shape, model)
+    kinds = tuple(candidate_kinds) if candidate_kinds is not None else (selection,)
+    if candidates == 1 and kinds == (selection,):
+        return pruning.prune(model, budget=limits, seed=seed, selection=selection, table=table, measure=measure,
+                             **options)  # fmt: skip
+    job = PruneJob.start(model, limits, table=table, measure=measure, **options)
+    found = search(model, job.prof, job.first, k=candidates, kinds=kinds, proxy=proxy, seed=seed, data=data,
+                   example=job.example, step=job.step, scores=job.scores, min_filters=job.min_filters,
+                   round_to=job.round_to, table=table, fill=job.fill, ray=ray)  # fmt: skip
+    result = job.finish(found.kept.plan, seed=found.kept.seed, selection=found.kept.kind)
+    result.plan.search = found.to_dict()
+    return result
 
 
 def spearman(scores: Sequence[float], accuracies: Sequence[float]) -> float:
@@ -577,6 +587,7 @@ __all__ = [
     "holdout_split",
     "proxy_help",
     "proxy_names",
+    "prune",
     "rank",
     "search",
     "spearman",

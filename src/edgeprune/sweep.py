@@ -33,24 +33,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from edgeprune.backends import BACKENDS, check_backends
 from edgeprune.cluster import MAX_RETRIES, RayOptions, node_info
 from edgeprune.costs import PAPER_MODES as MODES
 from edgeprune.costs import STATIC, check_cost
+from edgeprune.energy import ENERGY_NOTE
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import write_json
 from edgeprune.io import ModelRef, Resolved, is_folder_ref, resolve
-from edgeprune.measure import (
-    BACKENDS,
-    ENERGY_NOTE,
-    Prepared,
-    check_backends,
-    default_threads,
-    latency_interleaved,
-    machine_info,
-    measure_prepared,
-    prepare,
-)
+from edgeprune.measure import Prepared, latency_interleaved, machine_info, measure_prepared, prepare
 from edgeprune.pruning import check_seed
+from edgeprune.runtime import default_threads
 from edgeprune.trace import record_shapes
 
 if TYPE_CHECKING:
@@ -204,7 +197,9 @@ def _point(
         acc, train_s = _train_point(ctx, candidate, seed, f"{mode}-{target:g}-s{seed}")
     t1 = time.perf_counter()
     ready = prepare(candidate, ctx.work / f"m{index}", ctx.backends, ctx.input_shape)
-    measured = measure_prepared(ready, ctx.backends, ctx.runs, ctx.warmup, 1, ctx.threads, spin=ctx.spin)
+    measured = measure_prepared(
+        ready, ctx.backends, runs=ctx.runs, warmup=ctx.warmup, threads=ctx.threads, spin=ctx.spin
+    )
     row = _row(ctx.name, mode, target, seed, measured, ref_totals)
     row.update(accuracy=acc, train_seconds=train_s, prune_seconds=prune_s, bench_seconds=time.perf_counter() - t1)
     points = [(row, ready)]
@@ -222,7 +217,9 @@ def _int8_point(ctx: SweepContext, ready: Prepared, row: dict, ref_totals: dict,
     path = ctx.work / f"m{index}-int8.onnx"
     quantize_onnx(ready.onnx, path, ctx.dataset, seed=row["seed"])
     quantized = prepare(path, ctx.work / f"m{index}-int8", ("onnxruntime",), ctx.input_shape)
-    measured = measure_prepared(quantized, ("onnxruntime",), ctx.runs, ctx.warmup, 1, ctx.threads, spin=ctx.spin)
+    measured = measure_prepared(
+        quantized, ("onnxruntime",), runs=ctx.runs, warmup=ctx.warmup, threads=ctx.threads, spin=ctx.spin
+    )
     int8 = _row(ctx.name, f"{row['mode']} int8", row["target"], row["seed"], measured, ref_totals)
     accuracy = evaluate(path, ctx.dataset)["top1"] if ctx.epochs else None
     int8.update(accuracy=accuracy, train_seconds=None, prune_seconds=None, bench_seconds=time.perf_counter() - t0)
@@ -304,125 +301,156 @@ def write_csv(path: Path, rows: list[dict], cols: list[str]) -> None:
     atomic_write(path, lambda p: p.write_text(buf.getvalue()))
 
 
-def sweep(
-    model: str | ModelRef,
-    out_dir: str | Path,
-    modes: Sequence[str] = MODES,
-    targets: Sequence[float] = DEFAULT_TARGETS,
-    seeds: Sequence[int] = (0,),
-    backends: Sequence[str] = BACKENDS,
-    runs: int = DEFAULT_RUNS,
-    warmup: int = DEFAULT_WARMUP,
-    threads: int | None = None,
-    step: float = 0.1,
-    epochs: int | None = None,
-    data: str | Path | object | None = None,  # a path, or an ImageDataset already loaded
-    y: str | None = None,
-    num_classes: int | None = None,
-    in_channels: int | None = None,
-    input_shape: tuple[int, ...] | None = None,
-    log: Callable[[str], None] | None = print,
-    spin: bool = True,
-    limit_train: int | None = None,
-    limit_test: int | None = None,
-    ray: RayOptions | None = None,
-    device: str = "cpu",
-    int8: bool = False,
-    also: dict[str, str | float] | None = None,
-    round_to: int = 1,
-) -> dict:
+@dataclass
+class SweepSettings:
+    """What one sweep prunes, trains and measures, and where it writes (``sweep``'s one argument besides the model)."""
+
+    out: str | Path  # the folder for results.csv, results.json and the plots
+    modes: Sequence[str] = MODES  # the costs each point is pruned in (proxy costs only: no latency)
+    targets: Sequence[float] = DEFAULT_TARGETS  # fractions of the model's own cost in (0, 1), one point per mode each
+    seeds: Sequence[int] = (0,)  # every point once per seed (the model's initial weights and the lottery)
+    backends: Sequence[str] = BACKENDS  # where each point is timed (edgeprune.measure)
+    runs: int = DEFAULT_RUNS  # timed runs per model and backend
+    warmup: int = DEFAULT_WARMUP  # untimed runs before them
+    threads: int | None = None  # inference threads; None: the machine's default (a Ray run's CPUs with ``ray``)
+    step: float = 0.1  # Algorithm 1's step
+    epochs: int | None = None  # train each point this long from scratch (with ``data``); None: untrained
+    data: str | Path | object | None = None  # a data set's path, or an ImageDataset already loaded
+    y: str | None = None  # the plots' y axis (``Y_CHOICES``); None: accuracy when trained, else params
+    num_classes: int | None = None  # the built model's classes (a zoo or ``py:`` reference)
+    in_channels: int | None = None  # the built model's input channels
+    input_shape: tuple[int, ...] | None = None  # the input (no batch dim); None: the model's own, or the data's
+    log: Callable[[str], None] | None = print  # one progress line at a time; None: quiet
+    spin: bool = True  # spin-wait between timed runs (edgeprune.measure)
+    limit_train: int | None = None  # training images read at most
+    limit_test: int | None = None  # test images read at most
+    ray: RayOptions | None = None  # run each point as a Ray task (edgeprune.cluster)
+    device: str = "cpu"  # where training runs
+    int8: bool = False  # also quantize every point to int8 (onnxruntime), calibrated on the training images
+    also: dict[str, str | float] = field(default_factory=dict)  # limits every point meets besides its mode's target
+    round_to: int = 1  # every pruned width a multiple of this
+
+    def validate(self) -> None:
+        """Refuse settings no sweep can run, one line each, before any work."""
+        for cost in self.also or {}:
+            check_cost(cost)
+            if cost == "latency":
+                raise EdgepruneError("a sweep prunes to proxy costs; for a latency target use 'edgeprune prune --lut'")
+        _check_args(self.modes, self.targets, self.seeds, self.epochs, self.data)
+        backends = list(check_backends(tuple(self.backends)))
+        if self.y_axis() not in Y_CHOICES:
+            raise EdgepruneError(f"unknown y axis '{self.y_axis()}'; choose from: {', '.join(Y_CHOICES)}")
+        if self.y_axis() == "accuracy" and not self.data:
+            raise EdgepruneError("--y accuracy needs training (--data and --epochs)")
+        if self.runs < 1 or self.warmup < 0:
+            raise EdgepruneError(f"runs must be positive and warmup >= 0, got runs={self.runs}, warmup={self.warmup}")
+        if self.threads is not None and self.threads < 1:
+            raise EdgepruneError(f"threads must be positive, got {self.threads}")
+        if self.int8 and (self.data is None or "onnxruntime" not in backends):
+            raise EdgepruneError("--int8 needs --data (its training images calibrate) and the onnxruntime backend")
+
+    def y_axis(self) -> str:
+        """The plots' y axis: ``y``, else accuracy when the points are trained, else params."""
+        return self.y or ("accuracy" if self.data else "params")
+
+
+def sweep(model: str | ModelRef, settings: SweepSettings) -> dict:
     """Prune ``model`` in every mode to every target (and seed), bench each, write results and plots.
 
-    With ``ray``, each point (prune, train if asked, bench) is a Ray task (see :mod:`edgeprune.cluster`) and
-    ``threads`` defaults to the CPUs of a run; the final interleaved latency pass still runs here. ``also``
-    holds limits every pruned point meets besides its mode's target (``{"memory": "4MB"}``: the same budget
-    form as ``prune``), ``round_to`` the multiple every pruned width keeps.
+    With ``settings.ray``, each point (prune, train if asked, bench) is a Ray task (see :mod:`edgeprune.cluster`)
+    and ``threads`` defaults to the CPUs of a run; the final interleaved latency pass still runs here.
+    ``settings.also`` holds limits every pruned point meets besides its mode's target (``{"memory": "4MB"}``: the
+    same budget form as ``prune``), ``round_to`` the multiple every pruned width keeps.
     """
-    also = dict(also or {})
-    for cost in also:
-        check_cost(cost)
-        if cost == "latency":
-            raise EdgepruneError("a sweep prunes to proxy costs; for a latency target use 'edgeprune prune --lut'")
-    _check_args(modes, targets, seeds, epochs, data)
-    backends = list(check_backends(tuple(backends)))
-    y = y or ("accuracy" if data else "params")
-    if y not in Y_CHOICES:
-        raise EdgepruneError(f"unknown y axis '{y}'; choose from: {', '.join(Y_CHOICES)}")
-    if y == "accuracy" and not data:
-        raise EdgepruneError("--y accuracy needs training (--data and --epochs)")
-    if runs < 1 or warmup < 0:
-        raise EdgepruneError(f"runs must be positive and warmup >= 0, got runs={runs}, warmup={warmup}")
-    if threads is not None and threads < 1:
-        raise EdgepruneError(f"threads must be positive, got {threads}")
-    if int8 and (data is None or "onnxruntime" not in backends):
-        raise EdgepruneError("--int8 needs --data (its training images calibrate) and the onnxruntime backend")
-    threads = threads or (ray.threads() if ray is not None else default_threads())
+    s = settings
+    s.validate()
+    backends = list(check_backends(tuple(s.backends)))
+    threads = s.threads or (s.ray.threads() if s.ray is not None else default_threads())
     if not isinstance(model, ModelRef):
-        model = ModelRef(str(model), num_classes=num_classes, in_channels=in_channels)
+        model = ModelRef(str(model), num_classes=s.num_classes, in_channels=s.in_channels)
     checked = resolve(model)  # fail early on a bad name, folder or reference
-    say = log or (lambda _msg: None)
-
+    say = s.log or (lambda _msg: None)
     started = time.perf_counter()
-    rows: list[dict] = []
-    prepared: list[Prepared] = []
-    points = [("unpruned", 1.0)] + [(m, t) for m in modes for t in targets]
-    jobs: list[Job] = [(seed, m, t) for seed in seeds for m, t in points]
-    out = Path(out_dir)
-    dataset = _dataset(data, limit_train, limit_test)
+    out = Path(s.out)
+    dataset = _dataset(s.data, s.limit_train, s.limit_test)
+    input_shape = s.input_shape
     if dataset is not None and not is_folder_ref(model):
         model = model.with_data(dataset.num_classes, dataset.input_shape())
         input_shape = dataset.input_shape()
     out.mkdir(parents=True, exist_ok=True)
     # with Ray, the points' files go where every node and this process see them
-    where = {"prefix": ".edgeprune-sweep-", "dir": out.resolve()} if ray is not None else {"prefix": "edgeprune-sweep-"}
+    where = (
+        {"prefix": ".edgeprune-sweep-", "dir": out.resolve()} if s.ray is not None else {"prefix": "edgeprune-sweep-"}
+    )
     with tempfile.TemporaryDirectory(**where) as tmp_name:
         ctx = SweepContext(
             model, Path(model.ref).name if is_folder_ref(model) else model.ref,
-            tuple(input_shape or checked.input_shape), backends, runs, warmup, threads, spin, step, Path(tmp_name),
-            dataset, epochs, device=device, int8=int8, also=also, round_to=round_to,
+            tuple(input_shape or checked.input_shape), backends, s.runs, s.warmup, threads, s.spin, s.step,
+            Path(tmp_name), dataset, s.epochs, device=s.device, int8=s.int8, also=dict(s.also or {}),
+            round_to=s.round_to,
         )  # fmt: skip
-        if ray is not None:
-            from edgeprune.cluster import portable_ref
+        rows = _measure_points(ctx, s, say)
+    result = _result(ctx, s, rows, time.perf_counter() - started)
+    write_csv(out / "results.csv", rows, columns(backends, nodes=s.ray is not None))
+    result["plots"] = plot_sweep(result, out)
+    write_json(out / "results.json", result)
+    elapsed = result["elapsed_seconds"]
+    say(f"{len(rows)} models in {elapsed:.0f} s; wrote {out}/: results.csv, results.json, {', '.join(result['plots'])}")
+    return result
 
-            ref = replace(model, ref=portable_ref(model.ref), remember=False)
-            ctx = replace(ctx, model=ref, train_threads=threads, resume=True)
-        measured = _points_on_ray(ctx, jobs, ray) if ray is not None else _points_here(ctx, jobs)
-        for row, ready in measured:
-            rows.append(row)
-            prepared.append(ready)
-            say(_progress_line(row, len(rows), len(jobs) * (2 if int8 else 1), backends))
-        for b in backends:
-            runnable = {i: p for i, p in enumerate(prepared) if f"{b}_latency_isolated_median_ms" in rows[i]}
-            say(f"timing all {len(runnable)} models interleaved in one {b} process ({runs} rounds)")
-            lat = latency_interleaved(runnable, b, runs, warmup, 1, threads, spin=spin)
-            for i, row in enumerate(rows):
-                if i not in runnable:  # an int8 file runs on onnxruntime only
-                    continue
-                stats = lat[str(i)]["latency_ms"]
-                row.update({f"{b}_latency_median_ms": stats["median"], f"{b}_latency_p90_ms": stats["p90"],
-                            f"{b}_latency_mean_ms": stats["mean"]})  # fmt: skip
-    name, input_shape = ctx.name, ctx.input_shape
-    elapsed = time.perf_counter() - started
+
+def _measure_points(ctx: SweepContext, s: SweepSettings, say: Callable[[str], None]) -> list[dict]:
+    """Prune, train and bench every point (here or on Ray), then time them all interleaved per backend."""
+    points = [("unpruned", 1.0)] + [(m, t) for m in s.modes for t in s.targets]
+    jobs: list[Job] = [(seed, m, t) for seed in s.seeds for m, t in points]
+    if s.ray is not None:
+        from edgeprune.cluster import portable_ref
+
+        ref = replace(ctx.model, ref=portable_ref(ctx.model.ref), remember=False)
+        ctx = replace(ctx, model=ref, train_threads=ctx.threads, resume=True)
+    rows: list[dict] = []
+    prepared: list[Prepared] = []
+    measured = _points_on_ray(ctx, jobs, s.ray) if s.ray is not None else _points_here(ctx, jobs)
+    for row, ready in measured:
+        rows.append(row)
+        prepared.append(ready)
+        say(_progress_line(row, len(rows), len(jobs) * (2 if s.int8 else 1), ctx.backends))
+    for b in ctx.backends:
+        runnable = {i: p for i, p in enumerate(prepared) if f"{b}_latency_isolated_median_ms" in rows[i]}
+        say(f"timing all {len(runnable)} models interleaved in one {b} process ({s.runs} rounds)")
+        lat = latency_interleaved(runnable, b, runs=s.runs, warmup=s.warmup, threads=ctx.threads, spin=s.spin)
+        for i, row in enumerate(rows):
+            if i not in runnable:  # an int8 file runs on onnxruntime only
+                continue
+            stats = lat[str(i)]["latency_ms"]
+            row.update({f"{b}_latency_median_ms": stats["median"], f"{b}_latency_p90_ms": stats["p90"],
+                        f"{b}_latency_mean_ms": stats["mean"]})  # fmt: skip
+    return rows
+
+
+def _result(ctx: SweepContext, s: SweepSettings, rows: list[dict], elapsed: float) -> dict:
+    """results.json's content: the settings, the conventions of every column, the machine and the rows."""
+    data = s.data
     result = {
-        "model": name,
+        "model": ctx.name,
         "settings": {
-            "modes": list(modes),
-            "targets": list(targets),
-            "seeds": list(seeds),
-            "backends": backends,
-            "runs": runs,
-            "warmup": warmup,
-            "threads": threads,
-            "spin_wait": spin,
+            "modes": list(s.modes),
+            "targets": list(s.targets),
+            "seeds": list(s.seeds),
+            "backends": ctx.backends,
+            "runs": s.runs,
+            "warmup": s.warmup,
+            "threads": ctx.threads,
+            "spin_wait": s.spin,
             "batch_size": 1,
-            "step": step,
-            "epochs": epochs,
-            "data": data if data is None or isinstance(data, (str, Path)) else data.name,
-            "limit_train": limit_train,
-            "limit_test": limit_test,
-            "input_shape": list(input_shape),
-            "y": y,
-            "int8": int8,
+            "step": s.step,
+            "epochs": s.epochs,
+            "data": data if data is None or isinstance(data, (str, Path)) else data.name,  # type: ignore[attr-defined]
+            "limit_train": s.limit_train,
+            "limit_test": s.limit_test,
+            "input_shape": list(ctx.input_shape),
+            "y": s.y_axis(),
+            "int8": s.int8,
         },
         "conventions": {
             "complexity": "fp32, batch 1; flops = multiply-adds counted once (MACs); memory_bytes = 4 B x (params + "
@@ -441,13 +469,9 @@ def sweep(
         "machine": machine_info(),
         "rows": rows,
     }
-    if ray is not None:
-        result["settings"]["ray"] = {**asdict(ray), "max_retries": MAX_RETRIES, "threads_per_run": threads}
+    if s.ray is not None:
+        result["settings"]["ray"] = {**asdict(s.ray), "max_retries": MAX_RETRIES, "threads_per_run": ctx.threads}
         result["conventions"]["nodes"] = RAY_NOTE
-    write_csv(out / "results.csv", rows, columns(backends, nodes=ray is not None))
-    result["plots"] = plot_sweep(result, out)
-    write_json(out / "results.json", result)
-    say(f"{len(rows)} models in {elapsed:.0f} s; wrote {out}/: results.csv, results.json, {', '.join(result['plots'])}")
     return result
 
 
@@ -488,7 +512,7 @@ def plot_sweep(result: dict, out: Path) -> list[str]:
             "lower x and higher y are better; latency timed interleaved, CPU and memory per model process"
         )
         file = f"tradeoffs_{b}.png"
-        plot_tradeoffs(rows, out / file, y_key, y_label, panels, title, y_scale)
+        plot_tradeoffs(rows, out / file, y_key, y_label=y_label, panels=panels, title=title, y_scale=y_scale)
         files.append(file)
     plot_latency_flops(
         rows,
@@ -500,4 +524,4 @@ def plot_sweep(result: dict, out: Path) -> list[str]:
     return files
 
 
-__all__ = ["DEFAULT_RUNS", "DEFAULT_TARGETS", "columns", "plot_sweep", "sweep", "write_csv"]
+__all__ = ["DEFAULT_RUNS", "DEFAULT_TARGETS", "SweepSettings", "columns", "plot_sweep", "sweep", "write_csv"]

@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from edgeprune.complexity import LayerShape, Profile
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, first_line
 
 LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
@@ -144,7 +144,9 @@ def record_shapes(model: nn.Module, example_input: torch.Tensor) -> Profile:
         raise
     except Exception as e:  # a user model that cannot run on this input
         shape = "x".join(map(str, example_input.shape[1:]))
-        raise EdgepruneError(f"the model fails on a {shape} input: {type(e).__name__}: {_first_line(e)}") from None
+        raise EdgepruneError(
+            f"the model fails on a {shape} input: {type(e).__name__}: {first_line(e) if str(e).strip() else ''}"
+        ) from None
     finally:
         model.train(was_training)
         for h in handles:
@@ -160,11 +162,6 @@ def record_shapes(model: nn.Module, example_input: torch.Tensor) -> Profile:
         list(layers.values()), tuple(example_input.shape[1:]), other_params=max(total - attributed, 0),
         outputs=_output_layers(outputs, producers), functional=functional,
     )  # fmt: skip
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else ""
 
 
 def _merge(old: LayerShape | None, new: LayerShape) -> LayerShape:

@@ -1,9 +1,8 @@
-"""Backends: the files a measuring process loads, and that process (fresh, one per job) with its timing loops.
+"""The measuring process's own file: layer block specs, the blocks they describe, and the timing loops.
 
-One abstraction serves ``edgeprune.measure.bench`` and the latency tables: for each backend, *write an
-artifact* in the calling process (``write_artifact``), then *load and run* it in a fresh Python process
-of its own (``run_measurement``, ``time_artifacts``), so that the memory figures are those of an
-inference process and not of the caller.
+``edgeprune.backends.artifacts`` (the calling side) writes a job file and starts a fresh Python process that
+loads this very file by path and runs ``_worker_main(job_file)``; for each backend that process *loads and
+runs* the artifacts, so that the memory figures are those of an inference process and not of the caller.
 
 - ``torch``: eager PyTorch, channels-last weights and inputs, ``torch.inference_mode``. Artifacts: a
   model folder (``edgeprune.io.save``), or a ``torch.export`` program (``.pt2``) for a module that has
@@ -33,8 +32,8 @@ loads the artifacts, runs ``warmup`` untimed inferences of each and then times t
 (latency, CPU utilisation, RSS peak, RAPL energy: see ``_time_single``) or several round-robin
 (``_time_interleaved``), each taking its own input shape.
 
-This module imports neither torch nor edgeprune at load time: the measuring process runs this very
-file, loaded by path, and the onnxruntime one has only onnxruntime, onnx, numpy and psutil.
+This module imports neither torch nor edgeprune at load time (torch only inside the torch backend's
+loader): the onnxruntime process has only onnxruntime, onnx, numpy and psutil.
 """
 
 from __future__ import annotations
@@ -42,9 +41,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,47 +66,6 @@ _SPEC_KEYS = ("kind", "c_in", "c_out", *_PAIRS, "groups", "bias", "norm", "act",
 # torch's defaults; a linear spec's kernel is [1, 1] so that the conv-only keys can be checked alike
 _SPEC_DEFAULTS = {"kernel": [1, 1], "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1}
 _SPEC_DEFAULTS.update(bias=True, norm=False, act=None)
-_WORKER_CODE = (
-    "import importlib.util, sys\n"
-    "spec = importlib.util.spec_from_file_location('_edgeprune_backends_worker', sys.argv[1])\n"
-    "mod = importlib.util.module_from_spec(spec)\n"
-    "sys.modules[spec.name] = mod\n"
-    "spec.loader.exec_module(mod)\n"
-    "mod._worker_main(sys.argv[2])\n"
-)
-
-
-def _error(message: str) -> Exception:
-    from edgeprune.errors import EdgepruneError
-
-    return EdgepruneError(message)
-
-
-# -- argument checks --------------------------------------------------------------------------
-
-
-def check_backends(backends: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """Validate backend names; a one-line error names the choices."""
-    if isinstance(backends, str):
-        backends = (backends,)
-    backends = tuple(dict.fromkeys(backends))
-    if not backends:
-        raise _error(f"no backend given; choose from: {', '.join(BACKENDS)}")
-    for b in backends:
-        if b not in BACKENDS:
-            raise _error(f"unknown backend '{b}'; choose from: {', '.join(BACKENDS)}")
-    return backends
-
-
-def check_counts(**values: int | None) -> None:
-    """Each value None or a positive integer (``warmup`` may be 0); the keyword names it in the error."""
-    for name, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _error(f"{name} must be an integer, got {value!r}")
-        if value <= 0 and not (name == "warmup" and value == 0):
-            raise _error(f"{name} must be {'>= 0' if name == 'warmup' else 'positive'}, got {value}")
 
 
 # -- layer block specs ------------------------------------------------------------------------
@@ -198,27 +154,6 @@ def layer_output_shape(spec: dict) -> tuple[int, ...]:
     geometry = (spec["kernel"], spec["stride"], padding, spec["dilation"])
     sizes = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(spec["input_shape"][1:], *geometry)]
     return (spec["c_out"], *sizes)
-
-
-def read_layer_spec(path: str | Path) -> dict:
-    """A layer block spec file, checked and normalised; a missing or bad file is one EdgepruneError line."""
-    try:
-        return _load_spec(str(path))
-    except OSError as e:
-        raise _error(f"{path}: cannot read it ({e.strerror or e})") from None
-    except ValueError as e:  # json.JSONDecodeError is a ValueError too
-        raise _error(f"{path}: not a layer block spec: {str(e).splitlines()[0]}") from None
-
-
-def write_layer_spec(spec: dict, path: str | Path) -> Path:
-    """Check a layer block spec and write it as the JSON artifact both backends load."""
-    try:
-        normalized = normalize_layer_spec(spec)
-    except ValueError as e:
-        raise _error(f"not a layer block spec: {e}") from None
-    path = Path(path)
-    path.write_text(json.dumps(normalized))
-    return path
 
 
 def _load_spec(path: str) -> dict:
@@ -324,170 +259,13 @@ def _onnx_activation(act: str | None, x: str, y: str) -> tuple[list, list]:
     return nodes, [const("sqrt2", math.sqrt(2)), const("one", 1.0), const("half", 0.5)]
 
 
-# -- writing artifacts (calling process) ------------------------------------------------------
+# -- what a measuring process finds at a path ---------------------------------------------------
 
 
 def artifact_kind(path: str | Path) -> str:
     """What a measuring process finds at ``path``: layer (.json spec), program (.pt2), onnx, or a model folder."""
     suffix = Path(path).suffix.lower()
     return {".json": "layer", ".pt2": "program", ".onnx": "onnx"}.get(suffix, "folder")
-
-
-def write_artifact(backend: str, model: Any, workdir: str | Path, input_shape: tuple[int, ...]) -> tuple[Path, dict]:
-    """Write the file ``backend``'s measuring process loads for a module into ``workdir``: its path and details.
-
-    torch: the model folder (``workdir/model``; details ``{"kind": "folder"}``), or for a module without a
-    builder its ``torch.export`` program (``workdir/model.pt2``, ``{"kind": "program"}``). onnxruntime: the
-    .onnx file checked against PyTorch (``workdir/model.onnx``; details: opset, exporter and check).
-    """
-    (backend,) = check_backends(backend)
-    workdir = Path(workdir)
-    input_shape = tuple(input_shape)
-    if backend == "onnxruntime":
-        from edgeprune.export import export_onnx
-
-        path = workdir / "model.onnx"
-        info = export_onnx(model, path, input_shape)
-        return path, {k: info[k] for k in ("opset", "exporter", "check")}
-    from edgeprune.builders import builder_of
-    from edgeprune.io import save
-
-    if builder_of(model) is not None:
-        save(model, workdir / "model", input_shape)
-        return workdir / "model", {"kind": "folder"}
-    return _export_program(model, workdir / "model.pt2", input_shape), {"kind": "program"}
-
-
-def _export_program(model: Any, path: Path, input_shape: tuple[int, ...]) -> Path:
-    """Save a module that has no builder as a ``torch.export`` program the measuring process can load.
-
-    A plain ``nn.Module`` (built in a notebook, say) cannot be rebuilt from model.json in another
-    process; its exported graph runs the same aten operators eagerly, with its weights, and needs
-    none of the user's code. The file is ours, written here and read once by our own worker.
-    """
-    import torch
-
-    try:
-        program = torch.export.export(model, (torch.zeros(1, *input_shape),))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.export.save(program, str(path))
-    except Exception as e:  # torch.export raises many kinds of errors for code it cannot trace
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise _error(
-            f"this model has no builder and torch.export cannot trace it ({first}); build it from a reference "
-            "(edgeprune.builders.build_model) or record one with edgeprune.builders.set_builder"
-        ) from None
-    return path
-
-
-# -- running a measuring process (calling process) --------------------------------------------
-
-
-def time_artifacts(
-    artifacts: dict[str, tuple[Path, tuple[int, ...]]],
-    backend: str,
-    threads: int = 1,
-    runs: int = 20,
-    warmup: int = 3,
-    seed: int = 0,
-    spin: bool = False,
-    device: str = "cpu",
-    order: str = "round_robin",
-) -> dict[str, dict]:
-    """Latency (ms: median, p90, mean, min, max, n) of each artifact, all timed in one fresh process.
-
-    ``artifacts``: name -> (file, input shape without the batch dimension); each takes its own shape.
-    Files: what ``LOADS[backend]`` lists, layer block specs (.json) on either backend. ``order``:
-    ``round_robin`` (every artifact sees the same conditions, caches cold between runs) or ``blocked``
-    (each artifact's runs back to back, caches warm as in a model run again and again).
-    """
-    if order not in ORDERS:
-        raise _error(f"unknown timing order '{order}'; choose from: {', '.join(ORDERS)}")
-    (backend,) = check_backends(backend)
-    check_counts(threads=threads, runs=runs, warmup=warmup)
-    if not artifacts:
-        raise _error("no artifacts given")
-    checked = {str(name): _check_artifact(Path(path), shape, backend) for name, (path, shape) in artifacts.items()}
-    if backend == "torch" and device != "cpu":
-        from edgeprune.train import resolve_device
-
-        device = str(resolve_device(device))
-    result = run_measurement(checked, backend, True, runs, warmup, 1, threads, seed, spin, device, order)
-    return {name: r["latency_ms"] for name, r in result.items()}
-
-
-def _check_artifact(path: Path, shape: Any, backend: str) -> tuple[Path, tuple[int, ...]]:
-    """An artifact this backend loads, with a valid input shape (a spec's own); one line when not."""
-    kind = artifact_kind(path)
-    if kind not in LOADS[backend]:
-        raise _error(f"{path}: {backend} loads {', '.join(LOADS[backend])} artifacts, not a {kind}")
-    if not path.exists():
-        raise _error(f"{path}: no such file or folder")
-    if not isinstance(shape, (tuple, list)) or not shape or not all(_is_positive(d) for d in shape):
-        raise _error(f"{path}: input shape must be positive integers (no batch dimension), got {shape!r}")
-    if kind == "layer" and list(shape) != read_layer_spec(path)["input_shape"]:
-        raise _error(f"{path}: the spec's input_shape is {read_layer_spec(path)['input_shape']}, not {list(shape)}")
-    return path, tuple(shape)
-
-
-def run_measurement(
-    artifacts: dict[str, tuple[Path, tuple[int, ...]]],
-    backend: str,
-    interleaved: bool,
-    runs: int,
-    warmup: int,
-    batch_size: int = 1,
-    threads: int = 1,
-    seed: int = 0,
-    spin: bool = True,
-    device: str = "cpu",
-    order: str = "round_robin",
-) -> dict:
-    """One fresh measuring process over ``artifacts`` (name -> (file, input shape)): its JSON result per name.
-
-    Not interleaved: one artifact, with latency, throughput, CPU, RSS and RAPL energy. Interleaved: latency
-    and runtime of each, timed round-robin. Arguments are trusted (checked by the public callers).
-    """
-    job = {
-        "backend": backend,
-        "interleaved": interleaved,
-        "artifacts": {n: {"path": str(p), "input_shape": list(s)} for n, (p, s) in artifacts.items()},
-        "runs": runs,
-        "warmup": warmup,
-        "batch_size": batch_size,
-        "threads": threads,
-        "seed": seed,
-        "spin": spin,
-        "device": device,
-        "order": order,
-        "sys_path": [p for p in sys.path if p],  # the worker imports a py: builder's module from the same places
-    }
-    return _run_worker(job, threads)
-
-
-def _run_worker(job: dict, threads: int) -> dict:
-    """Run one measurement job in a fresh Python process and return its JSON result."""
-    with tempfile.TemporaryDirectory(prefix="edgeprune-worker-") as tmp:
-        job_file = Path(tmp) / "job.json"
-        job["result_file"] = str(Path(tmp) / "result.json")
-        job_file.write_text(json.dumps(job))
-        env = dict(os.environ)
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[var] = str(threads)
-        if not job["spin"]:
-            env["OMP_WAIT_POLICY"] = "PASSIVE"  # torch's OpenMP threads sleep at once instead of spinning
-        proc = subprocess.run(
-            [sys.executable, "-c", _WORKER_CODE, str(Path(__file__).resolve()), str(job_file)],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        result_path = Path(job["result_file"])
-        if proc.returncode != 0 or not result_path.is_file():
-            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-            last = lines[-1] if lines else f"exit {proc.returncode}"
-            raise _error(f"{job['backend']} measurement process failed: {last}")
-        return json.loads(result_path.read_text())
 
 
 # -- the measuring process --------------------------------------------------------------------
@@ -533,12 +311,13 @@ def _peak_rss_bytes() -> int:
 
 
 def _sibling(name: str) -> Any:
-    """A module next to this file, loaded by path: the onnxruntime process cannot import edgeprune (torch)."""
+    """A module of edgeprune's top folder, loaded by path: the onnxruntime process cannot import edgeprune (torch)."""
     import importlib.util
 
     full = f"_edgeprune_{name}_worker"
     if full not in sys.modules:
-        spec = importlib.util.spec_from_file_location(full, Path(__file__).with_name(f"{name}.py"))
+        path = Path(__file__).resolve().parent.parent / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(full, path)
         module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
         sys.modules[full] = module  # before running it: its dataclasses look their module up
         spec.loader.exec_module(module)  # type: ignore[union-attr]
@@ -755,17 +534,15 @@ __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
     "LOADS",
+    "ORDERS",
     "artifact_kind",
-    "check_backends",
-    "check_counts",
     "latency_stats",
     "layer_output_shape",
     "normalize_layer_spec",
     "onnx_block",
-    "read_layer_spec",
-    "run_measurement",
-    "time_artifacts",
     "torch_block",
-    "write_artifact",
-    "write_layer_spec",
 ]
+
+
+if __name__ == "__main__":  # python -m edgeprune.backends.worker JOB_FILE, or this file run by path
+    _worker_main(sys.argv[1])

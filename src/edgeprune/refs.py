@@ -1,4 +1,4 @@
-"""Model references: build a model from the zoo, an importable factory or a user's Python file; the trust list.
+"""Model references: what they name, where their code is (found without running it), and the trust list.
 
 A reference names where a model comes from:
 
@@ -11,7 +11,8 @@ A reference names where a model comes from:
 ``module:app`` and timm's entry points do. The factory takes keyword arguments (JSON values) and
 returns an ``nn.Module``. A built model carries ``model.edgeprune_builder`` = ``{"builder": canonical
 reference, "kwargs": {...}, "sha256": file hash (file: only), "input_shape": [C, H, W] when known}``;
-``copy.deepcopy`` keeps it, so a model pruned by ``edgeprune.prune`` remembers how to rebuild it.
+``copy.deepcopy`` keeps it, so a model pruned by ``edgeprune.prune`` remembers how to rebuild it. Building
+(importing and running the code) is ``edgeprune.models.build``.
 
 Trust (SPEC "Loading user code"): a model folder names its builder, and a folder from elsewhere
 could name any code. Its ``py:``/``file:`` builder runs only when this user vouched for it: the
@@ -30,26 +31,25 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
-import inspect
 import json
 import os
 import re
 import sys
 import types
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from edgeprune.errors import EdgepruneError
-from edgeprune.files import locked, sha256_file, write_json
+from edgeprune.errors import EdgepruneError, first_line
+from edgeprune.files import sha256_file, write_json
+from edgeprune.locks import locked
 
 ZOO, PY, FILE = "zoo", "py", "file"
 BUILDER_ATTR = "edgeprune_builder"
@@ -142,7 +142,7 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
     except RecursionError:  # the parser recurses per nesting level: thousands of '[' exhaust the stack
         raise EdgepruneError(f"--model-args nests too deeply (at most {MAX_ARGS_DEPTH} levels)") from None
     except ValueError as e:  # an integer too long to convert
-        raise EdgepruneError(f"--model-args cannot be read ({_first_line(e)})") from None
+        raise EdgepruneError(f"--model-args cannot be read ({first_line(e, with_type=True)})") from None
     if not isinstance(value, dict):
         raise EdgepruneError(
             f"--model-args must be a JSON object such as '{{\"num_classes\": 100}}', got {type(value).__name__}"
@@ -197,7 +197,7 @@ def _real(path: object) -> str | None:
 
 
 @contextlib.contextmanager
-def _import_scope(first: str | None, hide: Iterable[str] = ()) -> Iterator[None]:
+def import_scope(first: str | None, hide: Iterable[str] = ()) -> Iterator[None]:
     """``first`` first on ``sys.path`` and the ``hide`` folders off it, for the duration (as torch.hub does).
 
     Entries the user's code adds meanwhile are kept afterwards; the ones hidden come back.
@@ -212,11 +212,6 @@ def _import_scope(first: str | None, hide: Iterable[str] = ()) -> Iterator[None]
     finally:
         added = [p for p in sys.path if p not in scope and p not in saved]
         sys.path[:] = saved + added
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [line for line in str(e).strip().splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 def _find_spec(name: str, top_path: list[str] | None = None) -> importlib.machinery.ModuleSpec | None:
@@ -239,7 +234,7 @@ def _find_spec(name: str, top_path: list[str] | None = None) -> importlib.machin
     return spec
 
 
-def _origin(spec: importlib.machinery.ModuleSpec | None, module: types.ModuleType | None = None) -> str | None:
+def origin_of(spec: importlib.machinery.ModuleSpec | None, module: types.ModuleType | None = None) -> str | None:
     """A module's file as an absolute, symlink-free path, or its origin (``built-in``, ``frozen``) when it has none."""
     origin = getattr(spec, "origin", None) if module is None else getattr(module, "__file__", None)
     if origin is None and module is not None:
@@ -291,10 +286,10 @@ def locate(ref: Reference, *, named: bool = True, folder: str | Path | None = No
     first = os.getcwd() if named else _recorded_root(ref)
     module = sys.modules.get(ref.target)
     if module is not None:
-        path = _origin(None, module)
+        path = origin_of(None, module)
     else:
-        with _import_scope(first, hide):
-            path = _origin(_find_spec(ref.target))
+        with import_scope(first, hide):
+            path = origin_of(_find_spec(ref.target))
     if path is None:
         return None
     sha = sha256_file(path) if os.path.isfile(path) else None
@@ -312,7 +307,7 @@ def _recorded_root(ref: Reference) -> str | None:
 def _shadow(ref: Reference, path: str, hide: tuple[str, ...]) -> str | None:
     """A module of ``ref``'s name in a hidden folder that is not ``path``: code a user might think runs."""
     for folder in dict.fromkeys(hide):
-        found = _origin(_find_spec(ref.target, [folder]))
+        found = origin_of(_find_spec(ref.target, [folder]))
         if found is not None and found != path:
             return found
     return None
@@ -322,12 +317,12 @@ def module_at(ref: Reference, file: str | Path) -> CodeFile | None:
     """The ``py:`` module ``ref`` names, as found at ``file`` (``pkg/mod.py`` for ``pkg.mod``); None if it is not."""
     path = _real(Path(file).expanduser())
     root = _root_of(path, ref.target) if ref.kind == PY and path and os.path.isfile(path) else None
-    if root is None or _origin(_find_spec(ref.target, [root])) != path:
+    if root is None or origin_of(_find_spec(ref.target, [root])) != path:
         return None
     return CodeFile(path, sha256_file(path), root)
 
 
-def _missing(ref: Reference) -> EdgepruneError:
+def missing_error(ref: Reference) -> EdgepruneError:
     """The one-line error for a reference that resolves to nothing."""
     if ref.kind == FILE:
         return EdgepruneError(f"{ref.target}: no such file (model reference {ref.short})")
@@ -335,197 +330,6 @@ def _missing(ref: Reference) -> EdgepruneError:
         f"{ref.short}: cannot import module '{ref.target}' (no module named '{ref.target}'; is it installed or in "
         "the current folder?)"
     )
-
-
-def _import_module(ref: Reference, code: CodeFile) -> types.ModuleType:
-    """Import a ``py:`` module, or run a ``file:`` (the bytes hashed are the bytes run), cached per hash."""
-    if ref.kind == PY:
-        try:
-            with _import_scope(code.first, code.hide):
-                module = importlib.import_module(ref.target)
-        except ModuleNotFoundError as e:
-            if e.name and (ref.target == e.name or ref.target.startswith(e.name + ".")):
-                raise _missing(ref) from None
-            raise EdgepruneError(f"{ref.short}: importing '{ref.target}' raised {_first_line(e)}") from None
-        except KeyboardInterrupt:  # Ctrl-C: the user stops the command (the CLI says "interrupted")
-            raise
-        except BaseException as e:  # SystemExit and any BaseException subclass the user's code raises
-            raise EdgepruneError(f"{ref.short}: importing '{ref.target}' raised {_first_line(e)}") from None
-        found = _origin(None, module)
-        if code.sha256 is not None and found != code.path:  # imported earlier in this process from elsewhere
-            raise EdgepruneError(
-                f"{ref.short}: module '{ref.target}' is already imported from {found}, not {code.path}"
-            )
-        return module
-    path = Path(ref.target)
-    try:
-        source = path.read_bytes()
-    except FileNotFoundError:
-        raise _missing(ref) from None
-    except OSError as e:
-        raise EdgepruneError(f"{path}: cannot read ({e.strerror})") from None
-    digest = hashlib.sha256(source).hexdigest()
-    if code.sha256 is not None and digest != code.sha256:
-        raise EdgepruneError(f"{path}: changed while it was being read; run the command again")
-    name = "edgeprune_file_" + re.sub(r"\W", "_", path.stem) + "_" + digest[:16]
-    if name in sys.modules:
-        return sys.modules[name]
-    module = types.ModuleType(name)
-    module.__file__ = str(path)
-    sys.modules[name] = module  # dataclasses and pickling look classes up by module name
-    try:
-        with _import_scope(code.first, code.hide):
-            exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - the user's own file, vouched for
-    except KeyboardInterrupt:
-        del sys.modules[name]
-        raise
-    except BaseException as e:
-        del sys.modules[name]
-        raise EdgepruneError(f"{path}: running it raised {_first_line(e)}") from None
-    return module
-
-
-def load_factory(
-    ref: str | Reference, sha256: str | None = None, *, code: CodeFile | None = None
-) -> Callable[..., Any]:
-    """The callable a ``py:``/``file:`` reference names (imports or runs the user's code).
-
-    ``code``: where it resolved to (see :func:`locate`); by default it is looked up as a reference the user
-    names now. ``sha256`` pins a ``file:`` reference to that content.
-    """
-    ref = parse_reference(ref) if isinstance(ref, str) else ref
-    if not ref.is_code:
-        raise EdgepruneError(f"'{ref.short}' is a zoo model, not a factory")
-    if code is None:
-        code = locate(ref)
-        if code is None:
-            raise _missing(ref)
-    if sha256 is not None and ref.kind == FILE and code.sha256 != sha256:
-        code = CodeFile(code.path, sha256, code.first, code.hide)  # _import_module refuses other bytes
-    obj: Any = _import_module(ref, code)
-    where = ref.target if ref.kind == PY else Path(ref.target).name
-    try:
-        for part in ref.attr.split("."):
-            if not hasattr(obj, part):
-                raise EdgepruneError(f"{ref.short}: '{where}' has no attribute '{ref.attr}'")
-            obj = getattr(obj, part)
-    except (EdgepruneError, KeyboardInterrupt):
-        raise
-    except BaseException as e:  # a module __getattr__ or a descriptor of the user's raised
-        raise EdgepruneError(f"{ref.short}: getting '{ref.attr}' raised {_first_line(e)}") from None
-    if isinstance(obj, nn.Module) or not callable(obj):
-        what = "an nn.Module instance" if isinstance(obj, nn.Module) else f"a {type(obj).__name__}"
-        raise EdgepruneError(f"{ref.short}: '{ref.attr}' is {what}; name a function or class that returns a model")
-    return obj
-
-
-def factory_parameters(factory: Callable[..., Any]) -> tuple[set[str], bool] | None:
-    """The keyword parameter names of ``factory`` and whether it takes ``**kwargs``; None when unknown."""
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return None
-    names = {n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return names, any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
-
-
-def _check_signature(ref: Reference, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return
-    try:
-        sig.bind(**kwargs)
-    except TypeError as e:
-        raise EdgepruneError(f"{ref.short} does not accept these arguments ({e}); its signature is {sig}") from None
-
-
-def build_model(
-    ref: str | Reference,
-    kwargs: dict[str, Any] | None = None,
-    *,
-    hints: dict[str, Any] | None = None,
-    input_shape: tuple[int, ...] | None = None,
-    sha256: str | None = None,
-    remember: bool = True,
-    code: CodeFile | None = None,
-) -> nn.Module:
-    """Build a model from a reference with keyword arguments; it carries ``edgeprune_builder`` for saving.
-
-    ``hints`` (``num_classes``, ``in_channels``, ``width``) go to a zoo model, and to a factory only
-    when it has a parameter of that name that ``kwargs`` leaves out. ``sha256`` pins a ``file:``
-    reference to that content. ``code`` is where the reference resolved to (a model folder's vetted
-    builder); without it, the reference is one the user names now (the current folder comes first for a
-    ``py:`` module). ``remember`` records a ``py:``/``file:`` reference in the user's trust list, with the
-    file it resolved to and that file's hash: naming it is vouching for it.
-    """
-    ref = parse_reference(ref) if isinstance(ref, str) else ref
-    kwargs = check_kwargs(kwargs)
-    hints = {k: v for k, v in (hints or {}).items() if v is not None}
-    if not ref.is_code:
-        from edgeprune.models import create
-
-        merged = {**hints, **kwargs}
-        try:
-            model = create(ref.target, **merged)
-        except TypeError as e:
-            raise EdgepruneError(f"zoo model '{ref.target}' does not accept these arguments ({e})") from None
-    else:
-        if code is None:
-            code = locate(ref)
-            if code is None:
-                raise _missing(ref)
-        if ref.kind == FILE and sha256 is not None and code.sha256 != sha256:
-            raise EdgepruneError(f"{ref.target}: changed (sha256 {sha256[:16]}... expected, {code.sha256[:16]}... now)")
-        factory = load_factory(ref, code=code)
-        params = factory_parameters(factory)
-        for key, value in hints.items():
-            if key not in kwargs and params is not None and key in params[0]:
-                kwargs[key] = value
-        _check_signature(ref, factory, kwargs)
-        try:
-            with _import_scope(code.first, code.hide):  # imports inside the factory resolve as the module's did
-                model = factory(**kwargs)
-        except KeyboardInterrupt:  # Ctrl-C: the user stops the command (the CLI says "interrupted", exits 130)
-            raise
-        except BaseException as e:  # SystemExit, GeneratorExit, a user's BaseException subclass: one line
-            raise EdgepruneError(f"{ref.short} raised {_first_line(e)}") from None
-        if not isinstance(model, nn.Module):
-            raise EdgepruneError(f"{ref.short} returned {type(model).__name__}, not a torch.nn.Module")
-        info: dict[str, Any] = {"builder": ref.builder, "kwargs": kwargs}
-        if ref.kind == FILE:
-            info["sha256"] = code.sha256
-        setattr(model, BUILDER_ATTR, info)
-        if remember:
-            record_trust(ref, code=code)
-    if input_shape is not None:
-        getattr(model, BUILDER_ATTR)["input_shape"] = [int(d) for d in input_shape]
-    return model
-
-
-def set_builder(
-    model: nn.Module,
-    ref: str | Reference,
-    kwargs: dict[str, Any] | None = None,
-    input_shape: tuple[int, ...] | None = None,
-    remember: bool = True,
-) -> nn.Module:
-    """Record on ``model`` that ``ref(**kwargs)`` builds its architecture, so it can be saved and benched.
-
-    ``remember`` records the reference in the user's trust list: naming it is vouching for it.
-    """
-    ref = parse_reference(ref) if isinstance(ref, str) else ref
-    info: dict[str, Any] = {"builder": ref.builder, "kwargs": check_kwargs(kwargs)}
-    if ref.kind == FILE:
-        if not Path(ref.target).is_file():
-            raise EdgepruneError(f"{ref.target}: no such file (model reference {ref.short})")
-        info["sha256"] = sha256_file(ref.target)
-    if input_shape is not None:
-        info["input_shape"] = [int(d) for d in input_shape]
-    setattr(model, BUILDER_ATTR, info)
-    if remember:
-        record_trust(ref, info.get("sha256"))
-    return model
 
 
 def builder_of(model: nn.Module) -> dict[str, Any] | None:
@@ -572,7 +376,9 @@ def _read_trust(path: Path) -> list[dict[str, str]]:
     except OSError as e:
         raise EdgepruneError(f"{path}: cannot read the trust list ({e.strerror or e})") from None
     except (ValueError, RecursionError) as e:  # not JSON or UTF-8, an overlong integer, nested too deeply to parse
-        raise EdgepruneError(f"{path}: unreadable trust list ({_first_line(e)}); fix or delete it") from None
+        raise EdgepruneError(
+            f"{path}: unreadable trust list ({first_line(e, with_type=True)}); fix or delete it"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != TRUST_FORMAT or not isinstance(data.get("trusted"), list):
         raise EdgepruneError(f"{path}: not an {TRUST_FORMAT} trust list; fix or delete it")
     return [
@@ -752,22 +558,26 @@ def check_trusted(
 
 
 __all__ = [
+    "BUILDER_ATTR",
+    "FILE",
+    "PY",
     "REFERENCE_HELP",
+    "ZOO",
     "CodeFile",
     "Reference",
-    "build_model",
     "builder_of",
+    "check_kwargs",
     "check_trusted",
     "config_dir",
-    "factory_parameters",
+    "import_scope",
     "is_trusted",
-    "load_factory",
     "locate",
+    "missing_error",
     "module_at",
+    "origin_of",
     "parse_model_args",
     "parse_reference",
     "record_trust",
-    "set_builder",
     "trust_path",
     "trust_status",
 ]

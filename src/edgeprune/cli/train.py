@@ -1,0 +1,169 @@
+"""``edgeprune train``: train a (pruned) model on an image data set, with checkpoints and --resume."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edgeprune.cli import options
+from edgeprune.cli.options import MAX_COUNT, MAX_RATE, parse_number
+from edgeprune.cli.outputs import OUTPUTS, prepare_out_dir
+from edgeprune.errors import EdgepruneError
+from edgeprune.limits import MAX_EPOCHS, MAX_THREADS
+
+# train's numbers stay text until run(): its messages name the option ("--epochs must be at least 1, got '-1'")
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    """Register ``edgeprune train``."""
+    p = sub.add_parser(
+        "train",
+        parents=[
+            options.code(zoo_sizes=False),
+            options.data(required=True),
+            options.threads(None, "; shared by the processes of a torchrun", late=True),
+            options.device(
+                "training",
+                extra=". Several processes: launch with 'torchrun --nproc-per-node N [--nnodes M ...] -m "
+                "edgeprune train ...' (DistributedDataParallel, gloo on CPU, nccl on CUDA); --batch-size is the "
+                "global batch, shared by the processes; rank 0 writes the files",
+            ),
+            options.output(
+                "output folder (default: the model folder itself; required for a reference)",
+                required=False,
+                metavar="DIR",
+                force="write into a non-empty --out folder",
+            ),
+        ],
+        help="train a (pruned) model on an image data set, with checkpoints and --resume",
+        description="Train a model folder written by 'edgeprune prune' (or a model built from a zoo name or your "
+        "own factory, sized for the data set's classes and channels) on an image data set held in memory: random "
+        "crop (4-pixel padding) and flip, SGD with Nesterov momentum and a one-cycle schedule (or RMSprop, lr 1e-3, "
+        "as in the paper), label smoothing, test accuracy every epoch. Classification models only: the output must "
+        "be (N, classes). Writes a checkpoint after every epoch, metrics.jsonl, train.json and the trained "
+        "model.json + model.safetensors.",
+    )
+    p.add_argument("model", help=options.MODEL_HELP)
+    _add_schedule(p)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_schedule(p: argparse.ArgumentParser) -> None:
+    """The training run's numbers and choices (text here, parsed in run())."""
+    p.add_argument("--epochs", metavar="N", required=True, help="number of epochs")
+    p.add_argument("--batch-size", metavar="N", default="128", help="images per step (default 128)")
+    p.add_argument(
+        "--optimizer", metavar="NAME", default="sgd", help="sgd (Nesterov, default) or rmsprop (the paper's)"
+    )
+    p.add_argument(
+        "--lr", metavar="LR", default=None, help="peak learning rate (default 0.05 for sgd, 1e-3 for rmsprop)"
+    )
+    p.add_argument(
+        "--schedule",
+        metavar="NAME",
+        default="onecycle",
+        help="after warm-up: onecycle (linear decay, default), cosine, constant",
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        metavar="E",
+        default="1",
+        help="linear warm-up length in epochs, at most 30%% of the run (default 1)",
+    )
+    p.add_argument("--momentum", metavar="M", default="0.9", help="SGD momentum (default 0.9)")
+    p.add_argument(
+        "--weight-decay", metavar="WD", default="5e-4", help="L2 weight decay on conv and linear weights (default 5e-4)"
+    )
+    p.add_argument("--label-smoothing", metavar="S", default="0.1", help="label smoothing of the loss (default 0.1)")
+    p.add_argument("--no-augment", action="store_true", help="no random crop and flip")
+    p.add_argument(
+        "--precision",
+        metavar="P",
+        default="fp32",
+        help="fp32 (default) or bf16: mixed precision, faster on CPUs with AMX",
+    )
+    p.add_argument(
+        "--seed", metavar="N", default="0", help="random seed: the same seed gives the same weights (default 0)"
+    )
+
+
+def _config(args: argparse.Namespace):  # noqa: ANN202 - edgeprune.train.TrainConfig
+    """The run's TrainConfig from the options' text, checked."""
+    from edgeprune.train import TrainConfig
+
+    return TrainConfig(
+        epochs=parse_number(args.epochs, "--epochs", int, 1, MAX_EPOCHS),
+        batch_size=parse_number(args.batch_size, "--batch-size", int, 1, MAX_COUNT),
+        lr=parse_number(args.lr, "--lr", float, None, MAX_RATE),
+        optimizer=args.optimizer,
+        momentum=parse_number(args.momentum, "--momentum", float),
+        weight_decay=parse_number(args.weight_decay, "--weight-decay", float, None, MAX_RATE),
+        schedule=args.schedule,
+        warmup_epochs=parse_number(args.warmup_epochs, "--warmup-epochs", float, 0, MAX_EPOCHS),
+        label_smoothing=parse_number(args.label_smoothing, "--label-smoothing", float),
+        seed=options.parse_seed(args.seed),
+        augment=not args.no_augment,
+        precision=args.precision,
+    ).validate()
+
+
+def _output(args: argparse.Namespace, model_dir: bool, main: bool) -> Path:
+    """The folder the run writes: --out (prepared and locked), or the model folder itself (adopted)."""
+    out = Path(args.out) if args.out else Path(args.model)
+    if not main:
+        return out  # rank 0 prepares the folder; the others never write to it
+    if args.out and not (model_dir and out.resolve() == Path(args.model).resolve()):
+        return prepare_out_dir(args.out, args.force, "train", keep=args.resume)
+    OUTPUTS.adopt(out, "train")  # training in place: the model folder is the output
+    return out
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train a model and print its test accuracy."""
+    import shutil
+
+    import torch
+
+    from edgeprune.io import classify, resolve_for_data
+    from edgeprune.runtime import process_ranks, resolve_device
+    from edgeprune.train import train
+
+    config = _config(args)
+    limit_train = parse_number(args.limit_train, "--limit-train", int, 1)
+    limit_test = parse_number(args.limit_test, "--limit-test", int, 1)
+    threads = parse_number(args.threads, "--threads", int, 1, MAX_THREADS)
+    ranks = process_ranks()  # torchrun's; rank 0 alone prepares, locks, writes and prints
+    resolve_device(args.device, ranks.local_rank)  # an unknown or absent device fails before the data loads
+    ref = options.model_ref(args)
+    named = classify(args.model)  # None for a model folder; checked before the data set loads, runs no code
+    model_dir = named is None
+    if named is not None and not args.out:
+        what = f"a model built by {named.short}" if named.is_code else "a zoo model by name"
+        raise EdgepruneError(f"--out is required when training {what}")
+    out = _output(args, model_dir, ranks.main)
+    data = options.load_data(args, limit_train, limit_test, progress=not args.quiet and ranks.main)
+    if ranks.main:
+        print(data.summary(), flush=True)
+    torch.manual_seed(config.seed)  # a built model's initial weights
+    model = resolve_for_data(ref, data.num_classes, data.input_shape(), data.name).model
+    report = Path(args.model) / "report.json"
+    if ranks.main and model_dir and report.is_file() and not args.resume and not (out / "report.json").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(report, out / "report.json")
+    try:
+        result = train(
+            model, data, config, out, resume=args.resume, progress=not args.quiet, threads=threads, device=args.device
+        )
+    except KeyboardInterrupt:
+        if ranks.main:
+            sys.stderr.write(
+                f"edgeprune train: stopped; continue with the same command and --resume (checkpoint in {out}/)\n"
+            )
+        raise
+    if ranks.main:
+        print(
+            f"test accuracy {100 * result.test_accuracy:.2f}% after {len(result.history)} epochs "
+            f"({result.train_seconds:.1f} s of training); wrote {out}/"
+        )

@@ -1,0 +1,330 @@
+"""Latency joins measurement and planning: tables built and calibrated, and models timed against their parent.
+
+A latency table (``edgeprune.lut``) is built here (``build_table``): every conv/linear layer timed at its grid of
+widths in fresh processes (``edgeprune.backends``), then *calibrated* (``calibrate``): whole models cut uniformly
+(plans from ``edgeprune.pruning``) and the smallest network a plan can reach, each timed beside the parent. A
+pruned model is judged the same way (``measure_relative``, ``default_measure``): its latency as the parent's
+times their ratio, both timed interleaved, in the table's milliseconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import json
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgeprune.complexity import Profile
+from edgeprune.errors import EdgepruneError
+from edgeprune.lut import (
+    CALIBRATION,
+    LatencyTable,
+    LayerTable,
+    ModelTimer,
+    TableSettings,
+    Timer,
+    block_at,
+    environment,
+    layer_blocks,
+    layer_grid,
+    varying_layers,
+)
+
+Measure = Callable[[Any], float]  # a pruned model -> its latency (ms), in the table's units
+
+
+def build_table(
+    model: Any,
+    input_shape: tuple[int, ...],
+    settings: TableSettings | None = None,
+    *,
+    source: str = "",
+    timer: Timer | None = None,
+    parent_ms: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    model_timer: ModelTimer | None = None,
+    **changes: Any,
+) -> LatencyTable:
+    """Measure every conv/linear layer of ``model`` at a grid of widths on ``settings.backend``; the latency table.
+
+    ``settings`` (``TableSettings()`` when None) says how; keywords named after its fields (``round_to=8``)
+    change those fields. ``timer`` replaces the measuring processes (tests inject one); ``parent_ms`` the
+    parent's measured latency. ``settings.calibration`` gives the uniform cuts timed whole (see ``calibrate``;
+    ``()`` for none), ``model_timer`` replaces their measuring processes.
+    """
+    import torch
+
+    from edgeprune.graph import analyse
+
+    settings = dataclasses.replace(settings or TableSettings(), **changes)
+    settings.validate()
+    started = time.perf_counter()
+    model = model.eval()
+    prof, _ = analyse(model, torch.zeros(1, *input_shape), prune_residual=True)
+    blocks = layer_blocks(model, input_shape)
+    ins, outs = varying_layers(prof)
+    grid = {"near": settings.near, "ratio": settings.ratio}
+    timer = timer or _ProcessTimer(settings)
+    layers = _measure_layers(prof, blocks, timer, ins, outs, settings.round_to, grid, progress)
+    if parent_ms is None:
+        # measured as prune measures a cut model, so that "latency=0.5" is half of what that measurement says
+        parent_ms = measure_latency(model, input_shape, settings.backend, threads=settings.threads,
+                                    processes=settings.processes, spin=settings.spin)  # fmt: skip
+    full = sum(layers[layer.name].calls * layers[layer.name].at(layer.c_in, layer.c_out) for layer in prof.layers)
+    table = _table(model, input_shape, settings, layers, (parent_ms, parent_ms - full), source)
+    if settings.calibration:
+        if progress:
+            progress(f"calibration: uniform cuts at {', '.join(f'{f:g}' for f in settings.calibration)} and the floor")
+        table = calibrate(table, model, settings.calibration, timer=model_timer, processes=settings.processes)
+    table.build_seconds = time.perf_counter() - started
+    return table
+
+
+def _table(model: Any, input_shape: tuple[int, ...], settings: TableSettings, layers: dict[str, LayerTable],
+           parent_and_rest: tuple[float, float], source: str) -> LatencyTable:  # fmt: skip
+    """The uncalibrated table of measured layers, with the parent's latency (ms) and the rest beside its layers."""
+    parent_ms, rest_ms = parent_and_rest
+    env = environment(settings.backend)
+    s = settings
+    return LatencyTable(
+        model=source or type(model).__name__, input_shape=list(input_shape), backend=s.backend,
+        backend_version=env["backend_version"], threads=s.threads, cpu=env["cpu"], round_to=s.round_to,
+        parent_ms=parent_ms, rest_ms=rest_ms, layers=layers,
+        settings={"grid": {"round_to": s.round_to, "near": s.near, "ratio": s.ratio}, "runs": s.runs,
+                  "warmup": s.warmup, "processes": s.processes, "spin": s.spin, "order": s.order,
+                  "points": sum(len(t.c_out) * (1 if t.depthwise else len(t.c_in)) for t in layers.values())},
+        created=datetime.datetime.now().isoformat(timespec="seconds"),
+    )  # fmt: skip
+
+
+def _measure_layers(prof: Profile, blocks: dict[str, dict], timer: Timer, ins: set[str], outs: set[str],
+                    round_to: int, grid: dict,
+                    progress: Callable[[str], None] | None) -> dict[str, LayerTable]:  # fmt: skip
+    """Every layer's grid, timed."""
+    layers: dict[str, LayerTable] = {}
+    for layer in prof.layers:
+        if layer.name not in blocks:
+            raise EdgepruneError(f"layer {layer.name} is not a Conv2d or Linear module: no latency table for it")
+        spec = blocks[layer.name]
+        c_in, c_out = layer_grid(spec, layer, ins, outs, round_to, grid)
+        if layer.depthwise:
+            keys = {f"{w}": block_at(spec, w, w) for w in c_out}
+            times = timer(keys)
+            ms = [[times[f"{w}"] for w in c_out]]
+        else:
+            keys = {f"{i}x{o}": block_at(spec, i, o) for i in c_in for o in c_out}
+            times = timer(keys)
+            ms = [[times[f"{i}x{o}"] for o in c_out] for i in c_in]
+        layers[layer.name] = LayerTable(spec["kind"], c_in, c_out, ms, layer.depthwise, spec["calls"],
+                                        block_at(spec, layer.c_in, layer.c_out))  # fmt: skip
+        if progress:
+            low, high = min(min(r) for r in ms), max(max(r) for r in ms)
+            progress(f"{layer.name}: {len(keys)} widths, {low:.3f}-{high:.3f} ms")
+    return layers
+
+
+class _ProcessTimer:
+    """Time block specs in fresh processes (edgeprune.backends.time_artifacts): median over processes."""
+
+    def __init__(self, settings: TableSettings):
+        s = settings
+        self.options = {"threads": s.threads, "runs": s.runs, "warmup": s.warmup, "spin": s.spin, "order": s.order}
+        self.backend, self.processes = s.backend, s.processes
+
+    def __call__(self, blocks: dict[str, dict]) -> dict[str, float]:
+        """Median ms of each block, the per-call overhead taken off."""
+        from edgeprune.backends import time_artifacts
+
+        out: dict[str, float] = {}
+        with tempfile.TemporaryDirectory(prefix="edgeprune-lut-") as tmp:
+            for chunk in _chunks(blocks):
+                artifacts = {}
+                for key in chunk:
+                    path = Path(tmp) / f"b{len(out) + len(artifacts)}.json"
+                    path.write_text(json.dumps(blocks[key]))
+                    artifacts[key] = (path, tuple(blocks[key]["input_shape"]))
+                path = Path(tmp) / "overhead.json"
+                path.write_text(json.dumps(OVERHEAD_BLOCK))
+                artifacts[OVERHEAD] = (path, tuple(OVERHEAD_BLOCK["input_shape"]))
+                rounds = [
+                    time_artifacts(artifacts, self.backend, seed=p, **self.options) for p in range(self.processes)
+                ]
+                # A layer timed alone pays the backend's per-call cost (session.run, module call, output
+                # allocation) that a whole model pays once; the rest of the model keeps it once.
+                overhead = [r[OVERHEAD]["median"] for r in rounds]
+                out.update(
+                    {key: statistics.median(max(0.0, r[key]["median"] - o) for r, o in zip(rounds, overhead))
+                     for key in chunk}
+                )  # fmt: skip
+        return out
+
+
+OVERHEAD = "__overhead__"
+# the cheapest call a backend can make: a 1x1 conv on one value, timed beside the layers and subtracted
+OVERHEAD_BLOCK = {"kind": "conv", "c_in": 1, "c_out": 1, "kernel": [1, 1], "stride": [1, 1], "padding": [0, 0],
+                  "dilation": [1, 1], "groups": 1, "bias": False, "norm": False, "act": None,
+                  "input_shape": [1, 1, 1]}  # fmt: skip
+CHUNK_BYTES = 256 * 2**20  # weights held by one measuring process at a time (a 4096x4096 layer is 64 MiB)
+
+
+def _chunks(blocks: dict[str, dict]) -> list[list[str]]:
+    """Split the blocks so that one process never holds more than CHUNK_BYTES of weights."""
+    chunks: list[list[str]] = [[]]
+    held = 0
+    for key, b in blocks.items():
+        size = 4 * b["c_in"] // b["groups"] * b["c_out"] * math.prod(b.get("kernel", [1]))
+        if chunks[-1] and held + size > CHUNK_BYTES:
+            chunks.append([])
+            held = 0
+        chunks[-1].append(key)
+        held += size
+    return chunks
+
+
+def _medians(models: dict[str, Any], input_shape: tuple[int, ...], backend: str, threads: int, runs: int,
+             warmup: int, processes: int, spin: bool) -> list[dict[str, float]]:  # fmt: skip
+    """Per fresh process, each model's median latency (ms), the models timed interleaved in that process."""
+    from edgeprune.measure import latency_interleaved, prepare
+
+    with tempfile.TemporaryDirectory(prefix="edgeprune-lut-models-") as tmp:
+        ready = {name: prepare(m, Path(tmp) / name, (backend,), tuple(input_shape)) for name, m in models.items()}
+        options = {"runs": runs, "warmup": warmup, "threads": threads, "spin": spin}
+        rounds = [latency_interleaved(ready, backend, seed=p, **options) for p in range(processes)]
+    return [{name: r[name]["latency_ms"]["median"] for name in models} for r in rounds]
+
+
+def measure_latency(
+    model: Any,
+    input_shape: tuple[int, ...],
+    backend: str,
+    *,
+    threads: int,
+    runs: int = 100,
+    warmup: int = 10,
+    processes: int = 3,
+    spin: bool = False,
+) -> float:
+    """A whole model's batch-1 latency (ms) on ``backend``: median over ``processes`` fresh processes' medians."""
+    rounds = _medians({"model": model}, input_shape, backend, threads, runs, warmup, processes, spin)
+    return statistics.median(r["model"] for r in rounds)
+
+
+def calibrate(
+    table: LatencyTable,
+    model: Any,
+    fractions: tuple[float, ...] = CALIBRATION,
+    *,
+    prune_residual: bool = True,
+    timer: ModelTimer | None = None,
+    runs: int = 100,
+    warmup: int = 10,
+    processes: int | None = None,
+) -> LatencyTable:
+    """``table`` with its calibration: uniform cuts of ``model`` at ``fractions`` of its table sum and the smallest
+    network (every prunable group at its floor), each measured beside the parent (in the table's ms).
+
+    ``timer`` replaces the measuring processes (tests inject one).
+    """
+    if any(not 0 < f < 1 for f in fractions):
+        raise EdgepruneError(f"calibration fractions must be in (0, 1), got {list(fractions)}")
+    parent_sum, cuts = _calibration_cuts(table, model, fractions, prune_residual)
+    if timer is None:
+        settings = table.settings or {}
+        timer = _relative_timer(table, runs, warmup, processes or settings.get("processes", 3),
+                                settings.get("spin", False))  # fmt: skip
+    ms = timer({"parent": model, **{name: cut for name, (cut, _) in cuts.items()}})
+    points = [[parent_sum, table.parent_ms]] + [[s, ms[name]] for name, (_, s) in cuts.items()]
+    return dataclasses.replace(table, calibration=sorted(points))
+
+
+def _calibration_cuts(table: LatencyTable, model: Any, fractions: tuple[float, ...],
+                      prune_residual: bool) -> tuple[float, dict[str, tuple[Any, float]]]:  # fmt: skip
+    """The parent's table sum, and the calibration networks by name: (the cut model, its table sum)."""
+    import torch
+
+    from edgeprune.graph import analyse
+    from edgeprune.pruning import apply_plan, floor_plan, make_budget_plan
+
+    example = torch.zeros(1, *table.input_shape)
+    prof, _ = analyse(copy.deepcopy(model), example, prune_residual)
+    table.check_model(prof)
+    plans = {"floor": floor_plan(prof, prof.groups, round_to=table.round_to)}
+    for f in fractions:
+        try:
+            budget = {"latency": f * table.parent_ms}
+            plans[f"uniform {f:g}"] = make_budget_plan(prof, prof.groups, budget, selection="ratio",
+                                                       round_to=table.round_to, table=table)  # fmt: skip
+        except EdgepruneError:  # below the floor: the floor stands for it
+            continue
+    cuts = {}
+    for name, plan in plans.items():
+        cut = copy.deepcopy(model)
+        apply_plan(cut, plan, example, analyse(cut, example, prune_residual)[1])
+        cuts[name] = (cut, table.table_sum(plan.after))
+    return table.table_sum(prof), cuts
+
+
+def _relative_timer(table: LatencyTable, runs: int, warmup: int, processes: int, spin: bool) -> ModelTimer:
+    """Time models interleaved with the parent in fresh processes, in the table's ms."""
+    return lambda models: _relative(models, tuple(table.input_shape), table.backend, table.threads, table.parent_ms,
+                                    runs, warmup, processes, spin)  # fmt: skip
+
+
+def _relative(models: dict[str, Any], input_shape: tuple[int, ...], backend: str, threads: int, parent_ms: float,
+              runs: int, warmup: int, processes: int, spin: bool) -> dict[str, float]:  # fmt: skip
+    """Each model as ``parent_ms`` x its median ratio to ``models["parent"]``, timed interleaved per fresh process."""
+    rounds = _medians(models, input_shape, backend, threads, runs, warmup, processes, spin)
+    return {n: parent_ms * statistics.median(r[n] / r["parent"] for r in rounds) for n in models}
+
+
+def measure_relative(
+    model: Any,
+    parent: Any,
+    input_shape: tuple[int, ...],
+    *,
+    backend: str,
+    threads: int,
+    parent_ms: float,
+    runs: int = 100,
+    warmup: int = 10,
+    processes: int = 3,
+    spin: bool = False,
+) -> float:
+    """``model``'s latency as ``parent_ms`` x its ratio to ``parent``, both timed interleaved in each fresh process.
+
+    On a shared machine absolute latency drifts by tens of % within an hour (docs/results/lut_timing_order.md);
+    the ratio of two models timed side by side does not, so a cut is judged against the parent under the same
+    conditions, in the units of the table it was planned with.
+    """
+    models = {"parent": parent, "model": model}
+    return _relative(models, input_shape, backend, threads, parent_ms, runs, warmup, processes, spin)["model"]
+
+
+def default_measure(table: Any, input_shape: tuple[int, ...], parent: Any) -> Measure:
+    """Measure on the table's backend and threads: a cut's latency relative to the parent timed beside it, in
+    the table's milliseconds (``measure_relative``: robust to the machine's drift)."""
+    settings = getattr(table, "settings", {}) or {}
+
+    def measure(model: Any) -> float:
+        return measure_relative(model, parent, input_shape, backend=table.backend, threads=table.threads,
+                                parent_ms=table.parent_ms, processes=settings.get("processes", 3),
+                                spin=settings.get("spin", False))  # fmt: skip
+
+    return measure
+
+
+__all__ = [
+    "Measure",
+    "build_table",
+    "calibrate",
+    "default_measure",
+    "measure_latency",
+    "measure_relative",
+]
