@@ -60,9 +60,20 @@ def test_import_edgeprune_is_lazy_and_complete():
 
 @pytest.mark.slow
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="edgeprune.models imports torch to register the zoo (models/ owns the fix)")
 def test_models_imports_no_torch():
     assert not _imports_torch("models")
+
+
+def test_the_light_zoo_list_agrees_with_the_registered_models():
+    """``ZOO`` names and describes the zoo without torch; importing every file must register the same."""
+    import importlib
+
+    from edgeprune.models import registry
+
+    for module in {module for module, _ in registry.ZOO.values()}:
+        importlib.import_module(f"edgeprune.models.{module}")
+    registered = {name: entry.description for name, entry in registry._REGISTRY.items() if name in registry.ZOO}
+    assert registered == {name: text for name, (_, text) in registry.ZOO.items()}
 
 
 # -- one spelling, the old one still accepted --------------------------------------------------------------------
