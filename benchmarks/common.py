@@ -147,3 +147,33 @@ def parser(
     if quick is not None:
         common.add_argument("--quick", action="store_true", help=quick)
     return argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None, parents=[common])
+
+
+# -- the work folder ---------------------------------------------------------------------------------------------
+
+
+def run_locked(
+    script: str,
+    work: str | Path,
+    run: Callable[[str], dict],
+    write: Callable[[dict], None],
+    say: Callable[[str], None] | None = None,
+) -> None:
+    """Hold ``work``'s one-writer lock while ``run(command)`` measures, then ``write`` its result; errors in one line.
+
+    ``command`` is the exact command line (``python benchmarks/SCRIPT ...``), as the reports record it.
+    """
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.locks import FolderLock
+
+    command = shlex.join(["python", os.path.relpath(script, ROOT), *sys.argv[1:]])
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        with FolderLock(work, command) as lock:
+            if lock.note:
+                (say or print)(lock.note)
+            result = run(command)
+        write(result)
+    except EdgepruneError as e:
+        sys.exit(f"{Path(script).name}: error: {e}")

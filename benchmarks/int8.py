@@ -51,7 +51,6 @@ import argparse
 import datetime
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -59,16 +58,14 @@ import time
 from pathlib import Path
 
 import torch
-from common import git_commit, parser, write_report
+from common import git_commit, parser, run_locked, write_report
 from torch import nn
 
 import edgeprune
 from edgeprune.data import ImageDataset, load_dataset
 from edgeprune.energy import energy_estimate
-from edgeprune.errors import EdgepruneError
 from edgeprune.export import export_onnx
 from edgeprune.files import write_json
-from edgeprune.locks import FolderLock
 from edgeprune.measure import Prepared, latency_interleaved, machine_info, prepare
 from edgeprune.onnx_graph import onnx_profile
 from edgeprune.quantize import DEFAULT_METHOD, METHODS, int8_check, quantize_onnx
@@ -466,17 +463,7 @@ def write_results(result: dict, folder: Path) -> None:
 def main() -> None:
     """Parse the options, hold the work folder's lock, run everything, write the report."""
     args = parse_args()
-    command = shlex.join(["python", os.path.relpath(__file__, ROOT), *sys.argv[1:]])
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        with FolderLock(work, command) as lock:
-            if lock.note:
-                print(lock.note, flush=True)
-            result = run(args, command)
-        write_results(result, Path(args.results))
-    except EdgepruneError as e:
-        sys.exit(f"int8.py: error: {e}")
+    run_locked(__file__, args.work, lambda command: run(args, command), lambda r: write_results(r, Path(args.results)))
 
 
 if __name__ == "__main__":

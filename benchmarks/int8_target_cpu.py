@@ -55,7 +55,6 @@ import datetime
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -66,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import git_commit, parser, write_report
+from common import git_commit, parser, run_locked, write_report
 from torch import nn
 
 import edgeprune
@@ -75,7 +74,6 @@ from edgeprune.data import ImageDataset, Normalizer, load_dataset
 from edgeprune.errors import EdgepruneError
 from edgeprune.export import export_onnx
 from edgeprune.files import atomic_write, sha256_file, write_json
-from edgeprune.locks import FolderLock
 from edgeprune.measure import latency_interleaved, machine_info, prepare
 from edgeprune.quantize import int8_check, quantize_onnx
 from edgeprune.trace import record_shapes
@@ -700,17 +698,7 @@ def write_results(result: dict, folder: Path) -> None:
 def main() -> None:
     """Parse the options, hold the work folder's lock, run everything, write the report."""
     args = parse_args()
-    command = shlex.join(["python", os.path.relpath(__file__, ROOT), *sys.argv[1:]])
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        with FolderLock(work, command) as lock:
-            if lock.note:
-                print(lock.note, flush=True)
-            result = run(args, command)
-        write_results(result, Path(args.results))
-    except EdgepruneError as e:
-        sys.exit(f"int8_target_cpu.py: error: {e}")
+    run_locked(__file__, args.work, lambda command: run(args, command), lambda r: write_results(r, Path(args.results)))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,6 @@ import argparse
 import datetime
 import json
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -61,7 +60,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import git_commit, parser, write_report
+from common import git_commit, parser, run_locked, write_report
 from torch import nn
 
 import edgeprune
@@ -70,7 +69,6 @@ from edgeprune.data import ImageDataset, load_dataset
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import write_json
 from edgeprune.latency import build_table, calibrate, measure_latency
-from edgeprune.locks import FolderLock
 from edgeprune.lut import CALIBRATION, DEFAULT_ROUND_TO, LatencyTable, TableSettings, load_table
 from edgeprune.measure import Prepared, latency_interleaved, machine_info, prepare
 from edgeprune.plots import plt, save_figure
@@ -909,17 +907,9 @@ def write_results(result: dict, folder: Path) -> None:
 def main() -> None:
     """Parse the options, hold the work folder's lock, run everything, write the report."""
     args = parse_args()
-    command = shlex.join(["python", os.path.relpath(__file__, ROOT), *sys.argv[1:]])
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        with FolderLock(work, command) as lock:
-            if lock.note:
-                say(lock.note)
-            result = run(args, command)
-        write_results(result, Path(args.results))
-    except EdgepruneError as e:
-        sys.exit(f"latency_budget.py: error: {e}")
+    run_locked(
+        __file__, args.work, lambda command: run(args, command), lambda r: write_results(r, Path(args.results)), say=say
+    )
 
 
 if __name__ == "__main__":
