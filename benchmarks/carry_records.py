@@ -13,6 +13,11 @@ from it alone. ``runs/`` is not kept from one machine to the next; the study's r
 ``restore`` also turns the runs of the results folder's ``compare.json`` that have no record there (a study
 finished before runs left records) into records, keyed by ``--data``: give the data set the study ran on.
 A run folder that already has a record keeps it.
+
+Records written before run keys held the data set's content hash are refused by ``compare --resume`` (nothing
+in them shows which images they ran on). ``restore --data PATH --stamp-data`` vouches that they ran on PATH:
+each restored record whose data name, sizes, classes and shape equal PATH's gets PATH's content hash in its
+key; a record of other data is left as it is (and ``compare`` will say so). Only the copies in ``runs/`` change.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from common import parser
 
 from edgeprune.data import load_dataset
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import write_json
 from edgeprune.pipelines import records_from_summary
 from edgeprune.records import RECORD
 
@@ -42,20 +48,39 @@ def save(runs: Path, results: Path) -> list[str]:
     return tags
 
 
-def restore(results: Path, runs: Path, data_path: str | None) -> list[str]:
+def stamp(record: dict, data: object) -> bool:
+    """Put ``data``'s content hash into a record's key when its data fields are ``data``'s; True if it did."""
+    key = record.get("key") if isinstance(record, dict) else None
+    fields = key.get("data") if isinstance(key, dict) else None
+    if not isinstance(fields, dict) or "content_hash" in fields:
+        return False
+    ours = {"name": data.name, "train": len(data.train_y), "test": len(data.test_y), "classes": list(data.classes),
+            "shape": list(data.input_shape())}  # fmt: skip
+    if {k: fields.get(k) for k in ours} != ours:
+        return False
+    fields["content_hash"] = data.content_hash
+    return True
+
+
+def restore(results: Path, runs: Path, data_path: str | None, stamp_data: bool = False) -> list[str]:
     """Put the saved records back into ``runs`` (and records made from ``compare.json``'s runs); returns the tags."""
     summary = results / "compare.json"
     if not (results / "records").is_dir() and not summary.is_file():
         raise EdgepruneError(f"{results}: no records/ and no compare.json to restore from")
+    if stamp_data and not data_path:
+        raise EdgepruneError("--stamp-data needs --data PATH: the data set the records ran on")
+    data = load_dataset(data_path) if data_path else None
     tags = []
     for saved in sorted((results / "records").glob("*.json")):
         target = runs / saved.stem / RECORD
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(saved, target)
+            record = json.loads(saved.read_text())
+            if stamp_data and stamp(record, data):
+                print(f"{saved.stem}: stamped with {data_path}'s content hash")
+            write_json(target, record)
             tags.append(saved.stem)
-    if summary.is_file() and data_path:
-        tags += records_from_summary(json.loads(summary.read_text()), load_dataset(data_path), runs)
+    if summary.is_file() and data is not None:
+        tags += records_from_summary(json.loads(summary.read_text()), data, runs)
     return tags
 
 
@@ -70,12 +95,14 @@ def main() -> None:
     r.add_argument("results")
     r.add_argument("runs")
     r.add_argument("--data", help="the data set the study ran on (to key records made from compare.json)")
+    r.add_argument("--stamp-data", action="store_true",
+                   help="vouch that hash-less records ran on --data: add its hash to their keys")  # fmt: skip
     args = p.parse_args()
     try:
         if args.command == "save":
             tags = save(Path(args.runs), Path(args.results))
         else:
-            tags = restore(Path(args.results), Path(args.runs), args.data)
+            tags = restore(Path(args.results), Path(args.runs), args.data, args.stamp_data)
     except (EdgepruneError, OSError, ValueError) as e:
         sys.exit(f"carry_records: {e}")
     print(f"{args.command}: {len(tags)} run record(s){': ' + ', '.join(tags) if tags else ''}")
