@@ -71,7 +71,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors print one line and return a non-zero status."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except EdgepruneError as e:  # a number parsed at parse time (options.number): one line, as the library's
+        words = [a for a in (sys.argv[1:] if argv is None else argv) if not str(a).startswith("-")]
+        sys.stderr.write(f"edgeprune {words[0] if words else ''}: error: {e}\n".replace(" :", ":"))
+        return 2
     DEFERRED.update(depth=0, pending=None)
     previous = _catch_signals()  # SIGTERM and SIGHUP clean up as Ctrl-C does; exit status 128 + the signal
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.limits import MAX_CLASSES, MAX_INPUT_CHANNELS, MAX_INPUT_SIZE, MAX_THREADS
@@ -105,6 +106,19 @@ def parse_number(
     if maximum is not None and not value <= maximum:  # 1e308 warm-up epochs overflowed the schedule's step count
         raise EdgepruneError(f"{option} must be at most {maximum:g}, got '{text}'")
     return value
+
+
+def number(option: str, kind: type, minimum: float | None = None, maximum: float | None = None) -> Callable:
+    """An argparse ``type`` parsing ``option`` at parse time with ``parse_number``'s one-line messages.
+
+    It raises EdgepruneError (not argparse's error), so the message names the option as the library's do
+    ("--epochs must be at least 1, got '-1'"); ``main`` prints it in one line with exit status 2.
+    """
+
+    def parse(text: str) -> float | int | None:
+        return parse_number(text, option, kind, minimum, maximum)
+
+    return parse
 
 
 def parse_seed(text: str) -> int:
@@ -245,7 +259,7 @@ def threads(default: int | None = None, detail: str = "", *, late: bool = False)
     shown = "all cores" if default is None else str(default)
     p.add_argument(
         "--threads",
-        type=None if late else thread_count,
+        type=number("--threads", int, 1, MAX_THREADS) if late else thread_count,
         default=default,
         metavar="N",
         help=THREADS_HELP.format(high=MAX_THREADS, default=shown + detail),

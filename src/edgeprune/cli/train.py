@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 
 from edgeprune.cli import options
-from edgeprune.cli.options import MAX_COUNT, MAX_RATE, parse_number
+from edgeprune.cli.options import MAX_COUNT, MAX_RATE, number, parse_number
 from edgeprune.cli.outputs import OUTPUTS, prepare_out_dir
 from edgeprune.errors import EdgepruneError
-from edgeprune.limits import MAX_EPOCHS, MAX_THREADS
+from edgeprune.limits import MAX_EPOCHS
 
-# train's numbers stay text until run(): its messages name the option ("--epochs must be at least 1, got '-1'")
+# train's numbers are parsed at parse time by options.number, whose messages name the option as before
+# ("--epochs must be at least 1, got '-1'")
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -52,13 +53,19 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def _add_schedule(p: argparse.ArgumentParser) -> None:
     """The training run's numbers and choices (text here, parsed in run())."""
-    p.add_argument("--epochs", metavar="N", required=True, help="number of epochs")
-    p.add_argument("--batch-size", metavar="N", default="128", help="images per step (default 128)")
+    p.add_argument("--epochs", metavar="N", required=True, type=number("--epochs", int, 1, MAX_EPOCHS),
+                   help="number of epochs")  # fmt: skip
+    p.add_argument("--batch-size", metavar="N", default="128", type=number("--batch-size", int, 1, MAX_COUNT),
+                   help="images per step (default 128)")  # fmt: skip
     p.add_argument(
         "--optimizer", metavar="NAME", default="sgd", help="sgd (Nesterov, default) or rmsprop (the paper's)"
     )
     p.add_argument(
-        "--lr", metavar="LR", default=None, help="peak learning rate (default 0.05 for sgd, 1e-3 for rmsprop)"
+        "--lr",
+        metavar="LR",
+        default=None,
+        type=number("--lr", float, None, MAX_RATE),
+        help="peak learning rate (default 0.05 for sgd, 1e-3 for rmsprop)",
     )
     p.add_argument(
         "--schedule",
@@ -70,13 +77,20 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
         "--warmup-epochs",
         metavar="E",
         default="1",
+        type=number("--warmup-epochs", float, 0, MAX_EPOCHS),
         help="linear warm-up length in epochs, at most 30%% of the run (default 1)",
     )
-    p.add_argument("--momentum", metavar="M", default="0.9", help="SGD momentum (default 0.9)")
+    p.add_argument("--momentum", metavar="M", default="0.9", type=number("--momentum", float),
+                   help="SGD momentum (default 0.9)")  # fmt: skip
     p.add_argument(
-        "--weight-decay", metavar="WD", default="5e-4", help="L2 weight decay on conv and linear weights (default 5e-4)"
+        "--weight-decay",
+        metavar="WD",
+        default="5e-4",
+        type=number("--weight-decay", float, None, MAX_RATE),
+        help="L2 weight decay on conv and linear weights (default 5e-4)",
     )
-    p.add_argument("--label-smoothing", metavar="S", default="0.1", help="label smoothing of the loss (default 0.1)")
+    p.add_argument("--label-smoothing", metavar="S", default="0.1", type=number("--label-smoothing", float),
+                   help="label smoothing of the loss (default 0.1)")  # fmt: skip
     p.add_argument("--no-augment", action="store_true", help="no random crop and flip")
     p.add_argument(
         "--precision",
@@ -85,7 +99,11 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
         help="fp32 (default) or bf16: mixed precision, faster on CPUs with AMX",
     )
     p.add_argument(
-        "--seed", metavar="N", default="0", help="random seed: the same seed gives the same weights (default 0)"
+        "--seed",
+        metavar="N",
+        default="0",
+        type=options.parse_seed,
+        help="random seed: the same seed gives the same weights (default 0)",
     )
 
 
@@ -94,16 +112,16 @@ def _config(args: argparse.Namespace):  # noqa: ANN202 - edgeprune.train.TrainCo
     from edgeprune.train import TrainConfig
 
     return TrainConfig(
-        epochs=parse_number(args.epochs, "--epochs", int, 1, MAX_EPOCHS),
-        batch_size=parse_number(args.batch_size, "--batch-size", int, 1, MAX_COUNT),
-        lr=parse_number(args.lr, "--lr", float, None, MAX_RATE),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
         optimizer=args.optimizer,
-        momentum=parse_number(args.momentum, "--momentum", float),
-        weight_decay=parse_number(args.weight_decay, "--weight-decay", float, None, MAX_RATE),
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
         schedule=args.schedule,
-        warmup_epochs=parse_number(args.warmup_epochs, "--warmup-epochs", float, 0, MAX_EPOCHS),
-        label_smoothing=parse_number(args.label_smoothing, "--label-smoothing", float),
-        seed=options.parse_seed(args.seed),
+        warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing,
+        seed=args.seed,
         augment=not args.no_augment,
         precision=args.precision,
     ).validate()
@@ -133,7 +151,7 @@ def run(args: argparse.Namespace) -> None:
     config = _config(args)
     limit_train = parse_number(args.limit_train, "--limit-train", int, 1)
     limit_test = parse_number(args.limit_test, "--limit-test", int, 1)
-    threads = parse_number(args.threads, "--threads", int, 1, MAX_THREADS)
+    threads = args.threads
     ranks = process_ranks()  # torchrun's; rank 0 alone prepares, locks, writes and prints
     resolve_device(args.device, ranks.local_rank)  # an unknown or absent device fails before the data loads
     ref = options.model_ref(args)
