@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from edgeprune.cli import bench, compare, evaluate, export, lut, models, profile, prune, sweep, train
@@ -69,8 +70,14 @@ def _run(args: argparse.Namespace) -> int:
         OUTPUTS.close(failed)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
+    """A warning as one line on stderr ("warning: ..."), not Python's file:line plus source line."""
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors print one line and return a non-zero status."""
+    warnings.formatwarning = _one_line_warning  # the CLI prints; the library only warns
     try:
         args = build_parser().parse_args(argv)
     except EdgepruneError as e:  # a number parsed at parse time (options.number): one line, as the library's
