@@ -5,10 +5,15 @@ conftest.py puts tests/ on the path: ``from helpers import run_cli``.
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import edgeprune
 from edgeprune.data import ImageDataset, channel_stats
@@ -116,3 +121,19 @@ def small_model(seed: int = 0, **kwargs) -> torch.nn.Module:
     ``torch.manual_seed(seed)``."""
     torch.manual_seed(seed)
     return edgeprune.create("tiny", **{"channels": 4, **kwargs})
+
+
+# -- image files -------------------------------------------------------------------------------------------------
+
+
+def png_bytes(w: int = 6, h: int = 5, seed: int = 0) -> bytes:
+    """A small random RGB PNG, as bytes."""
+    a = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a, "RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk (length, type, body, CRC), for hand-made headers."""
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import one_line_message
+from helpers import one_line_message, png_bytes, png_chunk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
@@ -48,24 +48,13 @@ def own_cache(tmp_path, monkeypatch):
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _png(w: int = 6, h: int = 5, seed: int = 0) -> bytes:
-    a = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a, "RGB").save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
 def _blank_png(w: int, h: int) -> bytes:
     """A real, all-black w x h grayscale PNG, compressed row by row: never w x h bytes in memory at once."""
     z = zlib.compressobj(9)
     row = bytes(1 + w)  # filter byte 0, then w zero pixels
     idat = b"".join(z.compress(row) for _ in range(h)) + z.flush()
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def _folder(root: Path, classes=("a", "b"), per_class: int = 2, w: int = 6, h: int = 5) -> Path:
@@ -74,7 +63,7 @@ def _folder(root: Path, classes=("a", "b"), per_class: int = 2, w: int = 6, h: i
             (root / split / c).mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
                 seed = 100 * classes.index(c) + 10 * (split == "test") + i  # every image different
-                (root / split / c / f"img_{i}.png").write_bytes(_png(w, h, seed=seed))
+                (root / split / c / f"img_{i}.png").write_bytes(png_bytes(w, h, seed=seed))
     return root
 
 
@@ -184,7 +173,7 @@ def test_archive_of_zero_filled_members_is_refused_from_headers_by_the_default_c
 @pytest.mark.slow
 def test_archive_members_are_streamed_one_at_a_time_not_held(tmp_path):
     """24 valid images, each padded with 1 MiB of zeros: holding them all would take 24 MiB."""
-    png = _png()
+    png = png_bytes()
     members = {}
     for split in ("train", "test"):
         for c in ("a", "b"):
@@ -305,7 +294,7 @@ def test_caps_hold_on_a_cache_hit(tmp_path):
 
     src = _folder(tmp_path / "src" / "pets")
     big = src / "train" / "b" / "big.png"
-    big.write_bytes(_png() + bytes(5000))
+    big.write_bytes(png_bytes() + bytes(5000))
     size = big.stat().st_size
     archive = tmp_path / "pets.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -504,7 +493,7 @@ def test_garbage_archives_give_one_line_errors(tmp_path):
         ("garbage.tar", b"this is not a tar archive at all " * 40),
         ("garbage.tar.gz", b"not gzip at all"),
         ("broken.tar.gz", b"\x1f\x8b\x08\x00" + bytes(range(256)) * 4),
-        ("cut.tar.gz", _tar_of(tmp_path / "whole.tar.gz", {"ds/train/a/0.png": _png()}).read_bytes()[:60]),
+        ("cut.tar.gz", _tar_of(tmp_path / "whole.tar.gz", {"ds/train/a/0.png": png_bytes()}).read_bytes()[:60]),
     ):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(EdgepruneError, match="not a readable tar archive|truncated") as excinfo:
@@ -514,10 +503,10 @@ def test_garbage_archives_give_one_line_errors(tmp_path):
 
 def test_member_names_with_line_breaks_stay_one_line(tmp_path):
     members = {
-        "ds/train/a/0.png": _png(),
+        "ds/train/a/0.png": png_bytes(),
         "ds/train/b/evil\nname.png": b"\x89PNG\r\n\x1a\n garbage, not an image",
-        "ds/test/a/0.png": _png(),
-        "ds/test/b/0.png": _png(),
+        "ds/test/a/0.png": png_bytes(),
+        "ds/test/b/0.png": png_bytes(),
     }
     archive = _tar_of(tmp_path / "names.tar.gz", members)
     with pytest.raises(EdgepruneError, match="unreadable image") as excinfo:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import pickle
 import struct
 import tarfile
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import one_line_message
+from helpers import one_line_message, png_bytes, png_chunk
 from PIL import Image, ImageFile, WebPImagePlugin
 
 from edgeprune.data import load_dataset
@@ -26,22 +25,14 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
 
 
-def _png_bytes(w: int = 6, h: int = 5, seed: int = 0) -> bytes:
-    a = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a, "RGB").save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
 def _huge_png(w: int = 12000, h: int = 12000) -> bytes:
     """A valid-looking PNG whose IHDR claims w x h RGB pixels, a few dozen bytes on disk."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 16)) + _chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + png_chunk(b"IEND", b"")
     )
 
 
@@ -57,7 +48,7 @@ def _folder(root: Path, classes=("a", "b"), per_class: int = 2) -> Path:
         for c in classes:
             (root / split / c).mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
-                (root / split / c / f"img_{i}.png").write_bytes(_png_bytes(seed=i))
+                (root / split / c / f"img_{i}.png").write_bytes(png_bytes(seed=i))
     return root
 
 
@@ -120,7 +111,7 @@ def test_huge_webp_is_refused_before_pillow_allocates_its_canvas(tmp_path, monke
 
 def test_wrongly_sized_image_is_refused_before_decoding(tmp_path, monkeypatch):
     root = _folder(tmp_path / "ds")
-    (root / "train" / "b" / "odd.png").write_bytes(_png_bytes(7, 7))
+    (root / "train" / "b" / "odd.png").write_bytes(png_bytes(7, 7))
     decoded: list[tuple[int, int]] = []
     real = ImageFile.ImageFile.load
 
@@ -184,7 +175,7 @@ def test_archive_members_that_are_not_images_are_never_read(tmp_path, monkeypatc
 def test_archive_member_over_the_cap_is_refused_from_its_header(tmp_path, monkeypatch):
     root = _folder(tmp_path / "src" / "pets")
     big = root / "train" / "b" / "big.png"
-    big.write_bytes(_png_bytes() + bytes(5000))  # a valid image with trailing padding: over a 2,000-byte cap
+    big.write_bytes(png_bytes() + bytes(5000))  # a valid image with trailing padding: over a 2,000-byte cap
     size = big.stat().st_size
     archive = _tar(root, tmp_path / "pets.tar.gz", "pets")
     names = _record_extracts(monkeypatch)
@@ -200,7 +191,7 @@ def test_archive_member_over_the_cap_is_refused_from_its_header(tmp_path, monkey
 def test_folder_file_over_the_cap_is_refused_from_its_size(tmp_path):
     root = _folder(tmp_path / "ds")
     big = root / "test" / "a" / "big.png"
-    big.write_bytes(_png_bytes() + bytes(5000))
+    big.write_bytes(png_bytes() + bytes(5000))
     size = big.stat().st_size
     with pytest.raises(EdgepruneError) as excinfo:
         load_dataset(root, max_file_bytes=2000)
