@@ -19,6 +19,7 @@ Four stages, each resumable, so the trainings can run where there is an accelera
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -101,7 +102,10 @@ def _finished(run: Path) -> dict | None:
 
 def train(out: Path, args: argparse.Namespace) -> None:
     """Train every candidate not yet trained, ``workers`` at a time; stop starting new ones at the deadline."""
-    names = [row["name"] for row in json.loads((out / "candidates.json").read_text())["candidates"]]
+    rows = json.loads((out / "candidates.json").read_text())["candidates"]
+    by_mode = [[r["name"] for r in rows if r["mode"] == mode] for mode in MODES]
+    # the modes interleaved: a run cut short leaves both modes with as many candidates as it can
+    names = [n for group in itertools.zip_longest(*by_mode) for n in group if n is not None]
     todo = [n for n in names if _finished(out / "runs" / n) is None]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     start, running, failed = time.monotonic(), {}, []
