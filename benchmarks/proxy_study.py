@@ -145,7 +145,7 @@ def collect(out: Path) -> dict:
         epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         found[run.name] = {"test_accuracy": summary["test_accuracy"], "epochs": len(epochs),
                            "curve": [round(e["test_acc"], 4) for e in epochs],
-                           "seconds": summary.get("seconds"), "device": summary.get("device")}  # fmt: skip
+                           "train_seconds": summary.get("train_seconds"), "device": summary.get("device")}  # fmt: skip
     return found
 
 
