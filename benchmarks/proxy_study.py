@@ -135,17 +135,16 @@ def train(out: Path, args: argparse.Namespace) -> None:
     print(f"trained {len(names) - len(todo) - len(failed)} of {len(names)}; unfinished: {failed + todo}")
 
 
-def collect(out: Path) -> dict:
-    """Every finished run's final and per-epoch test accuracy, seconds and device, by candidate name."""
+def collect(runs: Path) -> dict:
+    """Every run's per-epoch test accuracy and seconds by candidate name, and whether it finished its schedule."""
     found = {}
-    for run in sorted((out / "runs").glob("*/")):
+    for run in sorted(p for p in runs.glob("*") if (p / "metrics.jsonl").is_file()):
         summary = _finished(run)
-        if summary is None:
-            continue
         epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        found[run.name] = {"test_accuracy": summary["test_accuracy"], "epochs": len(epochs),
+        found[run.name] = {"finished": summary is not None, "epochs": len(epochs),
                            "curve": [round(e["test_acc"], 4) for e in epochs],
-                           "train_seconds": summary.get("train_seconds"), "device": summary.get("device")}  # fmt: skip
+                           "train_seconds": epochs[-1]["train_seconds"] if epochs else None,
+                           "images_per_s": [e["images_per_s"] for e in epochs]}  # fmt: skip
     return found
 
 
@@ -165,14 +164,14 @@ def score(out: Path, args: argparse.Namespace) -> None:
     path = out / "scores.json"
     scores = json.loads(path.read_text()) if path.is_file() else {}
     for proxy in args.proxies:
-        for mode in MODES:
+        for mode in args.modes:
             if all(proxy in scores.get(n, {}) for n in drawn if drawn[n]["mode"] == mode):
                 continue
             t0 = time.perf_counter()
             *_, found = _search(mode, k, proxy, data)
             for cand in found.candidates:
                 name = name_of(mode, cand.kind, cand.seed)
-                if cand.costs != drawn[name]["costs"]:
+                if any(not math.isclose(v, drawn[name]["costs"][c], rel_tol=1e-9) for c, v in cand.costs.items()):
                     raise SystemExit(f"{name}: drawn again with other costs; the candidates are not reproducible")
                 scores.setdefault(name, {})[proxy] = {"score": cand.score, "seconds": round(cand.seconds, 3)}
             write_text(path, json_text(scores))
@@ -200,7 +199,13 @@ def analyse(out: Path) -> dict:
     result = {}
     for mode in MODES:
         rows = [r for r in drawn if r["mode"] == mode and r["name"] in trained]
-        acc = [trained[r["name"]]["test_accuracy"] for r in rows]
+        if not rows:
+            continue
+        # every candidate at the same epoch: the last one all of them reached (the schedule's end when all finished)
+        epoch = min(trained[r["name"]]["epochs"] for r in rows)
+        acc = [trained[r["name"]]["curve"][epoch - 1] for r in rows]
+        for r, a in zip(rows, acc):
+            r["test_accuracy"] = a
         per = {}
         for proxy in PROXIES:
             if not all(proxy in scores.get(r["name"], {}) for r in rows) or len(rows) < 3:
@@ -213,8 +218,10 @@ def analyse(out: Path) -> dict:
             per[proxy] = {"spearman": round(rho, 3), "interval95": [round(low, 2), round(high, 2)],
                           "kept": rows[best]["name"], "kept_accuracy": acc[best],
                           "seconds_per_candidate": round(sum(seconds) / len(seconds), 2)}  # fmt: skip
-        result[mode] = {"candidates": len(rows), "best": max(acc), "mean": sum(acc) / len(acc), "worst": min(acc),
-                        "weighted_seed0": trained.get(name_of(mode, "weighted", 0), {}).get("test_accuracy"),
+        result[mode] = {"candidates": len(rows), "epoch": epoch,
+                        "finished": all(trained[r["name"]]["finished"] for r in rows),
+                        "best": max(acc), "mean": sum(acc) / len(acc), "worst": min(acc),
+                        "weighted_seed0": acc[[r["name"] for r in rows].index(name_of(mode, "weighted", 0))],
                         "proxies": per,
                         "rows": [{**r, **trained[r["name"]], "scores": scores.get(r["name"], {})}
                                  for r in rows]}  # fmt: skip
@@ -268,14 +275,16 @@ def main() -> None:
     p.add_argument("--kill-s", type=float, default=math.inf, help="stop runs still going after this many seconds")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--proxies", nargs="+", default=list(PROXIES))
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--runs", type=Path, help="collect: the run folders (default OUT/runs)")
     args = p.parse_args()
     if args.stage == "draw":
         draw(args.out, args.candidates)
-    elif args.stage == "train":
-        train(args.out, args)
-        write_text(args.out / "trained.json", json_text({"date": utc_date(), "runs": collect(args.out)}))
-    elif args.stage == "collect":
-        write_text(args.out / "trained.json", json_text({"date": utc_date(), "runs": collect(args.out)}))
+    elif args.stage in ("train", "collect"):
+        if args.stage == "train":
+            train(args.out, args)
+        runs = collect(args.runs or args.out / "runs")
+        write_text(args.out / "trained.json", json_text({"date": utc_date(), "runs": runs}))
     elif args.stage == "score":
         score(args.out, args)
     else:

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from archs import ALL  # tests/ is on sys.path (pytest's rootdir-relative import)
-from helpers import graded_dataset
+from helpers import graded_dataset, run_cli
 from torch import nn
 
 import edgeprune
@@ -518,6 +518,19 @@ def test_the_short_training_proxy_reads_only_the_training_split():
     assert [c.score for c in runs[0].candidates] == [c.score for c in runs[1].candidates]
     assert all(0 <= c.score <= 1 for c in runs[0].candidates)
     assert runs[0].proxy == "train:3" and "held out" in runs[0].inputs and "test split not read" in runs[0].inputs
+
+
+@pytest.mark.slow
+def test_the_proxy_holdout_reaches_the_short_training_proxy(tmp_path, capsys):
+    data = graded_dataset(classes=10)  # 48 training images
+    model = edgeprune.create("tiny", channels=8)
+    for holdout, held in ((0.1, 5), (0.25, 12)):
+        result = edgeprune.prune(model, mode="flops", target=0.5, candidates=2, proxy="train:2", data=data,
+                                 holdout=holdout)  # fmt: skip
+        assert f"{48 - held} images trained on, {held} held out" in result.report()["search"]["inputs"]
+    code, _, err = run_cli(capsys, "prune", "tiny", "--mode", "flops", "--target", "0.5", "--candidates", "2",
+                           "--proxy", "train:2", "--proxy-holdout", "1.5", "--out", tmp_path / "x")  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--proxy-holdout" in err
 
 
 @pytest.mark.slow

@@ -473,12 +473,12 @@ def prune(model: nn.Module, mode: str | None = None, target: str | float | None 
           budget: Budget | Mapping[str, str | float] | None = None, candidates: int = 1,
           candidate_kinds: Sequence[str] | None = None, proxy: str | Proxy = "flops", data: ImageDataset | None = None,
           ray: RayOptions | None = None, seed: int = 0, selection: str = "weighted", measure: Measure | None = None,
-          table: LayerTimes | None = None, **options: Any) -> PruneResult:  # fmt: skip
+          table: LayerTimes | None = None, holdout: float = 0.1, **options: Any) -> PruneResult:  # fmt: skip
     """Prune a copy of ``model`` to its budget: the best of K candidate plans by ``proxy`` (``edgeprune.prune``).
 
     ``candidates`` K > 1 (or ``candidate_kinds`` beyond ``selection``) draws K plans per kind and keeps the one
     ``proxy`` ranks best; ``data`` is the training images a data-driven proxy reads (never its test split); ``ray``
-    scores the candidates as Ray tasks. K = 1 is ``edgeprune.pruning.prune``: Algorithm 1's plan exactly (without
+    scores the candidates as Ray tasks; ``holdout`` is the share of the training split ``train:STEPS`` ranks on. K = 1 is ``edgeprune.pruning.prune``: Algorithm 1's plan exactly (without
     ``fill``). ``budget``/``mode``/``target``, ``seed``, ``selection`` and ``table`` and the ``options`` (``step``,
     ``criterion``, ``example_input``, ``input_shape``, ``min_filters``, ``prune_residual``, ``calibration``,
     ``keep``, ``round_to``, ``attempts``, ``fill``) are ``edgeprune.pruning.prune``'s. ``measure`` times a cut
@@ -498,7 +498,7 @@ def prune(model: nn.Module, mode: str | None = None, target: str | float | None 
     job = PruneJob.start(model, limits, table=table, measure=measure, **options)
     found = search(model, job.prof, job.first, k=candidates, kinds=kinds, proxy=proxy, seed=seed, data=data,
                    example=job.example, step=job.step, scores=job.scores, min_filters=job.min_filters,
-                   round_to=job.round_to, table=table, fill=job.fill, ray=ray)  # fmt: skip
+                   round_to=job.round_to, table=table, fill=job.fill, ray=ray, holdout=holdout)  # fmt: skip
     result = job.finish(found.kept.plan, seed=found.kept.seed, selection=found.kept.kind)
     result.plan.search = found.to_dict()
     return result

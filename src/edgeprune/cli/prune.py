@@ -170,8 +170,6 @@ def run(args: argparse.Namespace) -> int:
         raise EdgepruneError(
             "criterion 'nuclear' needs data: use 'edgeprune compare' (or the Python API with calibration)"
         )
-    if args.proxy_holdout != DEFAULT_HOLDOUT:  # edgeprune.search.prune does not take the holdout yet
-        raise EdgepruneError("--proxy-holdout: this version's edgeprune.search.prune ranks on the default 0.1 only")
     budget = targets.prune_budget(args.mode, args.target)
     table = _latency_table(args, budget)
     data = options.load_data(args, args.limit_train, None, progress=False) if args.data else None
@@ -198,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
         candidate_kinds=args.candidate_kinds,
         proxy=args.proxy,
         data=data,
+        holdout=args.proxy_holdout,
     )
     report = result.report()
     report["source"] = args.model
