@@ -478,8 +478,9 @@ def prune(model: nn.Module, mode: str | None = None, target: str | float | None 
 
     ``candidates`` K > 1 (or ``candidate_kinds`` beyond ``selection``) draws K plans per kind and keeps the one
     ``proxy`` ranks best; ``data`` is the training images a data-driven proxy reads (never its test split); ``ray``
-    scores the candidates as Ray tasks; ``holdout`` is the share of the training split ``train:STEPS`` ranks on. K = 1 is ``edgeprune.pruning.prune``: Algorithm 1's plan exactly (without
-    ``fill``). ``budget``/``mode``/``target``, ``seed``, ``selection`` and ``table`` and the ``options`` (``step``,
+    scores the candidates as Ray tasks; ``holdout`` is the share of the training split ``train:STEPS`` ranks on.
+    K = 1 is ``edgeprune.pruning.prune``: Algorithm 1's plan exactly (without ``fill``). ``budget``/``mode``/
+    ``target``, ``seed``, ``selection`` and ``table`` and the ``options`` (``step``,
     ``criterion``, ``example_input``, ``input_shape``, ``min_filters``, ``prune_residual``, ``calibration``,
     ``keep``, ``round_to``, ``attempts``, ``fill``) are ``edgeprune.pruning.prune``'s. ``measure`` times a cut
     model for a latency limit; by default on the table's backend and threads beside the parent
