@@ -33,7 +33,7 @@ from common import RESULTS, json_text, provenance, utc_date, write_report, write
 MODES = {"flops": 0.1033, "memory": 0.0898}  # the paper's FA and MA reductions, as the convergence study ran them
 KINDS = ("weighted", "uniform", "ratio")
 PROXIES = ("flops", "params", "synflow", "naswot", "gradnorm", "train:200")
-ARCH, WIDTH, CLASSES, SEED = "vgg16", 0.25, 10, 0
+ARCH, WIDTH, CLASSES, SEED, EPOCHS = "vgg16", 0.25, 10, 0, 30
 
 
 # -- draw ----------------------------------------------------------------------------------------------------
@@ -233,7 +233,9 @@ def _markdown(result: dict, head: dict) -> str:
              f"`{head['command']}` at commit {head['commit']}, {head['date']}.", ""]  # fmt: skip
     for mode, r in result.items():
         lines += [f"## {mode} at {MODES[mode]} of the full model: {r['candidates']} candidates", "",
-                  f"Final test accuracy: best {100 * r['best']:.2f}%, mean {100 * r['mean']:.2f}%, worst "
+                  f"Test accuracy at epoch {r['epoch']} of the {EPOCHS}-epoch schedule"
+                  + ("" if r["finished"] else " (the last epoch every candidate reached: the runs were cut short)")
+                  + f": best {100 * r['best']:.2f}%, mean {100 * r['mean']:.2f}%, worst "
                   f"{100 * r['worst']:.2f}%; Algorithm 1's own plan (weighted, seed 0) "
                   f"{100 * (r['weighted_seed0'] or 0):.2f}%.", "",
                   "| proxy | Spearman with final accuracy | 95% interval | kept | its accuracy | s per candidate |",
@@ -242,7 +244,7 @@ def _markdown(result: dict, head: dict) -> str:
             lo, hi = p["interval95"]
             lines.append(f"| {proxy} | {p['spearman']:+.3f} | {lo:+.2f} .. {hi:+.2f} | {p['kept']} | "
                          f"{100 * p['kept_accuracy']:.2f}% | {p['seconds_per_candidate']} |")  # fmt: skip
-        lines += ["", "| candidate | FLOPs | params | memory | final accuracy | " + " | ".join(PROXIES) + " |",
+        lines += ["", "| candidate | FLOPs | params | memory | test accuracy | " + " | ".join(PROXIES) + " |",
                   "|---" * (5 + len(PROXIES)) + "|"]  # fmt: skip
         for row in sorted(r["rows"], key=lambda x: -x["test_accuracy"]):
             cells = [f"{row['scores'][p]['score']:.4g}" if p in row["scores"] else "" for p in PROXIES]
@@ -268,7 +270,7 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=RESULTS / "proxy_study")
     p.add_argument("--candidates", type=int, default=8, help="K seeds per lottery kind (default 8: 17 per mode)")
     p.add_argument("--data", default="../shared/data/cifar10.tar.gz")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--deadline-s", type=float, default=math.inf, help="start no run after this many seconds")
