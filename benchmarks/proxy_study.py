@@ -45,12 +45,13 @@ def _job(mode: str):
 
     from edgeprune.costs import Budget
     from edgeprune.io import ModelRef, resolve
-    from edgeprune.pruning import PruneJob
+    from edgeprune.pruning import PruneJob, PruneSettings
 
     torch.manual_seed(SEED)  # as `edgeprune prune --seed 0` builds the model it prunes
     resolved = resolve(ModelRef(ARCH, width=WIDTH, num_classes=CLASSES))
     model = resolved.model
-    job = PruneJob.start(model, Budget.of(mode, MODES[mode]), input_shape=resolved.input_shape, fill=True)
+    settings = PruneSettings(input_shape=resolved.input_shape, fill=True)
+    job = PruneJob.start(model, Budget.of(mode, MODES[mode]), settings)
     return model, job, resolved.input_shape
 
 

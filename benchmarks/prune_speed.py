@@ -8,10 +8,15 @@ Both prune a fresh CIFAR ResNet-50 until it has at most 30% of its FLOPs (MACs):
 Runs are interleaved; medians are reported. Usage:
 
     .venv/bin/python benchmarks/prune_speed.py [--repeats 3] [--target 0.3] [--out docs/results/prune_speed.md]
+        [--note "other work shared the CPU"]
+
+The report records the machine's load average before and after the runs (other processes sharing the CPU slow
+both methods; the ratio, measured side by side in one run, is what to compare) and the commit it ran at.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -21,7 +26,7 @@ from pathlib import Path
 
 import torch
 import torch_pruning as tp
-from common import json_text, write_text
+from common import git_commit, json_text, write_text
 from common import parser as common_parser
 
 import edgeprune
@@ -64,12 +69,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--target", type=float, default=0.3)
     parser.add_argument("--tp-steps", type=int, default=100, help="Torch-Pruning iterative_steps (granularity)")
+    parser.add_argument("--note", default="", help="a line on the conditions of the run, written in the report")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = {"edgeprune": [], "torch-pruning": []}
+    load_before = os.getloadavg()[0]
     for _ in range(args.repeats):
         rows["edgeprune"].append(run_edgeprune(args.target))
         rows["torch-pruning"].append(run_torch_pruning(args.target, args.tp_steps))
+    load_after = os.getloadavg()[0]
+    commit = git_commit(short=True)
     base = record_shapes(edgeprune.create("resnet50"), torch.zeros(1, 3, 32, 32)).total("flops")
     summary = {}
     for name, runs in rows.items():
@@ -89,7 +98,10 @@ def main() -> None:
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
         f"torch-pruning {metadata.version('torch-pruning')}; "
-        f"{args.repeats} interleaved repeats, median shown.",
+        f"{args.repeats} interleaved repeats, median shown.  ",
+        f"Commit {commit['commit']}{' with uncommitted changes' if commit['dirty'] else ''}; load average (1 min) "
+        f"{load_before:.2f} before and {load_after:.2f} after the runs, on {os.cpu_count()} CPUs."
+        + (f"  \n{args.note}" if args.note else ""),
         "",
         f"Unpruned CIFAR ResNet-50: {base / 1e6:.1f}M FLOPs (MACs). Target: {args.target:.0%} of that.",
         "",
@@ -105,15 +117,19 @@ def main() -> None:
         "",
         f"Torch-Pruning's loop / edgeprune: **{ratio:.1f}x** the time.",
         "",
-        "edgeprune runs the lottery on recorded layer shapes (no forward pass per step) and cuts each "
-        "channel group once at the end; Torch-Pruning's progressive loop cuts the model and re-counts "
+        "edgeprune records the layer shapes and builds Torch-Pruning's dependency graph from one forward pass, "
+        "runs the lottery on the recorded shapes (no forward pass per step), cuts each channel group once at the "
+        "end and checks the cut against the modules' shapes; Torch-Pruning's progressive loop cuts the model and "
+        "re-counts "
         "its MACs with a forward pass at every step. Torch-Pruning's BasePruner prunes every layer by "
         "the same ratio per step (residual-tied channels included), so its result is a different "
         "network; this benchmark compares the cost of reaching the budget, not the networks.",
     ]
     out = Path(args.out)
     write_text(out, "\n".join(lines) + "\n")
-    write_text(out.with_suffix(".json"), json_text({"command": cmd, "ratio": ratio, **summary}))
+    conditions = {"load_before": load_before, "load_after": load_after, "cpus": os.cpu_count(), "note": args.note}
+    record = {"command": cmd, **commit, "conditions": conditions, "ratio": ratio, **summary}
+    write_text(out.with_suffix(".json"), json_text(record))
     print("\n".join(lines))
 
 

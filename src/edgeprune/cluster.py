@@ -11,8 +11,6 @@ when asked, and says how to install it when it is missing.
 
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import secrets
 import socket
@@ -48,62 +46,6 @@ class RayOptions:
     def threads(self) -> int:
         """Threads a run uses when none are given: its CPUs, at least one."""
         return max(1, int(self.cpus_per_run))
-
-
-def _number(minimum: float, strict: bool) -> Callable[[str], float]:
-    """argparse type: a finite number above (or at least) ``minimum``."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            raise argparse.ArgumentTypeError(f"expected a number {'>' if strict else '>='} {minimum:g}, got '{text}'")
-        return value
-
-    return parse
-
-
-def add_ray_arguments(p: argparse.ArgumentParser, what: str, detail: str) -> None:
-    """``--ray [ADDRESS]``, ``--cpus-per-run``, ``--gpus-per-run``; ``what`` a task is, and a word more about it."""
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const=LOCAL,
-        default=None,
-        metavar="ADDRESS",
-        help=f"one Ray task per {what} ({detail}), on a local Ray instance started for this command, or on the "
-        "running cluster at ADDRESS ('auto', 'ray://head:10001'); --out must be a folder every node sees; a task "
-        f"whose worker dies is retried {MAX_RETRIES} times, from its last checkpoint; needs "
-        "pip install 'edgeprune[ray]'",
-    )
-    p.add_argument(
-        "--cpus-per-run",
-        type=_number(0, strict=True),
-        default=None,
-        metavar="N",
-        help=f"CPUs Ray reserves for each {what} (default 1; its threads too, unless --threads)",
-    )
-    p.add_argument(
-        "--gpus-per-run",
-        type=_number(0, strict=False),
-        default=None,
-        metavar="N",
-        help=f"GPUs Ray reserves for each {what} (default 0; scheduling only: edgeprune trains on the CPU)",
-    )
-
-
-def options_from_args(args: argparse.Namespace) -> RayOptions | None:
-    """The Ray options the command line asks for (Ray imported to check it is there), or None without ``--ray``."""
-    if args.ray is None:
-        if args.cpus_per_run is not None or args.gpus_per_run is not None:
-            raise EdgepruneError("--cpus-per-run and --gpus-per-run need --ray")
-        return None
-    import_ray()
-    cpus = 1.0 if args.cpus_per_run is None else args.cpus_per_run
-    gpus = 0.0 if args.gpus_per_run is None else args.gpus_per_run
-    return RayOptions(args.ray or LOCAL, cpus, gpus)
 
 
 def import_ray() -> ModuleType:
@@ -271,7 +213,6 @@ __all__ = [
     "MAX_RETRIES",
     "RAY_HINT",
     "RayOptions",
-    "add_ray_arguments",
     "check_shared_folder",
     "connected",
     "crash_hook",
@@ -279,7 +220,6 @@ __all__ = [
     "hosts",
     "import_ray",
     "node_info",
-    "options_from_args",
     "portable_ref",
     "probe_here",
     "task",

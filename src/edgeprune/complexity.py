@@ -21,7 +21,8 @@ default, 1 for int8) give M = weight_bytes * weights + 4 B * (bias + norm vector
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from edgeprune.errors import EdgepruneError
 
@@ -89,8 +90,15 @@ class LayerShape:
         c_out = self.c_out if c_out is None else c_out
         if self.depthwise:
             width = min(c_in, c_out)
-            return replace(self, c_in=width, c_out=width, groups=width)
-        return replace(self, c_in=c_in, c_out=c_out)
+            return self._with(c_in=width, c_out=width, groups=width)
+        return self._with(c_in=c_in, c_out=c_out)
+
+    def _with(self, **changes: int) -> LayerShape:
+        # dataclasses.replace without its per-field __init__: the plan loop resizes thousands of shapes per prune,
+        # and a LayerShape has no __post_init__ to run
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__, **changes)
+        return new
 
 
 @dataclass
@@ -104,6 +112,9 @@ class Profile:
     groups: list = field(default_factory=list)  # ChannelGroup list, filled by graph.analyse()
     outputs: tuple[str, ...] = ()  # layers whose outputs reach the model's outputs (never pruned)
     functional: tuple[str, ...] = ()  # parameters used by a conv/linear op outside their module (counted here)
+    # the activations' liveness over the forward pass (an ``edgeprune.liveness.Liveness``), what ``peak_memory``
+    # reads; None when the profile was not traced with it (an ONNX file, or shapes alone)
+    liveness: Any = field(default=None, compare=False, repr=False)
 
     @property
     def precision(self) -> str:

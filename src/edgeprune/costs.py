@@ -8,12 +8,16 @@ A cost maps a layer shape to a number and sums over layers (SPEC, "Beyond the pa
 - ``energy``: the 45 nm estimate per layer, 4.6 pJ x MACs + 640 pJ x (memory / 4 B), in microjoules
   (int8 layers at 0.23 pJ per MAC, memory at its stored width);
 - ``latency``: milliseconds measured on a backend, looked up per layer in a latency table
-  (``edgeprune.lut``) plus the rest of the model; it exists only with a table.
+  (``edgeprune.lut``) plus the rest of the model; it exists only with a table;
+- ``peak_memory`` (microcontroller SRAM): bytes of the largest set of activations alive at once at batch 1,
+  from the liveness of the traced forward pass (``edgeprune.liveness``); not a sum over layers;
+- ``flash`` (microcontroller flash): bytes of weights, biases and norm parameters at their stored width
+  (fp32 4 B; int8 1 B per weight + 4 B per per-channel scale and 4 B per zero point + int32 biases 4 B).
 
 Each cost has a name (CLI and Python), a JSON key (reports, sweeps), a unit and a label (tables, plots),
 its per-layer value, how to format a value and how to parse a limit (``0.5`` = a fraction of the model's
 own cost, else an amount in the cost's units: ``2M`` params, ``150M`` MACs, ``4MB``, ``50uJ``, ``3ms``).
-Adding a cost is one class here plus an entry in ``COSTS``.
+Adding a cost is one class here plus an entry in ``STATIC`` (or ``MCU``).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Cost:
     label: ClassVar[str]  # column and axis title
     help: ClassVar[str]  # one line for --help
     integer: ClassVar[bool] = True  # counts and bytes are whole numbers; energy and latency are not
+    additive: ClassVar[bool] = True  # the total is the sum of ``layer`` plus ``extra``; peak memory's is not
     units: ClassVar[dict[str, float]] = _COUNT_UNITS  # the amounts a limit may be given in
     example: ClassVar[str] = "2M"
 
@@ -74,6 +79,15 @@ class Cost:
         """The model's total of this cost."""
         value = sum(self.layer(layer) for layer in prof.layers) + self.extra(prof)
         return int(value) if self.integer else float(value)
+
+    def available(self, prof: Profile) -> bool:
+        """Whether ``prof`` holds what this cost is computed from (peak memory needs a traced forward pass)."""
+        return True
+
+    def share(self, prof: Profile, group: Any) -> float:
+        """A channel group's lottery weight (SPEC, multi-budget): the cost of the layers whose filters it removes."""
+        shapes = prof.by_name()
+        return sum(self.layer(shapes[name]) for name in set(group.out_layers))
 
     def human(self, value: float) -> str:
         """A value with its unit, scaled for reading."""
@@ -115,7 +129,7 @@ class Cost:
             return value
         if key not in self.units:
             if self.units is _BYTE_UNITS and key in _COUNT_UNITS:
-                raise EdgepruneError(f"memory targets need a byte unit (e.g. {raw}B or {raw}iB), got '{raw}'")
+                raise EdgepruneError(f"{self.name} targets need a byte unit (e.g. {raw}B or {raw}iB), got '{raw}'")
             if self.units is not _BYTE_UNITS and unit.upper() in _BYTE_UNITS:
                 raise EdgepruneError(f"target '{raw}' is in bytes, but {self.name} counts {self.unit}")
             raise EdgepruneError(
@@ -127,6 +141,14 @@ class Cost:
     def describe(self) -> str:
         """``name (unit): help`` for --help texts."""
         return f"{self.name} ({self.unit}): {self.help}"
+
+
+def _bytes(value: float) -> str:
+    """Bytes in B, kB, MB or GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} B"
 
 
 class Params(Cost):
@@ -174,10 +196,7 @@ class Memory(Cost):
 
     def human(self, value: float) -> str:
         """Bytes in B, kB, MB or GB."""
-        for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-            if abs(value) >= scale:
-                return f"{value / scale:.2f} {unit}"
-        return f"{value:.0f} B"
+        return _bytes(value)
 
 
 class Energy(Cost):
@@ -228,8 +247,97 @@ class Latency(Cost):
         return f"{value:.3f} ms"
 
 
+INT8_CHANNEL_BYTES = 4 + 4  # an int8 layer's per-output-channel scale (fp32) and zero point, 4 B each
+VECTOR_BYTES = 4  # a bias (fp32, or int32 beside int8 weights) or norm value
+
+
+class Flash(Cost):
+    """What a microcontroller's flash must hold: weights, biases and norm parameters at their stored width.
+
+    fp32 (and any width but int8): ``weight_bytes`` per weight, 4 B per bias and norm value, so an fp32 model's
+    flash is 4 B x its parameters. int8 (``weight_bytes`` 1, a quantized ONNX graph): 1 B per weight, 4 B per
+    per-channel scale and 4 B per zero point, an int32 bias of 4 B per filter; a BatchNorm is folded into the
+    conv by then and counts as its bias. Parameters outside conv and linear layers count 4 B each.
+    """
+
+    name, key, unit, label = "flash", "flash_bytes", "bytes", "flash"
+    help = "bytes of weights + biases + norm vectors at their stored width (fp32 4 B; int8 1 B + per-channel "
+    help += "scale and zero point); 0.5 or an amount like 1MB"
+    units = _BYTE_UNITS
+    example = "1MB"
+
+    def layer(self, layer: LayerShape) -> float:
+        """The layer's stored weights, biases and norm vectors (and quantization parameters), in bytes."""
+        if layer.weight_bytes == 1:
+            folded = layer.bias or layer.bn is not None  # BN folded into the conv: one int32 bias per filter
+            return layer.weights + layer.c_out * (INT8_CHANNEL_BYTES + VECTOR_BYTES * folded)
+        return layer.weight_bytes * layer.weights + VECTOR_BYTES * (layer.params - layer.weights)
+
+    def extra(self, prof: Profile) -> float:
+        """Parameters outside conv and linear layers, as fp32."""
+        return BYTES_PER_VALUE * prof.other_params
+
+    def human(self, value: float) -> str:
+        """Bytes in B, kB, MB or GB."""
+        return _bytes(value)
+
+
+class PeakMemory(Cost):
+    """What a microcontroller's SRAM must hold: the largest set of activations alive at once (batch 1).
+
+    Over the traced forward pass in execution order, the bytes of the current op's inputs and outputs plus every
+    earlier output a later op still needs (skip connections, concatenations), at the stored width (the traced
+    tensors' own: 4 B fp32); weights are not counted (``edgeprune.liveness``). It is a maximum, not a sum over
+    layers: the total is recomputed from the liveness at the current widths. A group's lottery weight
+    (``share``) is its share of the activations alive at the peak: the bytes there that are its layers'
+    channels (its filters' outputs, and a depthwise conv that follows them). ``layer`` is a layer's output map,
+    for per-layer tables only.
+    """
+
+    name, key, unit, label = "peak_memory", "peak_memory_bytes", "bytes", "peak memory"
+    help = "bytes of the activations alive at once at batch 1 (SRAM; fp32 4 B); 0.5 or an amount like 256KB"
+    units = _BYTE_UNITS
+    example = "256KB"
+    additive = False
+
+    def layer(self, layer: LayerShape) -> float:
+        """The layer's output maps in bytes (per-layer tables only: the total is the liveness peak)."""
+        return layer.output_bytes * layer.c_out * layer.spatial
+
+    def available(self, prof: Profile) -> bool:
+        """True when ``prof`` was traced with its liveness (``edgeprune.liveness.attach``)."""
+        return prof.liveness is not None
+
+    def total(self, prof: Profile) -> float:
+        """The largest number of activation bytes alive at once at ``prof``'s widths."""
+        return self._liveness(prof).peak(prof.by_name())
+
+    def share(self, prof: Profile, group: Any) -> float:
+        """Bytes alive at the peak that are channels the group removes (its filters, a depthwise conv it feeds)."""
+        shapes = prof.by_name()
+        layers = {*group.out_layers, *(m.layer for m in group.members if shapes[m.layer].depthwise)}
+        return float(self._liveness(prof).held(shapes, layers))
+
+    def where(self, prof: Profile) -> dict:
+        """The peak, the op it happens at and how many tensors are alive there."""
+        return self._liveness(prof).where(prof.by_name())
+
+    def _liveness(self, prof: Profile) -> Any:
+        if prof.liveness is None:
+            raise EdgepruneError(
+                "peak_memory needs the traced forward pass of a PyTorch model (edgeprune profile/prune MODEL); "
+                "an ONNX file's profile has no activation liveness"
+            )
+        return prof.liveness
+
+    def human(self, value: float) -> str:
+        """Bytes in B, kB, MB or GB."""
+        return _bytes(value)
+
+
 STATIC = {"params": Params(), "flops": Flops(), "memory": Memory(), "energy": Energy()}
-NAMES = (*STATIC, "latency")
+MCU = {"peak_memory": PeakMemory(), "flash": Flash()}  # microcontroller costs: SRAM and flash
+NAMES = (*STATIC, *MCU, "latency")
 PAPER_MODES = ("params", "flops", "memory")  # PA, FA, MA: the costs the paper's modes prune to
 
 
@@ -239,6 +347,8 @@ def get_cost(name: str, table: LayerTimes | None = None) -> Cost:
         if table is None:
             raise EdgepruneError("a latency budget needs a latency table: build one with 'edgeprune lut' (--lut FILE)")
         return Latency(table)
+    if name in MCU:
+        return MCU[name]
     if name not in STATIC:
         raise EdgepruneError(f"unknown cost '{name}'; choose from: {', '.join(NAMES)}")
     return STATIC[name]
@@ -247,18 +357,18 @@ def get_cost(name: str, table: LayerTimes | None = None) -> Cost:
 def human(value: float, name: str) -> str:
     """A value of cost ``name`` with its unit (no table needed to format a latency)."""
     check_cost(name)
-    return f"{value:.3f} ms" if name == "latency" else STATIC[name].human(value)
+    return f"{value:.3f} ms" if name == "latency" else get_cost(name).human(value)
 
 
 def label(name: str) -> str:
     """The column title of cost ``name``."""
     check_cost(name)
-    return Latency.label if name == "latency" else STATIC[name].label
+    return Latency.label if name == "latency" else get_cost(name).label
 
 
 def by_key() -> dict[str, str]:
     """Cost names by their JSON keys (``memory_bytes`` -> ``memory``)."""
-    return {**{c.key: name for name, c in STATIC.items()}, Latency.key: "latency"}
+    return {**{c.key: name for name, c in {**STATIC, **MCU}.items()}, Latency.key: "latency"}
 
 
 def check_cost(name: str) -> None:
@@ -268,8 +378,9 @@ def check_cost(name: str) -> None:
 
 
 def totals(prof: Profile, table: LayerTimes | None = None) -> dict[str, float]:
-    """Every cost's total keyed by its JSON key (latency only with a table)."""
-    out: dict[str, Any] = {cost.key: cost.total(prof) for cost in STATIC.values()}
+    """Every cost's total keyed by its JSON key (latency only with a table, peak memory only with a liveness)."""
+    out: dict[str, Any] = {cost.key: cost.total(prof) for cost in (*STATIC.values(), *MCU.values())
+                           if cost.available(prof)}  # fmt: skip
     if table is not None:
         out[Latency.key] = Latency(table).total(prof)
     return out
@@ -327,6 +438,41 @@ class Budget:
         return parse_budget(dict(self.limits), prof, table)
 
 
+MCU_CONVENTIONS = (
+    "batch 1; peak_memory = the largest total of activation bytes alive at once over the forward pass in execution "
+    "order (the op's inputs and outputs plus earlier outputs a later op still needs), at the traced width, weights "
+    "not counted; flash = weights + biases + norm vectors at their stored width (fp32 4 B; int8 1 B + 4 B scale and "
+    "4 B zero point per output channel + 4 B int32 bias, BatchNorm folded as the bias)"
+)
+
+
+def mcu_totals(prof: Profile) -> dict[str, Any]:
+    """The microcontroller costs of ``prof``, JSON-ready: flash, and peak memory with where it is (when traced)."""
+    out: dict[str, Any] = {"flash_bytes": MCU["flash"].total(prof), "precision": prof.precision}
+    peak: PeakMemory = MCU["peak_memory"]  # type: ignore[assignment]
+    if peak.available(prof):
+        out["peak_memory_bytes"] = peak.total(prof)
+        out["peak"] = peak.where(prof)
+    else:
+        out["peak_memory_bytes"] = None
+        out["peak"] = "not available: needs a PyTorch model's traced forward pass, not an ONNX file"
+    out["flash_bytes_by_layer"] = {layer.name: MCU["flash"].layer(layer) for layer in prof.layers}
+    out["conventions"] = MCU_CONVENTIONS
+    return out
+
+
+def mcu_line(prof: Profile) -> str:
+    """One line for tables: peak memory (and where) and flash, with what they count."""
+    mcu = mcu_totals(prof)
+    flash = f"flash {_bytes(mcu['flash_bytes'])} ({prof.precision} weights + biases + norm vectors)"
+    if mcu["peak_memory_bytes"] is None:
+        return f"microcontroller: peak memory n/a ({mcu['peak'][15:]}); {flash}"
+    at = mcu["peak"]
+    where = f"batch 1, activations alive at once; peak at op {at['op_index']} {at['op']}, {at['tensors_alive']} tensors"
+    return f"microcontroller: peak memory {_bytes(mcu['peak_memory_bytes'])} ({where} alive); {flash}"
+
+
 def cost_help() -> str:
     """One line per cost with its unit, for --help."""
-    return "; ".join([c.describe() for c in STATIC.values()] + [f"latency ({Latency.unit}): {Latency.help}"])
+    costs = [c.describe() for c in (*STATIC.values(), *MCU.values())]
+    return "; ".join([*costs, f"latency ({Latency.unit}): {Latency.help}"])

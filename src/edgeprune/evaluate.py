@@ -1,4 +1,7 @@
-"""Test-split accuracy of a model, in PyTorch or, for an .onnx file, in onnxruntime.
+"""Test-split accuracy of a model, in PyTorch or, for an .onnx, .pte or .tflite file, in its runtime.
+
+An .onnx file runs in onnxruntime, a .pte file in ExecuTorch, a .tflite file in LiteRT
+(``edgeprune.edge_runtime``: batch 1, int8 inputs and outputs (de)quantized with their own parameters).
 
 Images are preprocessed exactly as ``edgeprune.train`` evaluates them (its ``Normalizer``): uint8
 pixels / 255, minus the data set's per-channel mean, divided by its standard deviation (both from
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from edgeprune.data import ImageDataset, Normalizer, check_compatible
+from edgeprune.edge_runtime import format_of, is_edge_path
 from edgeprune.errors import EdgepruneError, first_line
 from edgeprune.measure import is_onnx_path
 
@@ -24,7 +28,7 @@ Logits = Callable[[torch.Tensor], torch.Tensor]  # a normalised float batch -> (
 
 
 def evaluate(model: Any, data: ImageDataset, *, batch_size: int = 256, threads: int | None = None) -> dict:
-    """Top-1 (and top-5 above 10 classes) test accuracy of a module, model folder, reference or .onnx file."""
+    """Top-1 (and top-5 above 10 classes) test accuracy of a module, folder, reference, .onnx/.pte/.tflite file."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise EdgepruneError(f"batch size must be a positive integer, got {batch_size!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -34,6 +38,8 @@ def evaluate(model: Any, data: ImageDataset, *, batch_size: int = 256, threads: 
     if is_onnx_path(model):
         run, batch_size = _onnx_logits(Path(model), data, threads, batch_size)
         return _score(run, data, batch_size, str(model), "onnxruntime")
+    if is_edge_path(model):
+        return _score(_edge_logits(Path(model), data, threads), data, batch_size, str(model), format_of(model))
     module, source = _torch_model(model, data)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
@@ -96,6 +102,16 @@ def _onnx_logits(path: Path, data: ImageDataset, threads: int | None, batch_size
         return torch.from_numpy(np.asarray(out)[:n])
 
     return run, batch
+
+
+def _edge_logits(path: Path, data: ImageDataset, threads: int | None) -> Logits:
+    """A function running a .pte or .tflite file in its runtime (image by image: the files take batch 1)."""
+    from edgeprune.edge_runtime import open_model
+
+    loaded = open_model(path, threads)
+    if loaded.input_shape[1:] != data.input_shape():
+        raise EdgepruneError(f"{path}: the model takes {_shown(loaded.input_shape[1:])} inputs, {_of(data)}")
+    return lambda x: torch.from_numpy(loaded.run(x.contiguous().numpy()))
 
 
 def _score(logits: Logits, data: ImageDataset, batch_size: int, source: str, backend: str) -> dict:

@@ -40,7 +40,7 @@ class PlanState:
 
     def profile(self) -> Profile:
         """The current shapes as a Profile."""
-        return Profile(list(self.shapes.values()), self.prof.input_shape, self.other)
+        return Profile(list(self.shapes.values()), self.prof.input_shape, self.other, liveness=self.prof.liveness)
 
     def total(self, cost: Cost) -> float:
         """The current total of ``cost``."""
@@ -60,6 +60,9 @@ class PlanState:
                     grow: bool = False) -> float:  # fmt: skip
         """The total of ``cost`` (now ``current``) after removing (or giving back) ``slots`` of ``group``."""
         new, other = self.changed(group, slots, grow)
+        if not cost.additive:  # peak memory is a maximum over the forward pass: recompute it at the new widths
+            shapes = list({**self.shapes, **new}.values())
+            return cost.total(Profile(shapes, self.prof.input_shape, other, liveness=self.prof.liveness))
         # the same sum in the same order as Algorithm 1 always did: plans stay bit-identical
         value = current - sum(cost.layer(self.shapes[k]) for k in new) + sum(cost.layer(s) for s in new.values())
         if other != self.other:
@@ -76,6 +79,8 @@ class PlanState:
 
     def weight(self, group: ChannelGroup, cost: Cost) -> float:
         """The complexity of the layers whose filters the group removes."""
+        if not cost.additive:  # peak memory: the group's share of the activations alive at the peak
+            return cost.share(self.profile(), group)
         return sum(cost.layer(self.shapes[layer]) for layer in set(group.out_layers))
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 import torch_pruning as tp
@@ -27,7 +28,7 @@ from torch import nn
 
 from edgeprune.complexity import LayerShape, Profile
 from edgeprune.errors import EdgepruneError, first_line
-from edgeprune.trace import NORMS, norm_width, record_shapes
+from edgeprune.trace import NORMS, norm_width, record_forward, record_shapes
 
 _RESIDUAL_OPS = ("AddBackward", "SubBackward")
 
@@ -44,6 +45,11 @@ class Member:
     def per_channel(self) -> int:
         """Channels removed per group channel (groups offered to the lottery map channels evenly)."""
         return max(self.counts) if self.counts else 0
+
+    @cached_property
+    def even(self) -> int | None:
+        """The count every group channel has, None when they differ (then a removal is summed channel by channel)."""
+        return self.counts[0] if self.counts and len(set(self.counts)) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,12 @@ class ChannelGroup:
     @property
     def out_layers(self) -> list[str]:
         """Layers whose output channels (filters) this group removes."""
-        return [m.layer for m in self.members if m.dim == "out"]
+        return list(self._outs)
+
+    @cached_property
+    def _outs(self) -> tuple[str, ...]:
+        # the lottery weighs every active group by these layers at every step: list them once
+        return tuple(m.layer for m in self.members if m.dim == "out")
 
     @property
     def slots(self) -> int:
@@ -72,14 +83,20 @@ class ChannelGroup:
 
     def channels(self, slots: Sequence[int]) -> list[int]:
         """The group channels of ``slots``: position j in each of the ``unit`` blocks."""
+        if self.unit == 1:
+            return sorted(slots)
         return sorted(j + k * self.slots for j in slots for k in range(self.unit))
 
     def shrunk(self, shapes: dict[str, LayerShape], slots: Sequence[int]) -> dict[str, LayerShape]:
         """The member layers' shapes after removing ``slots`` (positions in the original width)."""
-        removed = self.channels(slots)
+        removed: list[int] | None = None  # the channels, listed only for a member whose counts differ
         new = {m.layer: shapes[m.layer] for m in self.members}
         for m in self.members:
-            n = sum(m.counts[i] for i in removed)
+            if m.even is not None:  # every channel counts the same: no sum (this runs at every lottery step)
+                n = m.even * len(slots) * self.unit
+            else:
+                removed = removed if removed is not None else self.channels(slots)
+                n = sum(m.counts[i] for i in removed)
             s = new[m.layer]
             new[m.layer] = s.resized(c_out=s.c_out - n) if m.dim == "out" else s.resized(c_in=s.c_in - n)
         return new
@@ -101,14 +118,47 @@ class ChannelGroup:
         }
 
 
-def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    """Trace ``model`` once into a Torch-Pruning dependency graph."""
+def _call(model: nn.Module, x: torch.Tensor) -> object:
+    return model(x)
+
+
+def build_graph(
+    model: nn.Module, example_input: torch.Tensor, forward: Callable[[nn.Module, torch.Tensor], object] | None = None
+) -> tp.DependencyGraph:
+    """Trace ``model`` once into a Torch-Pruning dependency graph; ``forward(model, x)`` runs it (default: a call)."""
+    # Torch-Pruning's own default first tries model(*x), a whole unbatched pass when it does not fail at once;
+    # the batched call is the one every other step of the analysis traces.
     try:
         with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input, forward_fn=forward or _call, verbose=False
+            )
+    except EdgepruneError:  # the forward's own one-line error (record_forward: the model fails on this input)
+        raise
     except Exception as e:  # tracing a user model can fail in many ways; say so in one line
         text = (str(e).strip().splitlines() or [""])[0][:200]
         raise EdgepruneError(f"Torch-Pruning cannot trace this model: {type(e).__name__}: {text}") from None
+
+
+def trace_graph(
+    model: nn.Module, example_input: torch.Tensor, check: Callable[[Profile], None] | None = None
+) -> tuple[Profile, tp.DependencyGraph]:
+    """``model``'s recorded shapes and its dependency graph, both from one forward pass.
+
+    ``check`` reads the shapes before Torch-Pruning builds its graph (its error comes first, as it would if the
+    shapes were recorded on their own).
+    """
+    found: list[Profile] = []
+
+    def forward(m: nn.Module, x: torch.Tensor) -> object:
+        prof, outputs = record_forward(m, x)
+        if check is not None:
+            check(prof)
+        found.append(prof)
+        return outputs
+
+    graph = build_graph(model, example_input, forward)
+    return found[0], graph
 
 
 def _channel_groups(module: nn.Module, shape: LayerShape | None) -> int:
@@ -216,7 +266,7 @@ def _reason(
 
 def cut(graph: tp.DependencyGraph, model: nn.Module, group_name: str, idxs: Sequence[int]) -> None:
     """Remove channels ``idxs`` (positions in the group's current width) from the group's layers."""
-    module = dict(model.named_modules())[group_name]
+    module = model.get_submodule(group_name)  # its dotted path: no walk over every module for each group cut
     handler = graph.get_pruner_of_module(module).prune_out_channels
     graph.get_pruning_group(module, handler, list(idxs)).prune()
 
@@ -303,11 +353,13 @@ def analyse(
     model: nn.Module, example: torch.Tensor, prune_residual: bool = False, keep: Sequence[str] = ()
 ) -> tuple[Profile, tp.DependencyGraph]:
     """Profile ``model`` on ``example``, find its channel groups, probe them; the graph is returned for cutting."""
-    prof = record_shapes(model, example)
-    unknown = sorted(set(keep) - set(prof.by_name()))
-    if unknown:
-        raise EdgepruneError(f"--keep {unknown[0]}: no conv or linear layer of that name")
-    graph = build_graph(model, example)
+
+    def check_keep(prof: Profile) -> None:
+        unknown = sorted(set(keep) - set(prof.by_name()))
+        if unknown:
+            raise EdgepruneError(f"--keep {unknown[0]}: no conv or linear layer of that name")
+
+    prof, graph = trace_graph(model, example, check_keep)
     groups = probe(model, example, prof, find_groups(graph, model, prof, prune_residual, keep))
     prof.groups = groups
     prof.prunable = {name: g.prunable for g in groups for name in g.out_layers}
@@ -321,4 +373,4 @@ def profile(
     return analyse(model, torch.zeros(1, *input_shape), prune_residual, keep)[0]
 
 
-__all__ = ["ChannelGroup", "Member", "analyse", "build_graph", "cut", "find_groups", "profile"]
+__all__ = ["ChannelGroup", "Member", "analyse", "build_graph", "cut", "find_groups", "profile", "trace_graph"]

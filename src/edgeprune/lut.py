@@ -38,6 +38,7 @@ from edgeprune import limits
 from edgeprune.backends import BACKENDS, ORDERS, check_backends, check_counts
 from edgeprune.complexity import LayerShape, Profile
 from edgeprune.errors import EdgepruneError
+from edgeprune.validate import check_in, shown
 
 FORMAT = 1
 KIND = "edgeprune latency table"
@@ -244,29 +245,19 @@ def _keys(what: str, data: dict, keys: tuple[set[str], set[str]]) -> None:
 
 def _number(what: str, value: object, low: float, high: float = MAX_MS) -> float:
     """A JSON number (not a bool, not NaN or infinite) in [low, high], as a float; ValueError naming ``what``."""
-    if not limits.is_number(value, low, high):
-        raise ValueError(f"{what} must be a finite number in [{low:g}, {high:g}], got {_shown(value)}")
-    return float(value)  # type: ignore[arg-type]
+    return check_in(value, what, low, high, error=ValueError)
 
 
 def _integer(what: str, value: object, low: int, high: int) -> int:
     """A JSON integer (not a bool) in [low, high]; ValueError naming ``what``."""
-    if not limits.is_int(value, low, high):
-        raise ValueError(f"{what} must be an integer in [{low}, {high}], got {_shown(value)}")
-    return value  # type: ignore[return-value]
+    return int(check_in(value, what, low, high, integer=True, error=ValueError))
 
 
 def _text(what: str, value: object) -> str:
     """A JSON string; ValueError naming ``what``."""
     if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string, got {_shown(value)}")
+        raise ValueError(f"{what} must be a string, got {shown(value)}")
     return value
-
-
-def _shown(value: object) -> str:
-    """A value from the file for a one-line message, cut short."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _table_from(data: dict) -> LatencyTable:
@@ -274,13 +265,13 @@ def _table_from(data: dict) -> LatencyTable:
     _keys("the table", data, _TABLE_KEYS)
     backend = _text("backend", data["backend"])
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {_shown(backend)}")
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {shown(backend)}")
     problem = limits.input_shape_problem(data["input_shape"])
     if problem is not None:
-        raise ValueError(f"input_shape {_shown(data['input_shape'])} {problem}")
+        raise ValueError(f"input_shape {shown(data['input_shape'])} {problem}")
     layers = data["layers"]
     if not isinstance(layers, dict):
-        raise ValueError(f"layers must be an object, got {_shown(layers)}")
+        raise ValueError(f"layers must be an object, got {shown(layers)}")
     parsed = {_text("a layer name", name): _layer_from(name, entry) for name, entry in layers.items()}
     calibration = data.get("calibration", [])
     if not isinstance(calibration, list) or not all(isinstance(p, list) and len(p) == 2 for p in calibration):
@@ -305,14 +296,14 @@ def _table_from(data: dict) -> LatencyTable:
 def _settings(settings: object, layers: dict[str, LayerTable]) -> dict:
     """A table's settings: an object whose counts a recalibration uses are in range; ``points`` filled in if absent."""
     if not isinstance(settings, dict):
-        raise ValueError(f"settings must be an object, got {_shown(settings)}")
+        raise ValueError(f"settings must be an object, got {shown(settings)}")
     settings = dict(settings)
     for key, high in (("processes", MAX_PROCESSES), ("runs", limits.MAX_CLASSES), ("warmup", limits.MAX_CLASSES),
                       ("points", limits.MAX_CLASSES)):  # fmt: skip
         if key in settings:
             _integer(f"settings.{key}", settings[key], 0 if key in ("warmup", "points") else 1, high)
     if "spin" in settings and not isinstance(settings["spin"], bool):
-        raise ValueError(f"settings.spin must be true or false, got {_shown(settings['spin'])}")
+        raise ValueError(f"settings.spin must be true or false, got {shown(settings['spin'])}")
     settings.setdefault("points", sum(len(t.c_out) * (1 if t.depthwise else len(t.c_in)) for t in layers.values()))
     return settings
 
@@ -320,24 +311,24 @@ def _settings(settings: object, layers: dict[str, LayerTable]) -> dict:
 def _layer_from(name: str, entry: object) -> LayerTable:
     """One layer's entry, checked: sorted distinct widths in range and a finite non-negative latency per grid point
     (a point can measure 0: the per-call overhead taken off)."""
-    what = f"layer {_shown(name)}"
+    what = f"layer {shown(name)}"
     if not isinstance(entry, dict):
-        raise ValueError(f"{what} must be an object, got {_shown(entry)}")
+        raise ValueError(f"{what} must be an object, got {shown(entry)}")
     _keys(what, entry, _LAYER_KEYS)
     kind = entry["kind"]
     if kind not in ("conv", "linear"):
-        raise ValueError(f"{what}: kind must be conv or linear, got {_shown(kind)}")
+        raise ValueError(f"{what}: kind must be conv or linear, got {shown(kind)}")
     widths = []
     for key in ("c_in", "c_out"):
         values = entry[key]
         if not isinstance(values, list) or not 1 <= len(values) <= MAX_GRID:
-            raise ValueError(f"{what}: {key} must be a list of 1 to {MAX_GRID} widths, got {_shown(values)}")
+            raise ValueError(f"{what}: {key} must be a list of 1 to {MAX_GRID} widths, got {shown(values)}")
         if not all(limits.is_int(c, 1, limits.MAX_CLASSES) for c in values) or values != sorted(set(values)):
-            raise ValueError(f"{what}: widths must be sorted, distinct and positive, got {_shown(values)}")
+            raise ValueError(f"{what}: widths must be sorted, distinct and positive, got {shown(values)}")
         widths.append(values)
     depthwise = entry.get("depthwise", False)
     if not isinstance(depthwise, bool):
-        raise ValueError(f"{what}: depthwise must be true or false, got {_shown(depthwise)}")
+        raise ValueError(f"{what}: depthwise must be true or false, got {shown(depthwise)}")
     rows, ms = 1 if depthwise else len(widths[0]), entry["ms"]
     shaped = isinstance(ms, list) and len(ms) == rows
     if not shaped or any(not isinstance(r, list) or len(r) != len(widths[1]) for r in ms):
@@ -346,7 +337,7 @@ def _layer_from(name: str, entry: object) -> LayerTable:
         raise ValueError(f"{what}: latencies must be finite and non-negative (at most {MAX_MS:g} ms)")
     block = entry.get("block", {})
     if not isinstance(block, dict):
-        raise ValueError(f"{what}: block must be an object, got {_shown(block)}")
+        raise ValueError(f"{what}: block must be an object, got {shown(block)}")
     calls = _integer(f"{what}: calls", entry.get("calls", 1), 1, limits.MAX_CLASSES)
     return LayerTable(kind, list(widths[0]), list(widths[1]), [[float(v) for v in r] for r in ms], depthwise, calls,
                       dict(block))  # fmt: skip

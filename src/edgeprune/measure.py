@@ -32,22 +32,32 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeprune.backends import BACKENDS, MB, check_backends, check_counts, run_measurement, write_artifact
+from edgeprune.backends import (
+    BACKENDS,
+    EDGE_BACKENDS,
+    MB,
+    check_backends,
+    run_measurement,
+    write_artifact,
+)
+from edgeprune.edge_runtime import format_of, is_edge_path
 from edgeprune.energy import energy_estimate
 from edgeprune.errors import EdgepruneError
 from edgeprune.runtime import default_threads, resolve_device
+from edgeprune.validate import check_count
 
 # -- argument checks --------------------------------------------------------------------------
 
 
 def _check_positive(pad_to: int | None = None, **values: int | None) -> None:
     """The counts of a bench call positive (warmup >= 0); pad_to named by its option too."""
-    check_counts(**values)
-    check_counts(**{"pad_to (--pad-channels)": pad_to})
+    for name, value in {**values, "pad_to (--pad-channels)": pad_to}.items():
+        if value is not None:
+            check_count(value, name, zero=name == "warmup")
 
 
 # -- model preparation (parent process) -------------------------------------------------------
@@ -68,9 +78,12 @@ class Prepared:
 
     graph: Path | None = None  # a torch.export program, for a module edgeprune cannot rebuild from model.json
     precision: str = "fp32"  # of the weights: fp32, or int8 / mixed for a quantized .onnx file
+    edge: dict = field(default_factory=dict)  # executorch / litert -> (checked .pte / .tflite file, export details)
 
     def file_for(self, backend: str) -> Path:
         """The model file a backend loads: the folder (or exported program) for torch, the .onnx for onnxruntime."""
+        if backend in self.edge:
+            return self.edge[backend][0]
         if backend == "torch":
             return self.graph or self.folder
         return self.onnx  # type: ignore[return-value]
@@ -78,6 +91,7 @@ class Prepared:
     def size(self, backend: str) -> dict:
         """Size on disk of the backend's model file."""
         file = (self.graph or self.folder / "model.safetensors") if backend == "torch" else self.onnx
+        file = self.edge[backend][0] if backend in self.edge else file
         size = file.stat().st_size
         return {"file": file.name, "bytes": size, "mb": size / MB}
 
@@ -108,6 +122,8 @@ def prepare(
     backends = check_backends(tuple(backends))
     if is_onnx_path(model_or_dir):
         return _prepare_onnx(Path(model_or_dir), backends, input_shape, pad_to)
+    if is_edge_path(model_or_dir):
+        return _prepare_edge_file(Path(model_or_dir), backends, pad_to)
     workdir = Path(workdir)
     if isinstance(model_or_dir, (str, Path)):
         resolved = resolve(str(model_or_dir), num_classes=num_classes, in_channels=in_channels)
@@ -132,6 +148,9 @@ def prepare(
             prepared.source += " (no builder: measured as its torch.export program)"
     if "onnxruntime" in backends:
         prepared.onnx, prepared.export = write_artifact("onnxruntime", model, workdir, input_shape)
+    for backend in EDGE_BACKENDS:
+        if backend in backends:
+            prepared.edge[backend] = write_artifact(backend, model, workdir, input_shape)
     if isinstance(model_or_dir, nn.Module):
         resolved.model.train(was_training)  # leave the caller's module as it was
     return prepared
@@ -144,7 +163,27 @@ def is_onnx_path(source: Any) -> bool:
 
 def default_backends(source: Any) -> tuple[str, ...]:
     """The backends that can run ``source``: onnxruntime alone for an .onnx file, else all."""
+    if is_edge_path(source):
+        return (format_of(source),)
     return ("onnxruntime",) if is_onnx_path(source) else BACKENDS
+
+
+def _prepare_edge_file(path: Path, backends: tuple[str, ...], pad_to: int | None) -> Prepared:
+    """A .pte or .tflite file made ready for its own runtime: loaded once (its input shape), complexity not counted."""
+    from edgeprune.edge_runtime import open_model
+
+    fmt = format_of(path)
+    if backends != (fmt,):
+        raise EdgepruneError(f"{path}: a {path.suffix} file runs on {fmt} only (--backends {fmt})")
+    if pad_to:
+        raise EdgepruneError(f"{path}: --pad-channels needs a model folder or a zoo name, not a {path.suffix} file")
+    shape = open_model(path).input_shape
+    if shape[0] != 1:
+        raise EdgepruneError(f"{path}: takes batches of {shape[0]}; edgeprune times batch-1 files")
+    where = f"not counted for a {path.suffix} file: bench the model folder for params, FLOPs and the energy estimate"
+    prepared = Prepared(str(path), path.parent, tuple(shape[1:]), {}, {}, counted_from=where)
+    prepared.edge[fmt] = (path, None)
+    return prepared
 
 
 def _prepare_onnx(
@@ -220,7 +259,8 @@ def measure_prepared(
     device = str(resolve_device(device))  # a device that is not there: one line, before any process starts
     backends = check_backends(tuple(backends))
     _check_positive(runs=runs, warmup=warmup, batch_size=batch_size, threads=threads)
-    _check_memory(prepared, batch_size)
+    if prepared.totals:  # a .pte / .tflite file: not counted; its runtime holds batch 1 (checked below)
+        _check_memory(prepared, batch_size)
     threads = threads or default_threads()
     out: dict = {
         "model": prepared.source,
@@ -250,6 +290,9 @@ def measure_prepared(
     for backend in backends:
         if backend == "onnxruntime" and prepared.onnx is None:
             raise EdgepruneError("model was prepared without onnxruntime")
+        if backend in EDGE_BACKENDS and backend not in prepared.edge:
+            raise EdgepruneError(f"model was prepared without {backend}")
+        _check_edge_batch((backend,), batch_size)
         artifact = {"model": (prepared.file_for(backend), prepared.input_shape)}
         options = {"runs": runs, "warmup": warmup, "batch_size": batch_size, "threads": threads, "seed": seed}
         # onnxruntime ignores the device
@@ -257,8 +300,17 @@ def measure_prepared(
         result["size"] = prepared.size(backend)
         if backend == "onnxruntime" and prepared.export is not None:
             result["export"] = prepared.export
+        if backend in prepared.edge and prepared.edge[backend][1]:
+            result["export"] = prepared.edge[backend][1]
         out["backends"][backend] = result
     return out
+
+
+def _check_edge_batch(backends: tuple[str, ...], batch_size: int) -> None:
+    """ExecuTorch and LiteRT files are written for batch 1: one line for any other batch size."""
+    edge = [b for b in backends if b in EDGE_BACKENDS]
+    if edge and batch_size != 1:
+        raise EdgepruneError(f"{edge[0]} files are exported for batch 1; give --batch-size 1 (the default)")
 
 
 def _check_memory(prepared: Prepared, batch_size: int) -> None:
@@ -311,6 +363,7 @@ def bench(
     """
     backends = check_backends(default_backends(model_or_dir) if backends is None else backends)
     _check_positive(runs=runs, warmup=warmup, batch_size=batch_size, threads=threads, pad_to=pad_to)
+    _check_edge_batch(backends, batch_size)  # before the exports, which take seconds
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp:
         prepared = prepare(
             model_or_dir, tmp, backends, input_shape, num_classes=num_classes, in_channels=in_channels, pad_to=pad_to

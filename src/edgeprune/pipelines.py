@@ -8,6 +8,9 @@
   smallest fraction that fits - trained from scratch.
 - ``l1`` / ``nuclear`` (conventional): train the full model, rank filters by weight l1 norm or by
   the nuclear norm of their feature maps, prune to the same target, fine-tune.
+- with ``distill``: ``l1+kd`` / ``nuclear+kd``, the conventional pipeline whose fine-tuning is distilled from
+  its own pre-trained full model, and ``direct+kd``, the direct network trained from scratch with that full
+  model as teacher (a user who already has a trained model; its training time is its own, without the teacher's).
 
 Training time counts every epoch a pipeline runs: a conventional pipeline's includes the full
 model's pre-training, which the run trains once and shares between them.
@@ -16,7 +19,8 @@ Each run (a seed's full model, a network pruned at initialisation and trained, a
 the trained full model) is one function of a :class:`RunContext`. The serial path calls them one after
 the other; with ``ray`` (:mod:`edgeprune.cluster`) each is a Ray task, a conventional run waiting for
 its own seed's full model only. Every run records the machine it trained on, and a table's training
-time says when its runs ran on different machines.
+time says when its runs ran on different machines; every epoch records the machine's load
+(:mod:`edgeprune.train.busy`), and a time taken under load is marked in the tables, with a footnote.
 
 A finished run also leaves ``record.json`` in its folder (``edgeprune.records``), which ``--resume`` reads back
 before its checkpoint: a long study carries over to another machine in those small files, without its weights.
@@ -42,7 +46,6 @@ from edgeprune.complexity import reduction
 from edgeprune.costs import STATIC
 from edgeprune.data import ImageDataset
 from edgeprune.errors import EdgepruneError
-from edgeprune.files import write_json
 from edgeprune.io import ModelRef, is_folder_ref, resolve
 from edgeprune.pruning import check_seed, prune
 from edgeprune.records import (
@@ -57,13 +60,19 @@ from edgeprune.records import (
     stored_record,
     train_hosts,
 )
+from edgeprune.report import markdown_table as markdown_table  # re-exported: compare prints it
+from edgeprune.report import write_compare
 from edgeprune.trace import record_shapes
 from edgeprune.train import TrainConfig, TrainResult, data_signature, train
+from edgeprune.train.busy import load_figures
+from edgeprune.train.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, Distill, Teacher
 
 DIRECT = "direct"
 MATCHED = "direct-matched"  # the direct pipeline trained as long as the conventional one
 AT_INIT = {DIRECT: "weighted", "unweighted": "uniform", "uniform": "ratio", MATCHED: "weighted"}  # -> layer selection
 CONVENTIONAL = ("l1", "nuclear")
+KD = "+kd"  # a method distilled from its seed's trained full model: l1+kd, nuclear+kd, direct+kd
+DIRECT_KD = DIRECT + KD
 BASELINES = ("l1", "nuclear", "uniform", "unweighted")
 # The settings that decide a run's result (threads and device do not: a record made with others is still it)
 RESULT_SETTINGS = ("model", "width", "model_args", "num_classes", "step", "conventional_layers", "optimizer", "lr",
@@ -97,6 +106,9 @@ class CompareSettings:
     threads: int | None = None  # CPU threads per training run (default: all cores; with Ray, the run's CPUs)
     device: str = "cpu"  # where every run trains (edgeprune.train.resolve_device)
     also: dict = field(default_factory=dict)  # limits every pruned network meets besides its mode's (cost -> limit)
+    distill: bool = False  # also l1+kd / nuclear+kd and direct+kd, distilled from the seed's trained full model
+    distill_alpha: float = DEFAULT_ALPHA
+    distill_temperature: float = DEFAULT_TEMPERATURE
 
     def budget(self, mode: str) -> dict:
         """What a run of ``mode`` prunes to: the mode's target and every ``also`` limit (SPEC, multi-budget)."""
@@ -127,13 +139,18 @@ class RunContext:
         if self.progress:
             print(text, flush=True)
 
-    def train(self, model: nn.Module, epochs: int, seed: int, tag: str) -> TrainResult:
-        """Train ``model`` in ``out/tag``, resuming from its checkpoint when asked."""
+    def train(
+        self, model: nn.Module, epochs: int, seed: int, tag: str, teacher: nn.Module | None = None
+    ) -> TrainResult:
+        """Train ``model`` in ``out/tag`` (resuming when asked), distilled from the full model ``teacher`` if given."""
         s = self.settings
         config = TrainConfig(epochs=epochs, seed=seed, optimizer=s.optimizer, lr=s.lr, batch_size=s.batch_size)
+        guide = None
+        if teacher is not None:
+            guide = Teacher(teacher, run_tag("full", "-", seed), Distill(s.distill_alpha, s.distill_temperature))
         return train(model, self.data, config, self.out / tag, resume=self.resume, progress=self.progress,
                      callback=crash_hook(tag, self.out, self.crash_once), threads=s.threads,
-                     device=s.device)  # fmt: skip
+                     device=s.device, teacher=guide)  # fmt: skip
 
 
 def calibration_batch(data: ImageDataset, n: int, seed: int) -> torch.Tensor:
@@ -170,7 +187,7 @@ def stage_epochs(settings: CompareSettings, method: str, epochs: int) -> int | l
     fine-tuning, or (pruned at init) the run's own ``epochs``, which only those runs choose."""
     if method == "full":
         return settings.epochs
-    if method in CONVENTIONAL:
+    if method.removesuffix(KD) in CONVENTIONAL:
         return [settings.epochs, settings.finetune_epochs]
     return epochs
 
@@ -183,6 +200,8 @@ def record_key(ctx: RunContext, method: str, mode: str, seed: int, epochs: int) 
     budget = {} if method == "full" else s.budget(mode)
     key.update(data=data_signature(ctx.data), method=method, mode=mode, seed=seed, budget=budget,
                epochs=stage_epochs(s, method, epochs))  # fmt: skip
+    if method.endswith(KD):  # only a distilled run's key names them: the others' keys stay as before
+        key["distill"] = {"alpha": s.distill_alpha, "temperature": s.distill_temperature, "teacher": "full model"}
     content = getattr(ctx.data, "content_hash", None)
     if content is not None:  # name and sizes stay the same when images are swapped between classes; this does not
         key["data"]["content_hash"] = content
@@ -192,7 +211,7 @@ def record_key(ctx: RunContext, method: str, mode: str, seed: int, epochs: int) 
 def full_weights_needed(ctx: RunContext, seed: int) -> bool:
     """Whether a conventional run of ``seed`` is still to train (and so needs the trained full model)."""
     s = ctx.settings
-    tags = [run_tag(m, mode, seed) for m in _conventional_methods(s) for mode in s.targets]
+    tags = [run_tag(m, mode, seed) for m in [*_finetuned_methods(s), *_from_teacher(s)] for mode in s.targets]
     return not ctx.resume or any(not (ctx.out / t / RECORD).is_file() for t in tags)
 
 
@@ -256,7 +275,8 @@ def run_conventional(
     ctx: RunContext, method: str, mode: str, seed: int, full: nn.Module | None, baseline: RunRecord
 ) -> RunRecord:
     """Rank the trained full model's filters by ``method`` (l1, nuclear), prune a copy to the target, fine-tune it
-    (``full`` may be None only when the run is read back from its record)."""
+    (``full`` may be None only when the run is read back from its record); ``l1+kd``, ``nuclear+kd``: the same
+    network, its fine-tuning distilled from ``full``."""
     s, tag = ctx.settings, run_tag(method, mode, seed)
     key = record_key(ctx, method, mode, seed, s.epochs + s.finetune_epochs)
     if (done := stored_record(ctx, tag, key)) is not None:
@@ -265,14 +285,28 @@ def run_conventional(
         raise EdgepruneError(f"{ctx.out / tag / RECORD}: disappeared while the comparison ran; run it again")
     calibration = calibration_batch(ctx.data, s.calibration_images, seed)
     pruned = prune(
-        copy.deepcopy(full), budget=s.budget(mode), step=s.step, seed=seed, criterion=method, input_shape=ctx.shape,
-        selection=s.conventional_layers, calibration=calibration,
+        copy.deepcopy(full), budget=s.budget(mode), step=s.step, seed=seed, criterion=method.removesuffix(KD),
+        input_shape=ctx.shape, selection=s.conventional_layers, calibration=calibration,
     ).model  # fmt: skip
     ctx.log(f"[seed {seed}] {method} {mode}: ranked and pruned the trained model, fine-tuning "
             f"{s.finetune_epochs} epochs")  # fmt: skip
-    tune = ctx.train(pruned, s.finetune_epochs, seed, tag)
+    tune = ctx.train(pruned, s.finetune_epochs, seed, tag, teacher=full if method.endswith(KD) else None)
     pre = TrainResult(baseline.history, baseline.test_accuracy, baseline.train_seconds)
     return save_record(ctx, tag, key, _record(ctx, method, mode, seed, pruned, [pre, tune], baseline.nodes))
+
+
+def run_direct_kd(ctx: RunContext, mode: str, seed: int, full: nn.Module | None) -> RunRecord:
+    """``direct``'s network trained from scratch, distilled from the trained full model ``full`` (None: read back)."""
+    s, tag = ctx.settings, run_tag(DIRECT_KD, mode, seed)
+    key = record_key(ctx, DIRECT_KD, mode, seed, s.epochs)
+    if (done := stored_record(ctx, tag, key)) is not None:
+        return done
+    if full is None:
+        raise EdgepruneError(f"{ctx.out / tag / RECORD}: disappeared while the comparison ran; run it again")
+    pruned = pruned_at_init(ctx, DIRECT, mode, seed)
+    ctx.log(f"[seed {seed}] {DIRECT_KD} {mode}: pruned at init, training {s.epochs} epochs from the full model")
+    result = ctx.train(pruned, s.epochs, seed, tag, teacher=full)
+    return save_record(ctx, tag, key, _record(ctx, DIRECT_KD, mode, seed, pruned, [result]))
 
 
 def run_matched(ctx: RunContext, mode: str, seed: int, mine: list[RunRecord]) -> RunRecord:
@@ -288,6 +322,17 @@ def _at_init_methods(settings: CompareSettings) -> list[str]:
 def _conventional_methods(settings: CompareSettings) -> list[str]:
     """The conventional baselines asked for."""
     return [b for b in settings.baselines if b in CONVENTIONAL]
+
+
+def _finetuned_methods(settings: CompareSettings) -> list[str]:
+    """The runs that prune the trained full model and fine-tune: the conventional ones, and distilled (--distill)."""
+    plain = _conventional_methods(settings)
+    return [*plain, *(m + KD for m in plain if settings.distill)]
+
+
+def _from_teacher(settings: CompareSettings) -> list[str]:
+    """The runs trained from scratch with the full model as teacher: direct+kd with --distill."""
+    return [DIRECT_KD] if settings.distill else []
 
 
 def _check_settings(settings: CompareSettings) -> None:
@@ -306,6 +351,8 @@ def _check_settings(settings: CompareSettings) -> None:
     for mode in [*settings.targets, *settings.also]:
         if mode not in STATIC:  # a comparison prunes to proxy costs; latency needs a table and a device
             raise EdgepruneError(f"unknown mode '{mode}'; choose from: {', '.join(STATIC)}")
+    if settings.distill:
+        Distill(settings.distill_alpha, settings.distill_temperature).validate()
     if is_folder_ref(settings.model):
         raise EdgepruneError(f"{settings.model}: compare trains from scratch; give a zoo name or a model reference")
 
@@ -340,7 +387,8 @@ def _runs_here(ctx: RunContext) -> Iterator[Batch]:
         baseline, full = run_full(ctx, seed)
         for mode in s.targets:
             mine = [run_at_init(ctx, m, mode, seed, s.epochs) for m in _at_init_methods(s)]
-            mine += [run_conventional(ctx, m, mode, seed, full, baseline) for m in _conventional_methods(s)]
+            mine += [run_conventional(ctx, m, mode, seed, full, baseline) for m in _finetuned_methods(s)]
+            mine += [run_direct_kd(ctx, mode, seed, full) for _ in _from_teacher(s)]
             if s.time_matched:
                 mine.append(run_matched(ctx, mode, seed, mine))
             yield baseline, mine
@@ -352,17 +400,28 @@ def _full_task(ctx: RunContext, seed: int) -> tuple[RunRecord, dict[str, torch.T
     return record, full.state_dict() if full is not None else None
 
 
+def _full_model(ctx: RunContext, seed: int, weights: dict[str, torch.Tensor] | None) -> nn.Module | None:
+    """The seed's trained full model from the weights its task returned (None when it returned none)."""
+    if weights is None:
+        return None
+    model = ctx.fresh(seed)
+    model.load_state_dict(weights)
+    return model.eval()  # as train() leaves it
+
+
 def _conventional_task(
     ctx: RunContext, method: str, mode: str, seed: int, full: tuple[RunRecord, dict[str, torch.Tensor] | None]
 ) -> RunRecord:
     """Ray task: :func:`run_conventional` on the seed's trained full model (``full``: what its task returned)."""
     baseline, weights = full
-    model = None
-    if weights is not None:
-        model = ctx.fresh(seed)
-        model.load_state_dict(weights)
-        model.eval()  # as train() leaves it
-    return run_conventional(ctx, method, mode, seed, model, baseline)
+    return run_conventional(ctx, method, mode, seed, _full_model(ctx, seed, weights), baseline)
+
+
+def _direct_kd_task(
+    ctx: RunContext, mode: str, seed: int, full: tuple[RunRecord, dict[str, torch.Tensor] | None]
+) -> RunRecord:
+    """Ray task: :func:`run_direct_kd` with the seed's trained full model as teacher."""
+    return run_direct_kd(ctx, mode, seed, _full_model(ctx, seed, full[1]))
 
 
 def _matched_task(ctx: RunContext, mode: str, seed: int, *mine: RunRecord) -> RunRecord:
@@ -376,15 +435,17 @@ Plan = list[tuple[int, str, Any, list[Any]]]  # seed, mode, the seed's full-mode
 def _submit(ray: ModuleType, shared: Any, settings: CompareSettings, options: RayOptions) -> Plan:
     """Submit every run as a Ray task, a conventional one depending on its own seed's full model only."""
     s = settings
-    full_task, at_init, conventional, matched = (
-        cluster.task(ray, f, options) for f in (_full_task, run_at_init, _conventional_task, _matched_task)
+    full_task, at_init, conventional, direct_kd, matched = (
+        cluster.task(ray, f, options)
+        for f in (_full_task, run_at_init, _conventional_task, _direct_kd_task, _matched_task)
     )
     plan = []
     for seed in s.seeds:
         full = full_task.remote(shared, seed)
         for mode in s.targets:
             refs = [at_init.remote(shared, m, mode, seed, s.epochs) for m in _at_init_methods(s)]
-            refs += [conventional.remote(shared, m, mode, seed, full) for m in _conventional_methods(s)]
+            refs += [conventional.remote(shared, m, mode, seed, full) for m in _finetuned_methods(s)]
+            refs += [direct_kd.remote(shared, mode, seed, full) for _ in _from_teacher(s)]
             if s.time_matched:
                 refs.append(matched.remote(shared, mode, seed, *refs))
             plan.append((seed, mode, full, refs))
@@ -471,6 +532,7 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: Co
             r for r in records if r.mode == mode and r.method in CONVENTIONAL
         ]
         ref_seconds = _mean_std([steady_seconds(r.history) for r in reference])[0] if reference else None
+        ref_loaded = load_figures([r.history for r in reference])["under_load"]
         for method in dict.fromkeys(r.method for r in records if r.mode == mode):
             runs = [r for r in records if r.mode == mode and r.method == method]
             delta = _mean_std([100 * (r.test_accuracy - base_acc[r.seed]) for r in runs])
@@ -492,7 +554,9 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: Co
                 "steady_seconds": steady,
                 "train_hosts": train_hosts(runs),
                 "time_ratio_to_conventional": steady[0] / ref_seconds if ref_seconds else None,
+                **load_figures([r.history for r in runs]),
             }
+            row["ratio_under_load"] = bool(ref_seconds) and (row["under_load"] or ref_loaded)
             rows.append(row)
     return {
         "settings": asdict(settings),
@@ -504,6 +568,8 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: Co
             "train_seconds": _mean_std([b.train_seconds for b in baselines]),
             "train_hosts": train_hosts(baselines),
             "epochs": b0.epochs,
+            "seeds": [b.seed for b in baselines],
+            **load_figures([b.history for b in baselines]),
         },
         "rows": rows,
         "conventions": "accuracy change in points against the full model trained as long as the direct pipeline; "
@@ -512,6 +578,10 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: Co
         "time / the l1 conventional pipeline's, measured in the same run; FLOPs = multiply-adds (MACs); MB = 10^6 bytes"
         + (f"; {MATCHED} = the direct pipeline's network trained for as many epochs as fit in the conventional "
            "pipeline's measured time" if settings.time_matched else "")
+        + (f"; l1+kd, nuclear+kd = the conventional pipeline, its fine-tuning distilled from its own pre-trained full "
+           f"model; {DIRECT_KD} = the direct network trained from scratch with that full model as teacher, its "
+           "training time without the teacher's (a user who already has a trained model); alpha "
+           f"{settings.distill_alpha:g}, temperature {settings.distill_temperature:g}" if settings.distill else "")
         + (f"; every pruned network also meets {', '.join(f'{k} <= {v}' for k, v in settings.also.items())}"
            if settings.also else "")
         + (f"; training time '(N machines)': {NOT_COMPARABLE.format(n='N', hosts='in train_hosts')}"
@@ -519,81 +589,11 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: Co
     }  # fmt: skip
 
 
-def _machines(figure: dict) -> str:
-    """' (N machines)' after a training time whose runs ran on N > 1 machines, else nothing."""
-    n = len(figure.get("train_hosts", []))
-    return f" ({n} machines)" if n > 1 else ""
-
-
 def _span(values: list[int]) -> int | str:
     """One number when every seed agrees, else 'min-max'."""
     return values[0] if min(values) == max(values) else f"{min(values)}-{max(values)}"
 
 
-def _pm(pair: tuple[float, float] | list[float], digits: int = 2) -> str:
-    mean, std = pair
-    return f"{mean:+.{digits}f} ± {std:.{digits}f}" if digits else f"{mean:.0f} ± {std:.0f}"
-
-
-def markdown_table(summary: dict) -> str:
-    """The comparison as a Markdown table in the paper's form."""
-    b = summary["baseline"]
-    acc, acc_sd = b["accuracy_pct"]
-    lines = [
-        f"Baseline (full model, {b['epochs']} epochs): accuracy {acc:.2f}% ± {acc_sd:.2f}, "
-        f"FLOPs {b['flops'] / 1e6:.1f}M (MACs), memory {b['memory_mb']:.2f} MB, parameters {b['params_m']:.3f}M, "
-        f"training {b['train_seconds'][0]:.0f} s{_machines(b)}",
-        "",
-        "| method | mode | target | accuracy (%) | Δ accuracy (pts) | FLOPs ↓ (%) | memory ↓ (%) | params ↓ (%) "
-        "| epochs | training time (s) | steady time (s) | time / conventional |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in summary["rows"]:
-        ratio = f"{r['time_ratio_to_conventional']:.2f}" if r["time_ratio_to_conventional"] is not None else "-"
-        lines.append(
-            f"| {r['method']} | {r['mode']} | {r['target']} | {r['accuracy_pct'][0]:.2f} ± {r['accuracy_pct'][1]:.2f} "
-            f"| {_pm(r['accuracy_change_pts'])} | {r['flops_reduction_pct'][0]:.2f} "
-            f"| {r['memory_reduction_pct'][0]:.2f} | {r['params_reduction_pct'][0]:.2f} | {r['epochs']} "
-            f"| {_pm(r['train_seconds'], 0)}{_machines(r)} | {_pm(r['steady_seconds'], 0)} | {ratio} |"
-        )
-    return "\n".join(lines) + "\n\n" + summary["conventions"] + "\n"
-
-
-CSV_COLUMNS = (
-    "method", "mode", "target", "accuracy_pct", "accuracy_pct_std", "accuracy_change_pts", "accuracy_change_pts_std",
-    "flops_reduction_pct", "memory_reduction_pct", "params_reduction_pct", "epochs", "train_seconds",
-    "train_seconds_std", "time_ratio_to_conventional", "steady_seconds", "steady_seconds_std",
-)  # fmt: skip
-
-
-def csv_rows(summary: dict) -> list[list]:
-    """The rows of the CSV, means and standard deviations in separate columns."""
-    rows = []
-    for r in summary["rows"]:
-        rows.append(
-            [r["method"], r["mode"], r["target"], *r["accuracy_pct"], *r["accuracy_change_pts"],
-             r["flops_reduction_pct"][0], r["memory_reduction_pct"][0], r["params_reduction_pct"][0], r["epochs"],
-             *r["train_seconds"], r["time_ratio_to_conventional"], *r["steady_seconds"]]
-        )  # fmt: skip
-    return rows
-
-
 def write_outputs(summary: dict, records: list[RunRecord], baselines: list[RunRecord], out: Path) -> None:
     """compare.md, compare.csv, compare.json (with every run's record), compare.png and curves.png."""
-    import csv
-    import io
-
-    from edgeprune.files import atomic_write
-    from edgeprune.plots import plot_accuracy_vs_time, plot_learning_curves
-
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(CSV_COLUMNS)
-    writer.writerows(csv_rows(summary))
-    atomic_write(out / "compare.csv", lambda p: p.write_text(buf.getvalue()))
-    atomic_write(out / "compare.md", lambda p: p.write_text(markdown_table(summary)))
-    runs = [asdict(r) for r in baselines + records]
-    write_json(out / "compare.json", {**summary, "runs": runs})
-    plot_accuracy_vs_time(summary, out / "compare.png")
-    if records:
-        plot_learning_curves(runs, out / "curves.png", summary["settings"]["model"])
+    write_compare(summary, [asdict(r) for r in baselines + records], out)

@@ -22,7 +22,7 @@ from torch import nn
 from torch_pruning import DependencyGraph
 
 from edgeprune.complexity import CONVENTIONS, MODES, Profile, reduction
-from edgeprune.costs import Budget, Cost, LayerTimes, get_cost, totals
+from edgeprune.costs import Budget, LayerTimes, get_cost, totals
 from edgeprune.criteria import check_criterion, filter_scores
 from edgeprune.errors import EdgepruneError
 from edgeprune.fill import (
@@ -35,29 +35,15 @@ from edgeprune.fill import (
     floor_state,
     floor_text,
     prunable_groups,
-    quantum,
-    slot_scores,
-    smallest_sufficient,
 )
 from edgeprune.fill import fill as fill_pass
 from edgeprune.graph import ChannelGroup, analyse, build_graph, cut
-from edgeprune.trace import record_shapes
-from edgeprune.validate import MAX_SEED
+from edgeprune.liveness import attach as attach_liveness
+from edgeprune.lottery import Lottery, Step, ratio_plan
+from edgeprune.trace import module_shapes, record_shapes
+from edgeprune.validate import check_seed
 
 SELECTIONS = ("weighted", "uniform", "ratio")  # Algorithm 1, its unweighted lottery, one ratio for all
-
-
-@dataclass
-class Step:
-    """One lottery draw: the group picked, why, and what it cost."""
-
-    step: int
-    layer: str
-    weight: int
-    probability: float
-    removed: list[int]
-    width_after: int
-    total_after: int
 
 
 @dataclass
@@ -133,14 +119,6 @@ class PrunePlan:
         return out
 
 
-def check_seed(seed: object, option: str = "seed") -> int:
-    """A seed in [0, 2**32 - 1], else a one-line EdgepruneError (numpy refuses negatives, torch overflows)."""
-    # not edgeprune.validate.check_seed: this wording (one message for every way to miss) and numpy integers stay
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
-        raise EdgepruneError(f"{option} must be an integer from 0 to {MAX_SEED}, got {seed!r}")
-    return int(seed)
-
-
 def make_plan(
     prof: Profile,
     groups: list[ChannelGroup],
@@ -168,20 +146,6 @@ def floor_plan(prof: Profile, groups: list[ChannelGroup], min_filters: int = 1, 
     slots = {g.name: list(range(floors[g.name] if g.name in narrowed else g.slots)) for g in groups}
     settings = {"min_filters": min_filters, "round_to": round_to, "floor": True}
     return PrunePlan("floor", 0, prof, after, groups, _kept_channels(groups, slots), [], settings)
-
-
-def _weights(state: PlanState, active: list[ChannelGroup], over: dict[str, float], totals: dict[str, float],
-             selection: str, costs: dict[str, Cost]) -> np.ndarray:  # fmt: skip
-    """Each group's lottery weight: its complexity in the one cost over its limit (Algorithm 1 exactly), or the sum
-    of its shares of every cost still over its limit (SPEC, multi-budget)."""
-    if selection == "uniform":
-        return np.ones(len(active))
-    if len(over) == 1:
-        (cost,) = over
-        weights = np.array([state.weight(g, costs[cost]) for g in active], dtype=float)
-    else:
-        weights = np.array([sum(state.weight(g, costs[k]) / totals[k] for k in over) for g in active], dtype=float)
-    return weights if weights.sum() > 0 else np.ones(len(active))
 
 
 def make_budget_plan(
@@ -225,9 +189,12 @@ def make_budget_plan(
     settings = {"step": step, "seed": seed, "min_filters": min_filters, "selection": selection, "round_to": round_to,
                 "fill": bool(fill)}  # fmt: skip
     if selection == "ratio":
-        plan, state = _ratio_plan(prof, groups, prunable, budget, scores, floors, picker, slots, settings, round_to,
-                                  costs)  # fmt: skip
-        plan.table = table
+        state, ratio = ratio_plan(prof, prunable, budget, scores=scores, floors=floors, rng=picker, slots=slots,
+                                  round_to=round_to, costs=costs)  # fmt: skip
+        mode, target = next(iter(budget.items()))
+        plan = PrunePlan(mode, target, prof, state.profile(), groups, _kept_channels(groups, slots), [],
+                         {**settings, "ratio": ratio})  # fmt: skip
+        plan.budget, plan.table = budget, table
         if fill:
             current = {k: state.total(costs[k]) for k in budget}
             plan.fill = fill_pass(
@@ -235,7 +202,8 @@ def make_budget_plan(
             )
             plan.after, plan.keep = state.profile(), _kept_channels(groups, slots)
         return plan
-    run = _Lottery(state, prunable, floors, slots, budget, costs, step, round_to, selection)
+    run = Lottery(state, prunable, floors, slots=slots, budget=budget, costs=costs, step=step, round_to=round_to,
+                  selection=selection)  # fmt: skip
     run.run(lottery, picker, scores)
     fill_log = (
         fill_pass(state, prunable, slots, budget, costs, run.current, round_to=round_to, scores=scores, rng=picker)
@@ -261,119 +229,9 @@ def _check_plan_settings(seed: int, step: float, min_filters: int, round_to: int
         raise EdgepruneError(f"unknown selection '{selection}'; choose from: {', '.join(SELECTIONS)}")
 
 
-class _Lottery:
-    """Algorithm 1's loop: draw a group, remove a step of its filters, until every limit holds."""
-
-    def __init__(self, state: PlanState, prunable: list[ChannelGroup], floors: dict[str, int],
-                 slots: dict[str, list[int]], budget: dict[str, float], costs: dict[str, Cost], step: float,
-                 round_to: int, selection: str):  # fmt: skip
-        self.state, self.prunable, self.floors, self.slots = state, prunable, floors, slots
-        self.budget, self.costs, self.step, self.round_to, self.selection = budget, costs, step, round_to, selection
-        self.totals = {k: costs[k].total(state.prof) for k in budget}
-        self.current = dict(self.totals)
-        self.steps: list[Step] = []
-        self.bound_last: list[str] = []  # the costs still over their limits before the last step
-        self.mode = next(iter(budget))
-
-    def run(self, lottery: np.random.Generator, picker: np.random.Generator,
-            scores: dict[str, np.ndarray] | None) -> None:  # fmt: skip
-        """Draw until every cost is at or under its limit."""
-        while any(self.current[k] > limit for k, limit in self.budget.items()):
-            self.draw(lottery, picker, scores)
-
-    def draw(self, lottery: np.random.Generator, picker: np.random.Generator,
-             scores: dict[str, np.ndarray] | None) -> None:  # fmt: skip
-        """One step: pick a group by its weight, remove the fewest of its filters that the step allows, log it."""
-        state, slots, costs = self.state, self.slots, self.costs
-        over = {k: limit for k, limit in self.budget.items() if self.current[k] > limit}
-        self.bound_last = list(over)
-        active = [g for g in self.prunable if len(slots[g.name]) > self.floors[g.name]]
-        weights = _weights(state, active, over, self.totals, self.selection, costs)
-        probs = weights / weights.sum()
-        pick = int(lottery.choice(len(active), p=probs))
-        group = active[pick]
-        remaining = slots[group.name]
-        q = quantum(group, self.round_to)
-        keep = max(self.floors[group.name], (len(remaining) - max(1, round(self.step * len(remaining)))) // q * q)
-        n = len(remaining) - keep
-        # Groups are uniform (graph.find_groups): which slots go does not change the count, so size the step first.
-        n = smallest_sufficient(state, group, remaining[:n], over, self.current, costs, quantum=q)
-        removed = _choose(remaining, n, slot_scores(group, scores), picker)
-        slots[group.name] = [i for i in remaining if i not in set(removed)]
-        self.current = {k: state.total_after(group, removed, costs[k], self.current[k]) for k in self.budget}
-        state.apply(group, removed)
-        width = len(remaining) * group.unit
-        exact = len(over) == 1 and self.selection != "uniform" and costs[next(iter(over))].integer
-        weight = int(weights[pick]) if exact else float(weights[pick])
-        self.steps.append(
-            Step(len(self.steps) + 1, group.name, weight, float(probs[pick]), group.channels(removed),
-                 width - len(removed) * group.unit, self.current[self.mode])
-        )  # fmt: skip
-
-
 def _kept_channels(groups: list[ChannelGroup], slots: dict[str, list[int]]) -> dict[str, list[int]]:
     """The channels each group keeps, from the slots it keeps."""
     return {g.name: g.channels(slots[g.name]) for g in groups}
-
-
-def _ratio_plan(
-    prof: Profile,
-    groups: list[ChannelGroup],
-    prunable: list[ChannelGroup],
-    budget: dict[str, float],
-    scores: dict[str, np.ndarray] | None,
-    floors: dict[str, int],
-    rng: np.random.Generator,
-    slots: dict[str, list[int]],
-    settings: dict,
-    round_to: int,
-    costs: dict[str, Cost],
-) -> tuple[PrunePlan, PlanState]:
-    """Remove the same fraction r of every prunable group's filters, r the smallest that meets every limit.
-
-    This is uniform width scaling when filters are chosen at random at initialisation, and the
-    usual uniform per-layer ratio of ranking-based pruning when they are chosen by a criterion.
-    """
-
-    def count(g: ChannelGroup, ratio: float) -> int:
-        removed, q = round(ratio * g.slots), quantum(g, round_to)
-        if q == 1:
-            return min(removed, g.slots - floors[g.name])
-        keep = -(-(g.slots - removed) // q) * q  # rounded up to whole quanta: the ratio is a lower bound
-        return g.slots - min(g.slots, max(floors[g.name], keep))
-
-    def shapes_at(ratio: float) -> tuple[PlanState, dict[str, int]]:
-        state = PlanState(prof)
-        counts = {g.name: count(g, ratio) for g in prunable}
-        for g in prunable:
-            state.apply(g, list(range(counts[g.name])))
-        return state, counts
-
-    def fits(state: PlanState) -> bool:
-        return all(state.total(costs[k]) <= limit for k, limit in budget.items())
-
-    lo, hi = 0.0, 1.0  # the totals at ratio 1 are the floors, which were checked against the budget
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if fits(shapes_at(mid)[0]) else (mid, hi)
-    state, counts = shapes_at(hi)
-    after_shapes = PlanState(prof)
-    for g in prunable:
-        removed = set(_choose(slots[g.name], counts[g.name], slot_scores(g, scores), rng))
-        slots[g.name] = [i for i in slots[g.name] if i not in removed]
-        after_shapes.apply(g, sorted(removed))
-    after = after_shapes.profile()
-    mode, target = next(iter(budget.items()))
-    plan = PrunePlan(mode, target, prof, after, groups, _kept_channels(groups, slots), [], {**settings, "ratio": hi})
-    plan.budget = budget
-    return plan, after_shapes
-
-
-def _choose(remaining: list[int], n: int, scores: np.ndarray | None, rng: np.random.Generator) -> list[int]:
-    """Pick ``n`` slots to remove: at random, or the lowest-scoring (ties by index)."""
-    if scores is None:
-        return sorted(int(i) for i in rng.choice(remaining, size=n, replace=False))
-    return sorted(sorted(remaining, key=lambda i: (scores[i], i))[:n])
 
 
 def apply_plan(
@@ -381,17 +239,19 @@ def apply_plan(
 ) -> nn.Module:
     """Cut ``model`` (in place) to the plan's widths and check the result against the plan."""
     graph = graph or build_graph(model, example_input)
+    cut_groups = []
     for group in plan.groups:
         kept = set(plan.keep[group.name])
         removed = [i for i in range(group.width) if i not in kept]
         if removed:
+            cut_groups.append(group)
             try:
                 cut(graph, model, group.name, removed)
             except Exception as e:  # the probe should have caught it; never leak a raw error
                 raise EdgepruneError(
                     f"Torch-Pruning failed to cut group {group.name}: {type(e).__name__}: {e}"
                 ) from None
-    actual = record_shapes(model, example_input)
+    actual = _checked_cut(model, plan, cut_groups) or record_shapes(model, example_input)
     expected = plan.after.by_name()
     for layer in actual.layers:
         want = expected.get(layer.name)
@@ -406,6 +266,23 @@ def apply_plan(
     return model
 
 
+def _checked_cut(model: nn.Module, plan: PrunePlan, cut_groups: list[ChannelGroup]) -> Profile | None:
+    """The cut model's shapes read from its modules, when a forward pass could tell nothing more; else None.
+
+    Every group the plan cuts passed ``graph.probe``: a trial cut of it (with the model's other prunable groups)
+    ran forward with exactly the shapes the arithmetic predicts. A plan that cuts any other group, or a model
+    with a functional layer (shapes only a forward pass records), is checked by running it.
+    """
+    if plan.before.functional or not all(g.prunable for g in cut_groups):
+        return None
+    layers = module_shapes(model, plan.after.layers)
+    if layers is None:
+        return None
+    attributed = sum(layer.params for layer in layers)
+    total = sum(p.numel() for p in model.parameters())
+    return Profile(layers, plan.after.input_shape, other_params=max(total - attributed, 0))
+
+
 @dataclass
 class PruneResult:
     """A pruned copy of the model and the plan that made it."""
@@ -417,6 +294,41 @@ class PruneResult:
     def report(self) -> dict:
         """Before/after totals, per-layer filters and the per-step log, JSON-ready."""
         return self.plan.to_dict(self.criterion)
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """How a model is pruned, besides its budget, the seed and the lottery kind: ``prune``'s and ``PruneJob``'s."""
+
+    step: float = 0.1  # the share of a drawn group's filters one step removes, in (0, 1)
+    criterion: str = "random"  # which filters go (edgeprune.criteria: random, l1, nuclear...)
+    example_input: torch.Tensor | None = None  # what the model is traced with (None: zeros of (1, *input_shape))
+    input_shape: tuple[int, ...] = (3, 32, 32)  # one input, no batch dimension
+    min_filters: int = 1  # the fewest filters a pruned group keeps
+    prune_residual: bool = False  # also cut the channels tied to residual additions
+    calibration: torch.Tensor | None = None  # the batch a data-driven criterion reads
+    keep: Sequence[str] = ()  # layers whose filters must stay (besides the output layers, which always do)
+    round_to: int | None = None  # every pruned group keeps a multiple of N channels (None: 1, or the latency table's)
+    table: LayerTimes | None = None  # the latency table a latency limit is planned with (edgeprune.lut.load_table)
+    measure: Measure | None = None  # times a cut model in the table's ms; a latency limit needs it
+    attempts: int = 4  # latency: cuts measured and re-planned at most (checked when a latency limit is fitted)
+    fill: bool = False  # give filters back after the lottery stops while every limit holds (off: the paper's rule)
+
+    def validate(self) -> None:
+        """Refuse a setting out of range or a criterion without the data it reads, one line each."""
+        if not 0 < self.step < 1:
+            raise EdgepruneError(f"step must be in (0, 1), got {self.step}")
+        if self.min_filters < 1:
+            raise EdgepruneError(f"min filters must be at least 1, got {self.min_filters}")
+        if self.round_to is not None and (
+            isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1
+        ):
+            raise EdgepruneError(f"round_to must be a positive integer, got {self.round_to!r}")
+        check_criterion(self.criterion, self.calibration)
+
+    def example(self) -> torch.Tensor:
+        """The input the model is traced with."""
+        return self.example_input if self.example_input is not None else torch.zeros(1, *self.input_shape)
 
 
 @dataclass
@@ -435,50 +347,51 @@ class PruneJob:
     limits: dict[str, float]  # every cost's absolute limit
     first: dict[str, float]  # the limits the first plan is made for (a latency limit moved into its window)
     scores: dict[str, np.ndarray] | None  # the criterion's per-channel scores by group
-    criterion: str
-    step: float
-    min_filters: int
-    round_to: int
-    table: LayerTimes | None
-    fill: bool
-    prune_residual: bool
-    keep: Sequence[str]
-    measure: Measure | None
-    attempts: int
+    settings: PruneSettings  # how it is pruned, ``round_to`` resolved (the latency table's, or 1)
+
+    @property
+    def step(self) -> float:
+        """The share of a drawn group's filters one step removes."""
+        return self.settings.step
+
+    @property
+    def min_filters(self) -> int:
+        """The fewest filters a pruned group keeps."""
+        return self.settings.min_filters
+
+    @property
+    def round_to(self) -> int:
+        """Every pruned group keeps a multiple of this many channels."""
+        return self.settings.round_to  # type: ignore[return-value]
+
+    @property
+    def fill(self) -> bool:
+        """Whether filters are given back after the lottery while every limit holds."""
+        return self.settings.fill
 
     @classmethod
     def start(
         cls,
         model: nn.Module,
         budget: Budget,
-        *,
-        step: float = 0.1,
-        criterion: str = "random",
-        example_input: torch.Tensor | None = None,
-        input_shape: tuple[int, ...] = (3, 32, 32),
-        min_filters: int = 1,
-        prune_residual: bool = False,
-        calibration: torch.Tensor | None = None,
-        keep: Sequence[str] = (),
-        round_to: int | None = None,
-        table: LayerTimes | None = None,
-        measure: Measure | None = None,
-        attempts: int = 4,
-        fill: bool = False,
+        settings: PruneSettings | None = None,
     ) -> PruneJob:
-        """Check the budget, analyse a copy of ``model``, score its filters: all before a plan (see ``prune``)."""
+        """Check the budget and ``settings``, analyse a copy of ``model``, score its filters: all before a plan."""
+        settings = settings or PruneSettings()
+        table, keep, prune_residual = settings.table, settings.keep, settings.prune_residual
         budget.validate(table)  # a latency limit without a table: one line, before any work
         limits = budget.limits
-        if round_to is None:
-            round_to = getattr(table, "round_to", 1) if "latency" in limits else 1
-        check_criterion(criterion, calibration)
-        if "latency" in limits and measure is None:
+        if settings.round_to is None:
+            settings = replace(settings, round_to=getattr(table, "round_to", 1) if "latency" in limits else 1)
+        settings.validate()
+        if "latency" in limits and settings.measure is None:
             raise EdgepruneError("a latency limit needs measure=, how a cut model is timed: "
                                  "edgeprune.latency.default_measure(table, input_shape, model), as edgeprune.prune "
                                  "passes it")  # fmt: skip
-        example = example_input if example_input is not None else torch.zeros(1, *input_shape)
+        example = settings.example()
         pruned = copy.deepcopy(model)
         prof, graph = analyse(pruned, example, prune_residual, keep)
+        attach_liveness(prof, pruned, example, required="peak_memory" in limits)  # peak_memory's liveness
         if prof.functional:
             raise EdgepruneError(
                 f"parameter '{prof.functional[0]}' takes part in a conv/linear op outside its own module (a functional "
@@ -489,25 +402,24 @@ class PruneJob:
         absolute = budget.absolute(prof, table)
         bns = {layer.name: layer.bn for layer in prof.layers}
         groups = [(g.name, bns.get(g.name)) for g in prof.groups if g.prunable]
-        scores = filter_scores(model, groups, criterion, calibration)
+        scores = filter_scores(model, groups, settings.criterion, settings.calibration)
         first = dict(absolute)
         if "latency" in absolute:
-            smallest = get_cost("latency", table).total(floor_plan(prof, prof.groups, min_filters, round_to).after)
+            floor = floor_plan(prof, prof.groups, settings.min_filters, settings.round_to)  # type: ignore[arg-type]
+            smallest = get_cost("latency", table).total(floor.after)
             first["latency"] = first_limit(table, absolute["latency"], smallest)
-        return cls(model, pruned, example, prof, graph, absolute, first, scores, criterion, step, min_filters,
-                   round_to, table, fill, prune_residual, keep, measure, attempts)  # fmt: skip
+        return cls(model, pruned, example, prof, graph, absolute, first, scores, settings)
 
     def plan(self, limits: dict[str, float], *, seed: int, selection: str) -> PrunePlan:
         """Algorithm 1's plan for ``limits`` with this job's settings."""
         return make_budget_plan(self.prof, self.prof.groups, limits, step=self.step, seed=seed, scores=self.scores,
                                 min_filters=self.min_filters, selection=selection, round_to=self.round_to,
-                                table=self.table, fill=self.fill)  # fmt: skip
+                                table=self.settings.table, fill=self.fill)  # fmt: skip
 
     def cut(self, plan: PrunePlan) -> nn.Module:
         """A fresh copy of the model cut to ``plan`` (a latency re-plan's)."""
         pruned = copy.deepcopy(self.model)
-        _, graph = analyse(pruned, self.example, self.prune_residual, self.keep)
-        apply_plan(pruned, plan, self.example, graph)
+        apply_plan(pruned, plan, self.example, build_graph(pruned, self.example))  # the groups are the plan's
         return pruned
 
     def finish(self, plan: PrunePlan, *, seed: int, selection: str) -> PruneResult:
@@ -516,13 +428,14 @@ class PruneJob:
         pruned = self.pruned
         if "latency" in self.limits:
             plan, pruned = fit_latency(
-                plan, pruned, self.limits, self.first["latency"], cut=self.cut, measure=self.measure,  # type: ignore[arg-type]
-                plan_for=lambda limits: self.plan(limits, seed=seed, selection=selection), attempts=self.attempts,
+                plan, pruned, self.limits, self.first["latency"], cut=self.cut, measure=self.settings.measure,  # type: ignore[arg-type]
+                plan_for=lambda limits: self.plan(limits, seed=seed, selection=selection),
+                attempts=self.settings.attempts,
             )  # fmt: skip
-        plan.settings["prune_residual"] = self.prune_residual
-        if self.keep:
-            plan.settings["keep"] = list(self.keep)
-        return PruneResult(pruned, plan, self.criterion)
+        plan.settings["prune_residual"] = self.settings.prune_residual
+        if self.settings.keep:
+            plan.settings["keep"] = list(self.settings.keep)
+        return PruneResult(pruned, plan, self.settings.criterion)
 
 
 def prune(
@@ -568,13 +481,15 @@ def prune(
     - ``fill``: give filters back after the lottery stops while every limit holds (off, the default here: the
       paper's stopping rule).
 
+    These are ``PruneSettings``' fields (but ``budget``, ``seed`` and ``selection``), documented there too.
     Candidate search (K plans ranked by a proxy) is ``edgeprune.search.prune``, the package's ``edgeprune.prune``.
     """
-    job = PruneJob.start(
-        model, Budget.from_args(mode, target, budget), step=step, criterion=criterion, example_input=example_input,
-        input_shape=input_shape, min_filters=min_filters, prune_residual=prune_residual, calibration=calibration,
-        keep=keep, round_to=round_to, table=table, measure=measure, attempts=attempts, fill=fill,
+    settings = PruneSettings(
+        step=step, criterion=criterion, example_input=example_input, input_shape=input_shape, min_filters=min_filters,
+        prune_residual=prune_residual, calibration=calibration, keep=keep, round_to=round_to, table=table,
+        measure=measure, attempts=attempts, fill=fill,
     )  # fmt: skip
+    job = PruneJob.start(model, Budget.from_args(mode, target, budget), settings)
     plan = job.plan(job.first, seed=seed, selection=selection)
     return job.finish(plan, seed=seed, selection=selection)
 
@@ -584,6 +499,7 @@ __all__ = [
     "SELECTIONS",
     "Measure",
     "PruneJob",
+    "PruneSettings",
     "PrunePlan",
     "PruneResult",
     "apply_plan",

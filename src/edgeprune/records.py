@@ -142,11 +142,15 @@ def _shown(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-# every run a record may hold: the full model, pipelines.AT_INIT's and pipelines.CONVENTIONAL's methods
-RUN_METHODS = ("full", "direct", "unweighted", "uniform", "direct-matched", "l1", "nuclear")
+# every run a record may hold: the full model, pipelines.AT_INIT's and pipelines.CONVENTIONAL's methods, and the
+# distilled ones (pipelines.KD)
+RUN_METHODS = ("full", "direct", "unweighted", "uniform", "direct-matched", "l1", "nuclear", "l1+kd", "nuclear+kd",
+               "direct+kd")  # fmt: skip
 _HISTORY_RANGES = {"epoch": (1, limits.MAX_EPOCHS), "stage": (0, 1), "test_acc": (0, 1), "train_acc": (0, 1),
                    "epoch_seconds": (0, MAX_SECONDS), "eval_seconds": (0, MAX_SECONDS),
-                   "train_seconds": (0, MAX_SECONDS), "images_per_s": (0, MAX_COUNT), "lr": (0, MAX_COUNT)}  # fmt: skip
+                   "train_seconds": (0, MAX_SECONDS), "images_per_s": (0, MAX_COUNT), "lr": (0, MAX_COUNT),
+                   "load_1m": (0, MAX_COUNT), "cores": (1, MAX_COUNT)}  # fmt: skip
+_INTEGERS = ("epoch", "stage", "cores")  # the history's counts (edgeprune.train.busy records the cores)
 
 
 def check_record(data: object) -> RunRecord:
@@ -194,7 +198,7 @@ def _check_epoch(i: int, h: object) -> None:
         raise ValueError(f"history[{i}] must be an object with epoch_seconds, got {_shown(h)}")
     for k, v in h.items():
         low, high = _HISTORY_RANGES.get(k, (-MAX_COUNT, MAX_COUNT))
-        integer = k in ("epoch", "stage")
+        integer = k in _INTEGERS
         if integer:
             ok = limits.is_int(v, low, high)
         else:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from edgeprune.complexity import QUANTIZED_CONVENTIONS, Profile
-from edgeprune.costs import NAMES, STATIC, by_key, label
+from edgeprune.costs import NAMES, STATIC, by_key, label, mcu_line
 from edgeprune.costs import human as cost_human
 from edgeprune.energy import estimate_lines, measured_lines
 
@@ -54,7 +56,7 @@ def profile_table(prof: Profile) -> str:
     if prof.functional:
         note += (f"\nused outside their modules (functional calls), counted as layers of their own and not prunable: "
                  f"{', '.join(prof.functional)}")  # fmt: skip
-    return table(headers, rows) + "\n" + note
+    return table(headers, rows) + "\n" + note + "\n" + mcu_line(prof)
 
 
 def prune_summary(report: dict) -> str:
@@ -127,8 +129,12 @@ def bench_table(result: dict) -> str:
         f"{result['model']}: input {shape}, {result['runs']} timed runs after {result['warmup']} warm-up, "
         f"{result['threads']} thread(s){'' if result.get('spin_wait', True) else ' (no spin-waiting)'}, "
         "each backend in its own process\n"
-        f"complexity: {human(c['params'], 'params')} params, {human(c['flops'], 'flops')} FLOPs (MACs), "
-        f"memory {human(c['memory_bytes'], 'memory')} (weights + output maps, {_width_note(c)})"
+        + (
+            f"complexity: {human(c['params'], 'params')} params, {human(c['flops'], 'flops')} FLOPs (MACs), "
+            f"memory {human(c['memory_bytes'], 'memory')} (weights + output maps, {_width_note(c)})"
+            if "params" in c
+            else f"complexity: not counted ({c.get('counted_from', 'unknown')})"
+        )
     )
     headers = [
         "backend",
@@ -157,18 +163,20 @@ def bench_table(result: dict) -> str:
                 f"{b['size']['mb']:.2f} MB ({b['size']['file']})",
             ]
         )
-    energy = [estimate_lines(result["energy"])]
+    energy = [estimate_lines(result["energy"])] if result.get("energy") else []
     energy += measured_lines({n: b["energy"] for n, b in result["backends"].items() if "energy" in b})
     notes = (
         "CPU % = process CPU time of all threads / wall time of the timed loop; RSS peak = process "
         "high-water mark; RSS + = peak minus the RSS before the model was loaded"
     )
     source = c.get("counted_from", "the PyTorch model")
-    counted = [] if source == "the PyTorch model" else [f"complexity counted from {source}"]
+    counted = [] if source == "the PyTorch model" or "params" not in c else [f"complexity counted from {source}"]
     export = [
         f"onnx export: {b['export']['exporter']}, opset {b['export']['opset']}, max |onnx - torch| = "
         f"{b['export']['check']['max_abs_diff']:.2e}"
-        for b in result["backends"].values()
+        if "exporter" in b["export"]
+        else f"{n} export: batch 1, max |{n} - torch| = {b['export']['check']['max_abs_diff']:.2e}"
+        for n, b in result["backends"].items()
         if b.get("export")
     ]
     m = result.get("machine", {})
@@ -186,3 +194,118 @@ def _width_note(complexity: dict) -> str:
     if complexity.get("precision", "fp32") == "fp32":
         return "fp32"
     return f"{complexity['precision']}: values at their stored width"
+
+
+# -- compare --------------------------------------------------------------------------------------------------
+
+LOADED = "†"  # after a time taken under load (edgeprune.train.busy)
+
+
+def _machines(figure: dict) -> str:
+    """' (N machines)' after a training time whose runs ran on N > 1 machines, else nothing."""
+    n = len(figure.get("train_hosts", []))
+    return f" ({n} machines)" if n > 1 else ""
+
+
+def _pm(pair: tuple[float, float] | list[float], digits: int = 2, n: int = 2, sign: bool = True) -> str:
+    """Mean ± std of ``n`` seeds; with one seed the value alone (a std of one value is no spread)."""
+    mean, std = pair
+    value = f"{mean:{'+' if sign and digits else ''}.{digits}f}"
+    return value if n < 2 else f"{value} ± {std:.{digits}f}"
+
+
+def _seeds(figure: dict, summary: dict) -> int:
+    """How many seeds a row or the baseline averages (an older summary's baseline: the settings' seeds)."""
+    return len(figure.get("seeds") or summary.get("settings", {}).get("seeds") or [0, 1])
+
+
+def _loaded(figure: dict) -> str:
+    """The mark after a time taken under load, else nothing."""
+    return LOADED if figure.get("under_load") else ""
+
+
+def load_note(summary: dict) -> str:
+    """The footnote of the marked times: what the mark means and the highest load seen ('' when none is marked)."""
+    figures = [summary["baseline"], *summary["rows"]]
+    peaks = [f["peak_load"] for f in figures if f.get("under_load") and f.get("peak_load")]
+    if not peaks:
+        return ""
+    load, cores = max(peaks, key=lambda p: p[0] - p[1])
+    return (
+        f"{LOADED} taken under load: in at least one epoch the machine's 1-minute load average exceeded the cores the "
+        f"run could use (highest {load:.1f} on {cores} cores), so other processes took CPU time from it; these times "
+        "and ratios are not comparable with the others (run again on a quiet machine, or use --resume elsewhere)"
+    )
+
+
+def markdown_table(summary: dict) -> str:
+    """The comparison as a Markdown table in the paper's form; times taken under load marked, with a footnote."""
+    b = summary["baseline"]
+    spread = f" ± {b['accuracy_pct'][1]:.2f}" if _seeds(b, summary) > 1 else ""  # none of one seed
+    lines = [
+        f"Baseline (full model, {b['epochs']} epochs): accuracy {b['accuracy_pct'][0]:.2f}%{spread}, "
+        f"FLOPs {b['flops'] / 1e6:.1f}M (MACs), memory {b['memory_mb']:.2f} MB, parameters {b['params_m']:.3f}M, "
+        f"training {b['train_seconds'][0]:.0f} s{_loaded(b)}{_machines(b)}",
+        "",
+        "| method | mode | target | accuracy (%) | Δ accuracy (pts) | FLOPs ↓ (%) | memory ↓ (%) | params ↓ (%) "
+        "| epochs | training time (s) | steady time (s) | time / conventional |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["rows"]:
+        n, mark = _seeds(r, summary), _loaded(r)
+        ratio = r["time_ratio_to_conventional"]
+        ratio = f"{ratio:.2f}{LOADED if r.get('ratio_under_load') else ''}" if ratio is not None else "-"
+        lines.append(
+            f"| {r['method']} | {r['mode']} | {r['target']} | {_pm(r['accuracy_pct'], 2, n, False)} "
+            f"| {_pm(r['accuracy_change_pts'], 2, n)} | {r['flops_reduction_pct'][0]:.2f} "
+            f"| {r['memory_reduction_pct'][0]:.2f} | {r['params_reduction_pct'][0]:.2f} | {r['epochs']} "
+            f"| {_pm(r['train_seconds'], 0, n)}{mark}{_machines(r)} | {_pm(r['steady_seconds'], 0, n)}{mark} "
+            f"| {ratio} |"
+        )
+    note = load_note(summary)
+    return "\n".join(lines) + "\n\n" + summary["conventions"] + "\n" + (f"\n{note}\n" if note else "")
+
+
+CSV_COLUMNS = (
+    "method", "mode", "target", "accuracy_pct", "accuracy_pct_std", "accuracy_change_pts", "accuracy_change_pts_std",
+    "flops_reduction_pct", "memory_reduction_pct", "params_reduction_pct", "epochs", "train_seconds",
+    "train_seconds_std", "time_ratio_to_conventional", "steady_seconds", "steady_seconds_std", "under_load",
+)  # fmt: skip
+
+
+def csv_rows(summary: dict) -> list[list]:
+    """The rows of the CSV, means and standard deviations in separate columns (no std of one seed: blank);
+    ``under_load``: the row's times, or its ratio's reference, were taken under load."""
+    rows = []
+    for r in summary["rows"]:
+        one = _seeds(r, summary) < 2
+        acc, delta, seconds, steady = ([r[k][0], "" if one else r[k][1]] for k in (
+            "accuracy_pct", "accuracy_change_pts", "train_seconds", "steady_seconds"))  # fmt: skip
+        loaded = bool(r.get("under_load") or r.get("ratio_under_load"))
+        rows.append(
+            [r["method"], r["mode"], r["target"], *acc, *delta, r["flops_reduction_pct"][0],
+             r["memory_reduction_pct"][0], r["params_reduction_pct"][0], r["epochs"], *seconds,
+             r["time_ratio_to_conventional"], *steady, loaded]
+        )  # fmt: skip
+    return rows
+
+
+def write_compare(summary: dict, runs: list[dict], out: Path) -> None:
+    """compare.md, compare.csv, compare.json (the summary with every run's record, ``runs``), compare.png and
+    curves.png (``runs`` holds more than the baselines)."""
+    import csv
+    import io
+
+    from edgeprune.files import atomic_write, write_json
+    from edgeprune.plots import plot_accuracy_vs_time, plot_learning_curves
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(csv_rows(summary))
+    atomic_write(out / "compare.csv", lambda p: p.write_text(buf.getvalue()))
+    atomic_write(out / "compare.md", lambda p: p.write_text(markdown_table(summary)))
+    write_json(out / "compare.json", {**summary, "runs": runs})
+    plot_accuracy_vs_time(summary, out / "compare.png")
+    if any(r["method"] != "full" for r in runs):
+        plot_learning_curves(runs, out / "curves.png", summary["settings"]["model"])

@@ -33,7 +33,7 @@ import copy
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,11 +46,20 @@ from edgeprune import cluster, pruning
 from edgeprune.cluster import RayOptions
 from edgeprune.complexity import Profile
 from edgeprune.costs import Budget, LayerTimes, get_cost, totals
-from edgeprune.data import ImageDataset, Normalizer, check_compatible
+from edgeprune.data import ImageDataset, Normalizer, center_crop, check_compatible, holdout
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import ChannelGroup
 from edgeprune.latency import Measure, default_measure
-from edgeprune.pruning import SELECTIONS, PruneJob, PrunePlan, PruneResult, apply_plan, check_seed, make_budget_plan
+from edgeprune.pruning import (
+    SELECTIONS,
+    PruneJob,
+    PrunePlan,
+    PruneResult,
+    PruneSettings,
+    apply_plan,
+    check_seed,
+    make_budget_plan,
+)
 from edgeprune.train import TrainConfig, TrainStep, evaluate, lr_at
 
 KINDS = SELECTIONS  # weighted = Algorithm 1, uniform = its unweighted lottery, ratio = width scaling
@@ -83,7 +92,8 @@ class ProxyContext:
         """``n`` normalised training images and their labels (a seeded draw, never the test split)."""
         data = self._need_data("this proxy")
         idx = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(self.seed))[:n]
-        x = Normalizer(data.mean, data.std)(data.train_x[idx]).contiguous()
+        _, h, w = data.input_shape()  # resized sets store training images larger than the model's input
+        x = Normalizer(data.mean, data.std)(center_crop(data.train_x[idx], h, w)).contiguous()
         return x, data.train_y[idx]
 
     def split(self) -> ImageDataset:
@@ -102,17 +112,9 @@ class ProxyContext:
 
 
 def holdout_split(data: ImageDataset, fraction: float = 0.1, seed: int = 0) -> ImageDataset:
-    """``data``'s training split as a data set of its own: a seeded ``fraction`` held out as its test split."""
-    n = len(data.train_y)
-    if not 0 < fraction < 1:
-        raise EdgepruneError(f"the held-out share must be in (0, 1), got {fraction}")
-    if n < 2:
-        raise EdgepruneError(f"data set '{data.name}' has {n} training image(s): a held-out part needs at least 2")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    held = min(n - 1, max(1, round(fraction * n)))
-    rest, out = perm[held:], perm[:held]
-    return replace(data, name=f"{data.name} (training split, {held} held out)", train_x=data.train_x[rest],
-                   train_y=data.train_y[rest], test_x=data.train_x[out], test_y=data.train_y[out])  # fmt: skip
+    """``data``'s training split as a data set of its own: a seeded ``fraction`` held out (stratified per class) as
+    its test split, the split ``--val-fraction`` makes (``edgeprune.data.holdout``)."""
+    return holdout(data, fraction, seed)
 
 
 # -- proxies --------------------------------------------------------------------------------------------
@@ -496,7 +498,7 @@ def prune(model: nn.Module, mode: str | None = None, target: str | float | None 
     if candidates == 1 and kinds == (selection,):
         return pruning.prune(model, budget=limits, seed=seed, selection=selection, table=table, measure=measure,
                              **options)  # fmt: skip
-    job = PruneJob.start(model, limits, table=table, measure=measure, **options)
+    job = PruneJob.start(model, limits, PruneSettings(table=table, measure=measure, **options))
     found = search(model, job.prof, job.first, k=candidates, kinds=kinds, proxy=proxy, seed=seed, data=data,
                    example=job.example, step=job.step, scores=job.scores, min_filters=job.min_filters,
                    round_to=job.round_to, table=table, fill=job.fill, ray=ray, holdout=holdout)  # fmt: skip

@@ -57,6 +57,31 @@ def _module_layer(name: str, module: nn.Module, in_shape: torch.Size, out_shape:
     )  # fmt: skip
 
 
+def module_shapes(model: nn.Module, layers: Iterable[LayerShape]) -> list[LayerShape] | None:
+    """``layers`` as ``model``'s modules now are, read without running it (None when one is not a layer module).
+
+    Channels, groups, kernel and bias are read from each module, as ``record_shapes`` reads them; positions and
+    calls are kept (cutting channels does not change them), and the norm only while it is as wide as the layer's
+    filters (how ``record_shapes`` pairs them). What a checked cut is compared with instead of another forward pass.
+    """
+    modules = dict(model.named_modules())
+    out = []
+    for layer in layers:
+        module = modules.get(layer.name)
+        if not isinstance(module, LAYERS):
+            return None
+        if isinstance(module, nn.Linear):
+            now = replace(layer, c_in=module.in_features, c_out=module.out_features, bias=module.bias is not None)
+        else:
+            now = replace(layer, c_in=module.in_channels, c_out=module.out_channels, groups=module.groups,
+                          kernel=_prod(module.kernel_size), bias=module.bias is not None)  # fmt: skip
+        norm = modules.get(layer.bn) if layer.bn else None
+        if layer.bn and (not isinstance(norm, NORMS) or norm_width(norm) != now.c_out):
+            now = replace(now, bn=None)
+        out.append(now)
+    return out
+
+
 def _functional_layer(
     name: str, func: object, args: tuple, kwargs: dict, weight: torch.Tensor, out: torch.Tensor
 ) -> LayerShape:
@@ -109,6 +134,12 @@ class _Recorder(TorchFunctionMode):
 
 def record_shapes(model: nn.Module, example_input: torch.Tensor) -> Profile:
     """Run one forward pass and record every conv/linear layer call's shape, in execution order."""
+    return record_forward(model, example_input)[0]
+
+
+def record_forward(model: nn.Module, example_input: torch.Tensor) -> tuple[Profile, object]:
+    """``record_shapes``, and the model's outputs: their autograd graph is what Torch-Pruning's tracer reads, so
+    ``edgeprune.graph`` builds the dependency graph from this same forward pass instead of running another."""
     names = {m: n for n, m in model.named_modules()}
     events: list[tuple[nn.Module, torch.Size | None, torch.Tensor]] = []
     recorder = _Recorder(model)
@@ -158,10 +189,11 @@ def record_shapes(model: nn.Module, example_input: torch.Tensor) -> Profile:
     attributed = sum(layer.params for layer in layers.values())
     total = sum(p.numel() for p in model.parameters())
     functional = tuple(dict.fromkeys(name for name, _, _ in recorder.calls))
-    return Profile(
+    prof = Profile(
         list(layers.values()), tuple(example_input.shape[1:]), other_params=max(total - attributed, 0),
         outputs=_output_layers(outputs, producers), functional=functional,
     )  # fmt: skip
+    return prof, outputs
 
 
 def _merge(old: LayerShape | None, new: LayerShape) -> LayerShape:
@@ -213,4 +245,4 @@ def _output_layers(outputs: object, producers: dict) -> tuple[str, ...]:
     return tuple(found)
 
 
-__all__ = ["LAYERS", "NORMS", "norm_width", "record_shapes"]
+__all__ = ["LAYERS", "NORMS", "module_shapes", "norm_width", "record_forward", "record_shapes"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from edgeprune.backends.worker import (
     BACKENDS,
+    EDGE_BACKENDS,
     LOADS,
     ORDERS,
     _is_positive,
@@ -48,11 +49,12 @@ def check_backends(backends: str | list[str] | tuple[str, ...]) -> tuple[str, ..
     if isinstance(backends, str):
         backends = (backends,)
     backends = tuple(dict.fromkeys(backends))
+    known = BACKENDS + EDGE_BACKENDS
     if not backends:
-        raise EdgepruneError(f"no backend given; choose from: {', '.join(BACKENDS)}")
+        raise EdgepruneError(f"no backend given; choose from: {', '.join(known)}")
     for b in backends:
-        if b not in BACKENDS:
-            raise EdgepruneError(f"unknown backend '{b}'; choose from: {', '.join(BACKENDS)}")
+        if b not in known:
+            raise EdgepruneError(f"unknown backend '{b}'; choose from: {', '.join(known)}")
     return backends
 
 
@@ -99,10 +101,17 @@ def write_artifact(backend: str, model: Any, workdir: str | Path, input_shape: t
     torch: the model folder (``workdir/model``; details ``{"kind": "folder"}``), or for a module without a
     builder its ``torch.export`` program (``workdir/model.pt2``, ``{"kind": "program"}``). onnxruntime: the
     .onnx file checked against PyTorch (``workdir/model.onnx``; details: opset, exporter and check).
+    executorch / litert: the .pte / .tflite file checked against PyTorch in its runtime (``edgeprune.edge_export``).
     """
     (backend,) = check_backends(backend)
     workdir = Path(workdir)
     input_shape = tuple(input_shape)
+    if backend in EDGE_BACKENDS:
+        from edgeprune.edge_export import SUFFIXES, export_edge
+
+        path = workdir / f"model{SUFFIXES[backend]}"
+        info = export_edge(model, path, backend, input_shape)
+        return path, {k: info[k] for k in ("format", "precision", "check")}
     if backend == "onnxruntime":
         from edgeprune.export import export_onnx
 

@@ -9,6 +9,8 @@ runs* the artifacts, so that the memory figures are those of an inference proces
   no builder.
 - ``onnxruntime``: CPUExecutionProvider, every graph optimisation on. Artifact: an .onnx file (edgeprune
   writes it checked against PyTorch, see ``edgeprune.export``); this process never imports torch.
+- ``executorch`` / ``litert``: a .pte file (XNNPACK delegate) or a .tflite file (LiteRT interpreter), run
+  at batch 1 through ``edgeprune/edge_runtime.py`` (loaded by path); no layer specs.
 - both: a *layer block spec*, a small JSON file describing one layer and what follows it, so that a
   latency table can time hundreds of layer shapes without exporting anything::
 
@@ -47,7 +49,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime")  # what bench, sweep and lut use by default
+EDGE_BACKENDS = ("executorch", "litert")  # mobile runtimes, on request (optional extras): whole-model files only
 ORDERS = ("round_robin", "blocked")  # how several artifacts of one measuring process are timed
 MB = 1e6
 CPU_WINDOW_S = 0.5  # CPU utilisation (and RAPL energy) is measured over at least this much wall time
@@ -59,7 +62,12 @@ LAYER_KINDS = ("conv", "linear")
 LEAKY_SLOPE = 0.01  # torch's default negative slope
 MAX_SPEC_ELEMENTS = 1 << 28  # weights or input values of one block: 1 GiB of fp32, far above any layer
 # which artifact kinds each backend's measuring process loads
-LOADS = {"torch": ("folder", "program", "layer"), "onnxruntime": ("onnx", "layer")}
+LOADS = {
+    "torch": ("folder", "program", "layer"),
+    "onnxruntime": ("onnx", "layer"),
+    "executorch": ("pte",),
+    "litert": ("tflite",),
+}
 
 _PAIRS = ("kernel", "stride", "padding", "dilation")
 _SPEC_KEYS = ("kind", "c_in", "c_out", *_PAIRS, "groups", "bias", "norm", "act", "input_shape")
@@ -263,9 +271,10 @@ def _onnx_activation(act: str | None, x: str, y: str) -> tuple[list, list]:
 
 
 def artifact_kind(path: str | Path) -> str:
-    """What a measuring process finds at ``path``: layer (.json spec), program (.pt2), onnx, or a model folder."""
+    """What a measuring process finds at ``path``: layer (.json spec), program (.pt2), onnx, pte, tflite or a folder."""
     suffix = Path(path).suffix.lower()
-    return {".json": "layer", ".pt2": "program", ".onnx": "onnx"}.get(suffix, "folder")
+    kinds = {".json": "layer", ".pt2": "program", ".onnx": "onnx", ".pte": "pte", ".tflite": "tflite"}
+    return kinds.get(suffix, "folder")
 
 
 # -- the measuring process --------------------------------------------------------------------
@@ -400,6 +409,17 @@ def _ort_kit(job: dict) -> tuple[Loader, Callable[[Any], Any], dict]:
     return load, lambda array: array, runtime
 
 
+def _edge_kit(job: dict) -> tuple[Loader, Callable[[Any], Any], dict]:
+    """The ExecuTorch or LiteRT loader (.pte / .tflite file -> run function; edgeprune.edge_runtime), and runtime."""
+    edge = _sibling("edge_runtime")
+
+    def load(path: str, seed: int) -> Runner:
+        return edge.open_model(path, job["threads"]).run_batch
+
+    runtime = {"runtime": edge.runtime_name(job["backend"]), "spin_wait": "runtime default"}
+    return load, lambda array: array, runtime
+
+
 def _input_pools(job: dict, to_input: Callable[[Any], Any]) -> dict[tuple[int, ...], list]:
     """Seeded random inputs per input shape: ``runs`` distinct ones, fewer when they would pass INPUT_POOL_BYTES."""
     import numpy as np
@@ -421,7 +441,8 @@ def _worker_main(job_file: str) -> None:
     import psutil
 
     job = json.loads(Path(job_file).read_text())
-    load, to_input, runtime = (_torch_kit if job["backend"] == "torch" else _ort_kit)(job)
+    kits = {"torch": _torch_kit, "onnxruntime": _ort_kit}
+    load, to_input, runtime = kits.get(job["backend"], _edge_kit)(job)
     pools = _input_pools(job, to_input)
     proc = psutil.Process()
     gc.collect()
@@ -533,6 +554,7 @@ def _untimed_window(run: Runner, inputs: list, meter: Any) -> dict:
 __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
+    "EDGE_BACKENDS",
     "LOADS",
     "ORDERS",
     "artifact_kind",

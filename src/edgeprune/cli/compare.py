@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 from edgeprune.cli import options, targets
+from edgeprune.cli import train as train_cli
+from edgeprune.cli.options import number
 from edgeprune.cli.outputs import prepare_out_dir
 from edgeprune.errors import EdgepruneError
 
 
 def add(sub: argparse._SubParsersAction) -> None:
     """Register ``edgeprune compare``."""
-    from edgeprune.cluster import add_ray_arguments  # light: Ray itself is imported only when --ray is given
 
     p = sub.add_parser(
         "compare",
@@ -52,7 +53,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     _add_methods(p)
     _add_runs(p)
-    add_ray_arguments(p, "run", "a seed's full model, a direct or baseline run, a prune + fine-tune")
+    options.ray(p, "run", "a seed's full model, a direct or baseline run, a prune + fine-tune")
 
 
 def _add_methods(p: argparse.ArgumentParser) -> None:
@@ -118,12 +119,22 @@ def _add_runs(p: argparse.ArgumentParser) -> None:
         "checkpoints (measured times included), an unfinished one continues from its last epoch; same "
         "settings needed",
     )
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="also distil from each seed's trained full model: l1+kd / nuclear+kd (the conventional fine-tuning "
+        "distilled from its own pre-trained full model) and direct+kd (the direct network trained from scratch "
+        "with that full model as teacher: a user who already has a trained model)",
+    )
+    p.add_argument("--distill-alpha", metavar="A", default=None, type=number("--distill-alpha", float, 0, 1),
+                   help="with --distill: weight of the distillation term, 0 to 1 (default: train's)")  # fmt: skip
+    p.add_argument("--distill-temperature", metavar="T", default=None, type=train_cli.parse_temperature,
+                   help="with --distill: softening temperature, above 0 (default: train's)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> None:
     """Run the comparison and print its table."""
-    from edgeprune.cluster import options_from_args
     from edgeprune.io import classify
     from edgeprune.pipelines import CompareSettings, markdown_table, run_comparison
     from edgeprune.refs import parse_model_args
@@ -134,7 +145,10 @@ def run(args: argparse.Namespace) -> None:
             "--round-to: compare does not support it yet (its pipelines plan at the paper's widths, CompareSettings "
             "has no round_to); use prune --round-to or sweep --round-to"
         )
-    ray = options_from_args(args)
+    ray = options.ray_options(args)
+    if not args.distill and (args.distill_alpha is not None or args.distill_temperature is not None):
+        raise EdgepruneError("--distill-alpha and --distill-temperature need --distill")
+    distill = {"distill_alpha": args.distill_alpha, "distill_temperature": args.distill_temperature}
     resolve_device(args.device)  # a device that is not there: one line, before the data loads
     mode_targets = targets.mode_targets(args.target, args.modes)
     model_args = parse_model_args(args.model_args)
@@ -161,6 +175,8 @@ def run(args: argparse.Namespace) -> None:
         model_args=model_args,
         device=str(resolve_device(args.device)),
         also=targets.also_budget(args.also),
+        distill=args.distill,
+        **{k: v for k, v in distill.items() if v is not None},
     )
     summary = run_comparison(settings, data, out, progress=not args.quiet, resume=args.resume, ray=ray)
     print(markdown_table(summary) + f"\nwrote {out}/compare.md, compare.csv, compare.json, compare.png, curves.png")

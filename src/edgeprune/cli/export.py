@@ -15,11 +15,20 @@ def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         parents=[options.model()],
-        help="export a model to ONNX, checked against PyTorch in onnxruntime",
-        description="Export to ONNX (dynamic batch), run the file in onnxruntime on the same random input as "
-        "PyTorch and fail if the outputs differ by more than --atol; the file is written atomically.",
+        help="export a model to ONNX, ExecuTorch (.pte) or LiteRT (.tflite), checked against PyTorch in its runtime",
+        description="Export to ONNX (dynamic batch; onnxruntime), ExecuTorch (.pte, XNNPACK delegate) or LiteRT "
+        "(.tflite), both at batch 1; run the file in its runtime on random inputs and fail if the outputs differ "
+        "from PyTorch's by more than --atol; the file is written atomically. --int8 quantizes with each format's "
+        "own tool chain, calibrated on training images, and checks test accuracy against fp32 (--max-drop).",
     )
-    p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument("--onnx", default=None, metavar="FILE", help="the .onnx file to write (as --format onnx --out FILE)")
+    p.add_argument(
+        "--format",
+        default=None,
+        metavar="NAME",
+        help="onnx, executorch (.pte) or litert (.tflite); default: from the --out file's suffix",
+    )
+    p.add_argument("--out", default=None, metavar="FILE", help="the file to write (.onnx, .pte or .tflite)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 7 to 20 (default 17)")
     p.add_argument(
         "--exporter",
@@ -39,9 +48,9 @@ def _add_int8(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="also quantize to int8 (onnxruntime static quantization, QDQ, per-channel int8 weights, int8 "
-        "activations calibrated on --calibration): --onnx gets the int8 model, FILE-fp32.onnx the "
-        "checked fp32 one",
+        help="also quantize to int8, per-channel int8 weights, int8 activations calibrated on --calibration: "
+        "onnx: onnxruntime static quantization (QDQ), FILE gets the int8 model, FILE-fp32.onnx the checked fp32 "
+        "one; executorch: PT2E with the XNNPACK quantizer; litert: PT2E with litert_torch's quantizer",
     )
     p.add_argument(
         "--calibration",
@@ -157,14 +166,90 @@ def _int8_lines(info: dict, onnx: str) -> str:
     return line
 
 
+def _target(args: argparse.Namespace) -> tuple[str, str]:
+    """The format and file to write, from --onnx FILE or --out FILE [--format NAME]; one line when they disagree."""
+    from edgeprune.edge_export import check_format, format_for
+
+    if args.onnx is not None:
+        if args.out is not None:
+            raise EdgepruneError("give --onnx FILE or --out FILE, not both")
+        if args.format not in (None, "onnx"):
+            raise EdgepruneError(f"--onnx writes ONNX; for --format {args.format} give --out FILE")
+        return check_format("onnx", args.onnx), args.onnx
+    if args.out is None:
+        raise EdgepruneError("give the file to write: --out FILE (.onnx, .pte or .tflite), or --onnx FILE")
+    fmt = args.format if args.format is not None else format_for(args.out)
+    return check_format(fmt, args.out), args.out
+
+
+def _check_edge_args(args: argparse.Namespace, fmt: str) -> None:
+    """Refuse the ONNX-only options with an ExecuTorch or LiteRT export (they would be silently ignored)."""
+    from edgeprune.cpu import DEFAULT_TARGET
+
+    onnx_only = {
+        "--opset": args.opset != 17,
+        "--exporter": args.exporter != "auto",
+        "--calibration-method": args.calibration_method != "minmax",
+        "--target-cpu": args.target_cpu != DEFAULT_TARGET,
+        "--force": args.force,
+    }
+    given = [name for name, set_ in onnx_only.items() if set_]
+    if given:
+        raise EdgepruneError(f"{', '.join(given)}: only for --format onnx, not {fmt}")
+
+
+def _run_edge(args: argparse.Namespace, fmt: str, out: str) -> None:
+    """Export (or quantize) to ExecuTorch or LiteRT, check it, print what was written."""
+    from edgeprune.edge_export import export_edge
+    from edgeprune.io import resolve
+
+    model = resolve(options.model_ref(args))
+    if not args.int8:
+        info = export_edge(model, out, fmt, atol=args.atol, pad_to=args.pad_channels, seed=args.seed)
+        check = info["check"]
+        line = (
+            f"wrote {out} ({fmt}, fp32, batch 1, {info['bytes'] / 1e6:.2f} MB); max |{fmt} - torch| = "
+            f"{check['max_abs_diff']:.2e} on {check['images']} random inputs (limit {check['atol']:g}; "
+            f"{check['runtime']})"
+        )
+        print(json.dumps(info, indent=2) if args.json else line)
+        return
+    from edgeprune.data import load_dataset
+    from edgeprune.edge_quantize import edge_int8_check, quantize_edge
+
+    data = load_dataset(args.calibration, None, args.limit_test, progress=False)
+    info = quantize_edge(
+        model, out, fmt, data, images=args.calibration_images, seed=args.seed, pad_to=args.pad_channels
+    )
+    check = info["check"] = edge_int8_check(model, out, data, args.max_drop)
+    line = (
+        f"wrote {out} ({fmt}, int8, batch 1, {info['bytes'] / 1e6:.2f} MB; {info['scheme']}; calibrated on "
+        f"{info['calibration']['images']} training images); test top-1 torch fp32 {100 * check['fp32']['top1']:.2f}%, "
+        f"{fmt} int8 {100 * check['int8']['top1']:.2f}% (drop {check['drop_points']:+.2f} points, limit "
+        f"{check['max_drop_points']:g}) on {check['images']} images"
+    )
+    print(json.dumps(info, indent=2) if args.json else line)
+    if not check["passed"]:
+        raise EdgepruneError(
+            f"int8 accuracy fell {check['drop_points']:.2f} points, over --max-drop {check['max_drop_points']:g} "
+            f"(file kept: {out}; try more --calibration-images)"
+        )
+
+
 def run(args: argparse.Namespace) -> None:
     """Export and check."""
     from edgeprune.export import check_export_args, check_fp32_path, export_onnx, fp32_path
     from edgeprune.files import check_writable_file
 
+    fmt, out = _target(args)
     check_export_args(args.opset, args.atol, args.exporter)
-    check_writable_file(args.onnx, "--onnx")
+    check_writable_file(out, "--onnx" if args.onnx is not None else "--out")
     _check_int8_args(args)
+    if fmt != "onnx":
+        _check_edge_args(args, fmt)
+        _run_edge(args, fmt, out)
+        return
+    args.onnx = out
     target = Path(args.onnx)
     fp32, mark = target, None
     if args.int8:  # FILE-fp32.onnx is a name the user never gave: never overwrite another file there

@@ -8,9 +8,9 @@ changes (a default, whether the option is required) and nothing else.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 
+from edgeprune import validate
 from edgeprune.errors import EdgepruneError
 from edgeprune.limits import MAX_CLASSES, MAX_INPUT_CHANNELS, MAX_INPUT_SIZE, MAX_THREADS
 from edgeprune.validate import MAX_SEED
@@ -23,15 +23,9 @@ MAX_RATE = 1e6  # --lr, --weight-decay: float32 holds it (1e308 overflowed insid
 
 def integer(text: str, what: str, low: int, high: int | None = None, unit: str = "") -> int:
     """Parse an argparse integer in [low, high]; an ArgumentTypeError that names ``what`` otherwise."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what}must be an integer, got '{text}'") from None
-    if high is None and value < low:
-        raise argparse.ArgumentTypeError(f"{what}must be at least {low}, got {text}")
-    if high is not None and not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"{what}must be from {low} to {high}{unit}, got {text}")
-    return value
+    span = unit if high is not None else None  # a closed range is named whole: "from 1 to 64"
+    error = argparse.ArgumentTypeError
+    return validate.parse_number(text, what.strip(), int, low=low, high=high, span=span, error=error)  # type: ignore[return-value]
 
 
 def seed(text: str) -> int:
@@ -71,12 +65,19 @@ def channels(text: str) -> int:
 
 def finite(text: str) -> float:
     """argparse type: a finite float (no nan, no inf)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got '{text}'") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got '{text}'")
+    return validate.parse_number(text, "", float, error=argparse.ArgumentTypeError)
+
+
+def non_negative_number(text: str) -> float:
+    """argparse type: a finite number >= 0 (--gpus-per-run)."""
+    return validate.parse_number(text, "", float, low=0, error=argparse.ArgumentTypeError)
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a finite number > 0 (--cpus-per-run)."""
+    value = non_negative_number(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got '{text}'")
     return value
 
 
@@ -94,18 +95,7 @@ def parse_number(
     """Parse a numeric option given as text: finite and within [minimum, maximum], else a one-line EdgepruneError."""
     if text is None:
         return None
-    try:
-        value = kind(text)
-    except ValueError:  # also an integer of more than 4,300 digits
-        what = "an integer" if kind is int else "a number"
-        raise EdgepruneError(f"{option} must be {what}, got '{text}'") from None
-    if kind is float and not math.isfinite(value):
-        raise EdgepruneError(f"{option} must be a finite number, got '{text}'")
-    if minimum is not None and not value >= minimum:
-        raise EdgepruneError(f"{option} must be at least {minimum}, got '{text}'")
-    if maximum is not None and not value <= maximum:  # 1e308 warm-up epochs overflowed the schedule's step count
-        raise EdgepruneError(f"{option} must be at most {maximum:g}, got '{text}'")
-    return value
+    return validate.parse_number(text, option, kind, low=minimum, high=maximum)
 
 
 def number(option: str, kind: type, minimum: float | None = None, maximum: float | None = None) -> Callable:
@@ -119,6 +109,14 @@ def number(option: str, kind: type, minimum: float | None = None, maximum: float
         return parse_number(text, option, kind, minimum, maximum)
 
     return parse
+
+
+def val_fraction(text: str) -> float:
+    """argparse type for ``--val-fraction``: a number strictly between 0 and 1 (one-line EdgepruneError otherwise)."""
+    value = parse_number(text, "--val-fraction", float)
+    if not 0 < value < 1:
+        raise EdgepruneError(f"--val-fraction must be between 0 and 1 (not 0 or 1), got '{text}'")
+    return value
 
 
 def parse_seed(text: str) -> int:
@@ -152,8 +150,9 @@ PAD_HELP = (
 THREADS_HELP = "intra-op CPU threads, 1 to {high} (default: {default})"
 DEVICE_HELP = "where {what} runs: auto (CUDA, else MPS, else the CPU), cpu, cuda or mps (default {default}){extra}"
 DATA_HELP = (
-    "image folders (root/{train,test}/<class>/*.png|jpg|webp...), a .tar.gz of them, or an official "
-    "cifar-10-batches-py / cifar-100-python folder"
+    "image folders (root/{train,test}/<class>/*.png|jpg|webp...), a .tar.gz of them, an official "
+    "cifar-10-batches-py / cifar-100-python folder, or WebDataset tar shards ('shards/train-{000..099}.tar': "
+    "KEY.png|jpg|webp + KEY.cls members)"
 )
 
 
@@ -289,11 +288,49 @@ def timing(runs: int, warmup: int, *, spin: bool = True) -> argparse.ArgumentPar
 
 
 def data(
-    *, required: bool, help: str = DATA_HELP, limit_train: bool = True, limit_test: bool = True
+    *,
+    required: bool,
+    help: str = DATA_HELP,
+    limit_train: bool = True,
+    limit_test: bool = True,
+    validation: bool = False,
 ) -> argparse.ArgumentParser:
-    """``--data PATH``, the test (and training) subsets, and the caps on what a data set may make edgeprune read."""
+    """``--data PATH``, ``--image-size``, the test (and training) subsets, the caps on what a data set may make
+    edgeprune read, and (``validation``) ``--val-fraction``."""
     p = _parent()
     p.add_argument("--data", metavar="PATH", required=required, default=None, help=help)
+    p.add_argument(
+        "--test-data",
+        metavar="PATTERN",
+        default=None,
+        help="for tar shards: the test split's shards, e.g. 'shards/test-{000..009}.tar' (default: the test-* "
+        "shards beside the training shards)",
+    )
+    p.add_argument(
+        "--data-storage",
+        choices=["auto", "memory", "mapped"],
+        default="auto",
+        help="where a cached data set's images are held: in memory, or memory-mapped from the cache file and read "
+        "batch by batch (default auto: in memory when they fit half the memory available)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=number("--image-size", int, 1, MAX_INPUT_SIZE),
+        default=None,
+        metavar="N",
+        help="resize images to N x N (evaluation: shorter side round(N*8/7), centre crop N; training images kept "
+        "at that shorter side, centre square, for random-resized crops); default: the images' one size, "
+        "required when their sizes differ",
+    )
+    if validation:
+        p.add_argument(
+            "--val-fraction",
+            type=val_fraction,
+            default=None,
+            metavar="F",
+            help="hold out this share of the training images (0 < F < 1, stratified per class, by --seed) as a "
+            "validation split, scored every epoch beside test; a val/ folder next to test/ is used otherwise",
+        )
     if limit_train:
         p.add_argument(
             "--limit-train",
@@ -376,7 +413,53 @@ def also(what: str, example: str) -> argparse.ArgumentParser:
     return p
 
 
+def ray(p: argparse.ArgumentParser, what: str, detail: str) -> None:
+    """Add ``--ray [ADDRESS]``, ``--cpus-per-run`` and ``--gpus-per-run`` to ``p`` (compare, sweep: where they were,
+    after the command's own options); ``what`` a Ray task is, and a word more about it."""
+    from edgeprune.cluster import LOCAL, MAX_RETRIES  # light: Ray itself is imported only when --ray is given
+
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL,
+        default=None,
+        metavar="ADDRESS",
+        help=f"one Ray task per {what} ({detail}), on a local Ray instance started for this command, or on the "
+        "running cluster at ADDRESS ('auto', 'ray://head:10001'); --out must be a folder every node sees; a task "
+        f"whose worker dies is retried {MAX_RETRIES} times, from its last checkpoint; needs "
+        "pip install 'edgeprune[ray]'",
+    )
+    p.add_argument(
+        "--cpus-per-run",
+        type=positive_number,
+        default=None,
+        metavar="N",
+        help=f"CPUs Ray reserves for each {what} (default 1; its threads too, unless --threads)",
+    )
+    p.add_argument(
+        "--gpus-per-run",
+        type=non_negative_number,
+        default=None,
+        metavar="N",
+        help=f"GPUs Ray reserves for each {what} (default 0; scheduling only: edgeprune trains on the CPU)",
+    )
+
+
 # -- what the options name ---------------------------------------------------------------------------------------
+
+
+def ray_options(args: argparse.Namespace):  # noqa: ANN201 - returns edgeprune.cluster.RayOptions | None
+    """The Ray options the command line asks for (Ray imported to check it is there), or None without ``--ray``."""
+    from edgeprune.cluster import LOCAL, RayOptions, import_ray
+
+    if args.ray is None:
+        if args.cpus_per_run is not None or args.gpus_per_run is not None:
+            raise EdgepruneError("--cpus-per-run and --gpus-per-run need --ray")
+        return None
+    import_ray()
+    cpus = 1.0 if args.cpus_per_run is None else args.cpus_per_run
+    gpus = 0.0 if args.gpus_per_run is None else args.gpus_per_run
+    return RayOptions(args.ray or LOCAL, cpus, gpus)
 
 
 def model_ref(args: argparse.Namespace, **overrides: object):  # noqa: ANN201 - returns edgeprune.io.ModelRef
@@ -406,7 +489,7 @@ def onnx_shape(args: argparse.Namespace) -> tuple[int, int, int] | None:
 
 
 def load_data(args: argparse.Namespace, limit_train: int | None, limit_test: int | None, progress: bool):  # noqa: ANN201
-    """The data set ``--data`` names, with the size caps the options set."""
+    """The data set ``--data`` names, with the size caps, image size and validation split the options set."""
     from edgeprune.data import load_dataset
 
     caps = {
@@ -414,4 +497,15 @@ def load_data(args: argparse.Namespace, limit_train: int | None, limit_test: int
         "max_file_bytes": args.max_file_bytes,
         "max_data_bytes": args.max_data_bytes,
     }
-    return load_dataset(args.data, limit_train, limit_test, progress=progress, **{k: v for k, v in caps.items() if v})
+    split = {"val_fraction": getattr(args, "val_fraction", None), "seed": getattr(args, "seed", None) or 0}
+    return load_dataset(
+        args.data,
+        limit_train,
+        limit_test,
+        progress=progress,
+        image_size=getattr(args, "image_size", None),
+        test_data=getattr(args, "test_data", None),
+        storage=getattr(args, "data_storage", None) or "auto",
+        **split,
+        **{k: v for k, v in caps.items() if v},
+    )

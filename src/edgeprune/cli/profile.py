@@ -31,9 +31,13 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Print a model's complexity profile."""
+    import torch
+
+    from edgeprune.costs import mcu_totals
     from edgeprune.files import check_writable_file
     from edgeprune.graph import profile
     from edgeprune.io import resolve
+    from edgeprune.liveness import attach
     from edgeprune.measure import is_onnx_path
     from edgeprune.onnx_graph import onnx_profile
     from edgeprune.report import profile_table
@@ -46,10 +50,12 @@ def run(args: argparse.Namespace) -> None:
     else:
         resolved = resolve(options.model_ref(args))
         prof = profile(resolved.model, resolved.input_shape, prune_residual=args.prune_residual, keep=args.keep)
+        attach(prof, resolved.model, torch.zeros(1, *resolved.input_shape))  # peak_memory's liveness
     if args.plot:
         from edgeprune.plots import plot_shares
 
         plot_shares(prof, args.plot, f"{args.model}: per-layer share of complexity")
-    print(json.dumps(prof.to_dict(), indent=2) if args.json else profile_table(prof))
+    data = {**prof.to_dict(), "microcontroller": mcu_totals(prof)} if args.json else None
+    print(json.dumps(data, indent=2) if args.json else profile_table(prof))
     if from_onnx and not args.json:
         print("counted from the ONNX graph: a BatchNorm folded into a conv counts as its bias; prunable: unknown")

@@ -11,7 +11,6 @@ from edgeprune.errors import EdgepruneError
 
 def add(sub: argparse._SubParsersAction) -> None:
     """Register ``edgeprune sweep``."""
-    from edgeprune.cluster import add_ray_arguments  # light: Ray itself is imported only when --ray is given
     from edgeprune.measure import BACKENDS
 
     p = sub.add_parser(
@@ -79,16 +78,15 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="also quantize every point to int8 (as export --int8, calibrated on --data), one more row "
         "(mode 'MODE int8'): size, onnxruntime latency, energy and accuracy beside fp32",
     )
-    add_ray_arguments(p, "point", "prune, train if asked, bench; timings from different nodes are not comparable")
+    options.ray(p, "point", "prune, train if asked, bench; timings from different nodes are not comparable")
 
 
 def run(args: argparse.Namespace) -> None:
     """Run a sweep."""
-    from edgeprune.cluster import options_from_args
     from edgeprune.runtime import resolve_device
     from edgeprune.sweep import SweepSettings, sweep
 
-    ray = options_from_args(args)
+    ray = options.ray_options(args)
     resolve_device(args.device)  # a device that is not there: one line, before any work
     ref = options.model_ref(args)
     if (args.data is None) != (args.epochs is None):

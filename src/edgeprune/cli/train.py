@@ -22,7 +22,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "train",
         parents=[
             options.code(zoo_sizes=False),
-            options.data(required=True),
+            options.data(required=True, validation=True),
             options.threads(None, "; shared by the processes of a torchrun", late=True),
             options.device(
                 "training",
@@ -47,6 +47,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help=options.MODEL_HELP)
     _add_schedule(p)
+    _add_distill(p)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -91,7 +92,14 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--label-smoothing", metavar="S", default="0.1", type=number("--label-smoothing", float),
                    help="label smoothing of the loss (default 0.1)")  # fmt: skip
-    p.add_argument("--no-augment", action="store_true", help="no random crop and flip")
+    p.add_argument(
+        "--augment",
+        choices=["cifar", "imagenet", "none"],
+        default=None,
+        help="cifar: 4-pixel pad, random crop and flip; imagenet: random-resized crop (area 0.35-1, aspect "
+        "3/4-4/3) and flip; none (default: cifar for images at their own size, imagenet for resized ones)",
+    )
+    p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="--augment none")
     p.add_argument(
         "--precision",
         metavar="P",
@@ -105,6 +113,56 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
         type=options.parse_seed,
         help="random seed: the same seed gives the same weights (default 0)",
     )
+
+
+# the library's defaults (edgeprune.train.distill; a test checks they agree): that module imports torch
+DEFAULT_ALPHA, DEFAULT_TEMPERATURE, MAX_TEMPERATURE = 0.9, 4.0, 100.0
+
+
+def parse_temperature(text: str) -> float:
+    """``--distill-temperature``: a number above 0, at most MAX_TEMPERATURE (one line naming the option)."""
+    value = parse_number(text, "--distill-temperature", float, None, MAX_TEMPERATURE)
+    if not value > 0:
+        raise EdgepruneError(f"--distill-temperature must be above 0, got '{text}'")
+    return float(value)
+
+
+def _add_distill(p: argparse.ArgumentParser) -> None:
+    """Distillation from a trained teacher (SPEC, "Distillation")."""
+    p.add_argument(
+        "--teacher",
+        metavar="MODEL",
+        default=None,
+        help="distil from this trained model: a model folder (e.g. written by 'edgeprune train') or a reference "
+        "whose code loads trained weights, with the same classes; its softened outputs on the same augmented batch "
+        "join the loss: (1 - A) CE + A T^2 KL(teacher || student)",
+    )
+    p.add_argument(
+        "--distill-alpha",
+        metavar="A",
+        default=None,
+        type=number("--distill-alpha", float, 0, 1),
+        help=f"weight of the distillation term, 0 to 1 (default {DEFAULT_ALPHA:g}, chosen by a small measurement: "
+        "docs/results/distill_defaults.md)",
+    )
+    p.add_argument(
+        "--distill-temperature",
+        metavar="T",
+        default=None,
+        type=parse_temperature,
+        help=f"softening temperature, above 0 and at most {MAX_TEMPERATURE:g} (default {DEFAULT_TEMPERATURE:g})",
+    )
+
+
+def _teacher(args: argparse.Namespace, data):  # noqa: ANN001, ANN202 - ImageDataset -> edgeprune.train.Teacher
+    """The run's teacher checked against the data set (same classes), or None without --teacher."""
+    from edgeprune.train import Distill, make_teacher
+
+    if args.teacher is None:
+        return None
+    given = {"alpha": args.distill_alpha, "temperature": args.distill_temperature}
+    settings = Distill(**{k: v for k, v in given.items() if v is not None})
+    return make_teacher(args.teacher, data, settings, trust_code=args.trust_code)
 
 
 def _config(args: argparse.Namespace):  # noqa: ANN202 - edgeprune.train.TrainConfig
@@ -122,7 +180,7 @@ def _config(args: argparse.Namespace):  # noqa: ANN202 - edgeprune.train.TrainCo
         warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing,
         seed=args.seed,
-        augment=not args.no_augment,
+        augment=args.augment or True,  # True: the data set's default (cifar, or imagenet when resized)
         precision=args.precision,
     ).validate()
 
@@ -147,6 +205,7 @@ def run(args: argparse.Namespace) -> None:
     from edgeprune.io import classify, resolve_for_data
     from edgeprune.runtime import process_ranks, resolve_device
     from edgeprune.train import train
+    from edgeprune.train.distill import check_teacher_ref
 
     config = _config(args)
     limit_train = parse_number(args.limit_train, "--limit-train", int, 1)
@@ -155,6 +214,10 @@ def run(args: argparse.Namespace) -> None:
     ranks = process_ranks()  # torchrun's; rank 0 alone prepares, locks, writes and prints
     resolve_device(args.device, ranks.local_rank)  # an unknown or absent device fails before the data loads
     ref = options.model_ref(args)
+    if args.teacher is None and (args.distill_alpha is not None or args.distill_temperature is not None):
+        raise EdgepruneError("--distill-alpha and --distill-temperature need --teacher")
+    if args.teacher is not None:
+        check_teacher_ref(args.teacher)  # before the data set loads: a zoo name would be an untrained teacher
     named = classify(args.model)  # None for a model folder; checked before the data set loads, runs no code
     model_dir = named is None
     if named is not None and not args.out:
@@ -164,15 +227,29 @@ def run(args: argparse.Namespace) -> None:
     data = options.load_data(args, limit_train, limit_test, progress=not args.quiet and ranks.main)
     if ranks.main:
         print(data.summary(), flush=True)
+        if len(data.test_y) == 0:
+            print("no test split (a folder of train/ alone): validation accuracy only", flush=True)
     torch.manual_seed(config.seed)  # a built model's initial weights
     model = resolve_for_data(ref, data.num_classes, data.input_shape(), data.name).model
+    teacher = _teacher(args, data)  # after the model: its initial weights do not depend on a teacher
+    if teacher is not None and ranks.main:
+        d = teacher.settings
+        print(f"distilling from {teacher.reference} (alpha {d.alpha:g}, temperature {d.temperature:g})", flush=True)
     report = Path(args.model) / "report.json"
     if ranks.main and model_dir and report.is_file() and not args.resume and not (out / "report.json").exists():
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy2(report, out / "report.json")
     try:
         result = train(
-            model, data, config, out, resume=args.resume, progress=not args.quiet, threads=threads, device=args.device
+            model,
+            data,
+            config,
+            out,
+            resume=args.resume,
+            progress=not args.quiet,
+            threads=threads,
+            device=args.device,
+            teacher=teacher,
         )
     except KeyboardInterrupt:
         if ranks.main:
@@ -181,7 +258,6 @@ def run(args: argparse.Namespace) -> None:
             )
         raise
     if ranks.main:
-        print(
-            f"test accuracy {100 * result.test_accuracy:.2f}% after {len(result.history)} epochs "
-            f"({result.train_seconds:.1f} s of training); wrote {out}/"
-        )
+        scores = (("validation", result.val_accuracy), ("test", result.test_accuracy))
+        shown = ", ".join(f"{name} accuracy {100 * acc:.2f}%" for name, acc in scores if acc is not None)
+        print(f"{shown} after {len(result.history)} epochs ({result.train_seconds:.1f} s of training); wrote {out}/")

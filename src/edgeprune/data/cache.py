@@ -1,43 +1,44 @@
 """The decoded-image cache (one safetensors file per data set, with a checksum) and the memory a load may use.
 
 ``max_data_bytes``'s default, half the memory available, lives here with the cache because a cache hit is
-checked against the same caps as a first load.
+checked against the same caps as a first load. The same figure is the in-memory budget: a cached set whose
+images fit it is loaded into memory; a larger one (a ``max_data_bytes`` raised above it) is memory-mapped
+from the cache file, its checksum verified in chunks (:mod:`edgeprune.data.memmap`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import contextvars
 import json
 import math
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from edgeprune.data.bounds import FACTS, MAX_BATCH_BYTES, Arrays, Caps, printable, reason
+from edgeprune.data.memmap import (
+    CONTENT_FORMAT,
+    cache_checksum,
+    channel_sums,
+    choose_storage,
+    content_digest,
+    file_content_digest,
+    map_images,
+    read_labels,
+    read_layout,
+)
 from edgeprune.files import atomic_write
 
 CACHE_FORMAT = "edgeprune-images/2"  # 2: the metadata holds a checksum and the facts the caps are checked on
-CONTENT_FORMAT = "edgeprune-dataset/1"
 DATA_MEMORY_SHARE = 0.5  # default max_data_bytes: this share of the memory available when loading
-
-
-def content_digest(
-    classes: list[str], train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor
-) -> str:
-    """SHA-256 (hex) over the class names, then each tensor's name, dtype, shape and bytes (little-endian)."""
-    h = hashlib.sha256(f"{CONTENT_FORMAT}\0{json.dumps(list(classes))}\0".encode())
-    for name, t in (("train_x", train_x), ("train_y", train_y), ("test_x", test_x), ("test_y", test_y)):
-        a = t.detach().cpu().contiguous().numpy()
-        a = a.astype(a.dtype.newbyteorder("<"), copy=False)  # the same hash on any machine; no copy on x86/ARM
-        head = json.dumps([name, str(a.dtype), list(a.shape)]).encode()
-        h.update(len(head).to_bytes(8, "little") + head)
-        h.update(a.reshape(-1).view(np.uint8))  # hashed in place: no copy of a data set's worth of bytes
-    return h.hexdigest()
+LOUD_CHECK_BYTES = 1 << 30  # a cache file this large says, in one line, that its checksum is being verified
+_STORAGE: contextvars.ContextVar[str] = contextvars.ContextVar("edgeprune_data_storage", default="auto")
+_cache_checksum = cache_checksum  # the name the cache's tests know
 
 
 def cache_dir() -> Path:
@@ -69,14 +70,23 @@ def _cgroup_room() -> int:
     return 2**62
 
 
-def _cache_file(key: str) -> Path:
+@contextlib.contextmanager
+def storage_preference(storage: str) -> Iterator[None]:
+    """Within the block, cache reads hold images ``storage`` ("auto": by size, "memory" or "mapped")."""
+    choose_storage(0, 0, storage)  # a one-line error for an unknown name
+    token = _STORAGE.set(storage)
+    try:
+        yield
+    finally:
+        _STORAGE.reset(token)
+
+
+def cache_file(key: str) -> Path:
+    """The cache file of the data set ``key``."""
     return cache_dir() / "decoded" / f"{key}.safetensors"
 
 
-def _cache_checksum(content: str, meta: dict[str, str]) -> str:
-    """SHA-256 over the content digest and every other metadata entry: what a cache file is verified by."""
-    rest = {k: v for k, v in meta.items() if k != "sha256"}
-    return hashlib.sha256(json.dumps([content, rest], sort_keys=True).encode()).hexdigest()
+_cache_file = cache_file
 
 
 _CACHE_TENSORS = {"train_x": ("U8", 4), "train_y": ("I64", 1), "test_x": ("U8", 4), "test_y": ("I64", 1)}
@@ -122,15 +132,19 @@ def read_cache(key: str, caps: Caps) -> tuple[Arrays, str] | None:
     A damaged file (unreadable, inconsistent, or failing its checksum) is reported in one warning line;
     one made under larger caps than today's is passed over quietly, so the caps refuse the data set as
     on a first load. Nothing is loaded before the tensor headers are checked against ``max_data_bytes``.
+    Images over the in-memory budget (half the memory available) are memory-mapped, not loaded.
     """
-    path = _cache_file(key)
+    return read_cache_file(cache_file(key), caps)
+
+
+def read_cache_file(path: Path, caps: Caps, budget: int | None = None) -> tuple[Arrays, str] | None:
+    """:func:`read_cache` of one file; ``budget`` (default half the memory available) decides memory or mapped."""
     if not path.is_file():
         return None
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = dict(f.metadata() or {})
-            heads = {name: (f.get_slice(name).get_dtype(), list(f.get_slice(name).get_shape())) for name in f.keys()}
-        problem = _cache_problem(meta, heads)
+        meta, layout = read_layout(path)  # the header alone: safetensors' safe_open maps the file privately,
+        heads = {name: (dtype, list(shape)) for name, (dtype, shape, _, _) in layout.items()}  # refused over RAM
+        problem = "metadata" if not all(isinstance(v, str) for v in meta.values()) else _cache_problem(meta, heads)
         if not problem:
             classes = json.loads(meta["classes"])
             facts = json.loads(meta["facts"])
@@ -144,6 +158,9 @@ def read_cache(key: str, caps: Caps) -> tuple[Arrays, str] | None:
         tensor_bytes = sum(math.prod(shape) * (1 if dtype == "U8" else 8) for dtype, shape in heads.values())
         if not _facts_fit(facts, tensor_bytes, caps):
             return None
+        budget = default_max_data_bytes() if budget is None else budget
+        if choose_storage(tensor_bytes, budget, _STORAGE.get()) == "mapped":
+            return _read_mapped(path, meta, classes, _why_mapped(tensor_bytes, budget))
         t = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - a damaged cache file only costs a rebuild
         _damaged(path, reason(e))
@@ -153,11 +170,53 @@ def read_cache(key: str, caps: Caps) -> tuple[Arrays, str] | None:
     if meta["sha256"] != _cache_checksum(content, meta):
         _damaged(path, "checksum mismatch")
         return None
+    return _labels_checked(path, arrays, content)
+
+
+def _labels_checked(path: Path, arrays: Arrays, content: str) -> tuple[Arrays, str] | None:
     for y in arrays[1], arrays[3]:  # only an edit that also forged the checksum gets here with bad labels
-        if int(y.min()) < 0 or int(y.max()) >= len(classes):
+        if int(y.min()) < 0 or int(y.max()) >= len(arrays[4]):
             _damaged(path, "labels out of range")
             return None
     return arrays, content
+
+
+def _why_mapped(tensor_bytes: int, budget: int) -> str:
+    if _STORAGE.get() == "mapped":
+        return f"{tensor_bytes / 1e9:.2f} GB; memory-mapped as asked"
+    return f"{tensor_bytes / 1e9:.2f} GB, over the in-memory budget of {budget / 1e9:.2f} GB, half the memory available"
+
+
+def _read_mapped(path: Path, meta: dict[str, str], classes: list[str], note: str) -> tuple[Arrays, str] | None:
+    """The cached arrays with the images memory-mapped, after a checksum read in chunks (never the file at once)."""
+    size = path.stat().st_size
+    if size >= LOUD_CHECK_BYTES:
+        print(f"checking the image cache {path} ({size / 1e9:.1f} GB) against its checksum", file=sys.stderr)
+    _, layout = read_layout(path)  # read again: the layout the checksum covers is the one mapped
+    content = file_content_digest(path, layout, classes)
+    if meta["sha256"] != _cache_checksum(content, meta):
+        _damaged(path, "checksum mismatch")
+        return None
+    sums = json.loads(meta["sums"]) if "sums" in meta else None
+    train_x = map_images(path, layout, "train_x", note, sums)
+    test_x = map_images(path, layout, "test_x", note)
+    arrays = (train_x, read_labels(path, layout, "train_y"), test_x, read_labels(path, layout, "test_y"), classes)
+    return _labels_checked(path, arrays, content)
+
+
+def cache_meta(classes: list[str], source: object, facts: dict[str, int]) -> dict[str, str]:
+    """A cache file's metadata but its sums and checksum."""
+    return {
+        "format": CACHE_FORMAT,
+        "classes": json.dumps(classes),
+        "source": str(source),
+        "facts": json.dumps({k: int(facts[k]) for k in FACTS}, sort_keys=True),
+    }
+
+
+def current_storage() -> str:
+    """Where cache reads put images now: "auto", "memory" or "mapped" (:func:`storage_preference`)."""
+    return _STORAGE.get()
 
 
 def store_cache(key: str, arrays: Arrays, source: object, facts: dict[str, int]) -> str:
@@ -168,14 +227,10 @@ def store_cache(key: str, arrays: Arrays, source: object, facts: dict[str, int])
     train_x, train_y, test_x, test_y, classes = arrays
     content = content_digest(classes, train_x, train_y, test_x, test_y)
     tensors = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
-    meta = {
-        "format": CACHE_FORMAT,
-        "classes": json.dumps(classes),
-        "source": str(source),
-        "facts": json.dumps({k: int(facts[k]) for k in FACTS}, sort_keys=True),
-    }
+    meta = cache_meta(classes, source, facts)
+    meta["sums"] = json.dumps(channel_sums(train_x))  # a mapped set is normalised without reading it all
     meta["sha256"] = _cache_checksum(content, meta)
-    path = _cache_file(key)
+    path = cache_file(key)
     try:
         atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
     except (OSError, SafetensorError) as e:  # safetensors reports a failed write (EFBIG, ENOSPC) as its own error
@@ -184,4 +239,17 @@ def store_cache(key: str, arrays: Arrays, source: object, facts: dict[str, int])
     return content
 
 
-__all__ = ["CACHE_FORMAT", "cache_dir", "content_digest", "default_max_data_bytes", "read_cache", "store_cache"]
+__all__ = [
+    "CACHE_FORMAT",
+    "CONTENT_FORMAT",
+    "cache_dir",
+    "cache_file",
+    "cache_meta",
+    "content_digest",
+    "current_storage",
+    "default_max_data_bytes",
+    "read_cache",
+    "read_cache_file",
+    "storage_preference",
+    "store_cache",
+]

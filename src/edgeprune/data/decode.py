@@ -6,9 +6,8 @@ import io as _io
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -55,41 +54,101 @@ def _pillow_limit(max_pixels: int) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = old
 
 
-@dataclass
-class _Budget:
-    """The decoded size check made once, at the first image: ``count`` images against ``max_bytes``."""
-
-    count: int
-    max_bytes: int
-    where: str
+def stored_side(size: int) -> int:
+    """The side training images of an ``--image-size size`` data set are stored at: ``round(size * 8 / 7)``."""
+    return max(size, round(size * 8 / 7))
 
 
-def _check_size(
-    where: str,
-    size: tuple[int, int],
-    max_pixels: int,
-    first: tuple[str, tuple[int, int]] | None,
-    budget: _Budget | None = None,
-) -> None:
-    """Refuse an image, from its header, that is over the pixel cap or not the data set's one size.
+def fit_square(arr: np.ndarray, side: int) -> np.ndarray:
+    """uint8 [H, W, 3] or [H, W] resized (Pillow, bilinear) so its shorter side is ``side``, then its centre square.
 
-    At the first image (``budget`` given), also refuse the data set if its images decode to more than
-    ``max_data_bytes`` (N x 3 x H x W: every image is decoded to RGB before a gray data set keeps one channel).
+    The longer side becomes ``round(long * side / short)``; the square starts at ``(long - side) // 2``.
     """
-    w, h = size
-    if w * h > max_pixels:
-        raise EdgepruneError(
-            f"{where}: image is {w}x{h} ({w * h:,} pixels), over the cap of {max_pixels:,} pixels "
-            "(raise max_image_pixels to load it)"
-        )
-    if first is not None and size != first[1]:
-        raise EdgepruneError(
-            f"{where}: image is {w}x{h}, but {first[0]} is {first[1][0]}x{first[1][1]}; "
-            "all images of a data set must have one size"
-        )
-    if budget is not None and budget.count * 3 * w * h > budget.max_bytes:
-        what = f"{budget.count:,} images of {w}x{h} (as {where}) decode to"
-        raise over_data_cap(budget.where, what, budget.count * 3 * w * h, budget.max_bytes)
+    from PIL import Image
+
+    h, w = arr.shape[:2]
+    if (h, w) == (side, side):
+        return arr
+    scale = side / min(h, w)
+    nw, nh = max(side, round(w * scale)), max(side, round(h * scale))
+    im = Image.fromarray(np.ascontiguousarray(arr)).resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - side) // 2, (nh - side) // 2
+    return np.asarray(im.crop((left, top, left + side, top + side)))
+
+
+def fit_tensor(x: torch.Tensor, side: int) -> torch.Tensor:
+    """:func:`fit_square` of every image of uint8 [N, C, H, W] (C = 1 or 3): uint8 [N, C, side, side]."""
+    out = np.empty((len(x), x.shape[1], side, side), dtype=np.uint8)
+    for i, img in enumerate(x.numpy()):
+        arr = fit_square(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), side)
+        out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+class _Output:
+    """The decoded images: at their own size while every image has the data set's one size (``size`` x ``size``
+    when a size is asked for), else every image through :func:`fit_square` to ``stored_side(size)``.
+
+    What is checked from a header, before decoding (:meth:`check`): one size when no size is asked for, and the
+    decoded size of the whole set (N x 3 x H x W) against ``max_bytes``, at the first image and on a switch to
+    resizing.
+    """
+
+    def __init__(self, count: int, size: int | None, max_bytes: int, where: str):
+        self.count, self.size, self.max_bytes, self.where = count, size, max_bytes, where
+        self.side: int | None = None  # set once the images are resized
+        self.first: tuple[str, tuple[int, int]] | None = None
+        self.out: np.ndarray | None = None  # [N, 3, H, W]: no permuted copy later
+        self.filled = np.zeros(count, dtype=bool)
+        self.max_pixels = 0
+
+    def _budget(self, name: str, w: int, h: int) -> None:
+        need = self.count * 3 * w * h
+        if need > self.max_bytes:
+            what = f"{self.count:,} images of {w}x{h} (as {name}) decode to"
+            raise over_data_cap(self.where, what, need, self.max_bytes)
+
+    def check(self, name: str, size: tuple[int, int]) -> None:
+        """Refuse, from its header, an image that would take the set over its budget or off its one size."""
+        w, h = size
+        self.max_pixels = max(self.max_pixels, w * h)
+        if self.side is not None:
+            return
+        if self.first is None:
+            if self.size is None or size == (self.size, self.size):
+                self._budget(name, w, h)
+            else:
+                self._resize(name)
+        elif size != self.first[1]:
+            if self.size is None:
+                fw, fh = self.first[1]
+                raise EdgepruneError(
+                    f"{name}: image is {w}x{h}, but {self.first[0]} is {fw}x{fh}; images of different sizes need "
+                    "--image-size N (image_size=N) to resize them"
+                )
+            self._resize(name)
+
+    def _resize(self, name: str) -> None:
+        """From now on every image is resized; those decoded so far are resized from their uint8 pixels."""
+        assert self.size is not None
+        side = stored_side(self.size)
+        self._budget(name, side, side)
+        self.side = side
+        if self.out is not None:
+            old, self.out = self.out, np.empty((self.count, 3, side, side), dtype=np.uint8)
+            for i in np.flatnonzero(self.filled):
+                self.out[i] = fit_square(old[i].transpose(1, 2, 0), side).transpose(2, 0, 1)
+
+    def put(self, i: int, name: str, arr: np.ndarray) -> None:
+        """Place image ``i`` (uint8 [H, W, 3] or [H, W]), resized when the set is."""
+        if self.side is not None:
+            arr = fit_square(arr, self.side)
+        if self.out is None:
+            h, w = arr.shape[:2]
+            self.first = (name, (w, h)) if self.side is None else None
+            self.out = np.empty((self.count, 3, h, w), dtype=np.uint8)
+        self.out[i] = arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None]  # gray: into all 3 channels
+        self.filled[i] = True
 
 
 def _to_uint8(where: str, im: object) -> tuple[np.ndarray, bool]:
@@ -124,21 +183,29 @@ def _to_uint8(where: str, im: object) -> tuple[np.ndarray, bool]:
 
 
 def _decode_one(
-    where: str,
-    data: bytes,
-    max_pixels: int,
-    first: tuple[str, tuple[int, int]] | None,
-    budget: _Budget | None = None,
+    where: str, data: bytes, max_pixels: int, check: Callable[[str, tuple[int, int]], None]
 ) -> tuple[np.ndarray, bool]:
-    """Decode one image to uint8 [H, W, 3] or [H, W], its size checked first; also say whether it is in colour."""
+    """Decode one image to uint8 [H, W, 3] or [H, W], its size checked first; also say whether it is in colour.
+
+    ``check`` sees the width and height from the header, before anything is decoded.
+    """
     from PIL import Image
+
+    def checked(size: tuple[int, int]) -> None:
+        w, h = size
+        if w * h > max_pixels:
+            raise EdgepruneError(
+                f"{where}: image is {w}x{h} ({w * h:,} pixels), over the cap of {max_pixels:,} pixels "
+                "(raise max_image_pixels to load it)"
+            )
+        check(where, size)
 
     webp = _webp_size(data)  # Pillow's WebP reader allocates the whole canvas when it opens a file
     if webp is not None:
-        _check_size(where, webp, max_pixels, first, budget)
+        checked(webp)
     try:
         with Image.open(_io.BytesIO(data)) as im:
-            _check_size(where, im.size, max_pixels, first, budget)
+            checked(im.size)
             im.load()
             return _to_uint8(where, im)
     except EdgepruneError:
@@ -149,38 +216,36 @@ def _decode_one(
         raise EdgepruneError(f"{where}: unreadable image ({reason(e)})") from None
 
 
-def decode_all(tree: FileTree, files: list[PurePosixPath], progress: bool) -> tuple[torch.Tensor, bool]:
-    """Decode every image to uint8 [N, 3, H, W]; also say whether any was in colour.
+def decode_all(
+    tree: FileTree, files: list[PurePosixPath], progress: bool, size: int | None = None
+) -> tuple[torch.Tensor, bool, bool]:
+    """Decode every image to uint8 [N, 3, H, W]; also say whether any was in colour, and whether they were resized.
 
-    Images come in the tree's order (an archive's own); each goes to its place in ``files``. The
-    decoded size is checked against ``max_data_bytes`` at the first image's header, before decoding.
+    With ``size`` None every image must have the first one's size. With ``size``, a set of ``size`` x ``size``
+    images is kept as it is; any other is resized, every image through :func:`fit_square` to
+    ``stored_side(size)`` (the caller crops evaluation images to ``size``). Images come in the tree's order
+    (an archive's own); each goes to its place in ``files``. The decoded size is checked against
+    ``max_data_bytes`` from the headers, before decoding.
     """
     index = {rel: i for i, rel in enumerate(files)}
-    first: tuple[str, tuple[int, int]] | None = None
-    out: np.ndarray | None = None
+    output = _Output(len(files), size, tree.caps.data_bytes, str(tree.root))
     color = False
     last = time.perf_counter()
     show = progress and sys.stderr.isatty()
-    where = str(tree.root)
     with _pillow_limit(tree.caps.image_pixels):
         for n, (rel, data) in enumerate(tree.stream(files)):
-            budget = _Budget(len(files), tree.caps.data_bytes, where) if out is None else None
-            arr, in_color = _decode_one(tree.display(rel), data, tree.caps.image_pixels, first, budget)
+            arr, in_color = _decode_one(tree.display(rel), data, tree.caps.image_pixels, output.check)
             del data  # one encoded file held at a time
             color = color or in_color
-            if out is None:
-                h, w = arr.shape[:2]
-                first = (tree.display(rel), (w, h))
-                out = np.empty((len(files), 3, h, w), dtype=np.uint8)  # [N, C, H, W]: no permuted copy later
-                tree.facts["image_pixels"], tree.facts["decoded_bytes"] = w * h, out.nbytes
-            out[index[rel]] = arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None]  # gray: into all 3 channels
+            output.put(index[rel], tree.display(rel), arr)
             if show and time.perf_counter() - last > 0.5:
                 last = time.perf_counter()
                 print(f"\rdecoded {n + 1:,}/{len(files):,}", end="", file=sys.stderr, flush=True)
     if show:
         print(f"\rdecoded {len(files):,}/{len(files):,}", file=sys.stderr, flush=True)
-    assert out is not None
-    return torch.from_numpy(out), color
+    assert output.out is not None
+    tree.facts["image_pixels"], tree.facts["decoded_bytes"] = output.max_pixels, output.out.nbytes
+    return torch.from_numpy(output.out), color, output.side is not None
 
 
-__all__ = ["decode_all"]
+__all__ = ["decode_all", "fit_square", "fit_tensor", "stored_side"]

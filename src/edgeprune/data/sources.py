@@ -7,25 +7,29 @@ import io as _io
 import pickle
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 
-from edgeprune.data.bounds import IMAGE_EXTENSIONS, Arrays, over_data_cap, printable
+from edgeprune.data.bounds import IMAGE_EXTENSIONS, Arrays, Caps, over_data_cap, printable
 from edgeprune.data.cache import CACHE_FORMAT, read_cache, store_cache
-from edgeprune.data.decode import decode_all
+from edgeprune.data.decode import decode_all, fit_tensor, stored_side
 from edgeprune.data.tree import FileTree
 from edgeprune.errors import EdgepruneError
 
-TEST_SPLITS = ("test", "val")
+TEST_SPLITS = ("test", "val")  # val/ is the test split when there is no test/ (as before)
+# Part of the cache key of resized images: change it when the resize changes.
+RESIZE_RULE = "edgeprune-resize/1: shorter side round(N*8/7), Pillow bilinear, centre square; evaluation centre N"
 
 
 # -- layout detection -------------------------------------------------------------------------
 
 
 def _has_splits(tree: FileTree, root: PurePosixPath) -> bool:
-    return tree.is_dir(root / "train") and any(tree.is_dir(root / s) for s in TEST_SPLITS)
+    return tree.is_dir(root / "train")
 
 
 def _is_cifar10(tree: FileTree, root: PurePosixPath) -> bool:
@@ -184,16 +188,60 @@ def _list_split(tree: FileTree, split: PurePosixPath) -> dict[str, list[PurePosi
     }
 
 
-def load_tree(tree: FileTree, progress: bool, cache: bool) -> tuple[Arrays, str | None]:
-    """Find the data set in ``tree`` and load it (decoding images, or reading them from the cache).
+@dataclass
+class Stored:
+    """A data set as the cache holds it: its training images, then its test and validation images one after the
+    other ("held", one image of the training split standing in when there are none), all at one size."""
 
-    Also the content digest, when the cache was read or written (None otherwise).
-    """
-    root, kind = _find_root(tree)
-    if kind != "folders":
-        return _load_pickles(tree, root, kind), None
-    test_name = next(s for s in TEST_SPLITS if tree.is_dir(root / s))
-    splits = {"train": root / "train", "test": root / test_name}
+    arrays: Arrays  # train_x, train_y, held_x, held_y, classes
+    n_test: int
+    n_val: int = 0
+    resized: bool = False  # every image through fit_square to stored_side(size)
+    content: str | None = None  # the digest of ``arrays``, when read from or written to the cache
+
+
+def cache_keys(h: hashlib._Hash, size: int | None) -> tuple[str, str | None]:
+    """The cache keys of the images as they are (today's key) and, with ``size``, resized by RESIZE_RULE to it."""
+    resized = h.copy()
+    resized.update(f"\0resize\0{size}\0{RESIZE_RULE}".encode())
+    return h.hexdigest()[:32], (resized.hexdigest()[:32] if size is not None else None)
+
+
+def lookup(keys: tuple[str, str | None], size: int | None, caps: Caps, fits: Callable[[Arrays], bool]) -> Stored | None:
+    """The cached images: as they are when they have the size asked for (or none is), else resized; None on a miss."""
+    native, resized = keys
+    hit = read_cache(native, caps)
+    if hit is not None and fits(hit[0]) and (size is None or tuple(hit[0][0].shape[2:]) == (size, size)):
+        return Stored(hit[0], len(hit[0][3]), content=hit[1])
+    hit = read_cache(resized, caps) if resized is not None else None
+    if hit is not None and fits(hit[0]):
+        return Stored(hit[0], len(hit[0][3]), resized=True, content=hit[1])
+    return None
+
+
+def _resize_pickles(arrays: Arrays, size: int | None) -> Stored:
+    """CIFAR's 32x32 arrays, resized when another size is asked for."""
+    if size is None or tuple(arrays[0].shape[2:]) == (size, size):
+        return Stored(arrays, len(arrays[3]))
+    side = stored_side(size)
+    train_x, train_y, test_x, test_y, classes = arrays
+    return Stored((fit_tensor(train_x, side), train_y, fit_tensor(test_x, side), test_y, classes), len(test_y), 0, True)
+
+
+def _splits(tree: FileTree, root: PurePosixPath) -> dict[str, PurePosixPath]:
+    """The split folders: train, test (``test/``, else ``val/`` as today) and val (``val/`` next to ``test/``)."""
+    splits = {"train": root / "train"}
+    test_name = next((s for s in TEST_SPLITS if tree.is_dir(root / s)), None)
+    if test_name is not None:
+        splits["test"] = root / test_name
+    if test_name == "test" and tree.is_dir(root / "val"):
+        splits["val"] = root / "val"
+    return splits
+
+
+def _listing(tree: FileTree, root: PurePosixPath) -> tuple[dict[str, dict[str, list[PurePosixPath]]], list[str]]:
+    """Each split's class name -> sorted image files, and the class names (the training split's)."""
+    splits = _splits(tree, root)
     listing = {split: _list_split(tree, folder) for split, folder in splits.items()}
     classes = sorted(listing["train"])
     if not classes:
@@ -201,37 +249,55 @@ def load_tree(tree: FileTree, progress: bool, cache: bool) -> tuple[Arrays, str 
     for split, by_class in listing.items():
         if not any(by_class.values()):
             raise EdgepruneError(f"{tree.display(splits[split])}: no images ({', '.join(IMAGE_EXTENSIONS)})")
-    extra = sorted(set(listing["test"]) - set(classes))
-    if extra:
-        raise EdgepruneError(
-            f"{tree.display(splits['test'])}: class folder '{extra[0]}' has no counterpart in "
-            f"{tree.display(splits['train'])}"
-        )
-    files = [(p, i) for split in ("train", "test") for i, c in enumerate(classes) for p in listing[split].get(c, [])]
-    key = ""
+        extra = sorted(set(by_class) - set(classes))
+        if extra:
+            raise EdgepruneError(
+                f"{tree.display(splits[split])}: class folder '{extra[0]}' has no counterpart in "
+                f"{tree.display(splits['train'])}"
+            )
+    return listing, classes
+
+
+def load_tree(tree: FileTree, progress: bool, cache: bool, size: int | None = None) -> Stored:
+    """Find the data set in ``tree`` and load it (decoding images, or reading them from the cache).
+
+    With ``size``, a set of ``size`` x ``size`` images is kept as it is (and cached as before); any other
+    is resized (:func:`edgeprune.data.decode.decode_all`) and cached under a key that adds the size and the rule.
+    """
+    root, kind = _find_root(tree)
+    if kind != "folders":
+        return _resize_pickles(_load_pickles(tree, root, kind), size)
+    listing, classes = _listing(tree, root)
+    order = [s for s in ("train", "test", "val") if s in listing]
+    files = [(p, i) for split in order for i, c in enumerate(classes) for p in listing[split].get(c, [])]
+    counts = {split: sum(len(v) for v in listing.get(split, {}).values()) for split in ("train", "test", "val")}
+    n_train, n_held = counts["train"], counts["test"] + counts["val"]
+    keys: tuple[str, str | None] = ("", None)
     if cache:  # every image's name, size and modification time
         h = hashlib.sha256(f"{CACHE_FORMAT}\0{Path(tree.display(root)).resolve()}".encode())
         for p, i in files:
             h.update(f"{p.relative_to(root)}\0{tree.stamp(p)}\0{i}\n".encode())
-        key = h.hexdigest()[:32]
-        hit = read_cache(key, tree.caps)
-        if hit is not None and hit[0][4] == classes:
+        keys = cache_keys(h, size)
+        lengths = (n_train, n_held or 1)
+        hit = lookup(keys, size, tree.caps, lambda a: a[4] == classes and (len(a[1]), len(a[3])) == lengths)
+        if hit is not None:
+            hit.n_test, hit.n_val = counts["test"], counts["val"]
             return hit
     tree.plan([p for p, _ in files])
     start = time.perf_counter()
     if progress:
         print(printable(f"decoding {len(files):,} images of {tree.display(root)} (once)"), file=sys.stderr, flush=True)
-    x, color = decode_all(tree, [p for p, _ in files], progress)
+    x, color, resized = decode_all(tree, [p for p, _ in files], progress, size)
     y = torch.tensor([i for _, i in files], dtype=torch.int64)
     if not color:
         x = x[:, :1].contiguous()
-    n_train = sum(len(v) for v in listing["train"].values())
-    arrays = (x[:n_train], y[:n_train], x[n_train:], y[n_train:], classes)
+    held_x, held_y = (x[n_train:], y[n_train:]) if n_held else (x[:1].clone(), y[:1].clone())  # train/ alone
+    stored = Stored((x[:n_train], y[:n_train], held_x, held_y, classes), counts["test"], counts["val"], resized)
     if progress:
         print(f"decoded in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     if cache:
-        return arrays, store_cache(key, arrays, tree.display(root), tree.facts)
-    return arrays, None
+        stored.content = store_cache(keys[resized] or "", stored.arrays, tree.display(root), tree.facts)
+    return stored
 
 
-__all__ = ["load_tree", "read_pickle"]
+__all__ = ["RESIZE_RULE", "Stored", "cache_keys", "load_tree", "lookup", "read_pickle"]

@@ -13,10 +13,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from edgeprune.data import ImageDataset, ImageStore, Normalizer, check_compatible
+from edgeprune.data import AUGMENTATIONS, ImageDataset, Normalizer, augment_mode, check_compatible
+from edgeprune.data.memmap import image_store, is_mapped, read_range, storage_note
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import atomic_write, write_json
 from edgeprune.runtime import Ranks, default_threads, device_of, process_ranks, resolve_device
+from edgeprune.train.busy import machine_load
 from edgeprune.train.checkpoint import (
     CHECKPOINT_FILE,
     check_resumable,
@@ -24,6 +26,7 @@ from edgeprune.train.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
+from edgeprune.train.distill import Distill, Teacher, check_same_teacher, teacher_for
 from edgeprune.train.distributed import seed_epoch, share_object, start_group, state_on_cpu, sync_buffers
 from edgeprune.train.progress import Progress
 
@@ -49,7 +52,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # capped at 30% of the run
     label_smoothing: float = 0.1
     seed: int = 0
-    augment: bool = True
+    augment: bool | str = True  # cifar, imagenet or none; True: cifar for images at their own size, else imagenet
     precision: str = "fp32"  # or "bf16": autocast forward to bfloat16 (fast on CPUs with AMX / AVX-512 BF16)
 
     def validate(self) -> TrainConfig:
@@ -64,6 +67,8 @@ class TrainConfig:
             raise EdgepruneError(f"unknown precision '{self.precision}'; choose from: {', '.join(PRECISIONS)}")
         if self.schedule not in SCHEDULES:
             raise EdgepruneError(f"unknown schedule '{self.schedule}'; choose from: {', '.join(SCHEDULES)}")
+        if not isinstance(self.augment, bool) and self.augment not in AUGMENTATIONS:
+            raise EdgepruneError(f"unknown augmentation '{self.augment}'; choose from: {', '.join(AUGMENTATIONS)}")
         checks = [
             ("lr", self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "a positive number"),
             ("momentum", math.isfinite(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
@@ -87,9 +92,10 @@ class TrainResult:
     """Per-epoch history, final test accuracy and training seconds (all epochs, across resumes)."""
 
     history: list[dict]
-    test_accuracy: float
+    test_accuracy: float | None  # None when the data set has no test split (a validation split only)
     train_seconds: float
     out_dir: Path | None = field(default=None)
+    val_accuracy: float | None = None  # the last epoch's, when the data set has a validation split
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str) -> float:
@@ -105,7 +111,7 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule:
 
 
 def _check_data(data: ImageDataset) -> None:
-    if len(data.train_y) == 0 or len(data.test_y) == 0:
+    if len(data.train_y) == 0 or (len(data.test_y) == 0 and not (data.val_y is not None and len(data.val_y))):
         raise EdgepruneError(f"data set '{data.name}' has an empty train or test split")
     if data.train_x.dtype != torch.uint8 or data.train_x.ndim != 4:
         raise EdgepruneError("data set images must be uint8 [N, C, H, W]")
@@ -115,7 +121,8 @@ def _on_device(data: ImageDataset, device: torch.device) -> ImageDataset:
     """The data set with its four tensors on ``device`` (the same object on the CPU)."""
     if device.type == "cpu":
         return data
-    moved = {k: getattr(data, k).to(device) for k in ("train_x", "train_y", "test_x", "test_y")}
+    names = ("train_x", "train_y", "test_x", "test_y") + (("val_x", "val_y") if data.val_y is not None else ())
+    moved = {k: getattr(data, k).to(device) for k in names if not is_mapped(getattr(data, k))}  # mapped: by batch
     return replace(data, **moved)
 
 
@@ -138,6 +145,7 @@ def data_signature(data: ImageDataset) -> dict:
         "test": len(data.test_y),
         "classes": data.classes,
         "shape": list(data.input_shape()),
+        **data.signature_extras(),  # a validation split, a resize rule: only when there are
     }
 
 
@@ -157,14 +165,18 @@ class TrainStep:
         generator: torch.Generator,
         device: torch.device | None = None,
         ranks: Ranks | None = None,
+        *,
+        teacher: Teacher | None = None,
     ):
         self.device = device if device is not None else torch.device("cpu")
+        self.teacher = teacher.to(self.device) if teacher is not None else None  # distillation, frozen
         self.ranks = ranks or Ranks()
         self.model = model.to(self.device, memory_format=torch.channels_last).train()
         self._net: nn.Module | None = None if self.ranks.distributed else self.model
         self.config = config
         self.generator = generator
-        self.store = ImageStore(data.train_x.to(self.device))
+        self.store = image_store(data.train_x, self.device, data.input_shape()[1:])  # mapped: read by batch
+        self.augmentation = augment_mode(config.augment, bool(data.resize))
         self.labels = data.train_y.to(self.device)
         self.normalize = Normalizer(data.mean, data.std)
         self.optimizer = make_optimizer(model, config)
@@ -191,10 +203,7 @@ class TrainStep:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            if self.config.augment:
-                x = self.store.random_crop_flip(index, self.generator, part=part)
-            else:
-                x = self.store.batch(index[part])
+            x = self.store.augment(self.augmentation, index, self.generator, part)
             return self.normalize(x), self.labels[index[part].to(self.device)]
         finally:
             torch.set_num_threads(threads)
@@ -219,6 +228,8 @@ class TrainStep:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
             logits = self.net(x)
         loss = self.criterion(logits.float(), y)
+        if self.teacher is not None:  # its outputs on the same augmented batch x (edgeprune.train.distill)
+            loss = self.teacher.loss(logits.float(), x, loss, bf16=self.config.precision == "bf16")
         correct = (logits.detach().argmax(1) == y).sum()
         shown = loss.detach()
         if self.ranks.distributed:
@@ -234,19 +245,22 @@ class TrainStep:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: ImageDataset, batch_size: int = 512, ranks: Ranks | None = None) -> float:
-    """Accuracy on the test split, in [0, 1], on the model's device; in a torchrun job each process scores a share."""
+def evaluate(
+    model: nn.Module, data: ImageDataset, batch_size: int = 512, ranks: Ranks | None = None, *, split: str = "test"
+) -> float:
+    """Accuracy on ``split`` (test or val), in [0, 1], on the model's device; under torchrun, a share each."""
     ranks = ranks or Ranks()
     device = device_of(model)
     normalize = Normalizer(data.mean, data.std)
-    part = ranks.part(len(data.test_y))
-    test_x, test_y = data.test_x[part], data.test_y[part]
+    all_x, all_y = data.split_arrays(split)
+    part = ranks.part(len(all_y))
+    test_x, test_y = all_x[part], all_y[part]
     was_training = model.training
     model.eval()
     correct = 0
     try:
         for start in range(0, len(test_y), batch_size):
-            x = normalize(test_x[start : start + batch_size].to(device))
+            x = normalize(read_range(test_x, start, start + batch_size).to(device))  # mapped: read, not faulted
             y = test_y[start : start + batch_size].to(device)
             correct += int((model(x).argmax(1) == y).sum())
     finally:
@@ -255,7 +269,7 @@ def evaluate(model: nn.Module, data: ImageDataset, batch_size: int = 512, ranks:
         total = torch.tensor(correct, dtype=torch.int64, device=device)
         dist.all_reduce(total)
         correct = int(total)
-    return correct / max(1, len(data.test_y))
+    return correct / max(1, len(all_y))
 
 
 def _write_metrics(out_dir: Path, history: list[dict]) -> None:
@@ -311,13 +325,17 @@ def train(
     callback: Callable[[dict], None] | None = None,
     threads: int | None = None,
     device: str | torch.device = "cpu",
+    teacher: nn.Module | str | Path | Teacher | None = None,
+    distill: Distill | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data``; with ``out_dir``, checkpoint every epoch, log metrics and save it.
 
     ``callback`` gets each epoch's metrics after its checkpoint (in every process of a torchrun job);
     ``threads`` defaults to all cores, shared among the job's processes on this machine; ``device`` is
     ``cpu``, ``cuda``, ``mps`` or ``auto`` (the model ends on the device it came from). Under torchrun
-    (WORLD_SIZE > 1) this process joins the job; see the module's docstring.
+    (WORLD_SIZE > 1) this process joins the job; see the module's docstring. With ``teacher`` (a module, a
+    model folder or a code reference, same classes) the loss is distilled from it with ``distill``'s alpha and
+    temperature (:mod:`edgeprune.train.distill`).
     """
     config.validate()
     _check_data(data)
@@ -331,6 +349,7 @@ def train(
         raise EdgepruneError("resuming needs the output folder that holds the checkpoint")
     if threads is not None and threads < 1:
         raise EdgepruneError(f"threads must be positive, got {threads}")
+    guide = teacher_for(teacher, data, distill)  # checked against the data now, before any training
     ranks = process_ranks()
     target = resolve_device(device, ranks.local_rank)
     torch.set_num_threads(threads or max(1, default_threads() // ranks.local_world))
@@ -338,8 +357,11 @@ def train(
     try:
         if ranks.distributed:
             ranks = replace(ranks, rank=dist.get_rank(), world=dist.get_world_size())
-        return _train(model, data, config, out, resume, Progress(progress and ranks.main), callback, target, ranks)
+        bar = Progress(progress and ranks.main)
+        return _train(model, data, config, out, resume, bar, callback, target, ranks, guide)
     finally:
+        if guide is not None:
+            guide.release()  # back where it came from
         if created and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -354,17 +376,23 @@ def _train(
     callback: Callable[[dict], None] | None,
     device: torch.device,
     ranks: Ranks,
+    teacher: Teacher | None = None,
 ) -> TrainResult:
     """:func:`train` once its arguments are checked and its process group joined."""
     torch.manual_seed(config.seed)  # dropout
     generator = torch.Generator().manual_seed(config.seed)  # sampling and augmentation, the same in every process
     home = device_of(model)
     data = _on_device(data, device)  # the images go to the device once
+    if is_mapped(data.train_x):
+        bar.line(f"data: {storage_note(data.train_x)}")  # which path ran; the in-memory one is the usual
+    config = replace(config, augment=augment_mode(config.augment, bool(data.resize)))  # recorded by name
     plan = _Plan.of(len(data.train_y), config)
     if plan.batch < ranks.world:
         raise EdgepruneError(f"a batch of {plan.batch} images cannot be shared by {ranks.world} processes")
-    stepper = TrainStep(model, data, config, generator, device, ranks)
+    stepper = TrainStep(model, data, config, generator, device, ranks, teacher=teacher)
     signature = {"config": asdict(config), "data": data_signature(data)}
+    if teacher is not None:  # absent without one: earlier checkpoints resume as before
+        signature["distill"] = teacher.signature()
     ckpt = out / CHECKPOINT_FILE if out is not None else None
     run = _resume(ckpt, signature, plan.steps_per_epoch, stepper, ranks, bar) if resume and ckpt else _Run()
     if out is not None and ranks.main:
@@ -381,14 +409,14 @@ def _train(
             run.last_good = run.epoch
         if callback is not None:
             callback(record)
-    final = run.history[-1]["test_acc"] if run.history else evaluate(model, data, ranks=ranks)
+    final = run.history[-1].get("test_acc") if run.history else evaluate(model, data, ranks=ranks)
     model.to(home, memory_format=torch.contiguous_format)
     model.eval()
     if out is not None and ranks.main:
-        _save_trained(model, out, data, config, run, final, device, ranks)
+        _save_trained(model, out, data, config, run, final, device, ranks, distill=signature.get("distill"))
     if ranks.distributed:
         dist.barrier()  # the other processes end once rank 0 has written the model
-    return TrainResult(run.history, final, run.seconds, out)
+    return TrainResult(run.history, final, run.seconds, out, val_accuracy=(run.history or [{}])[-1].get("val_acc"))
 
 
 def _save_trained(
@@ -400,20 +428,28 @@ def _save_trained(
     final: float,
     device: torch.device,
     ranks: Ranks,
+    *,
+    distill: dict | None = None,
 ) -> None:
-    """Write the trained model and ``train.json``, its summary."""
+    """Write the trained model and ``train.json``, its summary (with the distillation settings, if any)."""
     from edgeprune.io import save
 
     save(model, out, data.input_shape())
     summary = {
         "test_accuracy": final,
+        **({"val_accuracy": run.history[-1]["val_acc"]} if "val_acc" in run.history[-1] else {}),
         "epochs": len(run.history),
         "train_seconds": round(run.seconds, 3),
         "config": asdict(config),
         "data": data_signature(data),
         "normalize": {"mean": list(data.mean), "std": list(data.std), "scale": "pixels / 255"},
+        "data_storage": {
+            "images": "mapped" if is_mapped(data.train_x) else "memory",
+            "note": storage_note(data.train_x),
+        },
         "device": device.type,
         "processes": ranks.world,
+        **({"distill": distill} if distill is not None else {}),
     }
     write_json(out / SUMMARY_FILE, summary)
 
@@ -452,7 +488,10 @@ def _read_run(
         bar.line(f"no checkpoint in {ckpt.parent}; starting from epoch 1")
         return _Run()
     saved = read_checkpoint(ckpt)  # verified before anything is changed or written
+    if isinstance(saved.state["config"].get("augment"), bool):  # before augmentations had names: cifar or none
+        saved.state["config"]["augment"] = augment_mode(saved.state["config"]["augment"], False)
     check_resumable(ckpt, saved.state, signature, steps_per_epoch)
+    check_same_teacher(ckpt, saved.state, signature.get("distill"))
     meta = restore_checkpoint(ckpt, saved, stepper.model, stepper.optimizer, stepper.generator)
     unverified = "" if saved.verified else " (an older checkpoint without checksums: not verified)"
     bar.line(f"resuming after epoch {meta['epoch']}/{signature['config']['epochs']} from {ckpt}{unverified}")
@@ -479,26 +518,31 @@ def _epoch(
     label = f"epoch {run.epoch + 1}/{config.epochs}"
     seed_epoch(stepper.device, config.seed, ranks.rank, run.epoch)
     loss, accuracy, seen, seconds, lr = _steps(stepper, plan, run, label, bar, ckpt)
+    load = machine_load()  # the epoch's machine load, for honest times (a comparison marks loaded ones)
     t1 = time.perf_counter()
     if ranks.distributed:
         sync_buffers(stepper.model)
-    test_acc = evaluate(stepper.model, data, ranks=ranks)
+    test_acc = evaluate(stepper.model, data, ranks=ranks) if len(data.test_y) else None  # None: no test split
+    val_acc = evaluate(stepper.model, data, ranks=ranks, split="val") if data.val_y is not None else None
     record = {
         "epoch": run.epoch + 1,
         "loss": loss,
         "train_acc": accuracy,
-        "test_acc": test_acc,
+        **({"test_acc": test_acc} if test_acc is not None else {}),
+        **({"val_acc": val_acc} if val_acc is not None else {}),
         "epoch_seconds": round(seconds, 3),
         "eval_seconds": round(time.perf_counter() - t1, 3),
         "train_seconds": round(run.seconds + seconds, 3),
         "images_per_s": round(seen / max(seconds, 1e-9), 1),
         "lr": lr,
+        **load,
     }
     run.epoch, run.seconds = run.epoch + 1, run.seconds + seconds
     run.history.append(record)
+    scores = "".join(f"{k[:-4]} {100 * record[k]:.2f}% " for k in ("val_acc", "test_acc") if k in record)
     bar.update(
         label, plan.steps_per_epoch, plan.steps_per_epoch,
-        f"loss {record['loss']:.3f} acc {100 * record['train_acc']:.1f}% test {100 * test_acc:.2f}% "
+        f"loss {record['loss']:.3f} acc {100 * record['train_acc']:.1f}% {scores}"
         f"{record['images_per_s']:.0f} img/s {seconds:.1f}s",
         final=True,
     )  # fmt: skip
