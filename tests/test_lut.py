@@ -55,7 +55,7 @@ def fake_table(model: nn.Module | None = None, parent_ms: float = 3.0, round_to:
 
 
 def test_every_cost_has_a_name_unit_key_and_label():
-    assert NAMES == ("params", "flops", "memory", "energy", "latency")
+    assert NAMES == ("params", "flops", "memory", "energy", "peak_memory", "flash", "latency")
     keys = [c.key for c in STATIC.values()]
     assert keys == ["params", "flops", "memory_bytes", "energy_uj"] and all(c.unit and c.label for c in STATIC.values())
     with pytest.raises(EdgepruneError, match="needs a latency table"):
