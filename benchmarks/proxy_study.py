@@ -104,7 +104,7 @@ def _finished(run: Path) -> dict | None:
 def train(out: Path, args: argparse.Namespace) -> None:
     """Train every candidate not yet trained, ``workers`` at a time; stop starting new ones at the deadline."""
     rows = json.loads((out / "candidates.json").read_text())["candidates"]
-    by_mode = [[r["name"] for r in rows if r["mode"] == mode] for mode in MODES]
+    by_mode = [[r["name"] for r in rows if r["mode"] == mode] for mode in args.modes]
     # the modes interleaved: a run cut short leaves both modes with as many candidates as it can
     names = [n for group in itertools.zip_longest(*by_mode) for n in group if n is not None]
     todo = [n for n in names if _finished(out / "runs" / n) is None]

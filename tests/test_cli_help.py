@@ -58,6 +58,16 @@ def test_import_edgeprune_is_lazy_and_complete():
         edgeprune.no_such_name  # noqa: B018
 
 
+def test_version_matches_the_package_metadata(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"edgeprune {version('edgeprune')}"
+    assert not _imports_torch("--version")
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_models_imports_no_torch():

@@ -8,6 +8,10 @@ import contextlib
 import importlib.util
 import io
 import json
+import platform
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -172,6 +176,40 @@ def test_int8_file_keeps_the_accuracy_within_max_drop(quantized, trained):
     assert agree >= 0.75  # int8 changes a few near-ties, not the model
 
 
+_RUN_FILE = """
+import sys, numpy as np
+from edgeprune.edge_runtime import open_model
+np.save(sys.argv[3], open_model(sys.argv[1], threads=1).run(np.load(sys.argv[2])))
+"""
+
+
+def _outputs(path, x, tmp_path, emulate=None):
+    """The file's outputs on ``x`` in a fresh process, on this CPU or an emulated one (qemu-user)."""
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / f"y-{emulate or 'here'}.npy"
+    cmd = [sys.executable, "-c", _RUN_FILE, str(path), str(tmp_path / "x.npy"), str(out)]
+    cmd = [shutil.which("qemu-x86_64"), "-cpu", emulate, *cmd] if emulate else cmd
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return np.load(out)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="needs qemu-user (apt-get install qemu-user)")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.machine() != "x86_64", reason="x86-64 Linux")
+def test_int8_file_gives_the_same_outputs_on_an_emulated_avx2_cpu(quantized, trained, tmp_path):
+    """XNNPACK's int8 kernels differ by instruction set; on Haswell (AVX2, no AVX-512, no VNNI) the outputs
+    must be those of this CPU (measured: identical), so an int8 edge file's accuracy holds on every x86 CPU."""
+    _, path, _ = quantized
+    x = Normalizer(trained[1].mean, trained[1].std)(trained[1].test_x[:16]).contiguous().numpy()
+    here, avx2 = _outputs(path, x, tmp_path), _outputs(path, x, tmp_path, emulate="Haswell")
+    assert np.isfinite(here).all() and np.abs(here).max() > 0
+    # one step of the int8 output's scale at most (a rounding difference, not saturation)
+    step = np.abs(np.diff(np.unique(here))).min(initial=np.inf)
+    assert np.abs(avx2 - here).max() <= max(step, 1e-6) * 1.01
+    assert (avx2.argmax(1) == here.argmax(1)).all()
+
+
 # -- bad input -------------------------------------------------------------------------------------------------
 
 
@@ -243,7 +281,8 @@ def test_bench_exports_and_times_a_model_on_litert(trained, capsys):
     assert code == 0, err
     table = [line.split() for line in out.splitlines() if line.split()[:1] in (["onnxruntime"], ["litert"])]
     rows = {words[0]: " ".join(words) for words in table if words[1].replace(".", "").isdigit()}  # not the notes
-    assert "model.tflite" in rows["litert"] and "model.onnx" in rows["onnxruntime"]
+    assert set(rows) == {"litert", "onnxruntime"}
+    assert "litert: model.tflite" in " ".join(out.split()) and "onnxruntime: model.onnx" in " ".join(out.split())
     assert "litert export: batch 1, max |litert - torch| = " in out
     code, _, err = run_cli(capsys, "bench", folder, "--backends", "litert", "--batch-size", 2)
     assert "exported for batch 1" in one_line_error(err, code)

@@ -125,7 +125,7 @@ def test_bench_reads_rapl_in_the_measuring_process(tmp_path, monkeypatch, capsys
         assert "includes idle cores and other processes" in e["note"] and e["inferences"] >= 2
     monkeypatch.setenv("EDGEPRUNE_POWERCAP", str(tmp_path / "none"))
     assert main(["bench", "tiny", "--backends", "onnxruntime", *quick]) == 0
-    text = capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())  # notes wrap at 100 columns, paths are never cut
     assert f"measured energy (RAPL): none, {tmp_path / 'none'}: no such folder" in text
     assert "estimate, not a measurement" in text
 
@@ -193,7 +193,10 @@ def test_cli_bench_table(capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "median ms" in out and "onnxruntime" in out and "no spin-waiting" in out
-    assert "45 nm, Horowitz 2014" in out and "4.6 pJ" in out and "640 pJ" in out
+    flat = " ".join(out.split())  # notes wrap at 100 columns
+    assert "45 nm, Horowitz 2014" in flat and "4.6 pJ" in flat and "640 pJ" in flat
+    assert max(map(len, out.splitlines())) <= 100  # fits a terminal: long notes wrap, the table is narrow
+    assert "onnxruntime: model.onnx" in flat  # the file timed, in the notes
 
 
 @pytest.mark.slow

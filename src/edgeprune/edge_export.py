@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -116,6 +117,30 @@ def reference_outputs(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     return outs[0].float().numpy()
 
 
+def write_checked(
+    path: Path, fmt: str, module: Any, inputs: tuple, *, atol: float = math.inf, quantizer: Any = None
+) -> float:
+    """Lower ``module`` to ``path`` atomically, run it in the format's runtime and return the largest difference.
+
+    ``inputs`` is (the example for tracing, the check batch, the outputs expected for it); a non-finite
+    difference, or one above ``atol``, leaves nothing at ``path`` and raises one line.
+    """
+    example, check, expected = inputs
+    result: dict = {}
+
+    def write(tmp: Path) -> None:
+        lower(fmt, module, example, tmp, quantizer)
+        diff = runtime_diff(tmp, fmt, check, expected)
+        if not np.isfinite(diff):
+            raise EdgepruneError(f"{path.name}: the {fmt} model gives non-finite outputs")
+        if diff > atol:
+            raise EdgepruneError(f"{fmt} export check failed: outputs differ from PyTorch by {diff:.3g} (> {atol:g})")
+        result["diff"] = diff
+
+    atomic_write(path, write)
+    return result["diff"]
+
+
 def runtime_diff(path: Path, fmt: str, x: torch.Tensor, expected: np.ndarray) -> float:
     """Largest absolute difference between the file's outputs in its runtime and ``expected``."""
     got = open_model(path, fmt=fmt).run(x.numpy())
@@ -166,16 +191,7 @@ def export_edge(
     example = torch.randn(1, *input_shape, generator=gen)
     check_input = torch.randn(check_images, *input_shape, generator=gen)
     expected = reference_outputs(reference, check_input)
-    result: dict = {}
-
-    def write(tmp: Path) -> None:
-        lower(fmt, module, example, tmp)
-        diff = runtime_diff(tmp, fmt, check_input, expected)
-        if not np.isfinite(diff) or diff > atol:
-            raise EdgepruneError(f"{fmt} export check failed: outputs differ from PyTorch by {diff:.3g} (> {atol:g})")
-        result["diff"] = diff
-
-    atomic_write(path, write)
+    diff = write_checked(path, fmt, module, (example, check_input, expected), atol=atol)
     return {
         "path": str(path),
         "format": fmt,
@@ -183,7 +199,7 @@ def export_edge(
         "precision": "fp32",
         "input_shape": [1, *input_shape],
         "pad_channels": pad_to,
-        "check": {"max_abs_diff": result["diff"], "atol": atol, "images": check_images, "runtime": runtime_name(fmt)},
+        "check": {"max_abs_diff": diff, "atol": atol, "images": check_images, "runtime": runtime_name(fmt)},
     }
 
 
@@ -200,4 +216,5 @@ __all__ = [
     "quiet",
     "reference_outputs",
     "runtime_diff",
+    "write_checked",
 ]

@@ -27,10 +27,9 @@ import torch
 from torch import nn
 
 from edgeprune.data import ImageDataset
-from edgeprune.edge_export import lower, prepare_model, quiet, reference_outputs, runtime_diff
+from edgeprune.edge_export import prepare_model, quiet, reference_outputs, write_checked
 from edgeprune.edge_runtime import FORMATS, require, runtime_name
 from edgeprune.errors import EdgepruneError, first_line
-from edgeprune.files import atomic_write
 from edgeprune.quantize import DEFAULT_MAX_DROP, calibration_batches
 
 SCHEMES = {
@@ -107,16 +106,7 @@ def quantize_edge(
         converted = _calibrated(fmt, module, batches, quantizer)
     check = torch.from_numpy(batches[0][:2])
     expected = reference_outputs(converted, check)  # PT2E's own simulation of the int8 model
-    result: dict = {}
-
-    def write(tmp: Path) -> None:
-        lower(fmt, converted, torch.from_numpy(batches[0][:1]), tmp, quantizer)
-        diff = runtime_diff(tmp, fmt, check, expected)
-        if not np.isfinite(diff):
-            raise EdgepruneError(f"{path.name}: the int8 {fmt} model gives non-finite outputs")
-        result["diff"] = diff
-
-    atomic_write(path, write)
+    diff = write_checked(path, fmt, converted, (torch.from_numpy(batches[0][:1]), check, expected), quantizer=quantizer)
     return {
         "path": str(path),
         "format": fmt,
@@ -125,7 +115,7 @@ def quantize_edge(
         "scheme": SCHEMES[fmt],
         "calibration": {"data": calibration.name, "split": "train", "images": sum(map(len, batches)), "seed": seed},
         # runtime kernels against PT2E's simulation of them: rounding, not error; recorded, not limited
-        "max_abs_diff_from_pt2e": result["diff"],
+        "max_abs_diff_from_pt2e": diff,
         "runtime": runtime_name(fmt),
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from edgeprune.complexity import QUANTIZED_CONVENTIONS, Profile
@@ -10,6 +11,7 @@ from edgeprune.costs import human as cost_human
 from edgeprune.energy import estimate_lines, measured_lines
 
 MODE_LABEL = {name: label(name) for name in NAMES}
+WIDTH = 100  # columns a printed report fits in (a terminal's default is 80-120)
 
 
 def human(value: float, mode: str) -> str:
@@ -25,6 +27,16 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
         return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def wrapped(text: str, width: int = WIDTH) -> str:
+    """``text`` with every line longer than ``width`` columns broken at spaces, continuation lines indented."""
+    return "\n".join(
+        textwrap.fill(line, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+        if len(line) > width
+        else line
+        for line in text.splitlines()
+    )
 
 
 def profile_table(prof: Profile) -> str:
@@ -141,11 +153,11 @@ def bench_table(result: dict) -> str:
         "median ms",
         "p90 ms",
         "mean ms",
-        "CPU % (1 core=100)",
+        "CPU %",
         "threads",
         "RSS peak MB",
         "RSS +MB",
-        "size on disk",
+        "size MB",
     ]
     rows = []
     for name, b in result["backends"].items():
@@ -160,14 +172,16 @@ def bench_table(result: dict) -> str:
                 str(b["cpu"]["threads"]),
                 f"{b['memory']['rss_peak_mb']:.1f}",
                 f"{b['memory']['rss_increase_mb']:.1f}",
-                f"{b['size']['mb']:.2f} MB ({b['size']['file']})",
+                f"{b['size']['mb']:.2f}",
             ]
         )
     energy = [estimate_lines(result["energy"])] if result.get("energy") else []
     energy += measured_lines({n: b["energy"] for n, b in result["backends"].items() if "energy" in b})
     notes = (
-        "CPU % = process CPU time of all threads / wall time of the timed loop; RSS peak = process "
-        "high-water mark; RSS + = peak minus the RSS before the model was loaded"
+        "CPU % = process CPU time of all threads / wall time of the timed loop (one busy core = 100); RSS peak = "
+        "process high-water mark; RSS + = peak minus the RSS before the model was loaded; size = the file timed ("
+        + ", ".join(f"{n}: {b['size']['file']}" for n, b in result["backends"].items())
+        + ")"
     )
     source = c.get("counted_from", "the PyTorch model")
     counted = [] if source == "the PyTorch model" or "params" not in c else [f"complexity counted from {source}"]
@@ -186,7 +200,8 @@ def bench_table(result: dict) -> str:
             f"note: load average {m['load_average_1m']:.1f} on {m['usable_cores']} cores when measured: other "
             "processes shared the CPU, so latencies are noisy (try --no-spin or --threads 1)"
         ]
-    return "\n".join([head, "", table(headers, rows), "", *energy, notes, *counted, *export, *busy])
+    notes_wrapped = [wrapped(line) for line in [*energy, notes, *counted, *export, *busy]]
+    return "\n".join([wrapped(head), "", table(headers, rows), "", *notes_wrapped])
 
 
 def _width_note(complexity: dict) -> str:

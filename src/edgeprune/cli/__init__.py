@@ -12,6 +12,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
+from edgeprune import __version__
 from edgeprune.cli import bench, compare, evaluate, export, lut, models, profile, prune, sweep, train
 from edgeprune.cli.outputs import OUTPUTS
 from edgeprune.cli.signals import DEFERRED, _catch_signals, restore_signals, signal_name
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgeprune",
         description="Compress CNNs to fit a parameter, FLOP or memory budget, train them, and measure them on a CPU.",
     )
+    parser.add_argument("--version", action="version", version=f"edgeprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add, _ in COMMANDS.values():
