@@ -42,7 +42,7 @@ def run_cli(capsys, *argv, catch_exit: bool = True) -> tuple[int, str, str]:
 def one_line_error(err: str, code: int) -> str:
     """The CLI failed with exit code 2 and one line of stderr, no traceback; return that line."""
     assert code == 2, err
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if ": warning: " not in line]  # a warning may come first
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 

@@ -257,3 +257,71 @@ def test_compare_resumes_from_run_records_alone(tmp_path, monkeypatch, capsys):
     assert weights is None and asdict(baseline) == first["runs"][0]
     l1 = pipelines._conventional_task(ctx, "l1", "flops", 0, (baseline, weights))
     assert asdict(l1) == next(r for r in first["runs"] if (r["method"], r["mode"]) == ("l1", "flops"))
+
+
+@pytest.mark.slow
+def test_compare_candidates_adds_a_searched_row(tmp_path, capsys):
+    """--candidates 3: one more method, the direct pipeline on the kept plan, its time counting the search's
+    seconds; its record key names the search, --resume reads it back; run i/N counts every run."""
+    from edgeprune import pipelines
+
+    common = ["compare", "tiny", "--data", str(MINI), "--target", "flops=0.4", "--modes", "flops", "--baselines",
+              "uniform", "--epochs", "1", "--limit-train", "128", "--limit-test", "64", "--batch-size", "64",
+              "--out", str(tmp_path), "--candidates", "3"]  # fmt: skip
+    assert main(common) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("run ")] == [f"run {i}/4" for i in range(1, 5)]
+    result = json.loads((tmp_path / "compare.json").read_text())
+    runs = {r["method"]: r for r in result["runs"]}
+    assert set(runs) == {"full", "direct", "uniform", "searched"}
+    table = json.loads((tmp_path / "searched-flops-s0" / "search.json").read_text())
+    assert result["searches"]["searched-flops-s0"] == table and len(table["candidates"]) == 3
+    kept = [c for c in table["candidates"] if c["kept"]]
+    assert len(kept) == 1 and kept[0]["rank"] == 1 and kept[0]["seed"] == table["kept"]["seed"]
+    # the flops proxy keeps the candidate with the most FLOPs, and every candidate meets the budget
+    assert kept[0]["costs"]["flops"] == max(c["costs"]["flops"] for c in table["candidates"])
+    full_flops = edgeprune.profile(edgeprune.create("tiny")).totals()["flops"]
+    assert all(c["costs"]["flops"] <= 0.4 * full_flops for c in table["candidates"])
+    searched = runs["searched"]
+    assert searched["flops"] == kept[0]["costs"]["flops"] <= 0.4 * runs["full"]["flops"]
+    epoch_seconds = sum(h["epoch_seconds"] for h in searched["history"])
+    assert searched["train_seconds"] >= table["search_seconds"] > 0
+    assert searched["train_seconds"] >= epoch_seconds + table["search_seconds"] - 1e-3
+    assert "its training time includes the search's seconds" in (tmp_path / "compare.md").read_text()
+    keys = {m: json.loads((tmp_path / f"{m}-flops-s0" / pipelines.RECORD).read_text())["key"]
+            for m in ("direct", "searched")}  # fmt: skip
+    assert keys["searched"]["search"] == {"candidates": 3, "kinds": ["weighted"], "proxy": "flops", "holdout": 0.1}
+    assert "search" not in keys["direct"]
+    assert main([*common, "--resume"]) == 0
+    again = {r["method"]: r for r in json.loads((tmp_path / "compare.json").read_text())["runs"]}
+    assert again["searched"] == searched  # read back, not searched and trained again
+    assert "searched flops: read back" in capsys.readouterr().out
+    assert main([*common[:-1], "4", "--resume"]) == 2  # other search settings: refused, never mixed
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_compare_k1_keeps_methods_and_columns():
+    """Without --candidates, no searched method, the same run count and the same table columns as before."""
+    from edgeprune import pipelines
+
+    plain = pipelines.CompareSettings(model="tiny", targets={"flops": 0.5, "params": 0.5}, seeds=(0, 1))
+    assert pipelines.run_count(plain) == 2 * (1 + 2 * 5)  # full + direct, unweighted, uniform, l1, nuclear
+    searched = pipelines.CompareSettings(model="tiny", targets={"flops": 0.5}, baselines=("l1",), candidates=2,
+                                         time_matched=True)  # fmt: skip
+    assert pipelines.run_count(searched) == 1 + 4  # direct, searched, l1, direct-matched
+    epoch = [{"epoch_seconds": 1.0}]
+    records = [pipelines.RunRecord("full", "-", 0, 1.0, 0.5, 100, 1000, 400, 1.0, 0.0, 1, epoch),
+               pipelines.RunRecord("direct", "flops", 0, 0.5, 0.4, 50, 500, 200, 1.0, 0.0, 1, epoch)]  # fmt: skip
+    summary = pipelines.summarise(records[1:], records[:1], plain)
+    assert "searched" not in summary["conventions"] and "searches" not in summary
+    assert [r["method"] for r in summary["rows"]] == ["direct"]
+
+
+def test_compare_refuses_bad_search_settings(tmp_path, capsys):
+    base = ["compare", "tiny", "--data", str(MINI), "--target", "0.5", "--out", str(tmp_path / "o")]
+    assert main([*base, "--candidates", "2", "--proxy", "nope"]) == 2
+    assert "unknown proxy 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--candidates", "0"])
+    assert exit_.value.code == 2 and "--candidates: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "full-s0").exists()

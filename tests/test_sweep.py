@@ -120,3 +120,38 @@ def test_every_point_also_meets_the_extra_limits_on_rounded_widths(tmp_path, cap
     assert point["params_pct"] <= 30.0 and point["flops_pct"] <= 70.0  # both limits, params the binding one
     with pytest.raises(EdgepruneError, match="a sweep prunes to proxy costs"):
         sweep("tiny", SweepSettings(tmp_path / "x", also={"latency": "1ms"}, log=None))
+
+
+@pytest.mark.slow
+def test_sweep_candidates_and_microcontroller_costs(tmp_path, capsys):
+    """--candidates 2: each pruned point is the kept candidate (table in results.json, seconds in its training
+    time); peak_memory and flash, among the costs, get their own columns."""
+    from conftest import MINI
+
+    out = tmp_path / "o"
+    argv = ["sweep", "tiny", "--modes", "flops", "peak_memory", "--targets", "0.5", "--also", "flash=0.6",
+            "--backends", "onnxruntime", "--runs", "2", "--warmup", "0", "--threads", "1", "--data", str(MINI),
+            "--epochs", "1", "--limit-train", "64", "--limit-test", "32", "--candidates", "2",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    with open(out / "results.csv") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == columns(["onnxruntime"], mcu=("peak_memory", "flash"), search=True)
+        assert {"peak_memory_bytes", "flash_bytes", "search_seconds"} <= set(reader.fieldnames)
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    ref = rows[0]
+    assert ref["mode"] == "unpruned" and "search" not in ref
+    for row in rows:  # fp32 flash: 4 bytes per parameter (weights, biases, norm vectors)
+        assert row["flash_bytes"] == 4 * row["params"]
+        assert row["flash_pct"] == pytest.approx(100 * row["flash_bytes"] / ref["flash_bytes"])
+    for row in rows[1:]:
+        assert row["flash_bytes"] <= 0.6 * ref["flash_bytes"]
+        table = row["search"]
+        assert len(table["candidates"]) == 2 and row["search_seconds"] == table["search_seconds"] > 0
+        kept = [c for c in table["candidates"] if c["kept"]]
+        assert len(kept) == 1 and kept[0]["rank"] == 1  # flops proxy: the most FLOPs kept
+        assert kept[0]["costs"]["flops"] == max(c["costs"]["flops"] for c in table["candidates"]) == row["flops"]
+        assert row["train_seconds"] >= row["search_seconds"]
+    peak = next(r for r in rows if r["mode"] == "peak_memory")
+    assert peak["peak_memory_bytes"] <= 0.5 * ref["peak_memory_bytes"] and peak["peak_memory_pct"] <= 50.0

@@ -28,6 +28,8 @@ __all__ = ["EdgepruneError", "Profile", "PruneResult", "create", "list_models", 
 
 def __getattr__(name: str) -> Any:
     """Import a public name's module the first time the name is read."""
+    if name == "train":  # the package is callable: edgeprune.train(model, train_data, test_data, ...)
+        return importlib.import_module("edgeprune.train")
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'edgeprune' has no attribute '{name}'")

@@ -34,7 +34,8 @@ OWN_FILES = frozenset(
     {
         "model.json", "model.safetensors", "report.json", "train.json", "checkpoint.safetensors",
         "metrics.jsonl", "compare.json", "compare.csv", "compare.md", "compare.png", "curves.png", "results.json",
-        "results.csv", "latency_vs_flops.png", "shares.png", "model.onnx", "record.json", LOCK_FILE,
+        "results.csv", "latency_vs_flops.png", "shares.png", "model.onnx", "record.json", "metrics.csv",
+        "mlflow_run.json", LOCK_FILE,
     }
 )  # fmt: skip
 OWN_PATTERNS = ("tradeoffs_*.png",)
@@ -43,7 +44,7 @@ OWN_PATTERNS = ("tradeoffs_*.png",)
 COMMAND_FILES = {
     "prune": ("model.json", "model.safetensors", "report.json"),
     "train": ("model.json", "model.safetensors", "report.json", "train.json", "checkpoint.safetensors",
-              "metrics.jsonl"),
+              "metrics.jsonl", "metrics.csv", "mlflow_run.json"),
     "sweep": ("results.csv", "results.json", "latency_vs_flops.png", "tradeoffs_*.png"),
     "compare": ("compare.json", "compare.csv", "compare.md", "compare.png", "curves.png"),
 }  # fmt: skip

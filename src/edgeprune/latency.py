@@ -34,6 +34,8 @@ from edgeprune.lut import (
     environment,
     layer_blocks,
     layer_grid,
+    ms_text,
+    table_from_dict,
     varying_layers,
 )
 
@@ -126,7 +128,8 @@ def _measure_layers(prof: Profile, blocks: dict[str, dict], timer: Timer, ins: s
                                         block_at(spec, layer.c_in, layer.c_out))  # fmt: skip
         if progress:
             low, high = min(min(r) for r in ms), max(max(r) for r in ms)
-            progress(f"{layer.name}: {len(keys)} widths, {low:.3f}-{high:.3f} ms")
+            within = " (all within the per-call overhead)" if high == 0 else ""
+            progress(f"{layer.name}: {len(keys)} widths, {ms_text(high, low)}{within}")
     return layers
 
 
@@ -138,6 +141,19 @@ class _ProcessTimer:
         self.options = {"threads": s.threads, "runs": s.runs, "warmup": s.warmup, "spin": s.spin, "order": s.order}
         self.backend, self.processes = s.backend, s.processes
 
+    def _block_file(self, block: dict, stem: Path) -> Path:
+        """The file a measuring process loads for a block: its spec (.json), or for ExecuTorch and LiteRT, which
+        take no specs, the block exported to .pte / .tflite (checked against PyTorch)."""
+        from edgeprune.backends import EDGE_BACKENDS
+
+        if self.backend in EDGE_BACKENDS:
+            from edgeprune.backends.probe import SUFFIX, write_block
+
+            return write_block(self.backend, block, stem.with_suffix(SUFFIX[self.backend]))
+        path = stem.with_suffix(".json")
+        path.write_text(json.dumps(block))
+        return path
+
     def __call__(self, blocks: dict[str, dict]) -> dict[str, float]:
         """Median ms of each block, the per-call overhead taken off."""
         from edgeprune.backends import time_artifacts
@@ -147,11 +163,9 @@ class _ProcessTimer:
             for chunk in _chunks(blocks):
                 artifacts = {}
                 for key in chunk:
-                    path = Path(tmp) / f"b{len(out) + len(artifacts)}.json"
-                    path.write_text(json.dumps(blocks[key]))
+                    path = self._block_file(blocks[key], Path(tmp) / f"b{len(out) + len(artifacts)}")
                     artifacts[key] = (path, tuple(blocks[key]["input_shape"]))
-                path = Path(tmp) / "overhead.json"
-                path.write_text(json.dumps(OVERHEAD_BLOCK))
+                path = self._block_file(OVERHEAD_BLOCK, Path(tmp) / "overhead")
                 artifacts[OVERHEAD] = (path, tuple(OVERHEAD_BLOCK["input_shape"]))
                 rounds = [
                     time_artifacts(artifacts, self.backend, seed=p, **self.options) for p in range(self.processes)
@@ -320,6 +334,193 @@ def default_measure(table: Any, input_shape: tuple[int, ...], parent: Any) -> Me
     return measure
 
 
+# -- the probe: the same grid and calibration networks, timed on the device ---------------------
+
+
+def _grid_blocks(model: Any, input_shape: tuple[int, ...], settings: TableSettings) -> tuple[Profile, dict]:
+    """The model's profile and each layer's grid: name -> (spec, c_in, c_out, {key: block spec})."""
+    import torch
+
+    from edgeprune.graph import analyse
+
+    prof, _ = analyse(model.eval(), torch.zeros(1, *input_shape), prune_residual=True)
+    blocks = layer_blocks(model, input_shape)
+    ins, outs = varying_layers(prof)
+    grid = {"near": settings.near, "ratio": settings.ratio}
+    out = {}
+    for layer in prof.layers:
+        if layer.name not in blocks:
+            raise EdgepruneError(f"layer {layer.name} is not a Conv2d or Linear module: no latency table for it")
+        spec = blocks[layer.name]
+        c_in, c_out = layer_grid(spec, layer, ins, outs, settings.round_to, grid)
+        if layer.depthwise:
+            keys = {f"{w}": block_at(spec, w, w) for w in c_out}
+        else:
+            keys = {f"{i}x{o}": block_at(spec, i, o) for i in c_in for o in c_out}
+        out[layer.name] = (spec, c_in, c_out, keys)
+    return prof, out
+
+
+def _proxy_table(model: Any, input_shape: tuple[int, ...], settings: TableSettings) -> LatencyTable:
+    """A table of multiply-adds in place of milliseconds: where the probe's calibration cuts are chosen."""
+
+    def macs(blocks: dict[str, dict]) -> dict[str, float]:
+        out = {}
+        for key, b in blocks.items():
+            positions = math.prod(b["input_shape"][1:]) if b["kind"] == "conv" else 1
+            stride = math.prod(b.get("stride", [1])) if b["kind"] == "conv" else 1
+            kernel = math.prod(b.get("kernel", [1])) if b["kind"] == "conv" else 1
+            out[key] = 1e-6 * (1 + b["c_in"] // b["groups"] * b["c_out"] * kernel * positions / stride)
+        return out
+
+    quiet = dataclasses.replace(settings, calibration=())
+    table = build_table(model, input_shape, quiet, timer=macs, parent_ms=1.0)
+    full = table.parent_ms - table.rest_ms
+    return dataclasses.replace(table, parent_ms=full, rest_ms=0.0)
+
+
+def write_probe(
+    model: Any,
+    input_shape: tuple[int, ...],
+    folder: str | Path,
+    settings: TableSettings | None = None,
+    *,
+    source: str = "",
+    force: bool = False,
+) -> dict:
+    """Write a probe bundle for ``settings.backend``: the table's grid of layer blocks, the overhead block, the
+    parent and its calibration cuts (chosen by multiply-adds), and probe.py; its manifest.
+
+    ``table_from_probe`` turns the device's measurements of it into the table ``build_table`` would measure there.
+    """
+    from edgeprune.backends.probe import Bundle
+
+    settings = settings or TableSettings()
+    settings.validate()
+    bundle = Bundle(folder, settings.backend, force=force)
+    prof, grid = _grid_blocks(model, input_shape, settings)
+    layers = {}
+    for name, (spec, c_in, c_out, keys) in grid.items():
+        group = bundle.group(f"layer {name}")
+        for key, block in keys.items():
+            bundle.add_block(group, key, block)
+        bundle.add_block(group, OVERHEAD, OVERHEAD_BLOCK)
+        depthwise = next(layer.depthwise for layer in prof.layers if layer.name == name)
+        layers[name] = {"kind": spec["kind"], "c_in": c_in, "c_out": c_out, "depthwise": depthwise,
+                        "calls": spec["calls"], "block": block_at(spec, spec["c_in"], spec["c_out"])}  # fmt: skip
+    cuts: dict[str, dict] = {}
+    if settings.calibration:
+        group = bundle.group("calibration")
+        bundle.add_model(group, "parent", model, input_shape)
+        _, nets = _calibration_cuts(_proxy_table(model, input_shape, settings), model, settings.calibration, True)
+        for name, (cut, _) in nets.items():
+            bundle.add_model(group, name, cut, input_shape)
+            cuts[name] = {layer.name: [layer.c_in, layer.c_out] for layer in _profile(cut, input_shape).layers}
+    else:
+        bundle.add_model(bundle.group("calibration"), "parent", model, input_shape)
+    s = settings
+    return bundle.finish(
+        model=source or type(model).__name__, input_shape=list(input_shape), round_to=s.round_to,
+        grid={"round_to": s.round_to, "near": s.near, "ratio": s.ratio}, layers=layers, calibration=cuts,
+        timing={"runs": s.runs, "warmup": s.warmup, "rounds": s.processes},
+    )  # fmt: skip
+
+
+def _profile(model: Any, input_shape: tuple[int, ...]) -> Profile:
+    import torch
+
+    from edgeprune.graph import analyse
+
+    return analyse(model, torch.zeros(1, *input_shape), prune_residual=True)[0]
+
+
+def table_from_probe(model: Any, measurements: str | Path, folder: str | Path, *, source: str = "") -> LatencyTable:
+    """The latency table of a probe bundle (``folder``) from the device's ``measurements``: the layers' grid, the
+    parent, the rest and the calibration as ``build_table`` makes them, recording the device's CPU, runtime
+    version and threads. ``model`` must be the one the bundle was written for (its layers and grid)."""
+    from edgeprune.backends.probe import read_bundle, read_measurements
+
+    manifest, digest = read_bundle(folder)
+    measured = read_measurements(measurements, manifest, digest)
+    _check_probe_model(model, manifest)
+    if {g["name"] for g in manifest["groups"]} != {f"layer {n}" for n in manifest["layers"]} | {"calibration"}:
+        raise EdgepruneError(f"{folder}: not a latency table's probe bundle (its groups of files)")
+    try:
+        table = _probe_table(manifest, measured, source)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise EdgepruneError(f"{folder}: malformed probe manifest ({type(e).__name__}: {e})") from None
+    return table_from_dict(table.to_dict(), "the table from the probe")
+
+
+def _probe_table(manifest: dict, measured: dict, source: str) -> LatencyTable:
+    """The table of checked measurements, unchecked itself (``table_from_probe`` checks it)."""
+    groups, layers = measured["groups"], {}
+    for name, entry in manifest["layers"].items():
+        timed = groups[f"layer {name}"]
+        overhead = timed[OVERHEAD]
+        ms = {k: statistics.median(max(0.0, v - o) for v, o in zip(r, overhead)) for k, r in timed.items()}
+        if entry["depthwise"]:
+            grid = [[ms[f"{w}"] for w in entry["c_out"]]]
+        else:
+            grid = [[ms[f"{i}x{o}"] for o in entry["c_out"]] for i in entry["c_in"]]
+        layers[name] = LayerTable(entry["kind"], entry["c_in"], entry["c_out"], grid, entry["depthwise"],
+                                  entry["calls"], entry["block"])  # fmt: skip
+    models = groups["calibration"]
+    parent_ms = statistics.median(models["parent"])
+    full = {n: [max(t.c_in), max(t.c_out)] for n, t in layers.items()}
+    device, timing = measured["device"], manifest["timing"]
+    table = LatencyTable(
+        model=source or manifest["model"], input_shape=list(manifest["input_shape"]), backend=manifest["backend"],
+        backend_version=device["runtime_version"], threads=device["threads"], cpu=device["cpu"],
+        round_to=manifest["round_to"], parent_ms=parent_ms, rest_ms=0.0, layers=layers,
+        settings={"grid": manifest["grid"], "runs": timing["runs"], "warmup": timing["warmup"],
+                  "processes": timing["rounds"], "spin": False, "order": "round_robin",
+                  "points": sum(len(t.c_out) * (1 if t.depthwise else len(t.c_in)) for t in layers.values()),
+                  "probe": {"platform": device["platform"], "machine": device["machine"], "python": device["python"]}},
+        created=datetime.datetime.now().isoformat(timespec="seconds"), build_seconds=measured["seconds"],
+    )  # fmt: skip
+    table.rest_ms = parent_ms - _widths_sum(table, full, scaled=False)
+    points = [[_widths_sum(table, full), parent_ms]]
+    for name, widths in manifest["calibration"].items():
+        ratio = statistics.median(c / p for c, p in zip(models[name], models["parent"]))
+        points.append([_widths_sum(table, widths), parent_ms * ratio])
+    table.calibration = sorted(points) if len(points) > 1 else []
+    return table
+
+
+def _widths_sum(table: LatencyTable, widths: dict[str, list[int]], scaled: bool = True) -> float:
+    """The table's sum (``table_sum``) of a network given as layer -> [c_in, c_out]; unscaled: the layers only."""
+    if not scaled:
+        return sum(t.calls * t.at(*widths[n]) for n, t in table.layers.items())
+    return sum(table.scale * t.calls * t.at(*widths[n]) for n, t in table.layers.items()) + table.rest()
+
+
+def _check_probe_model(model: Any, manifest: dict) -> None:
+    """Refuse a model other than the bundle's: its layers and grid, derived again, must be the manifest's."""
+    grid = manifest.get("grid", {})
+    if not isinstance(grid, dict) or not isinstance(manifest.get("layers"), dict):
+        raise EdgepruneError("not a latency table's probe bundle (no grid or layers): read bench's with 'bench'")
+    try:
+        settings = TableSettings(backend="onnxruntime", round_to=grid["round_to"], near=grid["near"],
+                                 ratio=grid["ratio"])  # fmt: skip
+        settings.validate()
+        shape = tuple(manifest["input_shape"])
+        _, derived = _grid_blocks(model, shape, settings)
+    except (KeyError, TypeError) as e:
+        raise EdgepruneError(f"the probe manifest is malformed ({e!r})") from None
+    recorded = manifest.get("layers", {})
+    if list(derived) != list(recorded):
+        raise EdgepruneError("the probe bundle was written for another model (its layers differ)")
+    for name, (_, c_in, c_out, _) in derived.items():
+        if [c_in, c_out] != [recorded[name].get("c_in"), recorded[name].get("c_out")]:
+            raise EdgepruneError(f"the probe bundle was written for another model or grid (layer {name})")
+    for name, widths in manifest.get("calibration", {}).items():
+        if not isinstance(widths, dict) or set(widths) != set(recorded):
+            raise EdgepruneError(f"the probe manifest's calibration network {name!r} names other layers")
+        if not all(isinstance(w, list) and len(w) == 2 and all(isinstance(c, int) for c in w) for w in widths.values()):
+            raise EdgepruneError(f"the probe manifest's calibration network {name!r} has malformed widths")
+
+
 __all__ = [
     "Measure",
     "build_table",
@@ -327,4 +528,6 @@ __all__ = [
     "default_measure",
     "measure_latency",
     "measure_relative",
+    "table_from_probe",
+    "write_probe",
 ]

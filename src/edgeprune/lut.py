@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune import limits
-from edgeprune.backends import BACKENDS, ORDERS, check_backends, check_counts
+from edgeprune.backends import BACKENDS, EDGE_BACKENDS, ORDERS, check_backends, check_counts
 from edgeprune.complexity import LayerShape, Profile
 from edgeprune.errors import EdgepruneError
 from edgeprune.validate import check_in, shown
@@ -235,6 +235,24 @@ def load_table(path: str | Path) -> LatencyTable:
         raise EdgepruneError(f"{path}: malformed latency table ({e})") from None
 
 
+def table_from_dict(data: dict, what: str = "the latency table") -> LatencyTable:
+    """A table from its JSON-ready form, every field checked as ``load_table`` checks a file's (one-line errors)."""
+    try:
+        return _table_from(data)
+    except ValueError as e:
+        raise EdgepruneError(f"{what}: malformed ({e})") from None
+
+
+def ms_text(ms: float, low: float | None = None) -> str:
+    """Milliseconds with digits enough to tell them from zero: ``1.234 ms``, or in µs to 3 significant digits below
+    0.1 ms (``45.6 µs``, ``0.0123 µs``); with ``low``, a range ``low-ms`` in one unit."""
+    top = ms if low is None else max(ms, low)
+    if top < 0.1:
+        body = f"{ms * 1e3:.3g}" if low is None else f"{low * 1e3:.3g}-{ms * 1e3:.3g}"
+        return f"{body} µs"
+    return (f"{ms:.3f}" if low is None else f"{low:.3f}-{ms:.3f}") + " ms"
+
+
 def _keys(what: str, data: dict, keys: tuple[set[str], set[str]]) -> None:
     """``data`` has every required key of ``keys`` and no key outside both sets; ValueError naming the first."""
     required, optional = keys
@@ -264,8 +282,8 @@ def _table_from(data: dict) -> LatencyTable:
     """The table a parsed file describes, every field checked; ValueError (one line) names the first bad one."""
     _keys("the table", data, _TABLE_KEYS)
     backend = _text("backend", data["backend"])
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {shown(backend)}")
+    if backend not in BACKENDS + EDGE_BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS + EDGE_BACKENDS)}, got {shown(backend)}")
     problem = limits.input_shape_problem(data["input_shape"])
     if problem is not None:
         raise ValueError(f"input_shape {shown(data['input_shape'])} {problem}")
@@ -473,6 +491,10 @@ def environment(backend: str) -> dict:
     from edgeprune.measure import machine_info
 
     info = machine_info()
+    if backend in EDGE_BACKENDS:  # the runtime's distribution version, as a probe on a device records it
+        from edgeprune.backends.probe_runner import runtime_version
+
+        return {"cpu": info.get("processor", ""), "backend_version": runtime_version(backend)}
     return {"cpu": info.get("processor", ""), "backend_version": str(info.get(backend, "unknown"))}
 
 
@@ -518,7 +540,7 @@ CALIBRATION = (0.75, 0.5, 0.3)  # uniform cuts, as fractions of the parent's tab
 class TableSettings:
     """How a latency table is measured (``edgeprune.latency.build_table``); ``validate`` checks every field."""
 
-    backend: str = "onnxruntime"  # the backend timed: torch or onnxruntime
+    backend: str = "onnxruntime"  # the backend timed: torch, onnxruntime, executorch or litert
     threads: int = 1  # intra-op threads of each measuring process
     round_to: int = DEFAULT_ROUND_TO  # the grid's widths are multiples of it (the channel counts plans give)
     near: int = 2  # grid points one round_to step apart just below full width
@@ -563,5 +585,7 @@ __all__ = [
     "layer_blocks",
     "layer_grid",
     "load_table",
+    "ms_text",
+    "table_from_dict",
     "varying_layers",
 ]

@@ -91,7 +91,67 @@ def onnx_profile(path: str | Path, input_shape: tuple[int, ...] | None = None) -
     stats = {n.input[i] for n in graph.node if n.op_type == "BatchNormalization" for i in (3, 4) if i < len(n.input)}
     weights = sum(math.prod(t.dims) for t in _parameters(graph, stats | synthetic))
     attributed = sum(layer.params for layer in layers)
-    return Profile(layers, shape, other_params=max(weights - attributed, 0))
+    prof = Profile(layers, shape, other_params=max(weights - attributed, 0))
+    # activations at 4 B each: right for fp32 graphs; a quantized graph's tensors change width between its
+    # Quantize/Dequantize nodes, so its peak memory is left uncounted rather than guessed
+    quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv") for n in graph.node)
+    prof.liveness = None if quantized else onnx_liveness(graph, shapes, constants)
+    return prof
+
+
+# ops whose output shares its input's buffer, as torch's views do (``view``, ``flatten``, ``squeeze``)
+VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+
+
+def onnx_liveness(graph: Any, shapes: dict[str, Shape], constants: set[str]) -> Any:
+    """The activations alive at each op of the graph at batch 1 (``edgeprune.liveness``'s definition), None
+    when an activation's shape is unknown.
+
+    Ops run in the graph's (topological) order; nodes computing from constants alone are weights, not ops.
+    A view op's output shares its input's buffer; a buffer lives from the op that makes it (the graph's input
+    from the first op) to the last op that reads it (a graph output to the last op); values count 4 B each.
+    """
+    import numpy as np
+
+    from edgeprune.liveness import Liveness
+
+    constants = set(constants)
+    ops: list[Any] = []
+    for node in graph.node:
+        if node.op_type == "Constant" or all(not i or i in constants for i in node.input):
+            constants.update(node.output)
+        else:
+            ops.append(node)
+    owner: dict[str, str] = {}  # a value -> the value whose buffer it lives in
+    born: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for value in graph.input:
+        if value.name not in constants:
+            owner[value.name] = value.name
+            born[value.name] = last[value.name] = 0
+    for i, node in enumerate(ops):
+        for name in node.input:
+            if name in owner:
+                last[owner[name]] = i
+        for k, name in enumerate(node.output):
+            if not name:
+                continue
+            if node.op_type in VIEW_OPS and k == 0 and node.input[0] in owner:
+                owner[name] = owner[node.input[0]]
+                continue
+            owner[name] = name
+            born[name] = last[name] = i
+    for value in graph.output:
+        if value.name in owner:
+            last[owner[value.name]] = len(ops) - 1
+    buffers = sorted(born, key=lambda b: born[b])
+    if not ops or any(b not in shapes for b in buffers):
+        return None
+    size = np.array([BYTES_PER_VALUE * math.prod(shapes[b]) for b in buffers], float)
+    live = np.array([[born[b] <= r <= last[b] for b in buffers] for r in range(len(ops))], float)
+    return Liveness(layers=(), traced=np.zeros(0), const=size, coef=np.zeros((len(buffers), 0)), live=live,
+                    rows=tuple(range(len(ops))), ops=tuple(f"{n.name or n.op_type} ({n.op_type})" for n in ops),
+                    row_of=tuple(range(len(ops))), alive=tuple(int(row.sum()) for row in live))  # fmt: skip
 
 
 def _fix_input(path: str | Path, value: Any, input_shape: tuple[int, ...] | None) -> Shape:

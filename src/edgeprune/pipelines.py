@@ -29,9 +29,11 @@ before its checkpoint: a long study carries over to another machine in those sma
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -41,39 +43,43 @@ import torch
 from torch import nn
 
 from edgeprune import cluster
-from edgeprune.cluster import CRASH_ENV, MAX_RETRIES, NOT_COMPARABLE, RayOptions, crash_hook, node_info
-from edgeprune.complexity import reduction
+from edgeprune.cluster import CRASH_ENV, MAX_RETRIES, RayOptions, crash_hook, node_info
 from edgeprune.costs import STATIC
 from edgeprune.data import ImageDataset
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import write_json
 from edgeprune.io import ModelRef, is_folder_ref, resolve
+from edgeprune.limits import read_json
 from edgeprune.pruning import check_seed, prune
 from edgeprune.records import (
+    CONVENTIONAL,
+    DIRECT,
+    DIRECT_KD,
+    KD,
+    MATCHED,
     RECORD,
+    SEARCHED,
     RunRecord,
     check_record,
+    matched_epochs,
     new_record,
     progress_line,
     run_tag,
     save_record,
-    steady_seconds,
     stored_record,
-    train_hosts,
+    summarise,
 )
 from edgeprune.report import markdown_table as markdown_table  # re-exported: compare prints it
 from edgeprune.report import write_compare
+from edgeprune.search import KINDS, get_proxy
+from edgeprune.search import prune as search_prune
 from edgeprune.trace import record_shapes
 from edgeprune.train import TrainConfig, TrainResult, data_signature, train
-from edgeprune.train.busy import load_figures
 from edgeprune.train.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, Distill, Teacher
 
-DIRECT = "direct"
-MATCHED = "direct-matched"  # the direct pipeline trained as long as the conventional one
 AT_INIT = {DIRECT: "weighted", "unweighted": "uniform", "uniform": "ratio", MATCHED: "weighted"}  # -> layer selection
-CONVENTIONAL = ("l1", "nuclear")
-KD = "+kd"  # a method distilled from its seed's trained full model: l1+kd, nuclear+kd, direct+kd
-DIRECT_KD = DIRECT + KD
 BASELINES = ("l1", "nuclear", "uniform", "unweighted")
+SEARCH_FILE = "search.json"  # a searched run's candidate table, in its folder
 # The settings that decide a run's result (threads and device do not: a record made with others is still it)
 RESULT_SETTINGS = ("model", "width", "model_args", "num_classes", "step", "conventional_layers", "optimizer", "lr",
                    "batch_size", "calibration_images", "also")  # fmt: skip
@@ -109,6 +115,10 @@ class CompareSettings:
     distill: bool = False  # also l1+kd / nuclear+kd and direct+kd, distilled from the seed's trained full model
     distill_alpha: float = DEFAULT_ALPHA
     distill_temperature: float = DEFAULT_TEMPERATURE
+    candidates: int = 1  # K > 1: also the searched method, the direct pipeline on the best of K plans by ``proxy``
+    candidate_kinds: tuple[str, ...] = ("weighted",)
+    proxy: str = "flops"
+    proxy_holdout: float = 0.1
 
     def budget(self, mode: str) -> dict:
         """What a run of ``mode`` prunes to: the mode's target and every ``also`` limit (SPEC, multi-budget)."""
@@ -171,14 +181,6 @@ def _record(ctx: RunContext, method: str, mode: str, seed: int, model: nn.Module
                       nodes=[*(before or []), node_info(ctx.in_ray)])  # fmt: skip
 
 
-def matched_epochs(runs: list[RunRecord]) -> int:
-    """Epochs of the direct network that fit in the conventional pipeline's measured time (l1 first), at least 1;
-    both timed by ``steady_seconds``, so that a pause in either does not skew the match."""
-    direct = next(r for r in runs if r.method == DIRECT)
-    reference = next(r for m in CONVENTIONAL for r in runs if r.method == m)
-    return max(1, int(steady_seconds(reference.history) // (steady_seconds(direct.history) / direct.epochs)))
-
-
 # -- the runs: each independent of the others but for its inputs, called by the serial and the Ray paths --
 
 
@@ -202,6 +204,8 @@ def record_key(ctx: RunContext, method: str, mode: str, seed: int, epochs: int) 
                epochs=stage_epochs(s, method, epochs))  # fmt: skip
     if method.endswith(KD):  # only a distilled run's key names them: the others' keys stay as before
         key["distill"] = {"alpha": s.distill_alpha, "temperature": s.distill_temperature, "teacher": "full model"}
+    if method == SEARCHED:  # only a searched run's key names the search: the others' keys stay as before
+        key["search"] = search_key(s)
     content = getattr(ctx.data, "content_hash", None)
     if content is not None:  # name and sizes stay the same when images are swapped between classes; this does not
         key["data"]["content_hash"] = content
@@ -271,6 +275,36 @@ def run_at_init(ctx: RunContext, method: str, mode: str, seed: int, epochs: int)
     return save_record(ctx, tag, key, _record(ctx, method, mode, seed, pruned, [result]))
 
 
+def search_key(settings: CompareSettings) -> dict:
+    """The search settings that decide a searched run's plan."""
+    return {"candidates": settings.candidates, "kinds": list(settings.candidate_kinds), "proxy": settings.proxy,
+            "holdout": settings.proxy_holdout}  # fmt: skip
+
+
+def run_searched(ctx: RunContext, mode: str, seed: int, epochs: int) -> RunRecord:
+    """The direct pipeline on the best of K candidate plans (``edgeprune.search``), trained ``epochs``; its
+    training time counts the search's seconds, and ``search.json`` in its folder lists every candidate."""
+    s, tag = ctx.settings, run_tag(SEARCHED, mode, seed)
+    key = record_key(ctx, SEARCHED, mode, seed, epochs)
+    if (done := stored_record(ctx, tag, key)) is not None:
+        return done
+    t0 = time.perf_counter()
+    found = search_prune(ctx.fresh(seed), budget=s.budget(mode), candidates=s.candidates,
+                         candidate_kinds=s.candidate_kinds, proxy=s.proxy, data=ctx.data, seed=seed, step=s.step,
+                         input_shape=ctx.shape, holdout=s.proxy_holdout)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    table = {**(found.plan.search or {}), "search_seconds": round(seconds, 3)}
+    (ctx.out / tag).mkdir(parents=True, exist_ok=True)
+    write_json(ctx.out / tag / SEARCH_FILE, table)
+    ctx.log(
+        f"[seed {seed}] {SEARCHED} {mode}: kept {table['kept']['kind']} seed {table['kept']['seed']} of "
+        f"{len(table['candidates'])} candidates by {s.proxy} ({seconds:.1f} s), training {epochs} epochs"
+    )
+    result = ctx.train(found.model, epochs, seed, tag)
+    result = replace(result, train_seconds=result.train_seconds + seconds)
+    return save_record(ctx, tag, key, _record(ctx, SEARCHED, mode, seed, found.model, [result]))
+
+
 def run_conventional(
     ctx: RunContext, method: str, mode: str, seed: int, full: nn.Module | None, baseline: RunRecord
 ) -> RunRecord:
@@ -319,6 +353,19 @@ def _at_init_methods(settings: CompareSettings) -> list[str]:
     return [m for m in AT_INIT if m in (DIRECT, *settings.baselines)]
 
 
+def _searched(settings: CompareSettings) -> list[str]:
+    """The searched method when the settings ask for a candidate search (K > 1)."""
+    return [SEARCHED] if settings.candidates > 1 else []
+
+
+def run_count(settings: CompareSettings) -> int:
+    """Every run of a comparison: each seed's full model and, per mode, each method's."""
+    s = settings
+    per_mode = (len(_at_init_methods(s)) + len(_searched(s)) + len(_finetuned_methods(s)) + len(_from_teacher(s))
+                + int(s.time_matched))  # fmt: skip
+    return len(s.seeds) * (1 + len(s.targets) * per_mode)
+
+
 def _conventional_methods(settings: CompareSettings) -> list[str]:
     """The conventional baselines asked for."""
     return [b for b in settings.baselines if b in CONVENTIONAL]
@@ -351,10 +398,24 @@ def _check_settings(settings: CompareSettings) -> None:
     for mode in [*settings.targets, *settings.also]:
         if mode not in STATIC:  # a comparison prunes to proxy costs; latency needs a table and a device
             raise EdgepruneError(f"unknown mode '{mode}'; choose from: {', '.join(STATIC)}")
+    if settings.candidates != 1 or tuple(settings.candidate_kinds) != ("weighted",):
+        _check_search(settings)
     if settings.distill:
         Distill(settings.distill_alpha, settings.distill_temperature).validate()
     if is_folder_ref(settings.model):
         raise EdgepruneError(f"{settings.model}: compare trains from scratch; give a zoo name or a model reference")
+
+
+def _check_search(s: CompareSettings) -> None:
+    """One-line errors for search settings no search can use."""
+    if isinstance(s.candidates, bool) or not isinstance(s.candidates, int) or s.candidates < 1:
+        raise EdgepruneError(f"candidates must be a positive integer, got {s.candidates!r}")
+    unknown = [k for k in s.candidate_kinds if k not in KINDS] or ([] if s.candidate_kinds else [""])
+    if unknown:
+        raise EdgepruneError(f"unknown candidate kind '{unknown[0]}'; choose from: {', '.join(KINDS)}")
+    get_proxy(s.proxy)
+    if not 0 < s.proxy_holdout < 1:
+        raise EdgepruneError(f"proxy holdout must be a fraction between 0 and 1, got {s.proxy_holdout!r}")
 
 
 def _check_budgets(ctx: RunContext) -> None:
@@ -382,15 +443,21 @@ Batch = tuple[RunRecord, list[RunRecord]]  # a seed's baseline, and the runs of 
 
 def _runs_here(ctx: RunContext) -> Iterator[Batch]:
     """Every run, one after the other in this process; yielded per seed and mode."""
-    s = ctx.settings
+    s, done, total = ctx.settings, itertools.count(1), run_count(ctx.settings)
+
+    def go(run: Callable[..., Any], *args: Any) -> Any:
+        ctx.log(f"run {next(done)}/{total}")
+        return run(ctx, *args)
+
     for seed in s.seeds:
-        baseline, full = run_full(ctx, seed)
+        baseline, full = go(run_full, seed)
         for mode in s.targets:
-            mine = [run_at_init(ctx, m, mode, seed, s.epochs) for m in _at_init_methods(s)]
-            mine += [run_conventional(ctx, m, mode, seed, full, baseline) for m in _finetuned_methods(s)]
-            mine += [run_direct_kd(ctx, mode, seed, full) for _ in _from_teacher(s)]
+            mine = [go(run_at_init, m, mode, seed, s.epochs) for m in _at_init_methods(s)]
+            mine += [go(run_searched, mode, seed, s.epochs) for _ in _searched(s)]
+            mine += [go(run_conventional, m, mode, seed, full, baseline) for m in _finetuned_methods(s)]
+            mine += [go(run_direct_kd, mode, seed, full) for _ in _from_teacher(s)]
             if s.time_matched:
-                mine.append(run_matched(ctx, mode, seed, mine))
+                mine.append(go(run_matched, mode, seed, mine))
             yield baseline, mine
 
 
@@ -435,15 +502,16 @@ Plan = list[tuple[int, str, Any, list[Any]]]  # seed, mode, the seed's full-mode
 def _submit(ray: ModuleType, shared: Any, settings: CompareSettings, options: RayOptions) -> Plan:
     """Submit every run as a Ray task, a conventional one depending on its own seed's full model only."""
     s = settings
-    full_task, at_init, conventional, direct_kd, matched = (
+    full_task, at_init, searched, conventional, direct_kd, matched = (
         cluster.task(ray, f, options)
-        for f in (_full_task, run_at_init, _conventional_task, _direct_kd_task, _matched_task)
+        for f in (_full_task, run_at_init, run_searched, _conventional_task, _direct_kd_task, _matched_task)
     )
     plan = []
     for seed in s.seeds:
         full = full_task.remote(shared, seed)
         for mode in s.targets:
             refs = [at_init.remote(shared, m, mode, seed, s.epochs) for m in _at_init_methods(s)]
+            refs += [searched.remote(shared, mode, seed, s.epochs) for _ in _searched(s)]
             refs += [conventional.remote(shared, m, mode, seed, full) for m in _finetuned_methods(s)]
             refs += [direct_kd.remote(shared, mode, seed, full) for _ in _from_teacher(s)]
             if s.time_matched:
@@ -462,13 +530,14 @@ def _runs_on_ray(ctx: RunContext, options: RayOptions) -> Iterator[Batch]:
         ctx.log(f"{len(ctx.settings.seeds) + sum(len(p[3]) for p in plan)} runs submitted to Ray ({options.address}, "
                 f"{options.cpus_per_run:g} CPU(s) and {options.gpus_per_run:g} GPU(s) per run)")  # fmt: skip
         baselines: dict[int, RunRecord] = {}
+        done, total = itertools.count(1), run_count(ctx.settings)
         for seed, mode, full, refs in plan:
             if seed not in baselines:
                 baselines[seed] = cluster.get(ray, full, f"the full model, seed {seed}")[0]
-                ctx.log(progress_line(baselines[seed]))
+                ctx.log(f"run {next(done)}/{total}: {progress_line(baselines[seed])}")
             mine = [cluster.get(ray, r, f"a {mode} run, seed {seed}") for r in refs]
             for record in mine:
-                ctx.log(progress_line(record))
+                ctx.log(f"run {next(done)}/{total}: {progress_line(record)}")
             yield baselines[seed], mine
 
 
@@ -501,97 +570,22 @@ def run_comparison(
         baselines[baseline.seed] = baseline
         records.extend(mine)
         done = list(baselines.values())
-        write_outputs(_summary(records, done, settings, ray), records, done, ctx.out)
-    summary = _summary(records, list(baselines.values()), settings, ray)
+        write_outputs(_summary(records, done, settings, ray, ctx.out), records, done, ctx.out)
+    summary = _summary(records, list(baselines.values()), settings, ray, ctx.out)
     write_outputs(summary, records, list(baselines.values()), ctx.out)
     return summary
 
 
-def _summary(
-    records: list[RunRecord], baselines: list[RunRecord], settings: CompareSettings, ray: RayOptions | None
-) -> dict:
-    """:func:`summarise`, and with Ray, how the runs were placed."""
+def _summary(records: list[RunRecord], baselines: list[RunRecord], settings: CompareSettings, ray: RayOptions | None,
+             out: Path) -> dict:  # fmt: skip
+    """:func:`summarise`, each searched run's candidate table (``search.json``), and with Ray, how runs were placed."""
     summary = summarise(records, baselines, settings)
+    searched = [run_tag(r.method, r.mode, r.seed) for r in records if r.method == SEARCHED]
+    if searched:
+        summary["searches"] = {t: read_json(out / t / SEARCH_FILE, "a search table") for t in searched}
     if ray is not None:
         summary["ray"] = {**asdict(ray), "max_retries": MAX_RETRIES, "note": "one Ray task per run"}
     return summary
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
-
-
-def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: CompareSettings) -> dict:
-    """The paper's table: baseline figures, then per method and mode the changes, mean and std over seeds."""
-    base_acc = {b.seed: b.test_accuracy for b in baselines}
-    b0 = baselines[0]
-    rows = []
-    for mode in settings.targets:
-        reference = [r for r in records if r.mode == mode and r.method == "l1"] or [
-            r for r in records if r.mode == mode and r.method in CONVENTIONAL
-        ]
-        ref_seconds = _mean_std([steady_seconds(r.history) for r in reference])[0] if reference else None
-        ref_loaded = load_figures([r.history for r in reference])["under_load"]
-        for method in dict.fromkeys(r.method for r in records if r.mode == mode):
-            runs = [r for r in records if r.mode == mode and r.method == method]
-            delta = _mean_std([100 * (r.test_accuracy - base_acc[r.seed]) for r in runs])
-            acc = _mean_std([100 * r.test_accuracy for r in runs])
-            seconds = _mean_std([r.train_seconds for r in runs])
-            steady = _mean_std([steady_seconds(r.history) for r in runs])
-            row = {
-                "method": method,
-                "mode": mode,
-                "target": runs[0].target,
-                "seeds": [r.seed for r in runs],
-                "accuracy_pct": acc,
-                "accuracy_change_pts": delta,
-                "flops_reduction_pct": _mean_std([reduction(b0.flops, r.flops) for r in runs]),
-                "memory_reduction_pct": _mean_std([reduction(b0.memory_bytes, r.memory_bytes) for r in runs]),
-                "params_reduction_pct": _mean_std([reduction(b0.params, r.params) for r in runs]),
-                "epochs": _span([r.epochs for r in runs]),
-                "train_seconds": seconds,
-                "steady_seconds": steady,
-                "train_hosts": train_hosts(runs),
-                "time_ratio_to_conventional": steady[0] / ref_seconds if ref_seconds else None,
-                **load_figures([r.history for r in runs]),
-            }
-            row["ratio_under_load"] = bool(ref_seconds) and (row["under_load"] or ref_loaded)
-            rows.append(row)
-    return {
-        "settings": asdict(settings),
-        "baseline": {
-            "accuracy_pct": _mean_std([100 * b.test_accuracy for b in baselines]),
-            "flops": b0.flops,
-            "memory_mb": b0.memory_bytes / 1e6,
-            "params_m": b0.params / 1e6,
-            "train_seconds": _mean_std([b.train_seconds for b in baselines]),
-            "train_hosts": train_hosts(baselines),
-            "epochs": b0.epochs,
-            "seeds": [b.seed for b in baselines],
-            **load_figures([b.history for b in baselines]),
-        },
-        "rows": rows,
-        "conventions": "accuracy change in points against the full model trained as long as the direct pipeline; "
-        "reductions against the full model; training time = every epoch's seconds, pre-training included; steady time "
-        "= per stage the median epoch x epochs (a paused or crowded epoch does not count); time ratio = mean steady "
-        "time / the l1 conventional pipeline's, measured in the same run; FLOPs = multiply-adds (MACs); MB = 10^6 bytes"
-        + (f"; {MATCHED} = the direct pipeline's network trained for as many epochs as fit in the conventional "
-           "pipeline's measured time" if settings.time_matched else "")
-        + (f"; l1+kd, nuclear+kd = the conventional pipeline, its fine-tuning distilled from its own pre-trained full "
-           f"model; {DIRECT_KD} = the direct network trained from scratch with that full model as teacher, its "
-           "training time without the teacher's (a user who already has a trained model); alpha "
-           f"{settings.distill_alpha:g}, temperature {settings.distill_temperature:g}" if settings.distill else "")
-        + (f"; every pruned network also meets {', '.join(f'{k} <= {v}' for k, v in settings.also.items())}"
-           if settings.also else "")
-        + (f"; training time '(N machines)': {NOT_COMPARABLE.format(n='N', hosts='in train_hosts')}"
-           if any(len(r["train_hosts"]) > 1 for r in rows) or len(train_hosts(baselines)) > 1 else ""),
-    }  # fmt: skip
-
-
-def _span(values: list[int]) -> int | str:
-    """One number when every seed agrees, else 'min-max'."""
-    return values[0] if min(values) == max(values) else f"{min(values)}-{max(values)}"
 
 
 def write_outputs(summary: dict, records: list[RunRecord], baselines: list[RunRecord], out: Path) -> None:

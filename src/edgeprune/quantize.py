@@ -31,8 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
+import sys
 import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +91,7 @@ def quantize_onnx(
     used = sum(len(b) for b in batches)
     calibrate = CalibrationMethod.Percentile if method == "percentile" else CalibrationMethod.MinMax
 
-    with tempfile.TemporaryDirectory(prefix="edgeprune-quantize-") as tmp:
+    with captured_warnings() as caught, tempfile.TemporaryDirectory(prefix="edgeprune-quantize-") as tmp:
         source, pre = _pre_process(fp32_path, Path(tmp) / "pre.onnx")
         extra = {}
         if method == "entropy":
@@ -120,9 +124,55 @@ def quantize_onnx(
             raise EdgepruneError(f"{int8_path}: cannot write ({e.strerror or e})") from None
     summary = _summary(fp32_path, int8_path, calibration, used, seed, method, per_channel, pre)
     summary["target_cpu"] = {"target": target_cpu, "reduce_range": reduce_range, "quantized_on": here}
+    if caught:
+        summary["third_party_warnings"] = {"count": len(caught), "distinct": len(set(caught)), "first": caught[0]}
+        sys.stderr.write(f"edgeprune: {warning_summary(caught, 'onnxruntime quantizer')}\n")
     if reduce_range:
         summary["weights"] += ", 7-bit range (reduce_range: no 16-bit saturation on x86 without VNNI)"
     return summary
+
+
+class _Collect(logging.Handler):
+    """A logging handler that keeps the messages of warnings and worse."""
+
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.into.append(_line(record.getMessage()))
+        except Exception:  # noqa: BLE001 - a message that cannot be formatted is still counted
+            self.into.append(_line(str(record.msg)))
+
+
+@contextlib.contextmanager
+def captured_warnings() -> Iterator[list[str]]:
+    """Catch third-party ``warnings`` and ``logging`` warnings (root logger included) into a list of messages."""
+    caught: list[str] = []
+    root = logging.getLogger()
+    handler = _Collect(caught)
+    saved = root.handlers[:]
+    root.handlers = [handler]  # a root logger with a handler is not given a stderr one by logging.warning()
+    try:
+        with warnings.catch_warnings(record=True) as recorded:
+            warnings.simplefilter("always")
+            yield caught
+    finally:
+        root.handlers = saved
+    caught.extend(_line(str(w.message)) for w in recorded)
+
+
+def _line(text: str, limit: int = 200) -> str:
+    """A message's first non-blank line, cut to ``limit`` characters."""
+    return next((line.strip()[:limit] for line in text.splitlines() if line.strip()), "(empty message)")
+
+
+def warning_summary(messages: list[str], source: str) -> str:
+    """One line: how many warnings ``source`` gave, how many distinct, and the first one."""
+    distinct = len(set(messages))
+    return (f"{source} gave {len(messages)} warning(s) ({distinct} distinct), first: {messages[0]}"
+            if messages else f"{source} gave no warnings")  # fmt: skip
 
 
 def file_target_cpu(path: str | Path) -> dict:

@@ -13,15 +13,25 @@ import dataclasses
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+import torch
 
 from edgeprune import limits
-from edgeprune.cluster import hosts
+from edgeprune.cluster import NOT_COMPARABLE, hosts
+from edgeprune.complexity import reduction
 from edgeprune.costs import STATIC
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import write_json
 from edgeprune.train import TrainResult, describe_difference
+from edgeprune.train.busy import load_figures
 
+DIRECT = "direct"
+MATCHED = "direct-matched"  # the direct pipeline trained as long as the conventional one
+SEARCHED = "searched"  # the direct pipeline on the best of K candidate plans (compare --candidates K)
+CONVENTIONAL = ("l1", "nuclear")
+KD = "+kd"  # a method distilled from its seed's trained full model: l1+kd, nuclear+kd, direct+kd
+DIRECT_KD = DIRECT + KD
 RECORD = "record.json"  # a finished run's record, in its folder
 RECORD_FORMAT = "edgeprune-run-record/1"
 MAX_SECONDS = 1e9  # any duration in a record (31 years): finite sums, never an overflow
@@ -56,6 +66,14 @@ def new_record(method: str, mode: str, seed: int, *, target: float | str, totals
         sum(r.train_seconds for r in runs), runs[0].train_seconds if len(runs) > 1 else 0.0, len(history), history,
         nodes,
     )  # fmt: skip
+
+
+def matched_epochs(runs: list[RunRecord]) -> int:
+    """Epochs of the direct network that fit in the conventional pipeline's measured time (l1 first), at least 1;
+    both timed by ``steady_seconds``, so that a pause in either does not skew the match."""
+    direct = next(r for r in runs if r.method == DIRECT)
+    reference = next(r for m in CONVENTIONAL for r in runs if r.method == m)
+    return max(1, int(steady_seconds(reference.history) // (steady_seconds(direct.history) / direct.epochs)))
 
 
 def steady_seconds(history: list[dict]) -> float:
@@ -145,7 +163,7 @@ def _shown(value: object) -> str:
 # every run a record may hold: the full model, pipelines.AT_INIT's and pipelines.CONVENTIONAL's methods, and the
 # distilled ones (pipelines.KD)
 RUN_METHODS = ("full", "direct", "unweighted", "uniform", "direct-matched", "l1", "nuclear", "l1+kd", "nuclear+kd",
-               "direct+kd")  # fmt: skip
+               "direct+kd", SEARCHED)  # fmt: skip
 _HISTORY_RANGES = {"epoch": (1, limits.MAX_EPOCHS), "stage": (0, 1), "test_acc": (0, 1), "train_acc": (0, 1),
                    "epoch_seconds": (0, MAX_SECONDS), "eval_seconds": (0, MAX_SECONDS),
                    "train_seconds": (0, MAX_SECONDS), "images_per_s": (0, MAX_COUNT), "lr": (0, MAX_COUNT),
@@ -208,6 +226,86 @@ def _check_epoch(i: int, h: object) -> None:
                              f"[{low:g}, {high:g}], got {_shown(v)}")  # fmt: skip
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+
+def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: Any) -> dict:
+    """The paper's table: baseline figures, then per method and mode the changes, mean and std over seeds."""
+    base_acc = {b.seed: b.test_accuracy for b in baselines}
+    b0 = baselines[0]
+    rows = []
+    for mode in settings.targets:
+        reference = [r for r in records if r.mode == mode and r.method == "l1"] or [
+            r for r in records if r.mode == mode and r.method in CONVENTIONAL
+        ]
+        ref_seconds = _mean_std([steady_seconds(r.history) for r in reference])[0] if reference else None
+        ref_loaded = load_figures([r.history for r in reference])["under_load"]
+        for method in dict.fromkeys(r.method for r in records if r.mode == mode):
+            runs = [r for r in records if r.mode == mode and r.method == method]
+            delta = _mean_std([100 * (r.test_accuracy - base_acc[r.seed]) for r in runs])
+            acc = _mean_std([100 * r.test_accuracy for r in runs])
+            seconds = _mean_std([r.train_seconds for r in runs])
+            steady = _mean_std([steady_seconds(r.history) for r in runs])
+            row = {
+                "method": method,
+                "mode": mode,
+                "target": runs[0].target,
+                "seeds": [r.seed for r in runs],
+                "accuracy_pct": acc,
+                "accuracy_change_pts": delta,
+                "flops_reduction_pct": _mean_std([reduction(b0.flops, r.flops) for r in runs]),
+                "memory_reduction_pct": _mean_std([reduction(b0.memory_bytes, r.memory_bytes) for r in runs]),
+                "params_reduction_pct": _mean_std([reduction(b0.params, r.params) for r in runs]),
+                "epochs": _span([r.epochs for r in runs]),
+                "train_seconds": seconds,
+                "steady_seconds": steady,
+                "train_hosts": train_hosts(runs),
+                "time_ratio_to_conventional": steady[0] / ref_seconds if ref_seconds else None,
+                **load_figures([r.history for r in runs]),
+            }
+            row["ratio_under_load"] = bool(ref_seconds) and (row["under_load"] or ref_loaded)
+            rows.append(row)
+    return {
+        "settings": asdict(settings),
+        "baseline": {
+            "accuracy_pct": _mean_std([100 * b.test_accuracy for b in baselines]),
+            "flops": b0.flops,
+            "memory_mb": b0.memory_bytes / 1e6,
+            "params_m": b0.params / 1e6,
+            "train_seconds": _mean_std([b.train_seconds for b in baselines]),
+            "train_hosts": train_hosts(baselines),
+            "epochs": b0.epochs,
+            "seeds": [b.seed for b in baselines],
+            **load_figures([b.history for b in baselines]),
+        },
+        "rows": rows,
+        "conventions": "accuracy change in points against the full model trained as long as the direct pipeline; "
+        "reductions against the full model; training time = every epoch's seconds, pre-training included; steady time "
+        "= per stage the median epoch x epochs (a paused or crowded epoch does not count); time ratio = mean steady "
+        "time / the l1 conventional pipeline's, measured in the same run; FLOPs = multiply-adds (MACs); MB = 10^6 bytes"
+        + (f"; {MATCHED} = the direct pipeline's network trained for as many epochs as fit in the conventional "
+           "pipeline's measured time" if settings.time_matched else "")
+        + (f"; l1+kd, nuclear+kd = the conventional pipeline, its fine-tuning distilled from its own pre-trained full "
+           f"model; {DIRECT_KD} = the direct network trained from scratch with that full model as teacher, its "
+           "training time without the teacher's (a user who already has a trained model); alpha "
+           f"{settings.distill_alpha:g}, temperature {settings.distill_temperature:g}" if settings.distill else "")
+        + (f"; {SEARCHED} = the direct pipeline on the best of {settings.candidates} candidate plans per kind "
+           f"({', '.join(settings.candidate_kinds)}) ranked by {settings.proxy}; its training time includes the "
+           "search's seconds" if getattr(settings, "candidates", 1) > 1 else "")
+        + (f"; every pruned network also meets {', '.join(f'{k} <= {v}' for k, v in settings.also.items())}"
+           if settings.also else "")
+        + (f"; training time '(N machines)': {NOT_COMPARABLE.format(n='N', hosts='in train_hosts')}"
+           if any(len(r["train_hosts"]) > 1 for r in rows) or len(train_hosts(baselines)) > 1 else ""),
+    }  # fmt: skip
+
+
+def _span(values: list[int]) -> int | str:
+    """One number when every seed agrees, else 'min-max'."""
+    return values[0] if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
+
 def save_record(ctx: RecordContext, tag: str, key: dict, record: RunRecord) -> RunRecord:
     """Write the finished run's ``record.json`` (atomically) and return the record."""
     (ctx.out / tag).mkdir(parents=True, exist_ok=True)
@@ -224,11 +322,13 @@ __all__ = [
     "RecordContext",
     "RunRecord",
     "check_record",
+    "matched_epochs",
     "new_record",
     "progress_line",
     "run_tag",
     "save_record",
     "steady_seconds",
     "stored_record",
+    "summarise",
     "train_hosts",
 ]

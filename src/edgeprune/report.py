@@ -102,7 +102,7 @@ def prune_summary(report: dict) -> str:
             ["cost", "limit", "before", "after", "met"],
             [
                 [
-                    MODE_LABEL[c],
+                    _PREDICTED_LABEL if c == "latency" and report.get("latency") else MODE_LABEL[c],
                     f"{human(b['limit'], c)} ({100 * b['fraction']:.1f}%)",
                     human(b["before"], c),
                     human(b["after"], c),
@@ -122,12 +122,48 @@ def prune_summary(report: dict) -> str:
         head += f"\nwidths rounded to multiples of {report['settings']['round_to']} filters"
     lat = report.get("latency")
     if lat:
-        head += (
-            f"\nlatency: limit {lat['limit_ms']:.3f} ms, predicted {lat['predicted_ms']:.3f} ms, measured "
-            f"{lat['measured_ms']:.3f} ms ({'met' if lat['met'] else 'MISSED'}; table error "
-            f"{lat['prediction_error_pct']:+.1f}%) after {len(lat['attempts'])} cut(s)"
-        )
+        head += "\n" + latency_lines(report)
+        totals = [[_PREDICTED_LABEL if r[0] == MODE_LABEL["latency"] else r[0], *r[1:]] for r in totals]
     return "\n\n".join([head, layer_table, table(["total", "before", "after", "reduction"], totals)])
+
+
+_PREDICTED_LABEL = "latency predicted (ms, table)"
+FAR_UNDER = 0.1  # a measured cut more than 10% under its latency limit gets a line saying why it was kept
+
+
+def latency_lines(report: dict) -> str:
+    """The latency limit, prediction and measurement on labelled lines, and why a cut far under was kept."""
+    lat = report["latency"]
+    where = report.get("latency_table") or {}
+    on = f"{where['backend']}, {where['threads']} thread(s)" if where else "the table's backend"
+    lines = [
+        f"latency limit:              {lat['limit_ms']:.3f} ms",
+        f"latency predicted (table):  {lat['predicted_ms']:.3f} ms (table error {lat['prediction_error_pct']:+.1f}%)",
+        f"latency measured ({on}): {lat['measured_ms']:.3f} ms, {'met' if lat['met'] else 'MISSED'} after "
+        f"{len(lat['attempts'])} cut(s)",
+    ]
+    under = 1 - lat["measured_ms"] / lat["limit_ms"] if lat["limit_ms"] > 0 else 0.0
+    if lat["met"] and under > FAR_UNDER:
+        lines.append(f"kept {100 * under:.0f}% under the limit: {_far_under_reason(report)}")
+    return "\n".join(lines)
+
+
+def _far_under_reason(report: dict) -> str:
+    """Why the kept cut is far under the latency limit, from the re-plans it logged and the plan's settings."""
+    attempts = report["latency"]["attempts"]
+    errors = [a["error"] for a in attempts if "error" in a]
+    if errors:
+        return f"a wider re-plan was out of reach ({errors[-1]})"
+    others = [c for c in report.get("bound_last") or [] if c != "latency"]
+    if others:
+        return f"giving filters back would break the {', '.join(others)} limit"
+    round_to = report.get("settings", {}).get("round_to", 1)
+    if round_to > 1:
+        return f"widths move in steps of {round_to} filters (--round-to); the next step up measured over the limit"
+    met = [a for a in attempts if "measured_ms" in a and a["measured_ms"] > report["latency"]["limit_ms"]]
+    if met:
+        return f"the nearest wider cut measured {min(a['measured_ms'] for a in met):.3f} ms, over the limit"
+    return "the next filter slot would break a limit (widths move in whole filters)"
 
 
 # -- bench ------------------------------------------------------------------------------------

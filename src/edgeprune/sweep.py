@@ -35,8 +35,8 @@ import torch
 
 from edgeprune.backends import BACKENDS, check_backends
 from edgeprune.cluster import MAX_RETRIES, RayOptions, node_info
+from edgeprune.costs import MCU, STATIC, check_cost
 from edgeprune.costs import PAPER_MODES as MODES
-from edgeprune.costs import STATIC, check_cost
 from edgeprune.energy import ENERGY_NOTE
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import write_json
@@ -77,8 +77,9 @@ _BACKEND_FIELDS = {
 }
 
 
-def columns(backends: Sequence[str], nodes: bool = False) -> list[str]:
-    """The CSV columns, in order, for the given backends (and, for a sweep on Ray, where each point ran)."""
+def columns(backends: Sequence[str], nodes: bool = False, mcu: Sequence[str] = (), search: bool = False) -> list[str]:
+    """The CSV columns, in order, for the given backends (and, for a sweep on Ray, where each point ran); ``mcu``:
+    the microcontroller costs profiled (peak_memory, flash); ``search``: points searched (``--candidates``)."""
     cols = [
         "model",
         "mode",
@@ -94,10 +95,12 @@ def columns(backends: Sequence[str], nodes: bool = False) -> list[str]:
         "energy_uj",
         "energy_compute_uj",
         "energy_dram_uj",
+        *(col for name in mcu for col in (MCU[name].key, f"{name}_pct")),
     ]
     for b in backends:
         cols += [f"{b}_{f}" for f in _BACKEND_FIELDS]
-    return cols + ["accuracy", "train_seconds", "prune_seconds", "bench_seconds"] + (["node", "ray_node_id"] * nodes)
+    timing = ["accuracy", "train_seconds", "prune_seconds", *(["search_seconds"] * search), "bench_seconds"]
+    return cols + timing + (["node", "ray_node_id"] * nodes)
 
 
 def _check_args(modes: Sequence[str], targets: Sequence[float], seeds: Sequence[int], epochs: int | None,
@@ -165,6 +168,31 @@ class SweepContext:
     resume: bool = False  # a point Ray retries continues its training from the checkpoint
     also: dict = field(default_factory=dict)  # limits every point meets besides its mode's target (cost -> limit)
     round_to: int = 1  # every pruned width a multiple of this
+    mcu: tuple[str, ...] = ()  # the microcontroller costs profiled for every point (peak_memory, flash)
+    search: dict | None = None  # the candidate search's settings (candidates > 1), as edgeprune.search.prune takes
+
+
+def mcu_costs(model: torch.nn.Module, input_shape: tuple[int, ...], names: Sequence[str]) -> dict[str, float]:
+    """The microcontroller costs ``names`` (peak_memory, flash) of ``model``, keyed as in the JSON output."""
+    from edgeprune.liveness import attach
+
+    example = torch.zeros(1, *input_shape)
+    prof = record_shapes(model, example)
+    if "peak_memory" in names:
+        attach(prof, model, example)
+    return {MCU[n].key: MCU[n].total(prof) for n in names}
+
+
+def _prune_point(ctx: SweepContext, base: torch.nn.Module, budget: dict, seed: int) -> tuple[torch.nn.Module, dict]:
+    """A point's pruned model, the best of the candidates when searching (its candidate table, else {})."""
+    from edgeprune.search import prune
+
+    options = {"step": ctx.step, "seed": seed, "input_shape": ctx.input_shape, "round_to": ctx.round_to}
+    if ctx.search is None:
+        return prune(base, budget=budget, **options).model, {}
+    t0 = time.perf_counter()
+    result = prune(base, budget=budget, data=ctx.dataset, **ctx.search, **options)
+    return result.model, {**(result.plan.search or {}), "search_seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _train_point(ctx: SweepContext, model: torch.nn.Module, seed: int, tag: str) -> tuple[float, float]:
@@ -181,27 +209,31 @@ def _point(
 ) -> list[tuple[dict, Prepared]]:
     """One sweep point: ``base`` pruned (or kept: ``unpruned``), trained if asked, measured in fresh processes;
     with ``ctx.int8`` its int8 export is a second row (mode ``MODE int8``)."""
-    from edgeprune.pruning import prune
-
-    t0 = time.perf_counter()
+    t0, searched = time.perf_counter(), {}
     if mode == "unpruned":
         # Train a copy of the unpruned model: the pruned ones are cut from the untrained base.
         candidate = copy.deepcopy(base) if ctx.dataset is not None else base
     else:
         budget = {mode: target, **{k: v for k, v in ctx.also.items() if k != mode}}
-        candidate = prune(base, budget=budget, step=ctx.step, seed=seed, input_shape=ctx.input_shape,
-                          round_to=ctx.round_to).model  # fmt: skip
+        candidate, searched = _prune_point(ctx, base, budget, seed)
     prune_s = time.perf_counter() - t0
+    mcu = mcu_costs(candidate, ctx.input_shape, ctx.mcu) if ctx.mcu else {}  # before training: eval-mode trace
     acc = train_s = None
     if ctx.dataset is not None:
         acc, train_s = _train_point(ctx, candidate, seed, f"{mode}-{target:g}-s{seed}")
+        train_s += searched.get("search_seconds", 0.0)  # the search's seconds count in the training time
     t1 = time.perf_counter()
     ready = prepare(candidate, ctx.work / f"m{index}", ctx.backends, ctx.input_shape)
     measured = measure_prepared(
         ready, ctx.backends, runs=ctx.runs, warmup=ctx.warmup, threads=ctx.threads, spin=ctx.spin
     )
     row = _row(ctx.name, mode, target, seed, measured, ref_totals)
+    for name in ctx.mcu:
+        key = MCU[name].key
+        row.update({key: mcu[key], f"{name}_pct": 100.0 * mcu[key] / ref_totals[key]})
     row.update(accuracy=acc, train_seconds=train_s, prune_seconds=prune_s, bench_seconds=time.perf_counter() - t1)
+    if searched:
+        row.update(search_seconds=searched["search_seconds"], search=searched)
     points = [(row, ready)]
     if ctx.int8:
         points.append(_int8_point(ctx, ready, row, ref_totals, index))
@@ -229,7 +261,8 @@ def _int8_point(ctx: SweepContext, ready: Prepared, row: dict, ref_totals: dict,
 def _reference(ctx: SweepContext, seed: int) -> tuple[torch.nn.Module, dict]:
     """The unpruned model of ``seed`` and its complexity totals."""
     base = _base_model(ctx.model, seed).model
-    return base, record_shapes(base, torch.zeros(1, *ctx.input_shape)).totals()
+    totals = record_shapes(base, torch.zeros(1, *ctx.input_shape)).totals()
+    return base, {**totals, **(mcu_costs(base, ctx.input_shape, ctx.mcu) if ctx.mcu else {})}
 
 
 Job = tuple[int, str, float]  # seed, mode ("unpruned" for the reference point), target
@@ -329,6 +362,10 @@ class SweepSettings:
     int8: bool = False  # also quantize every point to int8 (onnxruntime), calibrated on the training images
     also: dict[str, str | float] = field(default_factory=dict)  # limits every point meets besides its mode's target
     round_to: int = 1  # every pruned width a multiple of this
+    candidates: int = 1  # K > 1: each point is the best of K candidate plans by ``proxy`` (edgeprune.search)
+    candidate_kinds: Sequence[str] = ("weighted",)
+    proxy: str = "flops"
+    proxy_holdout: float = 0.1  # the share of the training split train:STEPS ranks on
 
     def validate(self) -> None:
         """Refuse settings no sweep can run, one line each, before any work."""
@@ -346,8 +383,25 @@ class SweepSettings:
             raise EdgepruneError(f"runs must be positive and warmup >= 0, got runs={self.runs}, warmup={self.warmup}")
         if self.threads is not None and self.threads < 1:
             raise EdgepruneError(f"threads must be positive, got {self.threads}")
+        if self.searching():
+            from edgeprune.search import KINDS, get_proxy
+
+            get_proxy(self.proxy)
+            bad = [k for k in self.candidate_kinds if k not in KINDS]
+            if bad or not 0 < self.proxy_holdout < 1 or not isinstance(self.candidates, int) or self.candidates < 1:
+                raise EdgepruneError(f"bad candidate search: candidates {self.candidates!r}, kinds "
+                                     f"{list(self.candidate_kinds)} (of {', '.join(KINDS)}), holdout "
+                                     f"{self.proxy_holdout!r}")  # fmt: skip
         if self.int8 and (self.data is None or "onnxruntime" not in backends):
             raise EdgepruneError("--int8 needs --data (its training images calibrate) and the onnxruntime backend")
+
+    def searching(self) -> bool:
+        """Whether each point is a candidate search's kept plan (``candidates`` > 1)."""
+        return self.candidates != 1
+
+    def mcu(self) -> tuple[str, ...]:
+        """The microcontroller costs the points are profiled in: those among the modes and ``also`` limits."""
+        return tuple(n for n in MCU if n in self.modes or n in (self.also or {}))
 
     def y_axis(self) -> str:
         """The plots' y axis: ``y``, else accuracy when the points are trained, else params."""
@@ -387,11 +441,13 @@ def sweep(model: str | ModelRef, settings: SweepSettings) -> dict:
             model, Path(model.ref).name if is_folder_ref(model) else model.ref,
             tuple(input_shape or checked.input_shape), backends, s.runs, s.warmup, threads, s.spin, s.step,
             Path(tmp_name), dataset, s.epochs, device=s.device, int8=s.int8, also=dict(s.also or {}),
-            round_to=s.round_to,
+            round_to=s.round_to, mcu=s.mcu(),
+            search={"candidates": s.candidates, "candidate_kinds": tuple(s.candidate_kinds), "proxy": s.proxy,
+                    "holdout": s.proxy_holdout} if s.searching() else None,
         )  # fmt: skip
         rows = _measure_points(ctx, s, say)
     result = _result(ctx, s, rows, time.perf_counter() - started)
-    write_csv(out / "results.csv", rows, columns(backends, nodes=s.ray is not None))
+    write_csv(out / "results.csv", rows, columns(backends, nodes=s.ray is not None, mcu=s.mcu(), search=s.searching()))
     result["plots"] = plot_sweep(result, out)
     write_json(out / "results.json", result)
     elapsed = result["elapsed_seconds"]

@@ -44,6 +44,61 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=options.positive_int, default=1, help="inputs per inference (default 1)")
     p.add_argument("--pad-channels", type=options.positive_int, default=None, metavar="N", help=options.PAD_HELP)
+    p.add_argument(
+        "--probe",
+        metavar="DIR",
+        default=None,
+        help="measure on another device: write a bundle to DIR (the model and the --with models exported for the "
+        "one --backend, onnxruntime, executorch or litert, and probe.py, which needs only Python, numpy and that "
+        "runtime); run 'python probe.py --threads T' on the device, then --from-probe its measurements.json",
+    )
+    p.add_argument("--with", dest="variants", nargs="+", default=[], metavar="MODEL",
+                   help="with --probe: pruned variants (model folders) timed interleaved beside the model")  # fmt: skip
+    p.add_argument("--rounds", type=options.positive_int, default=3, help="with --probe: rounds on the device")
+    p.add_argument("--from-probe", metavar="FILE", default=None,
+                   help="print the device's latencies from a probe's measurements FILE (of --bundle DIR, default "
+                   "FILE's folder)")  # fmt: skip
+    p.add_argument("--bundle", metavar="DIR", default=None, help="the probe bundle --from-probe FILE measured")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --probe folder")
+
+
+def _probe(args: argparse.Namespace) -> None:
+    """Write a whole-model probe bundle, or print what the device measured of one."""
+    import dataclasses
+    from pathlib import Path
+
+    from edgeprune.backends.probe import check_backend, models_from_probe, write_models_probe
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.io import resolve
+    from edgeprune.lut import ms_text
+
+    if args.from_probe:
+        result = models_from_probe(args.from_probe, args.bundle or Path(args.from_probe).resolve().parent)
+        if args.json:
+            return print(json.dumps(result, indent=2))
+        d = result["device"]
+        print(f"{result['backend']} {d['runtime_version']}, {d['threads']} thread(s), {d['cpu']} ({d['platform']})")
+        for name, m in result["models"].items():
+            print(f"  {name}: {ms_text(m['median_ms'])} ({m['ratio']:.3f} x the first)")
+        return None
+    backends = args.backends or ["onnxruntime"]
+    if len(backends) != 1:
+        raise EdgepruneError(f"--probe times one backend, got {len(backends)}: {' '.join(backends)}")
+    check_backend(backends[0])
+    main = resolve(options.model_ref(args))
+    models = {args.model: main.model}
+    for ref in args.variants:
+        variant = resolve(dataclasses.replace(options.model_ref(args), ref=ref))
+        if tuple(variant.input_shape) != tuple(main.input_shape):
+            raise EdgepruneError(
+                f"--with {ref}: takes {list(variant.input_shape)} inputs, not {list(main.input_shape)}"
+            )
+        models[ref] = variant.model
+    timing = {"runs": args.runs, "warmup": args.warmup, "rounds": args.rounds}
+    write_models_probe(models, tuple(main.input_shape), args.probe, backends[0], timing=timing, force=args.force)
+    print(f"wrote {args.probe}: {len(models)} models for {backends[0]}, manifest.json and probe.py\non the device: "
+          f"python probe.py --threads {args.threads or 1}; then here: edgeprune bench {args.model} --from-probe "
+          f"measurements.json --bundle {args.probe}")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> None:
@@ -52,6 +107,8 @@ def run(args: argparse.Namespace) -> None:
     from edgeprune.measure import bench, is_onnx_path
     from edgeprune.report import bench_table
 
+    if args.probe or args.from_probe:
+        return _probe(args)
     onnx = is_onnx_path(args.model)
     result = bench(
         args.model if onnx or is_edge_path(args.model) else options.model_ref(args),

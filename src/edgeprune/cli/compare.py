@@ -31,6 +31,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                 "folder for the tables, plot, records and trained models", force="write into a non-empty --out folder"
             ),
             options.also("network", "--also memory=4MB compares the methods among networks that fit 4 MB"),
+            options.search("one more method, 'searched': the direct pipeline on the kept plan, trained as direct is"),
         ],
         help="direct training of complexity-pruned models vs train -> rank -> prune -> fine-tune",
         description="Runs, for each seed: the full model trained --epochs (the baseline and the pre-training of "
@@ -176,6 +177,10 @@ def run(args: argparse.Namespace) -> None:
         device=str(resolve_device(args.device)),
         also=targets.also_budget(args.also),
         distill=args.distill,
+        candidates=args.candidates,
+        candidate_kinds=tuple(args.candidate_kinds),
+        proxy=args.proxy,
+        proxy_holdout=args.proxy_holdout,
         **{k: v for k, v in distill.items() if v is not None},
     )
     summary = run_comparison(settings, data, out, progress=not args.quiet, resume=args.resume, ray=ray)

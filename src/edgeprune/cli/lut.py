@@ -10,8 +10,8 @@ from edgeprune.errors import EdgepruneError
 
 def add(sub: argparse._SubParsersAction) -> None:
     """Register ``edgeprune lut``."""
+    from edgeprune.backends import BACKENDS, EDGE_BACKENDS
     from edgeprune.lut import CALIBRATION, DEFAULT_ROUND_TO
-    from edgeprune.measure import BACKENDS
 
     p = sub.add_parser(
         "lut",
@@ -19,7 +19,12 @@ def add(sub: argparse._SubParsersAction) -> None:
             options.model(),
             options.timing(runs=20, warmup=3, spin=False),
             options.threads(1, ", as deployed: the table holds for this thread count only"),
-            options.output("where to write the table", metavar="TABLE.json", force="replace an existing table"),
+            options.output(
+                "where to write the table (not with --probe)",
+                required=False,
+                metavar="TABLE.json",
+                force="replace an existing table (or write into a non-empty --probe folder)",
+            ),
         ],
         help="measure a latency table (each layer at a grid of widths) for pruning to milliseconds",
         description="Time every conv and linear layer of the model, with its norm and activation as the backend runs "
@@ -35,8 +40,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--backends",
         dest="backend",
         default="onnxruntime",
-        choices=BACKENDS,
-        help="the backend the model will run on (default onnxruntime); --backends is the same option, one name",
+        choices=BACKENDS + EDGE_BACKENDS,
+        help="the backend the model will run on (default onnxruntime; executorch and litert time each grid point "
+        "exported to .pte / .tflite, checked against PyTorch: minutes); --backends is the same option, one name",
     )
     p.add_argument(
         "--round-to",
@@ -78,14 +84,36 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="keep the layers of the --out table (made for this model on this machine) and measure only "
         "its calibration afresh (seconds, not minutes)",
     )
+    _add_probe(p)
     p.add_argument("--quiet", action="store_true", help="no per-layer progress lines")
+
+
+def _add_probe(p: argparse.ArgumentParser) -> None:
+    """The probe's options: write a bundle for another device, or read its measurements back."""
+    p.add_argument(
+        "--probe",
+        metavar="DIR",
+        default=None,
+        help="measure on another device: write a bundle to DIR instead (the grid's layer files and the calibration "
+        "networks for --backend onnxruntime, executorch or litert, a manifest, and probe.py, which needs only Python, "
+        "numpy and that runtime); copy DIR to the device, run 'python probe.py --threads T' there, and bring "
+        "its measurements.json back to --from-probe",
+    )
+    p.add_argument(
+        "--from-probe",
+        metavar="FILE",
+        default=None,
+        help="build the table from a probe's measurements FILE (of the bundle in --bundle, default FILE's folder), "
+        "recording the device's CPU, runtime version and threads",
+    )
+    p.add_argument("--bundle", metavar="DIR", default=None, help="the probe bundle --from-probe FILE measured")
 
 
 def _measure(args: argparse.Namespace, out: object):  # noqa: ANN202 - lut.LatencyTable
     """Build the table, or recalibrate the one at ``out``."""
     from edgeprune.io import resolve
     from edgeprune.latency import build_table, calibrate
-    from edgeprune.lut import TableSettings, load_table
+    from edgeprune.lut import load_table
 
     if args.recalibrate:
         if not args.calibrate:
@@ -98,37 +126,71 @@ def _measure(args: argparse.Namespace, out: object):  # noqa: ANN202 - lut.Laten
         raise EdgepruneError(f"--out {out}: exists; give --force to replace it (or --recalibrate it)")
     resolved = resolve(options.model_ref(args))
     progress = None if args.quiet else (lambda line: print("  " + line, flush=True))
-    settings = TableSettings(
-        backend=args.backend,
-        threads=args.threads,
-        round_to=args.round_to,
-        near=args.near,
-        ratio=args.ratio,
-        runs=args.runs,
-        warmup=args.warmup,
-        processes=args.processes,
-        order=args.order,
-        calibration=tuple(args.calibrate),
+    return build_table(resolved.model, tuple(resolved.input_shape), _settings(args), source=args.model,
+                       progress=progress)  # fmt: skip
+
+
+def _probe(args: argparse.Namespace) -> None:
+    """Write a probe bundle for the device."""
+    from edgeprune.backends.probe import check_backend
+    from edgeprune.io import resolve
+    from edgeprune.latency import write_probe
+
+    check_backend(args.backend)
+    if args.out or args.from_probe or args.recalibrate:
+        raise EdgepruneError("--probe writes a bundle: give --out, --from-probe or --recalibrate on another run")
+    resolved = resolve(options.model_ref(args))
+    manifest = write_probe(resolved.model, tuple(resolved.input_shape), args.probe, _settings(args),
+                           source=args.model, force=args.force)  # fmt: skip
+    files = sum(len(g["artifacts"]) for g in manifest["groups"])
+    print(
+        f"wrote {args.probe}: {files} {args.backend} files in {len(manifest['groups'])} groups, manifest.json and "
+        f"probe.py\non the device: python probe.py --threads {args.threads}; then here: edgeprune lut {args.model} "
+        f"--from-probe measurements.json --bundle {args.probe} --out TABLE.json"
     )
-    return build_table(resolved.model, tuple(resolved.input_shape), settings, source=args.model, progress=progress)
+
+
+def _settings(args: argparse.Namespace):  # noqa: ANN202 - lut.TableSettings
+    """The table settings the options give."""
+    from edgeprune.lut import TableSettings
+
+    return TableSettings(backend=args.backend, threads=args.threads, round_to=args.round_to, near=args.near,
+                         ratio=args.ratio, runs=args.runs, warmup=args.warmup, processes=args.processes,
+                         order=args.order, calibration=tuple(args.calibrate))  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> None:
-    """Build (or recalibrate), save and summarise a latency table."""
-    from edgeprune.files import check_writable_file
+    """Build (or recalibrate), save and summarise a latency table; or write a probe bundle, or read one back."""
+    from pathlib import Path
 
+    from edgeprune.files import check_writable_file
+    from edgeprune.lut import ms_text
+
+    if args.probe:
+        return _probe(args)
+    if not args.out:
+        raise EdgepruneError("--out TABLE.json is required (or --probe DIR to measure on another device)")
     out = check_writable_file(args.out, "--out")
-    table = _measure(args, out)
+    if args.from_probe:
+        from edgeprune.io import resolve
+        from edgeprune.latency import table_from_probe
+
+        if out.exists() and not args.force:
+            raise EdgepruneError(f"--out {out}: exists; give --force to replace it")
+        bundle = args.bundle or Path(args.from_probe).resolve().parent
+        table = table_from_probe(resolve(options.model_ref(args)).model, args.from_probe, bundle, source=args.model)
+    else:
+        table = _measure(args, out)
     table.save(out)
     floor = ""
     if table.floor_ms is not None:
-        cuts = ", ".join(f"{s:.3f}->{m:.3f}" for s, m in table.calibration)
-        floor = f"\ncalibration: {cuts} ms (table sum -> measured); smallest network {table.floor_ms:.3f} ms"
+        cuts = ", ".join(f"{ms_text(s)} -> {ms_text(m)}" for s, m in table.calibration)
+        floor = f"\ncalibration: {cuts} (table sum -> measured); smallest network {ms_text(table.floor_ms)}"
     print(
         f"{args.model} on {table.backend} {table.backend_version}, {table.threads} thread(s), {table.cpu}: "
         f"{len(table.layers)} layers, {table.settings['points']} widths measured in {table.build_seconds:.0f} s; "
-        f"parent {table.parent_ms:.3f} ms, layers alone {table.parent_ms - table.rest_ms:.3f} ms"
-        + (f" (scaled by {table.scale:.2f} to the model)" if table.scale < 1 else f", rest {table.rest():.3f} ms")
+        f"parent {ms_text(table.parent_ms)}, layers alone {ms_text(table.parent_ms - table.rest_ms)}"
+        + (f" (scaled by {table.scale:.2f} to the model)" if table.scale < 1 else f", rest {ms_text(table.rest())}")
         + floor
         + f"\nwrote {out}"
     )

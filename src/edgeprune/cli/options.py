@@ -400,6 +400,21 @@ def training(epochs: int = 10) -> argparse.ArgumentParser:
     return p
 
 
+def training_log() -> argparse.ArgumentParser:
+    """``--log csv|tensorboard|mlflow`` (repeatable): where a training's per-epoch numbers go besides metrics.jsonl."""
+    p = _parent()
+    p.add_argument(
+        "--log",
+        action="append",
+        default=[],
+        choices=["csv", "tensorboard", "mlflow"],
+        help="also log each epoch's loss, accuracy, learning rate and images/s, and the run's settings, to: csv "
+        "(metrics.csv), tensorboard (event files in tensorboard/; pip install 'edgeprune[tensorboard]') or mlflow "
+        "(a local file store, mlruns/; pip install 'edgeprune[mlflow]'); repeat for several",
+    )
+    return p
+
+
 def also(what: str, example: str) -> argparse.ArgumentParser:
     """``--also COST=VALUE`` (repeatable): a limit every pruned network meets besides its mode's target."""
     p = _parent()
@@ -410,6 +425,26 @@ def also(what: str, example: str) -> argparse.ArgumentParser:
         metavar="COST=VALUE",
         help=f"a limit every pruned {what} also meets, in prune's --target form (repeatable): e.g. {example}",
     )
+    return p
+
+
+def search(what: str) -> argparse.ArgumentParser:
+    """``--candidates K``, ``--candidate-kinds``, ``--proxy``, ``--proxy-holdout``: the candidate search of compare
+    and sweep (``edgeprune.search``); ``what`` the searched plan becomes."""
+    p = _parent()
+    p.add_argument("--candidates", type=positive_int, default=1, metavar="K",
+                   help=f"draw K budget-meeting plans per --candidate-kinds (seeds SEED .. SEED+K-1; ratio draws one) "
+                   f"and keep the one --proxy ranks best: {what}; the search's seconds count in its training time "
+                   "(default 1: no search)")  # fmt: skip
+    p.add_argument("--candidate-kinds", nargs="+", choices=("weighted", "uniform", "ratio"), default=["weighted"],
+                   metavar="KIND", help="the lotteries candidates are drawn by: weighted, uniform, ratio "
+                   "(default weighted: Algorithm 1's)")  # fmt: skip
+    p.add_argument("--proxy", default="flops", metavar="NAME",
+                   help="how candidates are ranked: flops, params, synflow, naswot, gradnorm or train:STEPS (default "
+                   "flops: the most FLOPs kept; train:STEPS trains each candidate STEPS steps on the training "
+                   "split)")  # fmt: skip
+    p.add_argument("--proxy-holdout", type=fraction, default=0.1, metavar="F",
+                   help="the share of the training split train:STEPS ranks on (default 0.1)")  # fmt: skip
     return p
 
 

@@ -20,7 +20,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         description="Complexity profile (fp32, batch 1): per layer and in total, parameters, FLOPs (one "
         "multiply-add counted once, i.e. MACs) and memory (4 bytes x (parameters + output feature map)), "
         "each layer's share of each, and the channel groups that prune together. An .onnx file is counted "
-        "from its graph (Conv, Gemm and MatMul layers; no channel groups).",
+        "from its graph (Conv, Gemm and MatMul layers; no channel groups), with its peak memory from the "
+        "graph's tensors; a .tflite file from its flatbuffer (Conv2D, DepthwiseConv2D and FullyConnected; "
+        "needs the litert extra).",
     )
     p.add_argument(
         "--plot", metavar="FILE.png", help="also save a bar chart of per-layer shares (like the paper's Fig. 1)"
@@ -41,11 +43,15 @@ def run(args: argparse.Namespace) -> None:
     from edgeprune.measure import is_onnx_path
     from edgeprune.onnx_graph import onnx_profile
     from edgeprune.report import profile_table
+    from edgeprune.tflite_graph import is_tflite_path, tflite_profile
 
     if args.plot:
         check_writable_file(args.plot, "--plot")
     from_onnx = is_onnx_path(args.model)
-    if from_onnx:
+    from_tflite = is_tflite_path(args.model)
+    if from_tflite:
+        prof = tflite_profile(args.model)
+    elif from_onnx:
         prof = onnx_profile(args.model, options.onnx_shape(args))
     else:
         resolved = resolve(options.model_ref(args))
@@ -57,5 +63,6 @@ def run(args: argparse.Namespace) -> None:
         plot_shares(prof, args.plot, f"{args.model}: per-layer share of complexity")
     data = {**prof.to_dict(), "microcontroller": mcu_totals(prof)} if args.json else None
     print(json.dumps(data, indent=2) if args.json else profile_table(prof))
-    if from_onnx and not args.json:
-        print("counted from the ONNX graph: a BatchNorm folded into a conv counts as its bias; prunable: unknown")
+    if (from_onnx or from_tflite) and not args.json:
+        graph = "ONNX graph" if from_onnx else "LiteRT flatbuffer"
+        print(f"counted from the {graph}: a BatchNorm folded into a conv counts as its bias; prunable: unknown")

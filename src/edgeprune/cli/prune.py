@@ -74,12 +74,20 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
     """The options of one plan: step, seed, criterion, layer choice, widths and the layers kept."""
     p.add_argument(
         "--round-to",
-        type=options.positive_int,
+        type=_round_to,
         default=None,
         metavar="N",
         help="every pruned layer keeps a multiple of N filters (fast CPU kernels like 8 or 16); the budget "
-        "is met on the rounded widths (default 1: the paper's widths; with a latency target, the "
-        "table's)",
+        "is met on the rounded widths; auto: the multiple that timing a small conv shows this CPU's kernels "
+        "want on --backend (measured once, cached) (default 1: the paper's widths, with a warning when they are "
+        "off the multiple the backend prefers; with a latency target, the table's)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("onnxruntime", "torch"),
+        default=None,
+        help="the backend --round-to auto and the width warning time kernels on (default onnxruntime if "
+        "installed, else torch; with --lut, the table's)",
     )
     p.add_argument(
         "--step",
@@ -177,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
     resolved = resolve(options.model_ref(args))
     model, shape = resolved.model, resolved.input_shape
     out = prepare_out_dir(args.out, args.force, "prune")
+    granularity = _granularity(args, table)
     result = prune(
         model,
         budget=budget,
@@ -188,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         prune_residual=args.prune_residual,
         selection=args.selection,
         keep=args.keep,
-        round_to=args.round_to,
+        round_to=granularity["multiple"] if granularity else args.round_to,
         table=table,
         attempts=args.attempts,
         fill=args.fill,
@@ -200,6 +209,12 @@ def run(args: argparse.Namespace) -> int:
     )
     report = result.report()
     report["source"] = args.model
+    if granularity:
+        report["round_to_auto"] = granularity
+    warning = None if args.round_to is not None else _width_warning(report, args, table)
+    if warning:
+        report["width_warning"] = warning
+        sys.stderr.write(f"edgeprune prune: {warning}\n")
     if table is not None:
         report["latency_table"] = {
             "file": str(args.lut),
@@ -219,6 +234,11 @@ def _summary(report: dict) -> str:
     from edgeprune.report import prune_summary
 
     parts = [prune_summary(report)]
+    auto = report.get("round_to_auto")
+    if auto:
+        how = "cached" if auto["cached"] else "measured now"
+        parts.append(f"--round-to auto: {auto['multiple']} ({auto['backend']}, {auto['threads']} thread(s), {how}): "
+                     f"{auto['reason']}")  # fmt: skip
     if "search" in report:
         parts.append(candidate_table(report["search"]))
     if report.get("fill"):
@@ -271,6 +291,45 @@ def _latency_missed(report: dict, out: object) -> int:
         )
         return 1
     return 0
+
+
+def _round_to(text: str) -> int | str:
+    """``auto`` or a positive integer."""
+    return "auto" if text.strip().lower() == "auto" else options.positive_int(text)
+
+
+def _backend(args: argparse.Namespace, table: object) -> str:
+    """The backend kernels are timed on: --backend, else the latency table's, else onnxruntime if installed."""
+    from edgeprune.granularity import default_backend
+
+    if args.backend:
+        return args.backend
+    if table is not None and getattr(table, "backend", None) in ("onnxruntime", "torch"):
+        return table.backend
+    return default_backend()
+
+
+def _granularity(args: argparse.Namespace, table: object) -> dict | None:
+    """With --round-to auto: the multiple measured (or cached) for this CPU and backend, as the report records it."""
+    if args.round_to != "auto":
+        return None
+    from edgeprune.granularity import preferred_multiple
+
+    threads = getattr(table, "threads", None) or 1
+    return preferred_multiple(_backend(args, table), threads).as_dict()
+
+
+def _width_warning(report: dict, args: argparse.Namespace, table: object) -> str | None:
+    """The one-line warning when pruned widths are off the backend's preferred multiple (cached, else 8)."""
+    from edgeprune.granularity import FALLBACK_MULTIPLE, cached_multiple, runtime_version, width_warning
+
+    if report.get("settings", {}).get("round_to", 1) > 1:
+        return None
+    backend = _backend(args, table)
+    threads = getattr(table, "threads", None) or 1
+    multiple = cached_multiple(backend, runtime_version(backend), threads)
+    widths = {r["name"]: r["filters_after"] for r in report["layers"] if r["filters_after"] < r["filters_before"]}
+    return width_warning(widths, multiple or FALLBACK_MULTIPLE, backend, measured=multiple is not None)
 
 
 def _latency_table(args: argparse.Namespace, budget: dict[str, str]):  # noqa: ANN202 - lut.LatencyTable | None

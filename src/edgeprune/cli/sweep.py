@@ -23,6 +23,7 @@ def add(sub: argparse._SubParsersAction) -> None:
             options.device("training"),
             options.output("folder for results.csv, results.json and the plots"),
             options.also("point", "--also memory=4MB sweeps FLOPs targets among networks that fit 4 MB"),
+            options.search("each pruned point is the kept plan (its candidate table in results.json)"),
         ],
         help="prune to every mode x target (x seed), measure each, plot the trade-offs",
         description="Prune the model at initialization in each --modes to each --targets fraction (and seed), "
@@ -114,5 +115,9 @@ def run(args: argparse.Namespace) -> None:
         int8=args.int8,
         also=targets.also_budget(args.also),
         round_to=args.round_to,
+        candidates=args.candidates,
+        candidate_kinds=tuple(args.candidate_kinds),
+        proxy=args.proxy,
+        proxy_holdout=args.proxy_holdout,
     )
     sweep(ref, settings)

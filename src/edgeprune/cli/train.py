@@ -24,6 +24,7 @@ def add(sub: argparse._SubParsersAction) -> None:
             options.code(zoo_sizes=False),
             options.data(required=True, validation=True),
             options.threads(None, "; shared by the processes of a torchrun", late=True),
+            options.training_log(),
             options.device(
                 "training",
                 extra=". Several processes: launch with 'torchrun --nproc-per-node N [--nnodes M ...] -m "
@@ -48,7 +49,12 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help=options.MODEL_HELP)
     _add_schedule(p)
     _add_distill(p)
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint in the output folder; a finished run given a larger --epochs N is "
+        "extended to N epochs, its learning-rate schedule recomputed for N (epochs done keep their rates)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -205,7 +211,9 @@ def run(args: argparse.Namespace) -> None:
     from edgeprune.io import classify, resolve_for_data
     from edgeprune.runtime import process_ranks, resolve_device
     from edgeprune.train import train
+    from edgeprune.train.checkpoint import plural
     from edgeprune.train.distill import check_teacher_ref
+    from edgeprune.train.logs import chance_note
 
     config = _config(args)
     limit_train = parse_number(args.limit_train, "--limit-train", int, 1)
@@ -250,6 +258,7 @@ def run(args: argparse.Namespace) -> None:
             threads=threads,
             device=args.device,
             teacher=teacher,
+            log=args.log,
         )
     except KeyboardInterrupt:
         if ranks.main:
@@ -260,4 +269,11 @@ def run(args: argparse.Namespace) -> None:
     if ranks.main:
         scores = (("validation", result.val_accuracy), ("test", result.test_accuracy))
         shown = ", ".join(f"{name} accuracy {100 * acc:.2f}%" for name, acc in scores if acc is not None)
-        print(f"{shown} after {len(result.history)} epochs ({result.train_seconds:.1f} s of training); wrote {out}/")
+        epochs = plural(len(result.history), "epoch")
+        print(f"{shown} after {epochs} ({result.train_seconds:.1f} s of training); wrote {out}/")
+        if result.test_accuracy is not None:
+            note = chance_note(result.test_accuracy, data.num_classes, len(data.test_y))
+        else:
+            note = chance_note(result.val_accuracy, data.num_classes, len(data.val_y), "validation")
+        if note is not None:
+            print(note)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io as _io
-import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +12,7 @@ import numpy as np
 import torch
 
 from edgeprune.data.bounds import over_data_cap, reason
+from edgeprune.data.progress import Progress
 from edgeprune.data.tree import FileTree
 from edgeprune.errors import EdgepruneError
 
@@ -230,19 +229,15 @@ def decode_all(
     index = {rel: i for i, rel in enumerate(files)}
     output = _Output(len(files), size, tree.caps.data_bytes, str(tree.root))
     color = False
-    last = time.perf_counter()
-    show = progress and sys.stderr.isatty()
+    bar = Progress(progress, tty_only=True)  # a terminal only, as before
     with _pillow_limit(tree.caps.image_pixels):
         for n, (rel, data) in enumerate(tree.stream(files)):
             arr, in_color = _decode_one(tree.display(rel), data, tree.caps.image_pixels, output.check)
             del data  # one encoded file held at a time
             color = color or in_color
             output.put(index[rel], tree.display(rel), arr)
-            if show and time.perf_counter() - last > 0.5:
-                last = time.perf_counter()
-                print(f"\rdecoded {n + 1:,}/{len(files):,}", end="", file=sys.stderr, flush=True)
-    if show:
-        print(f"\rdecoded {len(files):,}/{len(files):,}", file=sys.stderr, flush=True)
+            bar.update("decoding", n + 1, len(files), "images")
+    bar.update("decoding", len(files), len(files), "images", final=True)
     assert output.out is not None
     tree.facts["image_pixels"], tree.facts["decoded_bytes"] = output.max_pixels, output.out.nbytes
     return torch.from_numpy(output.out), color, output.side is not None

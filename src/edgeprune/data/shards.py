@@ -55,6 +55,7 @@ from edgeprune.data.cache import (
 )
 from edgeprune.data.decode import _decode_one, _pillow_limit
 from edgeprune.data.memmap import available_disk, choose_storage, write_image_file
+from edgeprune.data.progress import Progress
 from edgeprune.data.tree import _open_tar, _read_chunked, _ReadTooBig
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import atomic_write
@@ -340,7 +341,7 @@ def decoded(splits: ShardSplits, caps: Caps, progress: bool = False) -> Iterator
     """(split, uint8 [b, C, H, W], labels [b]) batches of every image, train then test, in shard order."""
     decoder = _Decoder(caps)
     done, total = 0, sum(len(v) for v in splits.labels.values())
-    show = progress and sys.stderr.isatty()
+    bar = Progress(progress, tty_only=True)  # a terminal only, as before
     for split, files in (("train", splits.train), ("test", splits.test)):
         batch, ys = [], []
         for f in files:
@@ -354,12 +355,10 @@ def decoded(splits: ShardSplits, caps: Caps, progress: bool = False) -> Iterator
                     yield split, np.stack(batch), np.array(ys, dtype=np.int64)
                     done += len(batch)
                     batch, ys = [], []
-                    if show:
-                        print(f"\rdecoded {done:,}/{total:,}", end="", file=sys.stderr, flush=True)
+                    bar.update("decoding", done, total, "images")
         if batch:
             yield split, np.stack(batch), np.array(ys, dtype=np.int64)
-    if show:
-        print(f"\rdecoded {total:,}/{total:,}", file=sys.stderr, flush=True)
+    bar.update("decoding", total, total, "images", final=True)
 
 
 def shard_key(splits: ShardSplits, prefix: str) -> str:

@@ -35,6 +35,14 @@ the checkpoint and sends the optimiser and generator state to the others (over t
 A checkpoint resumes with any number of processes; a change is said.
 """
 
+import sys
+import types
+from pathlib import Path
+
+from torch import nn
+
+from edgeprune.data import ImageDataset
+from edgeprune.errors import EdgepruneError
 from edgeprune.train.checkpoint import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
@@ -63,6 +71,44 @@ from edgeprune.train.loop import (
     train,
 )
 from edgeprune.train.progress import Progress
+from edgeprune.train.source import train_user
+
+
+def fit(
+    model: nn.Module,
+    data: object,
+    test_data: object = None,
+    config: TrainConfig | None = None,
+    out_dir: str | Path | None = None,
+    **options: object,
+) -> TrainResult:
+    """Train on an edgeprune data set (``test_data`` None) or a torch Dataset / DataLoader and its test data.
+
+    ``edgeprune.train(model, train_data, test_data, config, out_dir, ...)`` calls this. The user's data go to
+    :func:`edgeprune.train.source.train_user` (its own transforms; resume at epoch ends); an ImageDataset to
+    :func:`train`. ``config`` defaults to ``TrainConfig(epochs=10)``; ``options`` are the keyword options of either.
+    """
+    config = config if config is not None else TrainConfig(epochs=10)
+    if isinstance(test_data, TrainConfig):  # fit(model, image_dataset, config, ...)
+        config, test_data = test_data, None
+    if test_data is None:
+        if isinstance(data, ImageDataset):
+            return train(model, data, config, out_dir, **options)
+        raise EdgepruneError(
+            "training on your own Dataset or DataLoader needs test data too: train(model, train, test)"
+        )
+    return train_user(model, data, test_data, config, out_dir, **options)
+
+
+class _CallableModule(types.ModuleType):
+    """``edgeprune.train`` itself is callable: ``edgeprune.train(model, train_data, test_data, ...)`` is :func:`fit`."""
+
+    def __call__(self, *args: object, **kwargs: object) -> TrainResult:
+        """:func:`fit`."""
+        return fit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -86,6 +132,7 @@ __all__ = [
     "describe_difference",
     "distill_loss",
     "evaluate",
+    "fit",
     "load_checkpoint",
     "lr_at",
     "make_optimizer",
@@ -94,4 +141,5 @@ __all__ = [
     "restore_checkpoint",
     "save_checkpoint",
     "train",
+    "train_user",
 ]

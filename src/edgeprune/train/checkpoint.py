@@ -276,6 +276,8 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 def check_resumable(path: Path, state: dict, signature: dict, steps_per_epoch: int) -> None:
     """Refuse a checkpoint of other settings or data, or whose epoch and step do not fit this run."""
     for key in ("config", "data"):
+        if key == "config" and extends(state, signature):
+            continue  # a finished run given more epochs: the schedule is recomputed for them (see extends)
         if state[key] != signature[key]:
             diff = describe_difference(state[key], signature[key])
             raise EdgepruneError(
@@ -285,9 +287,26 @@ def check_resumable(path: Path, state: dict, signature: dict, steps_per_epoch: i
     if epoch > epochs or state["step"] != epoch * steps_per_epoch:
         raise _bad(
             path,
-            f"checkpoint is at epoch {epoch}, step {state['step']}; this run has {epochs} epochs of "
-            f"{steps_per_epoch} steps",
+            f"checkpoint is at epoch {epoch}, step {state['step']}; this run has {plural(epochs, 'epoch')} of "
+            f"{plural(steps_per_epoch, 'step')}",
         )
+
+
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def extends(state: dict, signature: dict) -> bool:
+    """Whether this run extends the checkpoint's finished run: same settings but more epochs.
+
+    The learning-rate schedule is recomputed for the new number of epochs: the epochs already trained keep the
+    rates they had, the new ones take the rates the longer run's schedule gives them.
+    """
+    old, new = state["config"], signature["config"]
+    if old.get("epochs") is None or state["epoch"] != old["epochs"] or new["epochs"] <= old["epochs"]:
+        return False
+    return {**old, "epochs": new["epochs"]} == new
 
 
 def describe_difference(old: dict, new: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -21,14 +21,14 @@ from edgeprune.runtime import Ranks, default_threads, device_of, process_ranks, 
 from edgeprune.train.busy import machine_load
 from edgeprune.train.checkpoint import (
     CHECKPOINT_FILE,
-    check_resumable,
-    read_checkpoint,
-    restore_checkpoint,
     save_checkpoint,
 )
-from edgeprune.train.distill import Distill, Teacher, check_same_teacher, teacher_for
-from edgeprune.train.distributed import seed_epoch, share_object, start_group, state_on_cpu, sync_buffers
+from edgeprune.train.distill import Distill, Teacher, teacher_for
+from edgeprune.train.distributed import seed_epoch, start_group, sync_buffers
+from edgeprune.train.logs import Sinks, check_sinks
 from edgeprune.train.progress import Progress
+from edgeprune.train.resume import Run as _Run
+from edgeprune.train.resume import resume_run as _resume
 
 OPTIMIZERS = ("sgd", "rmsprop")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -303,17 +303,6 @@ class _Plan:
         return lr_at(step, self.total_steps, self.warmup, self.peak, self.schedule)
 
 
-@dataclass
-class _Run:
-    """Where a run stands: epochs done, optimiser steps, records, seconds trained, the newest checkpoint's epoch."""
-
-    epoch: int = 0
-    step: int = 0
-    history: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-    last_good: int = 0
-
-
 def train(
     model: nn.Module,
     data: ImageDataset,
@@ -327,6 +316,7 @@ def train(
     device: str | torch.device = "cpu",
     teacher: nn.Module | str | Path | Teacher | None = None,
     distill: Distill | None = None,
+    log: Sequence[str] = (),
 ) -> TrainResult:
     """Train ``model`` in place on ``data``; with ``out_dir``, checkpoint every epoch, log metrics and save it.
 
@@ -335,7 +325,8 @@ def train(
     ``cpu``, ``cuda``, ``mps`` or ``auto`` (the model ends on the device it came from). Under torchrun
     (WORLD_SIZE > 1) this process joins the job; see the module's docstring. With ``teacher`` (a module, a
     model folder or a code reference, same classes) the loss is distilled from it with ``distill``'s alpha and
-    temperature (:mod:`edgeprune.train.distill`).
+    temperature (:mod:`edgeprune.train.distill`). ``log`` names sinks for each epoch's numbers besides
+    ``metrics.jsonl``: ``csv``, ``tensorboard``, ``mlflow`` (:mod:`edgeprune.train.logs`; they need ``out_dir``).
     """
     config.validate()
     _check_data(data)
@@ -349,6 +340,9 @@ def train(
         raise EdgepruneError("resuming needs the output folder that holds the checkpoint")
     if threads is not None and threads < 1:
         raise EdgepruneError(f"threads must be positive, got {threads}")
+    if log and out is None:
+        raise EdgepruneError("logging (log=...) needs an output folder")
+    check_sinks(log)  # an unknown sink or a missing package, before any work
     guide = teacher_for(teacher, data, distill)  # checked against the data now, before any training
     ranks = process_ranks()
     target = resolve_device(device, ranks.local_rank)
@@ -358,7 +352,7 @@ def train(
         if ranks.distributed:
             ranks = replace(ranks, rank=dist.get_rank(), world=dist.get_world_size())
         bar = Progress(progress and ranks.main)
-        return _train(model, data, config, out, resume, bar, callback, target, ranks, guide)
+        return _train(model, data, config, out, resume, bar, callback, target, ranks, guide, log=log)
     finally:
         if guide is not None:
             guide.release()  # back where it came from
@@ -377,6 +371,8 @@ def _train(
     device: torch.device,
     ranks: Ranks,
     teacher: Teacher | None = None,
+    *,
+    log: Sequence[str] = (),
 ) -> TrainResult:
     """:func:`train` once its arguments are checked and its process group joined."""
     torch.manual_seed(config.seed)  # dropout
@@ -398,17 +394,14 @@ def _train(
     if out is not None and ranks.main:
         out.mkdir(parents=True, exist_ok=True)
         _write_metrics(out, run.history)
-    while run.epoch < config.epochs:
-        record = _epoch(stepper, data, plan, run, config, bar, ckpt)
-        if out is not None and ckpt is not None:
-            if ranks.main:
-                state = dict(signature, epoch=run.epoch, step=run.step, history=run.history)
-                state.update(train_seconds=run.seconds, world_size=ranks.world)
-                save_checkpoint(ckpt, model, stepper.optimizer, generator, state)
-                _write_metrics(out, run.history)
-            run.last_good = run.epoch
-        if callback is not None:
-            callback(record)
+    settings = {"config": {**asdict(config), "lr": config.peak_lr}, "data": data_signature(data)}
+    sinks = Sinks(log if ranks.main else (), out, {**settings, "model": type(model).__name__}, resume=resume)
+    try:
+        _epochs(stepper, data, plan, run, config, bar, ckpt, signature=signature, sinks=sinks, callback=callback)
+    except BaseException:
+        sinks.close(finished=False)
+        raise
+    sinks.close()
     final = run.history[-1].get("test_acc") if run.history else evaluate(model, data, ranks=ranks)
     model.to(home, memory_format=torch.contiguous_format)
     model.eval()
@@ -417,6 +410,36 @@ def _train(
     if ranks.distributed:
         dist.barrier()  # the other processes end once rank 0 has written the model
     return TrainResult(run.history, final, run.seconds, out, val_accuracy=(run.history or [{}])[-1].get("val_acc"))
+
+
+def _epochs(
+    stepper: TrainStep,
+    data: ImageDataset,
+    plan: _Plan,
+    run: _Run,
+    config: TrainConfig,
+    bar: Progress,
+    ckpt: Path | None,
+    *,
+    signature: dict,
+    sinks: Sinks,
+    callback: Callable[[dict], None] | None,
+) -> None:
+    """The run's remaining epochs, each checkpointed (rank 0), logged and handed to ``callback``."""
+    ranks, out = stepper.ranks, ckpt.parent if ckpt is not None else None
+    while run.epoch < config.epochs:
+        record = _epoch(stepper, data, plan, run, config, bar, ckpt)
+        if out is not None and ckpt is not None:
+            if ranks.main:
+                state = dict(signature, epoch=run.epoch, step=run.step, history=run.history)
+                state.update(train_seconds=run.seconds, world_size=ranks.world)
+                save_checkpoint(ckpt, stepper.model, stepper.optimizer, stepper.generator, state)
+                _write_metrics(out, run.history)
+            run.last_good = run.epoch
+        if ranks.main:
+            sinks.epoch(record, run.history)
+        if callback is not None:
+            callback(record)
 
 
 def _save_trained(
@@ -440,7 +463,7 @@ def _save_trained(
         **({"val_accuracy": run.history[-1]["val_acc"]} if "val_acc" in run.history[-1] else {}),
         "epochs": len(run.history),
         "train_seconds": round(run.seconds, 3),
-        "config": asdict(config),
+        "config": {**asdict(config), "lr": config.peak_lr},  # the rate used, also when defaulted
         "data": data_signature(data),
         "normalize": {"mean": list(data.mean), "std": list(data.std), "scale": "pixels / 255"},
         "data_storage": {
@@ -452,56 +475,6 @@ def _save_trained(
         **({"distill": distill} if distill is not None else {}),
     }
     write_json(out / SUMMARY_FILE, summary)
-
-
-def _resume(ckpt: Path, signature: dict, steps_per_epoch: int, stepper: TrainStep, ranks: Ranks, bar: Progress) -> _Run:
-    """The checkpoint's run, or a fresh one when there is none; in a torchrun job rank 0 reads it and shares it."""
-    if not ranks.distributed:
-        return _read_run(ckpt, signature, steps_per_epoch, stepper, ranks, bar)
-    shared = share_object(_resume_main(ckpt, signature, steps_per_epoch, stepper, ranks, bar) if ranks.main else None)
-    assert isinstance(shared, dict)
-    if "error" in shared:
-        raise EdgepruneError(shared["error"])
-    if not ranks.main:
-        stepper.optimizer.load_state_dict(shared["optimizer"])
-        stepper.generator.set_state(shared["generator"])
-    return shared["run"]
-
-
-def _resume_main(
-    ckpt: Path, signature: dict, steps_per_epoch: int, stepper: TrainStep, ranks: Ranks, bar: Progress
-) -> dict:
-    """Rank 0's part of a resume in a torchrun job: what the others need, or the error they all stop with."""
-    try:
-        run = _read_run(ckpt, signature, steps_per_epoch, stepper, ranks, bar)
-    except EdgepruneError as e:
-        return {"error": str(e)}
-    optimizer = state_on_cpu(stepper.optimizer.state_dict())
-    return {"run": run, "optimizer": optimizer, "generator": stepper.generator.get_state()}
-
-
-def _read_run(
-    ckpt: Path, signature: dict, steps_per_epoch: int, stepper: TrainStep, ranks: Ranks, bar: Progress
-) -> _Run:
-    """Verify the checkpoint, load it into model, optimiser and generator, and return its run (a fresh one if none)."""
-    if not ckpt.is_file():
-        bar.line(f"no checkpoint in {ckpt.parent}; starting from epoch 1")
-        return _Run()
-    saved = read_checkpoint(ckpt)  # verified before anything is changed or written
-    if isinstance(saved.state["config"].get("augment"), bool):  # before augmentations had names: cifar or none
-        saved.state["config"]["augment"] = augment_mode(saved.state["config"]["augment"], False)
-    check_resumable(ckpt, saved.state, signature, steps_per_epoch)
-    check_same_teacher(ckpt, saved.state, signature.get("distill"))
-    meta = restore_checkpoint(ckpt, saved, stepper.model, stepper.optimizer, stepper.generator)
-    unverified = "" if saved.verified else " (an older checkpoint without checksums: not verified)"
-    bar.line(f"resuming after epoch {meta['epoch']}/{signature['config']['epochs']} from {ckpt}{unverified}")
-    before = meta.get("world_size", 1)
-    if before != ranks.world:
-        bar.line(
-            f"the checkpoint was written by {before} process(es), this run has {ranks.world}: the same global batch, "
-            "data order and augmentation continue; BatchNorm sees each process's share of a batch"
-        )
-    return _Run(meta["epoch"], meta["step"], meta["history"], float(meta["train_seconds"]), meta["epoch"])
 
 
 def _epoch(
