@@ -90,4 +90,4 @@ def test_profile_table_and_plot(tmp_path, capsys):
     assert main(["profile", "vgg16", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert "features.0" in out and "TOTAL" in out and "output layer" in out
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.strip().endswith(f"wrote {png}")

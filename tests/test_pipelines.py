@@ -83,6 +83,21 @@ def test_compare_writes_every_row_and_column(comparison):
 
 
 @pytest.mark.slow
+def test_the_printed_table_fits_100_columns_and_names_the_rest(comparison):
+    from edgeprune.report import markdown_table, terminal_table
+
+    summary = json.loads((comparison / "compare.json").read_text())
+    text = terminal_table(summary, "out/compare.md")
+    assert max(map(len, text.splitlines())) <= 100
+    md_rows = [line.split(" | ") for line in markdown_table(summary).splitlines() if line.startswith("| ")][1:]
+    printed = [line.split() for line in text.splitlines() if line.split()[:1] in ([r[0][2:]] for r in md_rows)]
+    assert [(p[0], p[1], p[3]) for p in printed] == [
+        (r[0][2:], r[1], r[3].split()[0]) for r in md_rows
+    ]  # method, mode, acc
+    assert text.splitlines()[-1].endswith("steady time (s): in out/compare.md")
+
+
+@pytest.mark.slow
 def test_learning_curves_count_the_whole_pipeline(comparison):
     """A conventional run's curve is its pre-training (the full model's curve), then its fine-tuning."""
     from edgeprune.plots import accuracy_curve

@@ -294,7 +294,8 @@ def markdown_table(summary: dict) -> str:
     b = summary["baseline"]
     spread = f" ± {b['accuracy_pct'][1]:.2f}" if _seeds(b, summary) > 1 else ""  # none of one seed
     lines = [
-        f"Baseline (full model, {b['epochs']} epochs): accuracy {b['accuracy_pct'][0]:.2f}%{spread}, "
+        f"Baseline (full model, {b['epochs']} epoch{'' if b['epochs'] == 1 else 's'}): "
+        f"accuracy {b['accuracy_pct'][0]:.2f}%{spread}, "
         f"FLOPs {b['flops'] / 1e6:.1f}M (MACs), memory {b['memory_mb']:.2f} MB, parameters {b['params_m']:.3f}M, "
         f"training {b['train_seconds'][0]:.0f} s{_loaded(b)}{_machines(b)}",
         "",
@@ -315,6 +316,22 @@ def markdown_table(summary: dict) -> str:
         )
     note = load_note(summary)
     return "\n".join(lines) + "\n\n" + summary["conventions"] + "\n" + (f"\n{note}\n" if note else "")
+
+
+TERMINAL_COLUMNS = ("method", "mode", "target", "accuracy (%)", "Δ accuracy (pts)", "FLOPs ↓ (%)", "epochs",
+                    "time / conventional")  # fmt: skip
+
+
+def terminal_table(summary: dict, full: str = "compare.md") -> str:
+    """The comparison as printed: ``markdown_table``'s main columns as a text table within 100 columns."""
+    lines = markdown_table(summary).splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")]
+    header, rows = cells[0], cells[1:]
+    keep = [header.index(c) for c in TERMINAL_COLUMNS if c in header]
+    text = table([header[i] for i in keep], [[r[i] for i in keep] for r in rows])
+    rest = [wrapped(line) for line in lines if line.strip() and not line.startswith("|")]
+    dropped = [c for c in header if c not in TERMINAL_COLUMNS]
+    return "\n".join([rest[0], "", text, "", *rest[1:], wrapped(f"{', '.join(dropped)}: in {full}")]).rstrip()
 
 
 CSV_COLUMNS = (

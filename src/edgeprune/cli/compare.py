@@ -137,8 +137,9 @@ def _add_runs(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Run the comparison and print its table."""
     from edgeprune.io import classify
-    from edgeprune.pipelines import CompareSettings, markdown_table, run_comparison
+    from edgeprune.pipelines import CompareSettings, run_comparison
     from edgeprune.refs import parse_model_args
+    from edgeprune.report import terminal_table
     from edgeprune.runtime import resolve_device
 
     if args.round_to is not None:
@@ -184,4 +185,5 @@ def run(args: argparse.Namespace) -> None:
         **{k: v for k, v in distill.items() if v is not None},
     )
     summary = run_comparison(settings, data, out, progress=not args.quiet, resume=args.resume, ray=ray)
-    print(markdown_table(summary) + f"\nwrote {out}/compare.md, compare.csv, compare.json, compare.png, curves.png")
+    print(terminal_table(summary, f"{out}/compare.md"))
+    print(f"wrote {out}/compare.md, compare.csv, compare.json, compare.png, curves.png")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from edgeprune.cli import options
 
@@ -66,3 +67,5 @@ def run(args: argparse.Namespace) -> None:
     if (from_onnx or from_tflite) and not args.json:
         graph = "ONNX graph" if from_onnx else "LiteRT flatbuffer"
         print(f"counted from the {graph}: a BatchNorm folded into a conv counts as its bias; prunable: unknown")
+    if args.plot:  # on stderr with --json, so stdout stays one JSON document
+        print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
