@@ -628,3 +628,16 @@ def test_a_latency_budget_searches_and_fills_with_the_table():
     kept = next(r for r in rows if r["kept"])
     assert report["settings"]["seed"] == kept["seed"] and "fill" in report
     assert all(layer["filters_after"] % 8 == 0 for layer in report["layers"][:-1])  # the table's round_to
+
+
+def test_the_cli_spells_the_search_names_as_the_library_does():
+    """cli/options.py spells them so --help imports no torch; they must not drift from edgeprune.search."""
+    import inspect
+
+    from edgeprune import search
+    from edgeprune.cli import options
+
+    assert options.KINDS == tuple(search.KINDS)
+    assert options.DEFAULT_HOLDOUT == inspect.signature(search.search).parameters["holdout"].default
+    spelled = [name.strip() for name in options.PROXIES.replace(" or ", ", ").split(",")]
+    assert spelled == search.proxy_names()

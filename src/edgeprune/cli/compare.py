@@ -31,7 +31,11 @@ def add(sub: argparse._SubParsersAction) -> None:
                 "folder for the tables, plot, records and trained models", force="write into a non-empty --out folder"
             ),
             options.also("network", "--also memory=4MB compares the methods among networks that fit 4 MB"),
-            options.search("one more method, 'searched': the direct pipeline on the kept plan, trained as direct is"),
+            options.search(
+                "one more method, 'searched': the direct pipeline on the kept plan, trained as direct is; the "
+                "search's seconds count in its training time",
+                ["weighted"],
+            ),
         ],
         help="direct training of complexity-pruned models vs train -> rank -> prune -> fine-tune",
         description="Runs, for each seed: the full model trained --epochs (the baseline and the pre-training of "

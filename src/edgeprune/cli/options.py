@@ -428,23 +428,29 @@ def also(what: str, example: str) -> argparse.ArgumentParser:
     return p
 
 
-def search(what: str) -> argparse.ArgumentParser:
-    """``--candidates K``, ``--candidate-kinds``, ``--proxy``, ``--proxy-holdout``: the candidate search of compare
-    and sweep (``edgeprune.search``); ``what`` the searched plan becomes."""
+# edgeprune.search's names and default, spelled here so --help imports no torch (tests/test_search.py compares)
+KINDS = ("weighted", "uniform", "ratio")  # edgeprune.search.KINDS
+PROXIES = "flops, params, synflow, naswot, gradnorm or train:STEPS"  # edgeprune.search.proxy_names()
+DEFAULT_HOLDOUT = 0.1  # edgeprune.search.search's holdout default
+
+
+def search(
+    what: str, kinds: list[str] | None = None, kinds_default: str = "weighted: Algorithm 1's"
+) -> argparse.ArgumentParser:
+    """``--candidates K``, ``--candidate-kinds``, ``--proxy``, ``--proxy-holdout``: the candidate search of prune,
+    compare and sweep (``edgeprune.search``); ``what`` the searched plan becomes, ``kinds`` the default kinds."""
     p = _parent()
     p.add_argument("--candidates", type=positive_int, default=1, metavar="K",
                    help=f"draw K budget-meeting plans per --candidate-kinds (seeds SEED .. SEED+K-1; ratio draws one) "
-                   f"and keep the one --proxy ranks best: {what}; the search's seconds count in its training time "
-                   "(default 1: no search)")  # fmt: skip
-    p.add_argument("--candidate-kinds", nargs="+", choices=("weighted", "uniform", "ratio"), default=["weighted"],
-                   metavar="KIND", help="the lotteries candidates are drawn by: weighted, uniform, ratio "
-                   "(default weighted: Algorithm 1's)")  # fmt: skip
+                   f"and keep the one --proxy ranks best: {what} (default 1: no search)")  # fmt: skip
+    p.add_argument("--candidate-kinds", nargs="+", choices=KINDS, default=kinds, metavar="KIND",
+                   help=f"the lotteries candidates are drawn by: {', '.join(KINDS)} "
+                   f"(default {kinds_default})")  # fmt: skip
     p.add_argument("--proxy", default="flops", metavar="NAME",
-                   help="how candidates are ranked: flops, params, synflow, naswot, gradnorm or train:STEPS (default "
-                   "flops: the most FLOPs kept; train:STEPS trains each candidate STEPS steps on the training "
-                   "split)")  # fmt: skip
-    p.add_argument("--proxy-holdout", type=fraction, default=0.1, metavar="F",
-                   help="the share of the training split train:STEPS ranks on (default 0.1)")  # fmt: skip
+                   help=f"how candidates are ranked: {PROXIES} (default flops: the most FLOPs kept; train:STEPS "
+                   "trains each candidate STEPS steps on the training split)")  # fmt: skip
+    p.add_argument("--proxy-holdout", type=fraction, default=DEFAULT_HOLDOUT, metavar="F",
+                   help=f"the training split's share train:STEPS ranks on (default {DEFAULT_HOLDOUT:g})")  # fmt: skip
     return p
 
 

@@ -10,10 +10,6 @@ from edgeprune.cli import options, targets
 from edgeprune.cli.outputs import prepare_out_dir
 from edgeprune.errors import EdgepruneError
 
-KINDS = ("weighted", "uniform", "ratio")  # edgeprune.search.KINDS, spelled here so --help imports no torch
-PROXIES = "flops, params, synflow, naswot, gradnorm or train:STEPS"  # edgeprune.search.proxy_names()
-DEFAULT_HOLDOUT = 0.1  # edgeprune.search.search's holdout default
-
 
 def add(sub: argparse._SubParsersAction) -> None:
     """Register ``edgeprune prune``."""
@@ -126,36 +122,9 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
 
 def _add_search(p: argparse.ArgumentParser) -> None:
     """The candidate search: K plans per kind, ranked by a proxy that may read training images."""
-    p.add_argument(
-        "--candidates",
-        type=options.positive_int,
-        default=1,
-        metavar="K",
-        help="draw K plans per --candidate-kinds (seeds --seed .. --seed+K-1; ratio draws one) and keep "
-        "the one --proxy ranks best (default 1: Algorithm 1's one plan)",
-    )
-    p.add_argument(
-        "--candidate-kinds",
-        nargs="+",
-        choices=KINDS,
-        default=None,
-        metavar="KIND",
-        help=f"the lotteries candidates are drawn by: {', '.join(KINDS)} (default: the --selection)",
-    )
-    p.add_argument(
-        "--proxy",
-        default="flops",
-        metavar="NAME",
-        help=f"how candidates are ranked: {PROXIES} (default flops: the most FLOPs kept; train:STEPS "
-        "trains each candidate STEPS steps)",
-    )
-    p.add_argument(
-        "--proxy-holdout",
-        type=options.fraction,
-        default=DEFAULT_HOLDOUT,
-        metavar="F",
-        help=f"the share of the training split train:STEPS ranks on (default {DEFAULT_HOLDOUT:g})",
-    )
+    search = options.search("Algorithm 1's one plan when K is 1", None, "the --selection")
+    for action in search._actions:
+        p._add_action(action)
     for action in options.data(
         required=False,
         limit_train=True,

@@ -23,7 +23,10 @@ def add(sub: argparse._SubParsersAction) -> None:
             options.device("training"),
             options.output("folder for results.csv, results.json and the plots"),
             options.also("point", "--also memory=4MB sweeps FLOPs targets among networks that fit 4 MB"),
-            options.search("each pruned point is the kept plan (its candidate table in results.json)"),
+            options.search(
+                "each pruned point is the kept plan (its candidate table and the search's seconds in results.json)",
+                ["weighted"],
+            ),
         ],
         help="prune to every mode x target (x seed), measure each, plot the trade-offs",
         description="Prune the model at initialization in each --modes to each --targets fraction (and seed), "

@@ -42,6 +42,7 @@ from pathlib import Path
 from torch import nn
 
 from edgeprune.data import ImageDataset
+from edgeprune.data.progress import Progress
 from edgeprune.errors import EdgepruneError
 from edgeprune.train.checkpoint import (
     CHECKPOINT_FILE,
@@ -70,7 +71,6 @@ from edgeprune.train.loop import (
     make_optimizer,
     train,
 )
-from edgeprune.train.progress import Progress
 from edgeprune.train.source import train_user
 
 

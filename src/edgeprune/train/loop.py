@@ -15,6 +15,7 @@ from torch import nn
 
 from edgeprune.data import AUGMENTATIONS, ImageDataset, Normalizer, augment_mode, check_compatible
 from edgeprune.data.memmap import image_store, is_mapped, read_range, storage_note
+from edgeprune.data.progress import Progress
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import atomic_write, write_json
 from edgeprune.runtime import Ranks, default_threads, device_of, process_ranks, resolve_device
@@ -26,7 +27,6 @@ from edgeprune.train.checkpoint import (
 from edgeprune.train.distill import Distill, Teacher, teacher_for
 from edgeprune.train.distributed import seed_epoch, start_group, sync_buffers
 from edgeprune.train.logs import Sinks, check_sinks
-from edgeprune.train.progress import Progress
 from edgeprune.train.resume import Run as _Run
 from edgeprune.train.resume import resume_run as _resume
 

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeprune.data import augment_mode
+from edgeprune.data.progress import Progress
 from edgeprune.errors import EdgepruneError
 from edgeprune.runtime import Ranks
 from edgeprune.train.checkpoint import check_resumable, extends, plural, read_checkpoint, restore_checkpoint
 from edgeprune.train.distill import check_same_teacher
 from edgeprune.train.distributed import share_object, state_on_cpu
-from edgeprune.train.progress import Progress
 
 
 @dataclass

@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from edgeprune.data.progress import Progress
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import write_json
 from edgeprune.train.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from edgeprune.train.logs import Sinks, check_sinks
 from edgeprune.train.loop import METRICS_FILE, SUMMARY_FILE, TrainConfig, TrainResult, lr_at, make_optimizer
-from edgeprune.train.progress import Progress
 from edgeprune.train.resume import Run, resume_run
 
 EPOCH_NOTE = "your own data: checkpoints at epoch ends; a stopped run resumes at the start of its epoch"
