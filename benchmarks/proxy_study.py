@@ -93,7 +93,7 @@ def draw(out: Path, k: int) -> None:
 def _train_command(folder: Path, run: Path, args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "edgeprune", "train", str(folder), "--data", args.data, "--epochs",
             str(args.epochs), "--seed", str(SEED), "--device", args.device, "--threads", "1", "--out", str(run),
-            "--quiet", *(["--resume"] if (run / "checkpoint").exists() else [])]  # fmt: skip
+            "--quiet", *(["--resume"] if (run / "checkpoint.safetensors").exists() else [])]  # fmt: skip
 
 
 def _finished(run: Path) -> dict | None:

@@ -19,7 +19,27 @@ def shared_cache(tmp_path_factory):
     """One decode cache for the session, outside the user's home, so the mini set decodes once."""
     path = tmp_path_factory.getbasetemp() / "edgeprune-cache"
     path.mkdir(exist_ok=True)
+    _seed_granularity(path)
     return path
+
+
+def _seed_granularity(path: Path) -> None:
+    """`prune`'s default --round-to auto reads multiple 1 here: plans must not depend on this CPU's timings.
+
+    (An AVX2 machine would measure 8 and an AVX-512 one 16; the choice itself is tested with injected timings in
+    test_granularity.py.)
+    """
+    from edgeprune.files import write_json
+    from edgeprune.granularity import CACHE_VERSION, cache_key, cache_path, probe_widths, runtime_version
+
+    times = {str(w): 1e-4 * (1 + w) for w in probe_widths()}
+    entry = {"multiple": 1, "reason": "the test suite's fixed choice", "times": times}
+    entries = {
+        cache_key(backend, runtime_version(backend), threads): entry
+        for backend in ("torch", "onnxruntime")
+        for threads in (1, 2)
+    }
+    write_json(cache_path(path), {"version": CACHE_VERSION, "entries": entries})
 
 
 @pytest.fixture(autouse=True)

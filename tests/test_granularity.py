@@ -16,12 +16,14 @@ from helpers import run_cli
 from edgeprune.errors import EdgepruneError
 from edgeprune.granularity import (
     CANDIDATES,
+    RAGGED,
     cache_path,
     cached_multiple,
     choose_multiple,
     default_measure,
     preferred_multiple,
-    probe_per_mac,
+    probe_times,
+    probe_widths,
     rounded_width,
     runtime_version,
     width_warning,
@@ -30,54 +32,60 @@ from edgeprune.quantize import captured_warnings, warning_summary
 from edgeprune.report import latency_lines
 
 
-def _fake(per_mac: dict[int, float], calls: list | None = None):
-    """A measurement whose time is width x the chosen cost per MAC of the multiple."""
+def _staircase(tile: int, overhead: float = 0.0, calls: list | None = None, ragged_factor: float = 1.0):
+    """A kernel that runs a width as fast as the width rounded up to ``tile`` (a vector of ``tile`` filters)."""
 
-    def measure(multiple: int, width: int) -> float:
+    def measure(width: int) -> float:
         if calls is not None:
-            calls.append((multiple, width))
-        return width * per_mac[multiple]
+            calls.append(width)
+        slow = ragged_factor if width % 4 else 1.0
+        return overhead + 1e-5 * rounded_width(width, tile) * slow
 
     return measure
 
 
 @pytest.mark.parametrize(
-    ("per_mac", "expected"),
+    ("measure", "expected"),
     [
-        ({1: 2.0, 4: 1.0, 8: 0.6, 16: 0.59, 32: 0.58}, 8),  # 16 and 32 gain under 5% over 8
-        ({1: 1.0, 4: 0.99, 8: 0.98, 16: 0.97, 32: 0.96}, 1),  # nothing gains 5%
-        ({1: 1.0, 4: 0.9, 8: 0.8, 16: 0.7, 32: 0.6}, 32),  # every step gains
-        ({1: 1.0, 4: 1.2, 8: 1.1, 16: 0.5, 32: 0.49}, 16),  # a dip at 4 and 8, the win at 16
+        (_staircase(8), 8),  # 4 and 8 are free over the ragged widths, 16 costs its filters' full time
+        (_staircase(16), 16),
+        (_staircase(32), 32),
+        (_staircase(1), 1),  # no staircase: every extra filter costs its time, the paper's widths stay
+        (_staircase(1, overhead=1e-2), 1),  # a large per-call overhead no longer makes wide multiples look free
+        (_staircase(8, overhead=1e-2), 8),
+        (_staircase(1, ragged_factor=2.0), 4),  # ragged widths run slower than the next multiple of 4
     ],
 )
-def test_choose_multiple_is_the_smallest_that_no_larger_one_beats(per_mac, expected):
-    multiple, reason = choose_multiple(per_mac)
+def test_choose_multiple_takes_the_multiples_whose_filters_run_nearly_free(measure, expected):
+    multiple, reason = choose_multiple(probe_times(measure))
     assert multiple == expected
-    assert str(expected) in reason
+    assert f"rounded up to {expected};" in reason
 
 
-def test_choose_multiple_refuses_non_positive_times():
+def test_choose_multiple_refuses_missing_or_non_positive_times():
+    times = probe_times(_staircase(8))
     with pytest.raises(EdgepruneError, match="positive"):
-        choose_multiple({1: 0.0, 8: 1.0})
+        choose_multiple({**times, 40: 0.0})
+    with pytest.raises(EdgepruneError, match="needs a time"):
+        choose_multiple({w: t for w, t in times.items() if w != 64})
     with pytest.raises(EdgepruneError):
         choose_multiple({})
 
 
-def test_probe_divides_by_the_rounded_width():
-    calls = []
-    per_mac = probe_per_mac(_fake({m: float(m) for m in CANDIDATES}, calls), width=37)
-    assert per_mac == {m: float(m) for m in CANDIDATES}
-    assert calls == [(m, -(-37 // m) * m) for m in CANDIDATES]
+def test_the_probe_widths_are_the_ragged_ones_rounded_to_every_candidate():
+    widths = probe_widths()
+    assert widths[0] == 1 and all(w in widths for w in RAGGED)
+    assert all(rounded_width(w, m) in widths for w in RAGGED for m in CANDIDATES)
     assert [rounded_width(37, m) for m in CANDIDATES] == [37, 40, 40, 48, 64]
 
 
 def test_preference_is_measured_once_then_read_from_the_cache(tmp_path):
     calls = []
-    costs = {1: 3.0, 4: 2.0, 8: 1.0, 16: 0.99, 32: 0.98}
-    first = preferred_multiple("torch", 1, measure=_fake(costs, calls), cache_dir=tmp_path, version="x")
-    assert (first.multiple, first.cached) == (8, False) and len(calls) == len(CANDIDATES)
-    again = preferred_multiple("torch", 1, measure=_fake(costs, calls), cache_dir=tmp_path, version="x")
-    assert (again.multiple, again.cached) == (8, True) and len(calls) == len(CANDIDATES)
+    first = preferred_multiple("torch", 1, measure=_staircase(8, calls=calls), cache_dir=tmp_path, version="x")
+    assert (first.multiple, first.cached) == (8, False) and sorted(calls) == probe_widths()
+    again = preferred_multiple("torch", 1, measure=_staircase(8, calls=calls), cache_dir=tmp_path, version="x")
+    assert (again.multiple, again.cached) == (8, True) and len(calls) == len(probe_widths())
+    assert again.times == first.times
     assert cached_multiple("torch", "x", 1, tmp_path) == 8
     # another runtime version or thread count is another machine: measured again
     assert cached_multiple("torch", "y", 1, tmp_path) is None
@@ -88,11 +96,10 @@ def test_preference_is_measured_once_then_read_from_the_cache(tmp_path):
 
 @pytest.mark.parametrize(
     "text",
-    ["not json", "[]", '{"version": 1, "entries": []}', "BAD_ENTRY_MULTIPLE", "BAD_ENTRY_TIME"],
+    ["not json", "[]", '{"version": 2, "entries": []}', "BAD_ENTRY_MULTIPLE", "BAD_ENTRY_TIME", "OLD_VERSION"],
 )
 def test_a_corrupt_or_out_of_range_cache_is_ignored_and_rewritten(tmp_path, text):
-    costs = {1: 2.0, 4: 1.0, 8: 0.99, 16: 0.98, 32: 0.97}
-    preferred_multiple("torch", 1, measure=_fake(costs), cache_dir=tmp_path, version="x")
+    preferred_multiple("torch", 1, measure=_staircase(16), cache_dir=tmp_path, version="x")
     path = cache_path(tmp_path)
     data = json.loads(path.read_text())
     (key,) = data["entries"]
@@ -100,12 +107,15 @@ def test_a_corrupt_or_out_of_range_cache_is_ignored_and_rewritten(tmp_path, text
         data["entries"][key]["multiple"] = 7
         text = json.dumps(data)
     elif text == "BAD_ENTRY_TIME":
-        data["entries"][key]["per_mac"]["8"] = -1.0
+        data["entries"][key]["times"]["40"] = -1.0
+        text = json.dumps(data)
+    elif text == "OLD_VERSION":  # version 1 chose by time per MAC with the overhead left in: measured again
+        data["version"] = 1
         text = json.dumps(data)
     path.write_text(text)
     assert cached_multiple("torch", "x", 1, tmp_path) is None
     calls = []
-    again = preferred_multiple("torch", 1, measure=_fake(costs, calls), cache_dir=tmp_path, version="x")
+    again = preferred_multiple("torch", 1, measure=_staircase(4, calls=calls), cache_dir=tmp_path, version="x")
     assert again.multiple == 4 and not again.cached and calls
     assert cached_multiple("torch", "x", 1, tmp_path) == 4
 
@@ -121,25 +131,24 @@ def _pruned_widths(report: dict) -> dict[str, int]:
     return {r["name"]: r["filters_after"] for r in report["layers"] if r["filters_after"] < r["filters_before"]}
 
 
-def test_prune_warns_on_widths_off_the_cached_multiple(capsys, tmp_path, monkeypatch):
+def test_prune_warns_when_asked_widths_are_off_the_cached_multiple(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
-    costs = {1: 4.0, 4: 3.0, 8: 2.0, 16: 1.0, 32: 0.99}
-    preferred_multiple("torch", 1, measure=_fake(costs), version=runtime_version("torch"))
+    preferred_multiple("torch", 1, measure=_staircase(16), version=runtime_version("torch"))
     code, out, err = run_cli(capsys, "prune", "tiny", "--target", "flops=0.5", "--backend", "torch",
-                             "--out", tmp_path / "a")  # fmt: skip
+                             "--round-to", "1", "--out", tmp_path / "a")  # fmt: skip
     assert code == 0, err
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     off = [n for n, w in _pruned_widths(report).items() if w % 16]
     assert off, "the test needs a plan with widths off 16"
     assert err.count("\n") == 1 and f"{len(off)} of " in err and "--round-to 16" in err
-    assert report["width_warning"] in err
+    assert report["width_warning"] in err and "round_to_auto" not in report
 
 
-def test_round_to_auto_plans_on_the_preferred_multiple(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize("asked", [(), ("--round-to", "auto")])
+def test_round_to_auto_is_the_default_and_plans_on_the_preferred_multiple(capsys, tmp_path, monkeypatch, asked):
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
-    costs = {1: 4.0, 4: 3.0, 8: 2.0, 16: 1.0, 32: 0.99}
-    preferred_multiple("torch", 1, measure=_fake(costs), version=runtime_version("torch"))
-    code, out, err = run_cli(capsys, "prune", "tiny", "--target", "flops=0.5", "--round-to", "auto",
+    preferred_multiple("torch", 1, measure=_staircase(16), version=runtime_version("torch"))
+    code, out, err = run_cli(capsys, "prune", "tiny", "--target", "flops=0.5", *asked,
                              "--backend", "torch", "--out", tmp_path / "b")  # fmt: skip
     assert code == 0, err
     report = json.loads((tmp_path / "b" / "report.json").read_text())
@@ -158,9 +167,9 @@ def test_round_to_refuses_a_word_other_than_auto(capsys, tmp_path):
 
 
 def test_the_real_probe_returns_a_candidate():
-    per_mac = probe_per_mac(default_measure("torch", 1, size=4, repeats=2))
-    assert set(per_mac) == set(CANDIDATES) and all(v > 0 for v in per_mac.values())
-    assert choose_multiple(per_mac)[0] in CANDIDATES
+    times = probe_times(default_measure("torch", 1, size=4, repeats=2))
+    assert set(times) == set(probe_widths()) and all(v > 0 for v in times.values())
+    assert choose_multiple(times)[0] in CANDIDATES
 
 
 def _latency_report(measured: float, **extra) -> dict:
@@ -224,3 +233,18 @@ def test_quantize_summarises_the_quantizers_warnings_in_one_line(tmp_path, capsy
     lines = [line for line in err.splitlines() if "Axis 1" in line]
     assert len(lines) == 1 and "onnxruntime quantizer gave" in lines[0], err
     assert (tmp_path / "m8.onnx").is_file()
+
+
+def test_auto_falls_back_to_a_smaller_multiple_when_the_budget_is_out_of_reach(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
+    preferred_multiple("torch", 1, measure=_staircase(32), version=runtime_version("torch"))
+    code, out, err = run_cli(capsys, "prune", "tiny", "--target", "flops=0.1", "--backend", "torch",
+                             "--out", tmp_path / "a")  # fmt: skip
+    assert code == 0, err
+    auto = json.loads((tmp_path / "a" / "report.json").read_text())["round_to_auto"]
+    assert auto["preferred"] == 32 and auto["multiple"] < 32 and "unreachable" in auto["fallback"]
+    assert "32 preferred, but the budget is out of reach there" in out
+    # --round-to 32 asked for explicitly is not changed behind the user's back: one line, exit 2
+    code, _, err = run_cli(capsys, "prune", "tiny", "--target", "flops=0.1", "--round-to", "32",
+                           "--out", tmp_path / "b")  # fmt: skip
+    assert code == 2 and "unreachable" in err

@@ -268,3 +268,44 @@ def test_a_bench_probe_times_a_model_and_its_variants_interleaved(bundle, tmp_pa
     assert code == 0 and "half: " in out and "x the first" in out and "0.000" not in out
     with pytest.raises(EdgepruneError, match="not bench's"):  # a latency table's bundle
         models_from_probe(tmp_path / "b" / "measurements.json", bundle[0])
+
+
+def test_prune_plans_for_the_device_by_its_table_and_measures_nothing_here(bundle, tmp_path, capsys, monkeypatch):
+    folder, manifest = bundle
+    (tmp_path / "m.json").write_text(json.dumps(_fake_measurements(folder, manifest)))
+    table = table_from_probe(tiny(), tmp_path / "m.json", folder, source="tiny")
+    table.save(tmp_path / "device.json")
+    import edgeprune.latency
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a device table's cut was timed on this machine")
+
+    monkeypatch.setattr(edgeprune.latency, "measure_relative", no_timing)
+    limit = 0.8 * table.parent_ms
+    code = main(
+        [
+            "prune",
+            "tiny",
+            "--target",
+            f"latency={limit}ms",
+            "--lut",
+            str(tmp_path / "device.json"),
+            "--out",
+            str(tmp_path / "cut"),
+        ]
+    )  # fmt: skip  (no --accept-table: the table names the device)
+    out, err = capsys.readouterr()
+    assert code in (0, 1), err
+    report = json.loads((tmp_path / "cut" / "report.json").read_text())
+    latency, device = report["latency"], report["latency_table"]["device"]
+    assert device["cpu"] == "Test CPU" and device["machine"] == "aarch64" and "--probe" in device["check"]
+    assert latency["measured_ms"] == pytest.approx(latency["predicted_ms"])  # judged by the prediction
+    assert "latency predicted (device table, Test CPU" in out and "latency measured: not here" in out
+    assert (latency["met"], code) in ((True, 0), (False, 1))
+    # a table made here, but on another CPU, is still refused without --accept-table
+    here = load_table(tmp_path / "device.json")
+    here.settings.pop("probe")
+    here.save(tmp_path / "other.json")
+    code = main(["prune", "tiny", "--target", f"latency={limit}ms", "--lut", str(tmp_path / "other.json"),
+                 "--out", str(tmp_path / "cut2")])  # fmt: skip
+    assert code == 2 and "--accept-table" in capsys.readouterr().err

@@ -88,3 +88,14 @@ def test_a_file_that_is_not_a_flatbuffer_is_one_line_error(tmp_path):
     with pytest.raises(EdgepruneError) as e:
         tflite_profile(cut)
     assert "\n" not in str(e.value)
+
+
+def test_a_file_with_more_subgraphs_counts_the_main_one_and_says_so(exported, monkeypatch):
+    from edgeprune.tflite_graph import _schema, tflite_profile
+
+    model, path = exported
+    alone = tflite_profile(path)
+    monkeypatch.setattr(_schema().Model, "SubgraphsLength", lambda self: 3)  # as a file with control-flow bodies
+    with pytest.warns(UserWarning, match="3 subgraphs; only the main one"):
+        prof = tflite_profile(path)
+    assert [layer.flops for layer in prof.layers] == [layer.flops for layer in alone.layers]

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgeprune.complexity import LayerShape, Profile
 from edgeprune.costs import Cost, get_cost
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, UnreachableError
 from edgeprune.graph import ChannelGroup
 
 FILL_ORDER = (
@@ -171,7 +171,7 @@ def check_reachable(budget: dict[str, float], floor: PlanState, how: str, costs:
         smallest = floor.total(cost)
         if smallest > limit:
             limit_text, smallest_text = (f"{v:,}" if cost.integer else cost.human(v) for v in (limit, smallest))
-            raise EdgepruneError(
+            raise UnreachableError(
                 f"target {limit_text} {name} is unreachable: the smallest reachable is {smallest_text} {name}, {how}"
             )
 
@@ -310,12 +310,12 @@ def first_limit(table: Any, limit: float, smallest: float) -> float:
     if floor is None:  # no calibration: the table's sum is the best guess there is
         return limit
     if limit < floor:
-        raise EdgepruneError(
+        raise UnreachableError(
             f"target {limit:.3f} ms latency is unreachable on {table.backend}: the smallest network (every prunable "
             f"layer at its floor, round_to {table.round_to}) measured {floor:.3f} ms"
         )
     if limit < table.calibrated(smallest):
-        raise EdgepruneError(
+        raise UnreachableError(
             f"target {limit:.3f} ms latency is unreachable with these settings: the smallest network they allow "
             f"(minimum filters, round_to, residual channels) is predicted at {table.calibrated(smallest):.3f} ms"
         )

@@ -1,13 +1,19 @@
-"""The channel multiple this CPU's kernels prefer: ``--round-to auto``, and the warning on widths off it.
+"""The channel multiple this CPU's kernels prefer: ``--round-to auto`` (``prune``'s default), and the width warning.
 
 A pruned width that is not a multiple of the vector width the backend's kernels tile by can run slower than
 a wider one (a MobileNetV3-like net at FA 0.5, ``--round-to 1``: 1.204 ms against its parent's 0.852 ms on
-onnxruntime; 0.594 ms at ``--round-to 8``). ``preferred_multiple`` times a small conv and a depthwise conv
-at a ragged width ``w`` and at ``w`` rounded up to each candidate multiple, interleaved, and picks the
-smallest multiple beyond which the latency per kept multiply-add stops improving. The choice is cached per
-(CPU model, ISA flags, backend, runtime version, threads) in the user cache folder as a JSON file, written
-atomically and range-checked when read back; a corrupt cache is ignored and rewritten.
+onnxruntime; 0.594 ms at ``--round-to 8``). ``preferred_multiple`` times a probe network (a 3x3 conv, a
+depthwise 3x3 conv and a 1x1 conv: the kernels of VGG/ResNet and MobileNet blocks) at ragged widths
+(:data:`RAGGED`) and at each rounded up to every candidate multiple, interleaved, and at width 1, whose time
+stands for the per-call overhead that does not grow with the width and is subtracted (left in, it made large
+multiples look cheaper per filter than they are). From the smallest candidate up, a multiple is taken when
+rounding the ragged widths up to it, instead of to the multiple taken so far, costs at most
+:data:`WORTH` of the time its extra filters would at the rate of the widths they are added to: the kernels
+then run those filters nearly free (a staircase at that multiple), so the budget can be spent on them. On a
+kernel with no staircase the time grows with the filters and 1 is kept (the paper's widths).
 
+The choice is cached per (CPU model, ISA flags, backend, runtime version, threads) in the user cache folder as a
+JSON file, written atomically and range-checked when read back; a corrupt cache is ignored and rewritten.
 The measuring function is injectable (``measure=``): the choice logic, the cache and the warning are tested
 without timings.
 """
@@ -28,12 +34,14 @@ from edgeprune.files import write_json
 
 CANDIDATES = (1, 4, 8, 16, 32)
 FALLBACK_MULTIPLE = 8  # the warning's multiple when nothing was measured on this machine yet
-IMPROVEMENT = 0.05  # a larger multiple must cut the latency per kept MAC by over 5% to be worth it
-RAGGED = 37  # the odd width the candidates round up from (37 -> 40, 48, 64)
-CACHE_VERSION = 1
+WORTH = 0.5  # a multiple is taken when its extra filters cost at most half their proportional time
+# Ragged widths spread over the residues mod 32, so a staircase at any candidate shows in their sum
+RAGGED = (33, 37, 41, 45, 49, 53, 57, 61)
+OVERHEAD_WIDTH = 1  # the probe at width 1: its time is (nearly) all per-call overhead
+CACHE_VERSION = 2  # 1 held times per MAC with the overhead left in
 
-# A measurement: (multiple, width) -> seconds per run of the probe at that width
-Measure = Callable[[int, int], float]
+# A measurement: width -> seconds per run of the probe at that width
+Measure = Callable[[int], float]
 
 
 @dataclass(frozen=True)
@@ -45,13 +53,13 @@ class Preference:
     backend: str
     threads: int
     cached: bool
-    per_mac: dict[int, float]  # candidate multiple -> seconds per kept multiply-add (relative units)
+    times: dict[int, float]  # probe width -> seconds per run (the overhead width included)
 
     def as_dict(self) -> dict:
         """The report's and the metadata's form."""
         return {"multiple": self.multiple, "reason": self.reason, "backend": self.backend,
                 "threads": self.threads, "cached": self.cached,
-                "per_mac": {str(k): v for k, v in sorted(self.per_mac.items())}}  # fmt: skip
+                "times_us": {str(k): round(v * 1e6, 3) for k, v in sorted(self.times.items())}}  # fmt: skip
 
 
 def rounded_width(width: int, multiple: int) -> int:
@@ -59,24 +67,52 @@ def rounded_width(width: int, multiple: int) -> int:
     return -(-width // multiple) * multiple
 
 
-def choose_multiple(per_mac: Mapping[int, float], improvement: float = IMPROVEMENT) -> tuple[int, str]:
-    """The smallest multiple no larger multiple beats by over ``improvement`` per kept MAC, and why."""
-    if not per_mac or any(not (v > 0 and v < float("inf")) for v in per_mac.values()):
-        raise EdgepruneError("choose_multiple: every candidate needs a positive, finite time per MAC")
-    ordered = sorted(per_mac)
-    for m in ordered:
-        better = [b for b in ordered if b > m and per_mac[b] < per_mac[m] * (1 - improvement)]
-        if not better:
-            worst = per_mac[ordered[0]] / per_mac[m]
-            reason = (f"multiples above {m} cut the time per kept MAC by under {100 * improvement:.0f}%; "
-                      f"{m} runs {worst:.2f}x as fast per MAC as multiple {ordered[0]}")  # fmt: skip
-            return m, reason
-    raise AssertionError("unreachable: the largest multiple has none larger")
+def fallback_multiples(multiple: int) -> list[int]:
+    """``multiple`` and the smaller candidates, largest first: where a budget out of reach at ``multiple`` goes."""
+    return sorted({m for m in CANDIDATES if m <= multiple} | {multiple}, reverse=True)
 
 
-def probe_per_mac(measure: Measure, width: int = RAGGED, candidates: tuple[int, ...] = CANDIDATES) -> dict[int, float]:
-    """Seconds per kept MAC at ``width`` rounded to each candidate (the MACs of a probe grow with the width)."""
-    return {m: measure(m, rounded_width(width, m)) / rounded_width(width, m) for m in candidates}
+def probe_widths(ragged: tuple[int, ...] = RAGGED, candidates: tuple[int, ...] = CANDIDATES) -> list[int]:
+    """Every width the probe is timed at: the overhead width, the ragged ones and each rounded to each candidate."""
+    return sorted({OVERHEAD_WIDTH} | {rounded_width(w, m) for w in ragged for m in candidates})
+
+
+def _check_times(times: Mapping[int, float], widths: list[int]) -> None:
+    """Every width timed, every time positive and finite."""
+    if any(w not in times for w in widths):
+        raise EdgepruneError("choose_multiple: every probe width needs a time")
+    if any(not (0 < times[w] < float("inf")) for w in widths):
+        raise EdgepruneError("choose_multiple: every probe width needs a positive, finite time")
+
+
+def choose_multiple(times: Mapping[int, float], ragged: tuple[int, ...] = RAGGED,
+                    candidates: tuple[int, ...] = CANDIDATES, worth: float = WORTH) -> tuple[int, str]:  # fmt: skip
+    """The multiple to round widths to, from the probe's ``times`` per width (see the module), and why."""
+    _check_times(times, probe_widths(ragged, candidates))
+    floor = times[OVERHEAD_WIDTH]
+    work = {w: max(t - floor, 1e-3 * t) for w, t in times.items()}  # the part that grows with the width
+
+    def cost(m: int) -> float:
+        return sum(work[rounded_width(w, m)] for w in ragged)
+
+    chosen, notes = min(candidates), []
+    for m in sorted(candidates):
+        if m <= chosen:
+            continue
+        extra = cost(m) - cost(chosen)
+        fair = sum(
+            work[rounded_width(w, chosen)] * (rounded_width(w, m) / rounded_width(w, chosen) - 1) for w in ragged
+        )
+        share = extra / fair if fair > 0 else 0.0
+        notes.append(f"{m}: {share:.2f}")
+        if share <= worth:
+            chosen = m
+    ragged_cost = sum(work[w] / w for w in ragged) / len(ragged)
+    rounded_cost = sum(work[rounded_width(w, chosen)] / rounded_width(w, chosen) for w in ragged) / len(ragged)
+    reason = (f"per filter, ragged widths take {ragged_cost / rounded_cost:.2f}x the time of widths rounded up to "
+              f"{chosen}; share of proportional time the extra filters of each larger step cost "
+              f"(taken when <= {worth:g}): {', '.join(notes)}")  # fmt: skip
+    return chosen, reason
 
 
 def cache_key(backend: str, version: str, threads: int) -> str:
@@ -106,13 +142,13 @@ def _read_cache(path: Path) -> dict:
     for key, entry in data["entries"].items():
         try:
             multiple, reason = entry["multiple"], entry["reason"]
-            per_mac = {int(k): float(v) for k, v in entry["per_mac"].items()}
+            times = {int(k): float(v) for k, v in entry["times"].items()}
         except (TypeError, KeyError, ValueError, AttributeError):
             continue
         if (isinstance(multiple, int) and not isinstance(multiple, bool) and multiple in CANDIDATES
-                and isinstance(reason, str) and len(reason) < 500 and set(per_mac) <= set(CANDIDATES)
-                and all(0 < v < float("inf") for v in per_mac.values())):  # fmt: skip
-            good[key] = {"multiple": multiple, "reason": reason, "per_mac": per_mac}
+                and isinstance(reason, str) and len(reason) < 1000 and len(times) <= 4 * len(probe_widths())
+                and all(0 < k <= 4096 and 0 < v < float("inf") for k, v in times.items())):  # fmt: skip
+            good[key] = {"multiple": multiple, "reason": reason, "times": times}
     return good
 
 
@@ -132,18 +168,22 @@ def preferred_multiple(backend: str, threads: int = 1, *, measure: Measure | Non
     entries = _read_cache(path)
     if key in entries:
         e = entries[key]
-        return Preference(e["multiple"], e["reason"], backend, threads, True, e["per_mac"])
-    per_mac = probe_per_mac(measure or default_measure(backend, threads))
-    multiple, reason = choose_multiple(per_mac)
-    entries[key] = {"multiple": multiple, "reason": reason, "per_mac": {str(k): v for k, v in per_mac.items()}}
-    for e in entries.values():
-        e["per_mac"] = {str(k): v for k, v in e["per_mac"].items()}
+        return Preference(e["multiple"], e["reason"], backend, threads, True, e["times"])
+    times = probe_times(measure or default_measure(backend, threads))
+    multiple, reason = choose_multiple(times)
+    entries[key] = {"multiple": multiple, "reason": reason, "times": times}
+    stored = {k: {**e, "times": {str(w): t for w, t in e["times"].items()}} for k, e in entries.items()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {"version": CACHE_VERSION, "entries": entries})
+        write_json(path, {"version": CACHE_VERSION, "entries": stored})
     except OSError:
         pass  # an unwritable cache only costs a measurement next time
-    return Preference(multiple, reason, backend, threads, False, per_mac)
+    return Preference(multiple, reason, backend, threads, False, times)
+
+
+def probe_times(measure: Measure, widths: list[int] | None = None) -> dict[int, float]:
+    """Seconds per run of the probe at every width :func:`choose_multiple` needs."""
+    return {w: float(measure(w)) for w in (widths or probe_widths())}
 
 
 def runtime_version(backend: str) -> str:
@@ -167,40 +207,28 @@ def default_backend() -> str:
 
 
 def default_measure(backend: str, threads: int, *, size: int = 28, repeats: int = 15) -> Measure:
-    """Times a 1x1 conv, a depthwise 3x3 conv and a 1x1 conv back at a width (a MobileNet block), interleaved."""
+    """Times the probe (3x3 conv, depthwise 3x3, 1x1 back) at every width, interleaved round by round, at first call."""
     import torch
     from torch import nn
 
-    def block(width: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(32, width, 1), nn.Conv2d(width, width, 3, padding=1, groups=width),
+    def probe(width: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(32, width, 3, padding=1), nn.Conv2d(width, width, 3, padding=1, groups=width),
                              nn.Conv2d(width, 32, 1)).eval()  # fmt: skip
 
     x = torch.randn(1, 32, size, size)
-    runners: dict[int, Callable[[], object]] = {}
-
-    def runner(width: int) -> Callable[[], object]:
-        if width not in runners:
-            runners[width] = _runner(block(width), x, backend, threads)
-        return runners[width]
-
     times: dict[int, list[float]] = {}
 
-    def measure(multiple: int, width: int) -> float:
-        if not times:  # the first call times every candidate, interleaved round by round
-            widths = sorted({rounded_width(RAGGED, m) for m in CANDIDATES} | {width})
+    def measure(width: int) -> float:
+        if width not in times:  # the first call times every probe width, interleaved so drift hits all alike
+            widths = sorted(set(probe_widths()) | {width})
+            runners = {w: _runner(probe(w), x, backend, threads) for w in widths}
+            for w in widths:
+                times[w] = []
             for _ in range(repeats):
                 for w in widths:
-                    run = runner(w)
                     start = time.perf_counter()
-                    run()
-                    times.setdefault(w, []).append(time.perf_counter() - start)
-        if width not in times:
-            run = runner(width)
-            times[width] = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                run()
-                times[width].append(time.perf_counter() - start)
+                    runners[w]()
+                    times[w].append(time.perf_counter() - start)
         return sorted(times[width])[len(times[width]) // 2]
 
     return measure

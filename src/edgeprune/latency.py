@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import statistics
@@ -40,6 +41,11 @@ from edgeprune.lut import (
 )
 
 Measure = Callable[[Any], float]  # a pruned model -> its latency (ms), in the table's units
+# a progress hook, (layer, stage): stage "layer" once per grid point of ``layer`` as it is measured (ExecuTorch and
+# LiteRT: as it is exported, the slow part) or its probe file written; then, layer "", "whole model" before the
+# parent is timed and "calibration" before the calibration networks are timed (or written)
+OnPoint = Callable[[str, str], None]
+PointTimer = Callable[[dict[str, dict], Callable[[], None]], dict[str, float]]  # a Timer calling done() per block
 
 
 def build_table(
@@ -52,6 +58,7 @@ def build_table(
     parent_ms: float | None = None,
     progress: Callable[[str], None] | None = None,
     model_timer: ModelTimer | None = None,
+    on_point: OnPoint | None = None,
     **changes: Any,
 ) -> LatencyTable:
     """Measure every conv/linear layer of ``model`` at a grid of widths on ``settings.backend``; the latency table.
@@ -59,23 +66,19 @@ def build_table(
     ``settings`` (``TableSettings()`` when None) says how; keywords named after its fields (``round_to=8``)
     change those fields. ``timer`` replaces the measuring processes (tests inject one); ``parent_ms`` the
     parent's measured latency. ``settings.calibration`` gives the uniform cuts timed whole (see ``calibrate``;
-    ``()`` for none), ``model_timer`` replaces their measuring processes.
+    ``()`` for none), ``model_timer`` replaces their measuring processes. ``progress`` gets a line per layer;
+    ``on_point`` (a progress bar) is called as ``OnPoint`` says, once per grid point (``grid_points`` counts them).
     """
-    import torch
-
-    from edgeprune.graph import analyse
-
     settings = dataclasses.replace(settings or TableSettings(), **changes)
     settings.validate()
     started = time.perf_counter()
     model = model.eval()
-    prof, _ = analyse(model, torch.zeros(1, *input_shape), prune_residual=True)
-    blocks = layer_blocks(model, input_shape)
-    ins, outs = varying_layers(prof)
-    grid = {"near": settings.near, "ratio": settings.ratio}
-    timer = timer or _ProcessTimer(settings)
-    layers = _measure_layers(prof, blocks, timer, ins, outs, settings.round_to, grid, progress)
+    prof, grid = _grid_blocks(model, input_shape, settings)
+    timing = _point_timer(timer or _ProcessTimer(settings))
+    layers = _measure_layers(prof, grid, timing, on_point or _ignore, progress)
     if parent_ms is None:
+        if on_point:
+            on_point("", "whole model")
         # measured as prune measures a cut model, so that "latency=0.5" is half of what that measurement says
         parent_ms = measure_latency(model, input_shape, settings.backend, threads=settings.threads,
                                     processes=settings.processes, spin=settings.spin)  # fmt: skip
@@ -84,9 +87,23 @@ def build_table(
     if settings.calibration:
         if progress:
             progress(f"calibration: uniform cuts at {', '.join(f'{f:g}' for f in settings.calibration)} and the floor")
+        if on_point:
+            on_point("", "calibration")
         table = calibrate(table, model, settings.calibration, timer=model_timer, processes=settings.processes)
     table.build_seconds = time.perf_counter() - started
     return table
+
+
+def grid_points(model: Any, input_shape: tuple[int, ...], settings: TableSettings | None = None) -> dict[str, int]:
+    """Each layer's count of grid points, in the order ``build_table`` and ``write_probe`` go through them."""
+    settings = settings or TableSettings()
+    settings.validate()  # before the grid is drawn: a ratio of 1 or more would never end it
+    _, grid = _grid_blocks(model, input_shape, settings)
+    return {name: len(keys) for name, (_, _, _, keys) in grid.items()}
+
+
+def _ignore(layer: str, stage: str) -> None:
+    """No hook given: nothing to tell."""
 
 
 def _table(model: Any, input_shape: tuple[int, ...], settings: TableSettings, layers: dict[str, LayerTable],
@@ -106,23 +123,16 @@ def _table(model: Any, input_shape: tuple[int, ...], settings: TableSettings, la
     )  # fmt: skip
 
 
-def _measure_layers(prof: Profile, blocks: dict[str, dict], timer: Timer, ins: set[str], outs: set[str],
-                    round_to: int, grid: dict,
+def _measure_layers(prof: Profile, grid: dict, timing: PointTimer, on_point: OnPoint,
                     progress: Callable[[str], None] | None) -> dict[str, LayerTable]:  # fmt: skip
-    """Every layer's grid, timed."""
+    """Every layer's grid (``_grid_blocks``), timed; ``on_point(layer, "layer")`` once per point."""
     layers: dict[str, LayerTable] = {}
     for layer in prof.layers:
-        if layer.name not in blocks:
-            raise EdgepruneError(f"layer {layer.name} is not a Conv2d or Linear module: no latency table for it")
-        spec = blocks[layer.name]
-        c_in, c_out = layer_grid(spec, layer, ins, outs, round_to, grid)
+        spec, c_in, c_out, keys = grid[layer.name]
+        times = timing(keys, functools.partial(on_point, layer.name, "layer"))
         if layer.depthwise:
-            keys = {f"{w}": block_at(spec, w, w) for w in c_out}
-            times = timer(keys)
             ms = [[times[f"{w}"] for w in c_out]]
         else:
-            keys = {f"{i}x{o}": block_at(spec, i, o) for i in c_in for o in c_out}
-            times = timer(keys)
             ms = [[times[f"{i}x{o}"] for o in c_out] for i in c_in]
         layers[layer.name] = LayerTable(spec["kind"], c_in, c_out, ms, layer.depthwise, spec["calls"],
                                         block_at(spec, layer.c_in, layer.c_out))  # fmt: skip
@@ -131,6 +141,21 @@ def _measure_layers(prof: Profile, blocks: dict[str, dict], timer: Timer, ins: s
             within = " (all within the per-call overhead)" if high == 0 else ""
             progress(f"{layer.name}: {len(keys)} widths, {ms_text(high, low)}{within}")
     return layers
+
+
+def _point_timer(timer: Timer) -> PointTimer:
+    """``timer`` as a ``PointTimer``: the measuring processes call ``done`` as each block is exported (ExecuTorch,
+    LiteRT) or measured; any other timer (a test's) once per block after it has timed them all."""
+    if isinstance(timer, _ProcessTimer):
+        return timer.time
+
+    def timed(blocks: dict[str, dict], done: Callable[[], None]) -> dict[str, float]:
+        times = timer(blocks)
+        for _ in blocks:
+            done()
+        return times
+
+    return timed
 
 
 class _ProcessTimer:
@@ -156,8 +181,14 @@ class _ProcessTimer:
 
     def __call__(self, blocks: dict[str, dict]) -> dict[str, float]:
         """Median ms of each block, the per-call overhead taken off."""
-        from edgeprune.backends import time_artifacts
+        return self.time(blocks)
 
+    def time(self, blocks: dict[str, dict], done: Callable[[], None] | None = None) -> dict[str, float]:
+        """Median ms of each block, the per-call overhead taken off; ``done()`` once per block, as its file is
+        exported (ExecuTorch and LiteRT: the slow part) or, for the other backends, as it is measured."""
+        from edgeprune.backends import EDGE_BACKENDS, time_artifacts
+
+        exported = self.backend in EDGE_BACKENDS
         out: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="edgeprune-lut-") as tmp:
             for chunk in _chunks(blocks):
@@ -165,6 +196,8 @@ class _ProcessTimer:
                 for key in chunk:
                     path = self._block_file(blocks[key], Path(tmp) / f"b{len(out) + len(artifacts)}")
                     artifacts[key] = (path, tuple(blocks[key]["input_shape"]))
+                    if exported and done:
+                        done()
                 path = self._block_file(OVERHEAD_BLOCK, Path(tmp) / "overhead")
                 artifacts[OVERHEAD] = (path, tuple(OVERHEAD_BLOCK["input_shape"]))
                 rounds = [
@@ -177,6 +210,9 @@ class _ProcessTimer:
                     {key: statistics.median(max(0.0, r[key]["median"] - o) for r, o in zip(rounds, overhead))
                      for key in chunk}
                 )  # fmt: skip
+                if done and not exported:
+                    for _ in chunk:
+                        done()
         return out
 
 
@@ -323,8 +359,11 @@ def measure_relative(
 
 def default_measure(table: Any, input_shape: tuple[int, ...], parent: Any) -> Measure:
     """Measure on the table's backend and threads: a cut's latency relative to the parent timed beside it, in
-    the table's milliseconds (``measure_relative``: robust to the machine's drift)."""
+    the table's milliseconds (``measure_relative``: robust to the machine's drift). A probe's table (measured on
+    another device) cannot be checked here: its cuts are judged by the table's calibrated prediction."""
     settings = getattr(table, "settings", {}) or {}
+    if isinstance(settings.get("probe"), dict):
+        return predicted_measure(table, input_shape)
 
     def measure(model: Any) -> float:
         return measure_relative(model, parent, input_shape, backend=table.backend, threads=table.threads,
@@ -387,9 +426,12 @@ def write_probe(
     *,
     source: str = "",
     force: bool = False,
+    on_point: OnPoint | None = None,
 ) -> dict:
     """Write a probe bundle for ``settings.backend``: the table's grid of layer blocks, the overhead block, the
-    parent and its calibration cuts (chosen by multiply-adds), and probe.py; its manifest.
+    parent and its calibration cuts (chosen by multiply-adds), and probe.py; its manifest. ``on_point(layer,
+    "layer")`` is called after each grid point's file is written, ``on_point("", "calibration")`` before the
+    calibration networks are (``OnPoint``: a progress bar).
 
     ``table_from_probe`` turns the device's measurements of it into the table ``build_table`` would measure there.
     """
@@ -404,11 +446,15 @@ def write_probe(
         group = bundle.group(f"layer {name}")
         for key, block in keys.items():
             bundle.add_block(group, key, block)
+            if on_point is not None:
+                on_point(name, "layer")
         bundle.add_block(group, OVERHEAD, OVERHEAD_BLOCK)
         depthwise = next(layer.depthwise for layer in prof.layers if layer.name == name)
         layers[name] = {"kind": spec["kind"], "c_in": c_in, "c_out": c_out, "depthwise": depthwise,
                         "calls": spec["calls"], "block": block_at(spec, spec["c_in"], spec["c_out"])}  # fmt: skip
     cuts: dict[str, dict] = {}
+    if on_point is not None:
+        on_point("", "calibration")
     if settings.calibration:
         group = bundle.group("calibration")
         bundle.add_model(group, "parent", model, input_shape)
@@ -424,6 +470,13 @@ def write_probe(
         grid={"round_to": s.round_to, "near": s.near, "ratio": s.ratio}, layers=layers, calibration=cuts,
         timing={"runs": s.runs, "warmup": s.warmup, "rounds": s.processes},
     )  # fmt: skip
+
+
+def predicted_measure(table: Any, input_shape: tuple[int, ...]) -> Measure:
+    """A cut's latency as ``table`` predicts it: its layers' table sum, calibrated (no timing)."""
+    from edgeprune.costs import get_cost
+
+    return lambda model: table.calibrated(get_cost("latency", table).total(_profile(model, input_shape)))
 
 
 def _profile(model: Any, input_shape: tuple[int, ...]) -> Profile:
@@ -523,11 +576,14 @@ def _check_probe_model(model: Any, manifest: dict) -> None:
 
 __all__ = [
     "Measure",
+    "OnPoint",
     "build_table",
     "calibrate",
     "default_measure",
+    "grid_points",
     "measure_latency",
     "measure_relative",
+    "predicted_measure",
     "table_from_probe",
     "write_probe",
 ]

@@ -44,13 +44,14 @@ from torch import nn
 
 from edgeprune import cluster
 from edgeprune.cluster import CRASH_ENV, MAX_RETRIES, RayOptions, crash_hook, node_info
-from edgeprune.costs import STATIC
+from edgeprune.compare_checks import BASELINES, check_settings
 from edgeprune.data import ImageDataset
+from edgeprune.data.progress import Counter, Waiter, echo
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import write_json
-from edgeprune.io import ModelRef, is_folder_ref, resolve
+from edgeprune.io import ModelRef, resolve
 from edgeprune.limits import read_json
-from edgeprune.pruning import check_seed, prune
+from edgeprune.pruning import prune
 from edgeprune.records import (
     CONVENTIONAL,
     DIRECT,
@@ -71,14 +72,12 @@ from edgeprune.records import (
 )
 from edgeprune.report import markdown_table as markdown_table  # re-exported: compare prints it
 from edgeprune.report import write_compare
-from edgeprune.search import KINDS, get_proxy
 from edgeprune.search import prune as search_prune
 from edgeprune.trace import record_shapes
 from edgeprune.train import TrainConfig, TrainResult, data_signature, train
 from edgeprune.train.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, Distill, Teacher
 
 AT_INIT = {DIRECT: "weighted", "unweighted": "uniform", "uniform": "ratio", MATCHED: "weighted"}  # -> layer selection
-BASELINES = ("l1", "nuclear", "uniform", "unweighted")
 SEARCH_FILE = "search.json"  # a searched run's candidate table, in its folder
 # The settings that decide a run's result (threads and device do not: a record made with others is still it)
 RESULT_SETTINGS = ("model", "width", "model_args", "num_classes", "step", "conventional_layers", "optimizer", "lr",
@@ -145,9 +144,9 @@ class RunContext:
         return resolve(self.ref).model
 
     def log(self, text: str) -> None:
-        """Print a progress line, unless quiet."""
+        """Print a progress line (above a bar being drawn), unless quiet."""
         if self.progress:
-            print(text, flush=True)
+            echo(text)
 
     def train(
         self, model: nn.Module, epochs: int, seed: int, tag: str, teacher: nn.Module | None = None
@@ -382,42 +381,6 @@ def _from_teacher(settings: CompareSettings) -> list[str]:
     return [DIRECT_KD] if settings.distill else []
 
 
-def _check_settings(settings: CompareSettings) -> None:
-    """One-line errors for settings no run can use, before any work."""
-    if settings.time_matched and not set(settings.baselines) & set(CONVENTIONAL):
-        raise EdgepruneError("time-matched training needs a conventional pipeline (l1 or nuclear) among the baselines")
-    if not settings.seeds:
-        raise EdgepruneError("no seeds given")
-    for seed in settings.seeds:
-        check_seed(seed)
-    unknown = set(settings.baselines) - set(BASELINES)
-    if unknown:
-        raise EdgepruneError(f"unknown baseline(s) {sorted(unknown)}; choose from: {', '.join(BASELINES)}")
-    if not settings.targets:
-        raise EdgepruneError("no modes given")
-    for mode in [*settings.targets, *settings.also]:
-        if mode not in STATIC:  # a comparison prunes to proxy costs; latency needs a table and a device
-            raise EdgepruneError(f"unknown mode '{mode}'; choose from: {', '.join(STATIC)}")
-    if settings.candidates != 1 or tuple(settings.candidate_kinds) != ("weighted",):
-        _check_search(settings)
-    if settings.distill:
-        Distill(settings.distill_alpha, settings.distill_temperature).validate()
-    if is_folder_ref(settings.model):
-        raise EdgepruneError(f"{settings.model}: compare trains from scratch; give a zoo name or a model reference")
-
-
-def _check_search(s: CompareSettings) -> None:
-    """One-line errors for search settings no search can use."""
-    if isinstance(s.candidates, bool) or not isinstance(s.candidates, int) or s.candidates < 1:
-        raise EdgepruneError(f"candidates must be a positive integer, got {s.candidates!r}")
-    unknown = [k for k in s.candidate_kinds if k not in KINDS] or ([] if s.candidate_kinds else [""])
-    if unknown:
-        raise EdgepruneError(f"unknown candidate kind '{unknown[0]}'; choose from: {', '.join(KINDS)}")
-    get_proxy(s.proxy)
-    if not 0 < s.proxy_holdout < 1:
-        raise EdgepruneError(f"proxy holdout must be a fraction between 0 and 1, got {s.proxy_holdout!r}")
-
-
 def _check_budgets(ctx: RunContext) -> None:
     """With ``also`` limits, plan every mode's budget once before any training: an unreachable one fails now."""
     s = ctx.settings
@@ -441,13 +404,15 @@ def make_context(
 Batch = tuple[RunRecord, list[RunRecord]]  # a seed's baseline, and the runs of one of its modes
 
 
-def _runs_here(ctx: RunContext) -> Iterator[Batch]:
-    """Every run, one after the other in this process; yielded per seed and mode."""
+def _runs_here(ctx: RunContext, bar: Counter) -> Iterator[Batch]:
+    """Every run, one after the other in this process, counted on ``bar``; yielded per seed and mode."""
     s, done, total = ctx.settings, itertools.count(1), run_count(ctx.settings)
 
     def go(run: Callable[..., Any], *args: Any) -> Any:
         ctx.log(f"run {next(done)}/{total}")
-        return run(ctx, *args)
+        result = run(ctx, *args)
+        bar.advance()
+        return result
 
     for seed in s.seeds:
         baseline, full = go(run_full, seed)
@@ -520,8 +485,9 @@ def _submit(ray: ModuleType, shared: Any, settings: CompareSettings, options: Ra
     return plan
 
 
-def _runs_on_ray(ctx: RunContext, options: RayOptions) -> Iterator[Batch]:
-    """Every run as a Ray task (a retry resumes from the run's checkpoint); yielded in the serial order."""
+def _runs_on_ray(ctx: RunContext, options: RayOptions, bar: Counter) -> Iterator[Batch]:
+    """Every run as a Ray task (a retry resumes from the run's checkpoint), counted on ``bar`` as each finishes;
+    yielded in the serial order."""
     with cluster.connected(options) as ray:
         cluster.check_shared_folder(ray, ctx.out)
         ref = replace(ctx.ref, ref=cluster.portable_ref(ctx.ref.ref), remember=False)
@@ -531,10 +497,13 @@ def _runs_on_ray(ctx: RunContext, options: RayOptions) -> Iterator[Batch]:
                 f"{options.cpus_per_run:g} CPU(s) and {options.gpus_per_run:g} GPU(s) per run)")  # fmt: skip
         baselines: dict[int, RunRecord] = {}
         done, total = itertools.count(1), run_count(ctx.settings)
+        finished = Waiter(ray.wait, [r for p in plan for r in (p[2], *p[3])], bar)
         for seed, mode, full, refs in plan:
             if seed not in baselines:
+                finished.until([full])
                 baselines[seed] = cluster.get(ray, full, f"the full model, seed {seed}")[0]
                 ctx.log(f"run {next(done)}/{total}: {progress_line(baselines[seed])}")
+            finished.until(refs)
             mine = [cluster.get(ray, r, f"a {mode} run, seed {seed}") for r in refs]
             for record in mine:
                 ctx.log(f"run {next(done)}/{total}: {progress_line(record)}")
@@ -557,7 +526,7 @@ def run_comparison(
     ``ray``, every run is a Ray task (see :mod:`edgeprune.cluster`): the same runs, the same results
     for the same seeds and threads; ``out_dir`` must be storage every node sees.
     """
-    _check_settings(settings)
+    check_settings(settings)
     if ray is not None:
         settings = replace(settings, threads=settings.threads or ray.threads())
     ctx = make_context(settings, data, out_dir, progress, resume)
@@ -566,11 +535,12 @@ def run_comparison(
         ctx = replace(ctx, out=ctx.out.resolve())
     records: list[RunRecord] = []
     baselines: dict[int, RunRecord] = {}
-    for baseline, mine in _runs_on_ray(ctx, ray) if ray is not None else _runs_here(ctx):
-        baselines[baseline.seed] = baseline
-        records.extend(mine)
-        done = list(baselines.values())
-        write_outputs(_summary(records, done, settings, ray, ctx.out), records, done, ctx.out)
+    with Counter(run_count(settings), "compare", enabled=progress, unit="run") as bar:
+        for baseline, mine in _runs_on_ray(ctx, ray, bar) if ray is not None else _runs_here(ctx, bar):
+            baselines[baseline.seed] = baseline
+            records.extend(mine)
+            done = list(baselines.values())
+            write_outputs(_summary(records, done, settings, ray, ctx.out), records, done, ctx.out)
     summary = _summary(records, list(baselines.values()), settings, ray, ctx.out)
     write_outputs(summary, records, list(baselines.values()), ctx.out)
     return summary

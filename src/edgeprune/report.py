@@ -136,6 +136,14 @@ def latency_lines(report: dict) -> str:
     lat = report["latency"]
     where = report.get("latency_table") or {}
     on = f"{where['backend']}, {where['threads']} thread(s)" if where else "the table's backend"
+    device = where.get("device")
+    if device:  # a probe's table: the device is elsewhere, nothing here can measure the cut
+        return "\n".join([
+            f"latency limit:              {lat['limit_ms']:.3f} ms",
+            f"latency predicted (device table, {device['cpu']}, {on}): {lat['predicted_ms']:.3f} ms, "
+            f"{'met' if lat['met'] else 'MISSED'} by prediction",
+            f"latency measured: not here (the table is the device's); on the device: {device['check']}",
+        ])  # fmt: skip
     lines = [
         f"latency limit:              {lat['limit_ms']:.3f} ms",
         f"latency predicted (table):  {lat['predicted_ms']:.3f} ms (table error {lat['prediction_error_pct']:+.1f}%)",

@@ -37,6 +37,7 @@ from edgeprune.backends import BACKENDS, check_backends
 from edgeprune.cluster import MAX_RETRIES, RayOptions, node_info
 from edgeprune.costs import MCU, STATIC, check_cost
 from edgeprune.costs import PAPER_MODES as MODES
+from edgeprune.data.progress import Counter, Waiter, echo
 from edgeprune.energy import ENERGY_NOTE
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import write_json
@@ -286,8 +287,9 @@ def _point_task(ctx: SweepContext, seed: int, mode: str, target: float, index: i
     return points
 
 
-def _points_on_ray(ctx: SweepContext, jobs: list[Job], options: RayOptions) -> Iterator[tuple[dict, Prepared]]:
-    """Every point as a Ray task, yielded in the serial order."""
+def _points_on_ray(ctx: SweepContext, jobs: list[Job], options: RayOptions,
+                   bar: Counter) -> Iterator[tuple[dict, Prepared]]:  # fmt: skip
+    """Every point as a Ray task, counted on ``bar`` as each finishes; yielded in the serial order."""
     from edgeprune import cluster
 
     with cluster.connected(options) as ray:
@@ -295,7 +297,9 @@ def _points_on_ray(ctx: SweepContext, jobs: list[Job], options: RayOptions) -> I
         shared = ray.put(ctx)
         point = cluster.task(ray, _point_task, options)
         refs = [point.remote(shared, seed, mode, target, i) for i, (seed, mode, target) in enumerate(jobs)]
+        finished = Waiter(ray.wait, refs, bar, weight=2 if ctx.int8 else 1)  # a point's rows: fp32, int8
         for (seed, mode, target), ref in zip(jobs, refs):
+            finished.until([ref])
             yield from cluster.get(ray, ref, f"the sweep point {mode} {target:g} seed {seed}")
 
 
@@ -353,7 +357,7 @@ class SweepSettings:
     num_classes: int | None = None  # the built model's classes (a zoo or ``py:`` reference)
     in_channels: int | None = None  # the built model's input channels
     input_shape: tuple[int, ...] | None = None  # the input (no batch dim); None: the model's own, or the data's
-    log: Callable[[str], None] | None = print  # one progress line at a time; None: quiet
+    log: Callable[[str], None] | None = echo  # one progress line at a time (stdout); None: quiet, no bar
     spin: bool = True  # spin-wait between timed runs (edgeprune.measure)
     limit_train: int | None = None  # training images read at most
     limit_test: int | None = None  # test images read at most
@@ -466,11 +470,15 @@ def _measure_points(ctx: SweepContext, s: SweepSettings, say: Callable[[str], No
         ctx = replace(ctx, model=ref, train_threads=ctx.threads, resume=True)
     rows: list[dict] = []
     prepared: list[Prepared] = []
-    measured = _points_on_ray(ctx, jobs, s.ray) if s.ray is not None else _points_here(ctx, jobs)
-    for row, ready in measured:
-        rows.append(row)
-        prepared.append(ready)
-        say(_progress_line(row, len(rows), len(jobs) * (2 if s.int8 else 1), ctx.backends))
+    total = len(jobs) * (2 if s.int8 else 1)
+    with Counter(total, "sweep", enabled=s.log is not None, unit="model") as bar:
+        measured = _points_on_ray(ctx, jobs, s.ray, bar) if s.ray is not None else _points_here(ctx, jobs)
+        for row, ready in measured:
+            rows.append(row)
+            prepared.append(ready)
+            if s.ray is None:  # on Ray, the bar counts each task as it finishes
+                bar.advance()
+            say(_progress_line(row, len(rows), total, ctx.backends))
     for b in ctx.backends:
         runnable = {i: p for i, p in enumerate(prepared) if f"{b}_latency_isolated_median_ms" in rows[i]}
         say(f"timing all {len(runnable)} models interleaved in one {b} process ({s.runs} rounds)")

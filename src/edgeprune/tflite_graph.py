@@ -1,6 +1,7 @@
 """Complexity of a LiteRT (.tflite) file, counted from its flatbuffer with the SPEC formulas.
 
-``tflite_profile`` reads the CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED operators of the first subgraph
+``tflite_profile`` reads the CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED operators of the first (main) subgraph
+(a file with more, whose other subgraphs run only through control flow, is profiled with a warning saying so)
 and turns them into ``LayerShape`` rows, as ``edgeprune.onnx_graph`` does for an .onnx file:
 
 - CONV_2D: filter ``[C_out, k_h, k_w, C_in / g]``, output ``[1, H, W, C_out]``; ``g`` is the input's channels over
@@ -18,6 +19,7 @@ int8 or float16 tensor) counts at its stored width. The flatbuffer is read with 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,9 @@ def tflite_profile(path: str | Path) -> Profile:
         model = schema.Model.GetRootAs(buf, 0)
         if model.SubgraphsLength() < 1:
             raise EdgepruneError(f"{path}: has no subgraph")
+        if model.SubgraphsLength() > 1:  # others run only through control flow (WHILE, IF, CALL) from the main one
+            warnings.warn(f"{path}: {model.SubgraphsLength()} subgraphs; only the main one (0) is counted: layers "
+                          "inside control-flow bodies are not", stacklevel=2)  # fmt: skip
         return _profile(path, model, model.Subgraphs(0))
     except EdgepruneError:
         raise

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from edgeprune.cli import options
 from edgeprune.errors import EdgepruneError
@@ -85,7 +88,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "its calibration afresh (seconds, not minutes)",
     )
     _add_probe(p)
-    p.add_argument("--quiet", action="store_true", help="no per-layer progress lines")
+    p.add_argument("--quiet", action="store_true", help="no per-layer progress lines, no progress bar")
 
 
 def _add_probe(p: argparse.ArgumentParser) -> None:
@@ -112,7 +115,7 @@ def _add_probe(p: argparse.ArgumentParser) -> None:
 def _measure(args: argparse.Namespace, out: object):  # noqa: ANN202 - lut.LatencyTable
     """Build the table, or recalibrate the one at ``out``."""
     from edgeprune.io import resolve
-    from edgeprune.latency import build_table, calibrate
+    from edgeprune.latency import calibrate
     from edgeprune.lut import load_table
 
     if args.recalibrate:
@@ -125,9 +128,54 @@ def _measure(args: argparse.Namespace, out: object):  # noqa: ANN202 - lut.Laten
     if out.exists() and not args.force:
         raise EdgepruneError(f"--out {out}: exists; give --force to replace it (or --recalibrate it)")
     resolved = resolve(options.model_ref(args))
-    progress = None if args.quiet else (lambda line: print("  " + line, flush=True))
-    return build_table(resolved.model, tuple(resolved.input_shape), _settings(args), source=args.model,
-                       progress=progress)  # fmt: skip
+    return build_with_bar(resolved.model, tuple(resolved.input_shape), _settings(args), source=args.model,
+                          quiet=args.quiet)  # fmt: skip
+
+
+def build_with_bar(model: Any, input_shape: tuple[int, ...], settings: Any, *, source: str = "",
+                   quiet: bool = False, **build: Any) -> Any:  # fmt: skip
+    """``build_table`` with its per-layer lines on stdout and, on a terminal, a bar over the grid's points."""
+    from edgeprune.data.progress import echo
+    from edgeprune.latency import build_table
+
+    lines = None if quiet else (lambda line: echo("  " + line))
+    stages = {"whole model": "the whole model", "calibration": "calibration"}
+    with _grid_bar(model, input_shape, settings, quiet, "lut", stages) as on_point:
+        return build_table(model, input_shape, settings, source=source, progress=lines, on_point=on_point, **build)
+
+
+@contextmanager
+def _grid_bar(model: Any, input_shape: tuple[int, ...], settings: Any, quiet: bool, label: str,
+              stages: dict[str, str]) -> Iterator[Callable[[str, str], None] | None]:  # fmt: skip
+    """The ``on_point`` hook (``edgeprune.latency.OnPoint``) of a bar over the table's grid points
+    (``edgeprune.data.progress.Counter``, open while in the block), naming the layer under way, then what ``stages``
+    says of each later stage (its first once the grid is done); None, without the grid's cost, when no bar is
+    drawn (``quiet``, or stderr not a terminal)."""
+    import sys
+    from bisect import bisect_right
+    from itertools import accumulate
+
+    from edgeprune.data.progress import Counter, is_terminal
+    from edgeprune.latency import grid_points
+
+    sizes = grid_points(model, input_shape, settings) if not quiet and is_terminal(sys.stderr) else {}
+    names, ends = list(sizes), list(accumulate(sizes.values()))
+    after = next(iter(stages.values()))
+    with Counter(sum(sizes.values()), label, enabled=bool(sizes), unit="point") as bar:
+        if not bar.enabled:
+            yield None
+            return
+        bar.describe(names[0])
+
+        def on_point(layer: str, stage: str) -> None:
+            if stage != "layer":
+                bar.describe(stages.get(stage, stage))
+                return
+            bar.advance()
+            done = bisect_right(ends, bar.n)  # the layers whose points are all counted
+            bar.describe(names[done] if done < len(names) else after)
+
+        yield on_point
 
 
 def _probe(args: argparse.Namespace) -> None:
@@ -140,8 +188,11 @@ def _probe(args: argparse.Namespace) -> None:
     if args.out or args.from_probe or args.recalibrate:
         raise EdgepruneError("--probe writes a bundle: give --out, --from-probe or --recalibrate on another run")
     resolved = resolve(options.model_ref(args))
-    manifest = write_probe(resolved.model, tuple(resolved.input_shape), args.probe, _settings(args),
-                           source=args.model, force=args.force)  # fmt: skip
+    model, shape, settings = resolved.model, tuple(resolved.input_shape), _settings(args)
+    stages = {"calibration": "calibration networks"}
+    with _grid_bar(model, shape, settings, args.quiet, "probe", stages) as on_point:
+        manifest = write_probe(model, shape, args.probe, settings, source=args.model, force=args.force,
+                               on_point=on_point)  # fmt: skip
     files = sum(len(g["artifacts"]) for g in manifest["groups"])
     print(
         f"wrote {args.probe}: {files} {args.backend} files in {len(manifest['groups'])} groups, manifest.json and "

@@ -308,10 +308,12 @@ def data(
     )
     p.add_argument(
         "--data-storage",
-        choices=["auto", "memory", "mapped"],
+        choices=["auto", "memory", "mapped", "stream"],
         default="auto",
         help="where a cached data set's images are held: in memory, or memory-mapped from the cache file and read "
-        "batch by batch (default auto: in memory when they fit half the memory available)",
+        "batch by batch (default auto: in memory when they fit half the memory available); stream (tar shards, "
+        "train only): no cache, the shards decoded again every epoch, as auto does for a set larger than the cache "
+        "folder's free disk",
     )
     p.add_argument(
         "--image-size",
@@ -539,6 +541,10 @@ def load_data(args: argparse.Namespace, limit_train: int | None, limit_test: int
         "max_data_bytes": args.max_data_bytes,
     }
     split = {"val_fraction": getattr(args, "val_fraction", None), "seed": getattr(args, "seed", None) or 0}
+    if getattr(args, "data_storage", None) == "stream":
+        raise EdgepruneError(
+            "--data-storage stream: only 'edgeprune train' streams tar shards; use auto, memory or mapped"
+        )
     return load_dataset(
         args.data,
         limit_train,

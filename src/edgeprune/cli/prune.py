@@ -8,7 +8,7 @@ import sys
 
 from edgeprune.cli import options, targets
 from edgeprune.cli.outputs import prepare_out_dir
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, first_line
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -74,9 +74,9 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="every pruned layer keeps a multiple of N filters (fast CPU kernels like 8 or 16); the budget "
-        "is met on the rounded widths; auto: the multiple that timing a small conv shows this CPU's kernels "
-        "want on --backend (measured once, cached) (default 1: the paper's widths, with a warning when they are "
-        "off the multiple the backend prefers; with a latency target, the table's)",
+        "is met on the rounded widths. auto (the default): the multiple that timing a small probe network shows "
+        "this CPU's kernels want on --backend (measured once, about 2 s, then cached); 1: the paper's widths; "
+        "with a latency target and no --round-to, the table's",
     )
     p.add_argument(
         "--backend",
@@ -155,32 +155,20 @@ def run(args: argparse.Namespace) -> int:
     model, shape = resolved.model, resolved.input_shape
     out = prepare_out_dir(args.out, args.force, "prune")
     granularity = _granularity(args, table)
-    result = prune(
-        model,
-        budget=budget,
-        step=args.step,
-        seed=args.seed,
-        criterion=args.criterion,
-        input_shape=shape,
-        min_filters=args.min_filters,
-        prune_residual=args.prune_residual,
-        selection=args.selection,
-        keep=args.keep,
-        round_to=granularity["multiple"] if granularity else args.round_to,
-        table=table,
-        attempts=args.attempts,
-        fill=args.fill,
-        candidates=args.candidates,
-        candidate_kinds=args.candidate_kinds,
-        proxy=args.proxy,
-        data=data,
-        holdout=args.proxy_holdout,
-    )
+    kwargs = dict(budget=budget, step=args.step, seed=args.seed, criterion=args.criterion, input_shape=shape,
+                  min_filters=args.min_filters, prune_residual=args.prune_residual, selection=args.selection,
+                  keep=args.keep, table=table, attempts=args.attempts, fill=args.fill, candidates=args.candidates,
+                  candidate_kinds=args.candidate_kinds, proxy=args.proxy, data=data,
+                  holdout=args.proxy_holdout)  # fmt: skip
+    if granularity:
+        result = _prune_on_preferred(prune, model, granularity, kwargs)
+    else:
+        result = prune(model, round_to=args.round_to, **kwargs)
     report = result.report()
     report["source"] = args.model
     if granularity:
         report["round_to_auto"] = granularity
-    warning = None if args.round_to is not None else _width_warning(report, args, table)
+    warning = None if granularity else _width_warning(report, args, table)  # --round-to 1 or a table's grid
     if warning:
         report["width_warning"] = warning
         sys.stderr.write(f"edgeprune prune: {warning}\n")
@@ -192,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
             "cpu": table.cpu,
             "backend_version": table.backend_version,
         }
+        if _device(table):
+            check = f"edgeprune bench {args.model} --probe DIR --with {out}, then bench --from-probe"
+            report["latency_table"]["device"] = {**_device(table), "cpu": table.cpu, "check": check}
     save(result.model, out, shape)
     write_json(out / "report.json", report)
     print(json.dumps(report, indent=2) if args.json else _summary(report) + f"\n\nwrote {out}/")
@@ -208,6 +199,9 @@ def _summary(report: dict) -> str:
         how = "cached" if auto["cached"] else "measured now"
         parts.append(f"--round-to auto: {auto['multiple']} ({auto['backend']}, {auto['threads']} thread(s), {how}): "
                      f"{auto['reason']}")  # fmt: skip
+        if "preferred" in auto:
+            parts.append(f"  {auto['preferred']} preferred, but the budget is out of reach there; used "
+                         f"{auto['multiple']} ({auto['fallback']})")  # fmt: skip
     if "search" in report:
         parts.append(candidate_table(report["search"]))
     if report.get("fill"):
@@ -253,9 +247,10 @@ def fill_summary(fill: dict) -> str:
 def _latency_missed(report: dict, out: object) -> int:
     """1 (the files stay: the user may still want the nearest model) when a latency target was missed, else 0."""
     latency = report.get("latency")
+    how = "predicted by the device table" if (report.get("latency_table") or {}).get("device") else "measured"
     if latency and not latency["met"]:
         sys.stderr.write(
-            f"edgeprune prune: latency target missed after {len(latency['attempts'])} attempt(s): measured "
+            f"edgeprune prune: latency target missed after {len(latency['attempts'])} attempt(s): {how} "
             f"{latency['measured_ms']:.3f} ms > {latency['limit_ms']:.3f} ms (model kept in {out})\n"
         )
         return 1
@@ -279,13 +274,37 @@ def _backend(args: argparse.Namespace, table: object) -> str:
 
 
 def _granularity(args: argparse.Namespace, table: object) -> dict | None:
-    """With --round-to auto: the multiple measured (or cached) for this CPU and backend, as the report records it."""
-    if args.round_to != "auto":
+    """With --round-to auto (the default without a latency table): the multiple measured (or cached) for this CPU."""
+    if args.round_to != "auto" and (args.round_to is not None or table is not None):
         return None
     from edgeprune.granularity import preferred_multiple
 
     threads = getattr(table, "threads", None) or 1
     return preferred_multiple(_backend(args, table), threads).as_dict()
+
+
+def _prune_on_preferred(prune, model, granularity: dict, kwargs: dict):  # noqa: ANN001, ANN202
+    """Prune on auto's multiple; when the budget is out of reach there, on the next smaller one that reaches it.
+
+    A thin model (ResNet-56's 16-filter stages at FA 0.5) cannot keep whole multiples of 16 under the budget;
+    the preferred multiple is recorded beside the one used, and why.
+    """
+    from edgeprune.errors import UnreachableError
+    from edgeprune.granularity import fallback_multiples
+
+    preferred = granularity["multiple"]
+    for multiple in fallback_multiples(preferred):
+        try:
+            result = prune(model, round_to=multiple, **kwargs)
+        except UnreachableError as e:
+            if multiple == 1:
+                raise
+            granularity["fallback"] = f"--round-to {multiple}: {first_line(e)}"
+            continue
+        if multiple != preferred:
+            granularity["multiple"], granularity["preferred"] = multiple, preferred
+        return result
+    raise AssertionError("unreachable: fallback_multiples ends at 1")
 
 
 def _width_warning(report: dict, args: argparse.Namespace, table: object) -> str | None:
@@ -310,6 +329,13 @@ def _latency_table(args: argparse.Namespace, budget: dict[str, str]):  # noqa: A
     if "latency" not in budget:
         raise EdgepruneError("--lut is for a latency target (--target latency=3ms)")
     table = load_table(args.lut)
-    if not args.accept_table:
+    if not args.accept_table and not _device(table):  # a probe's table is another machine's on purpose
         table.check_machine()
     return table
+
+
+def _device(table: object) -> dict | None:
+    """The device a probe's latency table was measured on (platform, machine), None for a table made here."""
+    settings = getattr(table, "settings", None) or {}
+    probe = settings.get("probe")
+    return probe if isinstance(probe, dict) else None

@@ -82,6 +82,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="also quantize every point to int8 (as export --int8, calibrated on --data), one more row "
         "(mode 'MODE int8'): size, onnxruntime latency, energy and accuracy beside fp32",
     )
+    p.add_argument("--quiet", action="store_true", help="no progress lines or bar (the files are written as ever)")
     options.ray(p, "point", "prune, train if asked, bench; timings from different nodes are not comparable")
 
 
@@ -122,5 +123,6 @@ def run(args: argparse.Namespace) -> None:
         candidate_kinds=tuple(args.candidate_kinds),
         proxy=args.proxy,
         proxy_holdout=args.proxy_holdout,
+        **({"log": None} if args.quiet else {}),
     )
     sweep(ref, settings)

@@ -44,7 +44,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "crop (4-pixel padding) and flip, SGD with Nesterov momentum and a one-cycle schedule (or RMSprop, lr 1e-3, "
         "as in the paper), label smoothing, test accuracy every epoch. Classification models only: the output must "
         "be (N, classes). Writes a checkpoint after every epoch, metrics.jsonl, train.json and the trained "
-        "model.json + model.safetensors.",
+        "model.json + model.safetensors. Tar shards too large for the cache folder's free disk (or with "
+        "--data-storage stream) are streamed: decoded again every epoch, no cache, resumed at epoch boundaries.",
     )
     p.add_argument("model", help=options.MODEL_HELP)
     _add_schedule(p)
@@ -202,6 +203,79 @@ def _output(args: argparse.Namespace, model_dir: bool, main: bool) -> Path:
     return out
 
 
+def _data(args: argparse.Namespace, limits: tuple[int | None, int | None], out: Path, ranks):  # noqa: ANN001, ANN202
+    """The data set ``--data`` names (an ImageDataset), or a StreamSet when tar shards stream: with
+    ``--data-storage stream``, or with auto when the decoded set is larger than the cache folder's free disk."""
+    from edgeprune.data.shards import OverDisk, is_shard_input
+    from edgeprune.data.stream import stream_caps, stream_over_disk, stream_shards
+
+    if args.data_storage == "stream" and not is_shard_input(args.data):
+        raise EdgepruneError("--data-storage stream streams tar shards only: --data 'shards/train-{000..099}.tar'")
+    over = None
+    if args.data_storage != "stream":
+        try:
+            return options.load_data(args, *limits, progress=not args.quiet and ranks.main)
+        except OverDisk as e:
+            if args.data_storage != "auto":
+                raise
+            over = e
+    _check_stream(args, limits, ranks)
+    caps = stream_caps(args.max_image_pixels, args.max_file_bytes, args.max_data_bytes)
+    recorded = _recorded_normalization(out) if args.resume else None  # a resumed run keeps its numbers
+    if over is None:
+        return stream_shards(args.data, args.test_data, caps, recorded)
+    return stream_over_disk(args.data, over, caps, recorded)
+
+
+def _check_stream(args: argparse.Namespace, limits: tuple[int | None, int | None], ranks) -> None:  # noqa: ANN001
+    """Refuse, in one line, what a streamed shard set does not do."""
+    given = [
+        ("--limit-train", limits[0] is not None),
+        ("--limit-test", limits[1] is not None),
+        ("--val-fraction", args.val_fraction is not None),
+        ("--teacher", args.teacher is not None),
+        (f"--device {args.device}", args.device not in ("auto", "cpu")),
+        ("torchrun", ranks.distributed),
+    ]
+    for option, used in given:
+        if used:
+            raise EdgepruneError(
+                f"{option}: not with a streamed shard set (decoded from its shards every epoch, no cache; it trains "
+                "in one process on the CPU, on all of its training and test shards)"
+            )
+
+
+def _recorded_normalization(out: Path) -> dict | None:
+    """The normalisation a stream's checkpoint in ``out`` recorded, if there is one."""
+    from edgeprune.train.checkpoint import CHECKPOINT_FILE, read_checkpoint
+
+    ckpt = out / CHECKPOINT_FILE
+    if not ckpt.is_file():
+        return None
+    data = read_checkpoint(ckpt).state.get("data")
+    return data.get("normalize") if isinstance(data, dict) and data.get("storage") == "stream" else None
+
+
+def _fit(args: argparse.Namespace, model, data, config, out: Path, teacher):  # noqa: ANN001, ANN202
+    """Train on an ImageDataset (:func:`edgeprune.train.train`) or stream a StreamSet (``train_user``)."""
+    import torch
+
+    from edgeprune.data import augment_mode, check_compatible
+    from edgeprune.data.stream import StreamSet
+    from edgeprune.runtime import default_threads
+    from edgeprune.train import train, train_user
+
+    common = {"resume": args.resume, "progress": not args.quiet, "log": args.log}
+    if not isinstance(data, StreamSet):
+        return train(model, data, config, out, threads=args.threads, device=args.device, teacher=teacher, **common)
+    check_compatible(model, data)
+    if not args.quiet:
+        print(f"data: {data.note()}", file=sys.stderr, flush=True)
+    torch.set_num_threads(args.threads or default_threads())
+    loaders = data.loaders(config.batch_size, config.seed, augment_mode(config.augment, False))
+    return train_user(model, *loaders, config, out, **common)
+
+
 def run(args: argparse.Namespace) -> None:
     """Train a model and print its test accuracy."""
     import shutil
@@ -210,7 +284,6 @@ def run(args: argparse.Namespace) -> None:
 
     from edgeprune.io import classify, resolve_for_data
     from edgeprune.runtime import process_ranks, resolve_device
-    from edgeprune.train import train
     from edgeprune.train.checkpoint import plural
     from edgeprune.train.distill import check_teacher_ref
     from edgeprune.train.logs import chance_note
@@ -218,7 +291,6 @@ def run(args: argparse.Namespace) -> None:
     config = _config(args)
     limit_train = parse_number(args.limit_train, "--limit-train", int, 1)
     limit_test = parse_number(args.limit_test, "--limit-test", int, 1)
-    threads = args.threads
     ranks = process_ranks()  # torchrun's; rank 0 alone prepares, locks, writes and prints
     resolve_device(args.device, ranks.local_rank)  # an unknown or absent device fails before the data loads
     ref = options.model_ref(args)
@@ -232,7 +304,7 @@ def run(args: argparse.Namespace) -> None:
         what = f"a model built by {named.short}" if named.is_code else "a zoo model by name"
         raise EdgepruneError(f"--out is required when training {what}")
     out = _output(args, model_dir, ranks.main)
-    data = options.load_data(args, limit_train, limit_test, progress=not args.quiet and ranks.main)
+    data = _data(args, (limit_train, limit_test), out, ranks)  # an ImageDataset, or a StreamSet of tar shards
     if ranks.main:
         print(data.summary(), flush=True)
         if len(data.test_y) == 0:
@@ -248,22 +320,12 @@ def run(args: argparse.Namespace) -> None:
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy2(report, out / "report.json")
     try:
-        result = train(
-            model,
-            data,
-            config,
-            out,
-            resume=args.resume,
-            progress=not args.quiet,
-            threads=threads,
-            device=args.device,
-            teacher=teacher,
-            log=args.log,
-        )
+        result = _fit(args, model, data, config, out, teacher)
     except KeyboardInterrupt:
         if ranks.main:
+            epoch = "; a stream resumes at the start of the epoch it was in" if not hasattr(data, "train_x") else ""
             sys.stderr.write(
-                f"edgeprune train: stopped; continue with the same command and --resume (checkpoint in {out}/)\n"
+                f"edgeprune train: stopped; continue with the same command and --resume (checkpoint in {out}/){epoch}\n"
             )
         raise
     if ranks.main:

@@ -15,8 +15,9 @@ with its leading ``train`` turned into ``test`` and every brace group or number 
 Every member is bounded before it is read as a data set's files are (``max_file_bytes`` per member, a tar
 header asking for more refused, ``max_image_pixels`` from the image header before decoding), and the decoded
 set against ``max_data_bytes``. :func:`load_shards` decodes the shards once, member by member, into the image
-cache (:mod:`edgeprune.data.memmap`; memory-mapped when over the in-memory budget); :class:`ShardStream`
-streams decoded samples with a seeded shuffle buffer, for a torch ``DataLoader``.
+cache (:mod:`edgeprune.data.memmap`; memory-mapped when over the in-memory budget), or refuses a set larger than
+the cache folder's free disk (:class:`OverDisk`); :class:`ShardStream` streams decoded samples with a seeded shuffle
+buffer, for a torch ``DataLoader`` (and for ``edgeprune train``'s stream, :mod:`edgeprune.data.stream`).
 """
 
 from __future__ import annotations
@@ -382,12 +383,24 @@ def arrays_in_memory(splits: ShardSplits, caps: Caps, progress: bool = False) ->
     return torch.from_numpy(out["train"]), ys["train"], torch.from_numpy(out["test"]), ys["test"], splits.classes
 
 
+class OverDisk(EdgepruneError):
+    """A shard set too large to cache: over the in-memory budget and the cache folder's free disk.
+
+    ``edgeprune train`` streams such a set (:mod:`edgeprune.data.stream`); everything else refuses it in one line.
+    """
+
+    def __init__(self, message: str, splits: ShardSplits, need: int, free: int, folder: Path):
+        super().__init__(message)
+        self.splits, self.need, self.free, self.folder = splits, need, free, folder
+
+
 def load_shards(train_pattern: str, test_pattern: str | None, caps: Caps, progress: bool = False) -> tuple[Arrays, str]:
     """A shard set's arrays and content digest: from the cache, else decoded once into it, member by member.
 
     A set within the in-memory budget is decoded into memory (and cached as a folder's is); a larger one is
     written straight into a cache file, never held, and memory-mapped from it. A set larger than the cache
-    folder's free disk is refused in one line (stream it with :class:`ShardStream` instead).
+    folder's free disk is refused in one line (:class:`OverDisk`, before anything is decoded): ``edgeprune train``
+    streams it instead (:mod:`edgeprune.data.stream`).
     """
     splits = scan(train_pattern, test_pattern, caps)
     key = shard_key(splits, CACHE_FORMAT)
@@ -395,19 +408,25 @@ def load_shards(train_pattern: str, test_pattern: str | None, caps: Caps, progre
     if hit is not None and hit[0][4] == splits.classes:
         return hit
     need = splits.decoded_bytes()
+    in_memory = choose_storage(need, default_max_data_bytes(), current_storage()) == "memory"
+    path = cache_file(key)
+    free = available_disk(path.parent) if not in_memory else need
+    if need > free:
+        raise OverDisk(
+            f"{train_pattern}: the decoded images take {need / 1e9:.1f} GB, over the memory budget and the "
+            f"{free / 1e9:.1f} GB free in the cache folder {path.parent} (set EDGEPRUNE_CACHE to a larger disk; only "
+            "'edgeprune train' streams a set this large, with no cache)",
+            splits,
+            need,
+            free,
+            path.parent,
+        )
     if progress:
         n = sum(len(v) for v in splits.labels.values())
         print(printable(f"decoding {n:,} images of {train_pattern} (once)"), file=sys.stderr, flush=True)
-    if choose_storage(need, default_max_data_bytes(), current_storage()) == "memory":
+    if in_memory:
         arrays = arrays_in_memory(splits, caps, progress)
         return arrays, store_cache(key, arrays, train_pattern, splits.facts)
-    path = cache_file(key)
-    free = available_disk(path.parent)
-    if need > free:
-        raise EdgepruneError(
-            f"{train_pattern}: the decoded images take {need / 1e9:.1f} GB, over the memory budget and the "
-            f"{free / 1e9:.1f} GB free in the cache folder {path.parent} (set EDGEPRUNE_CACHE to a larger disk)"
-        )
     counts = {s: len(splits.labels[s]) for s in ("train", "test")}
     meta = cache_meta(splits.classes, train_pattern, splits.facts)
     atomic_write(
@@ -437,18 +456,22 @@ def shuffle_buffer(items: Iterator, size: int, rng: np.random.Generator) -> Iter
 
 
 class ShardStream(torch.utils.data.IterableDataset):
-    """The samples of a shard pattern as a torch ``IterableDataset`` of (uint8 [C, H, W], label).
+    """The samples of a shard pattern (or a list of shard files) as a torch ``IterableDataset`` of (uint8 [C, H, W],
+    label).
 
     Each iteration shuffles the shard order and then the samples through a ``buffer``-sample shuffle buffer, by
     ``seed`` and the epoch (:meth:`set_epoch`): the same seed and epoch give the same order. ``buffer=0``: shard
     order, unshuffled. Nothing but the buffer is held; every member is bounded as :func:`samples` says.
     """
 
-    def __init__(self, pattern: str, seed: int = 0, buffer: int = DEFAULT_BUFFER, caps: Caps | None = None):
+    def __init__(
+        self, pattern: str | list[Path], seed: int = 0, buffer: int = DEFAULT_BUFFER, caps: Caps | None = None
+    ):
         if not isinstance(buffer, int) or isinstance(buffer, bool) or not 0 <= buffer <= 10_000_000:
             raise EdgepruneError(f"shuffle buffer must be an integer in [0, 10000000], got {buffer!r}")
         caps = caps or Caps(MAX_IMAGE_PIXELS, MAX_FILE_BYTES, 1)  # the data-size cap is not used: nothing is held
-        self.files, self.caps, self.seed, self.buffer, self.epoch = shard_files(pattern), caps, seed, buffer, 0
+        files = [Path(f) for f in pattern] if isinstance(pattern, list | tuple) else shard_files(pattern)
+        self.files, self.caps, self.seed, self.buffer, self.epoch = files, caps, seed, buffer, 0
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the next iterations' order for ``epoch``."""
@@ -469,6 +492,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 
 __all__ = [
     "DEFAULT_BUFFER",
+    "OverDisk",
     "ShardSplits",
     "ShardStream",
     "arrays_in_memory",

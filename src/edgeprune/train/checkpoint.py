@@ -27,7 +27,7 @@ CHECKPOINT_FORMAT = "edgeprune-checkpoint/2"  # /2: metadata has checksums of th
 LEGACY_CHECKPOINT_FORMAT = "edgeprune-checkpoint/1"  # no checksums: resumed after the schema checks only
 TENSORS_SHA256 = "tensors_sha256"  # metadata key: edgeprune.files.tensors_digest of all tensors
 STATE_SHA256 = "state_sha256"  # metadata key: SHA-256 of the "state" JSON text
-RNG_TENSORS = ("rng.torch", "rng.generator")
+RNG_TENSORS = ("rng.torch", "rng.generator", "rng.epoch")  # rng.epoch: only with a position in an epoch
 
 
 def _host(tensor: torch.Tensor) -> torch.Tensor:
@@ -36,9 +36,19 @@ def _host(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def save_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, state: dict
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    state: dict,
+    *,
+    rng: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write model, optimiser and RNG state (tensors) and ``state`` (JSON) atomically, with checksums of both."""
+    """Write model, optimiser and RNG state (tensors) and ``state`` (JSON) atomically, with checksums of both.
+
+    ``rng`` gives RNG tensors by name in place of the live states (a position inside an epoch saves those of its
+    last finished step, and ``rng.epoch``, the generator's state at the epoch's start).
+    """
     tensors = {f"model.{k}": _host(v) for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     scalars: dict[str, dict] = {}
@@ -50,6 +60,7 @@ def save_checkpoint(
                 scalars.setdefault(str(idx), {})[key] = value
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.generator"] = generator.get_state()
+    tensors.update({k: v.clone() for k, v in (rng or {}).items()})
     meta = dict(state, format=CHECKPOINT_FORMAT, optim_groups=opt["param_groups"], optim_scalars=scalars)
     text = json.dumps(meta)
     metadata = {"state": text, TENSORS_SHA256: tensors_digest(tensors), STATE_SHA256: _sha256_text(text)}
@@ -145,7 +156,7 @@ def _check_state(path: Path, state: dict, verified: bool) -> None:
     checks = [
         ("config", isinstance(state.get("config"), dict), "an object"),
         ("data", isinstance(state.get("data"), dict), "an object"),
-        ("epoch", _is_int(state.get("epoch"), 1), "a positive integer"),
+        ("epoch", _is_int(state.get("epoch"), 0 if "position" in state else 1), "a positive integer"),
         ("step", _is_int(state.get("step"), 0), "an integer >= 0"),
         ("train_seconds", _is_number(state.get("train_seconds")) and state["train_seconds"] >= 0, "a number >= 0"),
         ("history", isinstance(state.get("history"), list), "a list"),
@@ -160,6 +171,26 @@ def _check_state(path: Path, state: dict, verified: bool) -> None:
     if "world_size" in state and not _is_int(state["world_size"], 1):  # absent before multi-process training
         raise _bad(path, f"checkpoint 'world_size' must be a positive integer, got {_short(state['world_size'], 40)}")
     _check_history(path, state.get("history"), state["epoch"])
+    if "position" in state:  # absent at an epoch's end and before positions were saved
+        _check_position(path, state["position"])
+
+
+def _check_position(path: Path, position: object) -> None:
+    """A position inside an epoch: steps done (>= 1), the epoch's totals so far, its seconds."""
+    if not isinstance(position, dict):
+        raise _bad(path, f"checkpoint 'position' must be an object, got {_short(position, 40)}")
+    checks = [
+        ("step", _is_int(position.get("step"), 1), "a positive integer"),
+        ("seen", _is_int(position.get("seen"), 1), "a positive integer"),
+        ("correct", _is_int(position.get("correct"), 0), "an integer >= 0"),
+        ("loss_sum", _is_number(position.get("loss_sum")) and position["loss_sum"] >= 0, "a number >= 0"),
+        ("seconds", _is_number(position.get("seconds")) and position["seconds"] >= 0, "a number >= 0"),
+    ]
+    for key, ok, what in checks:
+        if not ok:
+            raise _bad(path, f"checkpoint 'position' {key} must be {what}, got {_short(position.get(key), 40)}")
+    if position["correct"] > position["seen"] or position["step"] > position["seen"]:
+        raise _bad(path, "checkpoint 'position' counts more correct outputs or steps than images seen")
 
 
 def _check_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -180,6 +211,8 @@ def read_checkpoint(path: Path) -> Checkpoint:
     state, verified = _verified_state(path, metadata, digest)
     _check_state(path, state, verified)
     _check_tensors(path, tensors)
+    if ("position" in state) != ("rng.epoch" in tensors):
+        raise _bad(path, "checkpoint has a position in an epoch without rng.epoch, or rng.epoch without one")
     return Checkpoint(tensors, state, verified)
 
 
@@ -233,7 +266,9 @@ def _optimizer_entries(path: Path, ckpt: Checkpoint, params: list[torch.Tensor])
 def _rng_states(path: Path, ckpt: Checkpoint, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The two RNG states, checked: uint8, the size this torch uses, accepted by a scratch generator."""
     found = []
-    for name, now in (("rng.torch", torch.get_rng_state()), ("rng.generator", generator.get_state())):
+    names = [n for n in RNG_TENSORS if n != "rng.epoch" or n in ckpt.tensors]
+    for name in names:
+        now = torch.get_rng_state() if name == "rng.torch" else generator.get_state()
         value = ckpt.tensors.get(name)
         if value is None:
             raise _bad(path, f"checkpoint has no {name} tensor")
@@ -284,11 +319,14 @@ def check_resumable(path: Path, state: dict, signature: dict, steps_per_epoch: i
                 f"{path}: made with different {key} ({diff}); resume with the same settings or start over"
             )
     epoch, epochs = state["epoch"], signature["config"]["epochs"]
-    if epoch > epochs or state["step"] != epoch * steps_per_epoch:
+    within = state["position"]["step"] if "position" in state else 0  # steps done in epoch + 1
+    fits = epoch + (within > 0) <= epochs and within <= steps_per_epoch
+    if not fits or state["step"] != epoch * steps_per_epoch + within:
+        where = f" (step {within} of epoch {epoch + 1})" if within else ""
         raise _bad(
             path,
-            f"checkpoint is at epoch {epoch}, step {state['step']}; this run has {plural(epochs, 'epoch')} of "
-            f"{plural(steps_per_epoch, 'step')}",
+            f"checkpoint is at epoch {epoch}, step {state['step']}{where}; this run has {plural(epochs, 'epoch')} "
+            f"of {plural(steps_per_epoch, 'step')}",
         )
 
 

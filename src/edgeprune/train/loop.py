@@ -27,6 +27,7 @@ from edgeprune.train.checkpoint import (
 from edgeprune.train.distill import Distill, Teacher, teacher_for
 from edgeprune.train.distributed import seed_epoch, start_group, sync_buffers
 from edgeprune.train.logs import Sinks, check_sinks
+from edgeprune.train.position import Tracker, stop_position
 from edgeprune.train.resume import Run as _Run
 from edgeprune.train.resume import resume_run as _resume
 
@@ -181,6 +182,8 @@ class TrainStep:
         self.normalize = Normalizer(data.mean, data.std)
         self.optimizer = make_optimizer(model, config)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.begun = self.applied = 0  # weight updates begun and finished, and the last one's batch totals
+        self.last: tuple[torch.Tensor, torch.Tensor, int] | None = None  # (edgeprune.train.position reads them)
 
     @property
     def net(self) -> nn.Module:
@@ -240,7 +243,10 @@ class TrainStep:
             return shown, torch.zeros((), dtype=torch.int64)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.last = (shown, correct, len(index))
+        self.begun = self.begun + 1  # each count is set in one store: an interrupt sees either value
         self.optimizer.step()
+        self.applied = self.applied + 1
         return shown, correct
 
 
@@ -390,7 +396,8 @@ def _train(
     if teacher is not None:  # absent without one: earlier checkpoints resume as before
         signature["distill"] = teacher.signature()
     ckpt = out / CHECKPOINT_FILE if out is not None else None
-    run = _resume(ckpt, signature, plan.steps_per_epoch, stepper, ranks, bar) if resume and ckpt else _Run()
+    steps = plan.steps_per_epoch
+    run = _resume(ckpt, signature, steps, stepper, ranks, bar, positions=True) if resume and ckpt else _Run()
     if out is not None and ranks.main:
         out.mkdir(parents=True, exist_ok=True)
         _write_metrics(out, run.history)
@@ -428,7 +435,13 @@ def _epochs(
     """The run's remaining epochs, each checkpointed (rank 0), logged and handed to ``callback``."""
     ranks, out = stepper.ranks, ckpt.parent if ckpt is not None else None
     while run.epoch < config.epochs:
-        record = _epoch(stepper, data, plan, run, config, bar, ckpt)
+        try:
+            record = _epoch(stepper, data, plan, run, config, bar, ckpt)
+        except KeyboardInterrupt:
+            if ckpt is not None and ranks.main and run.stopped:  # the position in the epoch, where it can be saved
+                state = dict(signature, epoch=run.epoch, history=run.history, train_seconds=run.seconds)
+                bar.line(stop_position(ckpt, stepper, state, run.position, plan.steps_per_epoch))
+            raise
         if out is not None and ckpt is not None:
             if ranks.main:
                 state = dict(signature, epoch=run.epoch, step=run.step, history=run.history)
@@ -525,33 +538,44 @@ def _epoch(
 def _steps(
     stepper: TrainStep, plan: _Plan, run: _Run, label: str, bar: Progress, ckpt: Path | None
 ) -> tuple[float, float, int, float, float]:
-    """One epoch's optimiser steps (advancing ``run.step``): mean loss, accuracy, images, seconds, last lr."""
-    perm = torch.randperm(plan.n, generator=stepper.generator)
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.int64)
-    seen, lr = 0, plan.lr(run.step)
-    t0 = time.perf_counter()
-    for s in range(plan.steps_per_epoch):
-        lr = plan.lr(run.step)
-        index = perm[s * plan.batch : (s + 1) * plan.batch]
-        loss, correct_here = stepper(index, lr)
-        if not torch.isfinite(loss):
-            kept = f"; the last good checkpoint (epoch {run.last_good}) is kept in {ckpt}" if run.last_good else ""
-            raise EdgepruneError(
-                f"loss became {float(loss.detach())} at epoch {run.epoch + 1}, step {s + 1}: training diverged "
-                f"(try a lower --lr){kept}"
-            )
-        run.step += 1
-        seen += len(index)
-        loss_sum += loss.cpu().double() * len(index)
-        correct += correct_here.cpu()
-        elapsed = time.perf_counter() - t0
-        bar.update(
-            label, s + 1, plan.steps_per_epoch,
-            f"loss {float(loss_sum) / seen:.3f} acc {100 * int(correct) / seen:.1f}% {seen / elapsed:.0f} img/s",
-        )  # fmt: skip
-    seconds = time.perf_counter() - t0
-    return float(loss_sum) / max(seen, 1), int(correct) / max(seen, 1), seen, seconds, lr
+    """One epoch's optimiser steps (advancing ``run.step``): mean loss, accuracy, images, seconds, last lr.
+
+    A resumed run goes on from ``run.position`` (the epoch's order redrawn from the generator's state at its
+    start); an interrupt leaves in ``run.position`` the position to save (:mod:`edgeprune.train.position`).
+    """
+    resumed, run.position, generator = run.position, None, stepper.generator
+    epoch_rng = resumed.epoch_rng if resumed is not None else generator.get_state()
+    generator.set_state(epoch_rng)
+    perm = torch.randperm(plan.n, generator=generator)
+    if resumed is not None:
+        generator.set_state(resumed.generator)  # after its last step's draws
+    tracker = Tracker(stepper, epoch_rng, resumed)
+    first = run.step - tracker.totals[0]  # the epoch's first optimiser step
+    lr = plan.lr(run.step - 1 if tracker.totals[0] else run.step)  # the last step's, as the epoch's record says
+    try:
+        for s in range(tracker.totals[0], plan.steps_per_epoch):
+            lr = plan.lr(run.step)
+            index = perm[s * plan.batch : (s + 1) * plan.batch]
+            loss, correct_here = stepper(index, lr)
+            if not torch.isfinite(loss):
+                kept = f"; the last good checkpoint (epoch {run.last_good}) is kept in {ckpt}" if run.last_good else ""
+                raise EdgepruneError(
+                    f"loss became {float(loss.detach())} at epoch {run.epoch + 1}, step {s + 1}: training diverged "
+                    f"(try a lower --lr){kept}"
+                )
+            tracker.commit(loss, correct_here, len(index))
+            run.step = first + s + 1
+            seen, loss_sum, correct = tracker.totals[3], tracker.totals[1], tracker.totals[2]
+            bar.update(
+                label, s + 1, plan.steps_per_epoch,
+                f"loss {float(loss_sum) / seen:.3f} acc {100 * int(correct) / seen:.1f}% "
+                f"{seen / max(tracker.seconds, 1e-9):.0f} img/s",
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        run.position, run.stopped = tracker.snapshot(), True
+        raise
+    _, loss_sum, correct, seen = tracker.totals[:4]
+    return float(loss_sum) / max(seen, 1), int(correct) / max(seen, 1), seen, tracker.seconds, lr
 
 
 __all__ = [

@@ -10,6 +10,12 @@ Resume: checkpoints are written at epoch ends, with the generator and torch's gl
 resumed from one repeats an uninterrupted run exactly when the data order comes from those (a ``Dataset`` given
 here, or a ``DataLoader`` shuffled by torch's global generator or not at all). A position inside an epoch is not
 saved: a stopped run resumes at the start of the epoch it was in, which the run says once.
+
+Epochs: before each one, ``set_epoch(epoch)`` (0-based) is called on the DataLoader's dataset and on its sampler
+when they have one (the convention of torch's ``DistributedSampler``), so an order drawn per epoch from a seed repeats
+on resume. edgeprune's own stream of tar shards (:class:`edgeprune.data.stream.StreamBatches`, what ``edgeprune train``
+trains on when a shard set streams) is such a dataset: it augments and normalises its batches itself, and the run
+records its augmentation, normalisation and ``data_storage: stream`` instead of ``augment: none``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from edgeprune.data.progress import Progress
+from edgeprune.data.stream import STORAGE, StreamBatches
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import write_json
 from edgeprune.train.checkpoint import CHECKPOINT_FILE, save_checkpoint
@@ -32,6 +39,7 @@ from edgeprune.train.loop import METRICS_FILE, SUMMARY_FILE, TrainConfig, TrainR
 from edgeprune.train.resume import Run, resume_run
 
 EPOCH_NOTE = "your own data: checkpoints at epoch ends; a stopped run resumes at the start of its epoch"
+STREAM_NOTE = "a shard stream resumes at epoch boundaries: the epoch that was stopped is trained again from its start"
 
 
 def is_user_data(data: object) -> bool:
@@ -82,8 +90,25 @@ def loader_accuracy(model: nn.Module, loader: DataLoader) -> float:
     return correct / max(seen, 1)
 
 
+def _stream_of(loader: DataLoader) -> StreamBatches | None:
+    """edgeprune's own shard stream behind ``loader``, if it is one (it records its augmentation and normalisation)."""
+    return loader.dataset if isinstance(loader.dataset, StreamBatches) else None
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Call ``set_epoch(epoch)`` on the loader's dataset and sampler where they have one (DistributedSampler's way)."""
+    seen = set()
+    for part in (loader.dataset, getattr(loader, "sampler", None), getattr(loader.batch_sampler, "sampler", None)):
+        if part is not None and id(part) not in seen and callable(getattr(part, "set_epoch", None)):
+            seen.add(id(part))
+            part.set_epoch(epoch)
+
+
 def _signature(train_loader: DataLoader, test_loader: DataLoader, model: nn.Module) -> dict:
     """What identifies the user's data to a checkpoint: sizes, image shape and classes (from the model)."""
+    stream = _stream_of(train_loader)
+    if stream is not None and stream.record is not None:
+        return stream.record
     x, _ = _batch(next(iter(test_loader)), "test data")
     with torch.inference_mode():
         was = model.training
@@ -107,8 +132,11 @@ def train_user(
     callback: Callable[[dict], None] | None = None,
     log: Sequence[str] = (),
 ) -> TrainResult:
-    """Train ``model`` in place on the user's ``data``, testing on ``test_data`` after every epoch (see the module)."""
-    config = replace(config.validate(), augment="none")  # the user's transforms augment; edgeprune's do not apply
+    """Train ``model`` in place on the user's ``data``, testing on ``test_data`` after every epoch (see the module).
+
+    Before each epoch, ``set_epoch(epoch)`` is called on a DataLoader's dataset and sampler that have one.
+    """
+    config.validate()
     out = Path(out_dir) if out_dir is not None else None
     if resume and out is None:
         raise EdgepruneError("resuming needs the output folder that holds the checkpoint")
@@ -119,6 +147,8 @@ def train_user(
     generator = torch.Generator().manual_seed(config.seed)
     loader = as_loader(data, config.batch_size, generator, shuffle=True)
     tests = as_loader(test_data, config.batch_size, generator, shuffle=False)
+    stream = _stream_of(loader)  # edgeprune's own: it augments; the user's transforms otherwise, edgeprune's do not
+    config = replace(config, augment=stream.augment if stream is not None else "none")
     signature = {"config": asdict(config), "data": _signature(loader, tests, model)}
     if out is not None:
         from edgeprune.io import model_spec
@@ -131,13 +161,14 @@ def train_user(
     ckpt = out / CHECKPOINT_FILE if out is not None else None
     run = resume_run(ckpt, signature, steps, stepper, stepper.ranks, bar) if resume and ckpt else Run()
     if resume and isinstance(data, DataLoader):
-        bar.line(EPOCH_NOTE)
+        bar.line(STREAM_NOTE if stream is not None else EPOCH_NOTE)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     settings = {"config": {**asdict(config), "lr": config.peak_lr}, "data": signature["data"]}
     sinks = Sinks(log, out, {**settings, "model": type(model).__name__}, resume=resume)
     try:
         while run.epoch < config.epochs:
+            set_epoch(loader, run.epoch)
             record = _epoch(stepper, loader, tests, run, bar)
             if ckpt is not None:
                 state = dict(signature, epoch=run.epoch, step=run.step, history=run.history)
@@ -155,7 +186,7 @@ def train_user(
     final = run.history[-1]["test_acc"] if run.history else loader_accuracy(model, tests)
     model.eval()
     if out is not None:
-        _save(model, out, signature, config, run, final)
+        _save(model, out, signature, config, run, final, stream)
     return TrainResult(run.history, final, run.seconds, out)
 
 
@@ -183,8 +214,9 @@ def _epoch(stepper: _Stepper, loader: DataLoader, tests: DataLoader, run: Run, b
         lr = lr_at(run.step, total, warmup, config.peak_lr, config.schedule)
         for group in stepper.optimizer.param_groups:
             group["lr"] = lr
-        logits = stepper.model(x)
-        loss = stepper.criterion(logits, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            logits = stepper.model(x)
+        loss = stepper.criterion(logits.float(), y)
         if not torch.isfinite(loss):
             raise EdgepruneError(f"loss became {float(loss)} at epoch {run.epoch + 1}, step {s + 1}: training diverged")
         stepper.optimizer.zero_grad(set_to_none=True)
@@ -222,8 +254,10 @@ def _write_metrics(out: Path, history: list[dict]) -> None:
     atomic_write(out / METRICS_FILE, lambda p: p.write_text(text))
 
 
-def _save(model: nn.Module, out: Path, signature: dict, config: TrainConfig, run: Run, final: float) -> None:
-    """The trained model and ``train.json``."""
+def _save(
+    model: nn.Module, out: Path, signature: dict, config: TrainConfig, run: Run, final: float, stream: object
+) -> None:
+    """The trained model and ``train.json`` (a shard stream's normalisation and storage, when it is one)."""
     from edgeprune.io import save
 
     save(model, out, tuple(signature["data"]["shape"]))
@@ -233,11 +267,19 @@ def _save(model: nn.Module, out: Path, signature: dict, config: TrainConfig, run
         "train_seconds": round(run.seconds, 3),
         "config": {**asdict(config), "lr": config.peak_lr},
         "data": signature["data"],
-        "normalize": "the user's own transforms",
+        "normalize": "the user's own transforms" if stream is None else _normalization(signature),
+        **({"data_storage": {"images": STORAGE, "note": stream.note}} if stream is not None else {}),
         "device": "cpu",
         "processes": 1,
     }
     write_json(out / SUMMARY_FILE, summary)
 
 
-__all__ = ["EPOCH_NOTE", "as_loader", "is_user_data", "loader_accuracy", "train_user"]
+def _normalization(signature: dict) -> dict:
+    """A stream's normalisation as ``train.json`` records it (the checkpoint has it in its data signature)."""
+    return {k: v for k, v in signature["data"]["normalize"].items() if k != "sample"} | {
+        "estimated_from": f"{signature['data']['normalize']['sample']:,} training images"
+    }
+
+
+__all__ = ["EPOCH_NOTE", "STREAM_NOTE", "as_loader", "is_user_data", "loader_accuracy", "set_epoch", "train_user"]
