@@ -118,6 +118,19 @@ def markdown(record: dict) -> str:
              f"{record['rounds']} interleaved rounds of 5 runs; latency = median round, ms. `flops kept` is the "
              "share of the unpruned model's FLOPs (the budget holds at every multiple; coarser multiples can land "
              "lower).", ""]  # fmt: skip
+    rows = [row for c in record["configs"].values() for row in c["verdict"]]
+    worst = max(rows, key=lambda r: r["auto_over_fastest"])
+    lines += ["## Reading", "",
+              f"- auto's network ran within {100 * (worst['auto_over_fastest'] - 1):.0f}% of the fastest multiple in "
+              f"all {len(rows)} model x backend cases (worst: {worst['model']}), and at "
+              f"{min(r['auto_over_r1'] for r in rows):.2f}-{max(r['auto_over_r1'] for r in rows):.2f}x the time of "
+              "the paper's widths (`--round-to 1`).",
+              "- The probe chose " + ", ".join(f"{c['auto']} on {label}" for label, c in record["configs"].items())
+              + " (AVX-512 kernels hold 16 floats, AVX2 ones 8).",
+              "- Where the preferred multiple cannot reach the budget (ResNet-56's 16-filter stages at 16 or 32), "
+              "`prune` uses the next smaller multiple that can (the `auto used` column).",
+              "- The load average lags by a minute; the background job on this machine was paused (SIGSTOP) while "
+              "this ran.", ""]  # fmt: skip
     for label, c in record["configs"].items():
         lines += [f"## {label}: auto chose {c['auto']} (probe {c['probe_seconds']:.1f} s; load {c['load_1m']:.2f})",
                   "", f"Probe: {c['reason']}.", "",

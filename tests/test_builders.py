@@ -291,7 +291,7 @@ def test_train_with_out_dir_refuses_a_model_without_builder_before_training(tmp_
 @pytest.mark.slow
 def test_sweep_takes_a_reference(models_py, tmp_path, capsys):
     code, _, err = run_cli(capsys, "sweep", f"{models_py}:net", "--modes", "params", "--targets", "0.5", "--backends",
-                           "torch", "--runs", 2, "--warmup", 1, "--out", tmp_path / "s")  # fmt: skip
+                           "onnxruntime", "--runs", 2, "--warmup", 1, "--out", tmp_path / "s")  # fmt: skip
     assert code == 0, err
     result = json.loads((tmp_path / "s" / "results.json").read_text())
     assert result["model"] == f"{models_py}:net" and len(result["rows"]) == 2

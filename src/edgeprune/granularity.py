@@ -206,7 +206,7 @@ def default_backend() -> str:
     return "onnxruntime"
 
 
-def default_measure(backend: str, threads: int, *, size: int = 28, repeats: int = 15) -> Measure:
+def default_measure(backend: str, threads: int, *, size: int = 28, repeats: int = 50) -> Measure:
     """Times the probe (3x3 conv, depthwise 3x3, 1x1 back) at every width, interleaved round by round, at first call."""
     import torch
     from torch import nn
