@@ -11,6 +11,7 @@ behaviour is not measured by this script.
 
     .venv/bin/python benchmarks/round_to_auto.py               # -> docs/results/round_to_auto.md/.json
     .venv/bin/python benchmarks/round_to_auto.py --quick       # fewer rounds, one model -> runs/
+    .venv/bin/python benchmarks/round_to_auto.py --name round_to_auto_amx   # another CPU class, its own report
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ def markdown(record: dict) -> str:
               + " (AVX-512 kernels hold 16 floats, AVX2 ones 8).",
               "- Where the preferred multiple cannot reach the budget (ResNet-56's 16-filter stages at 16 or 32), "
               "`prune` uses the next smaller multiple that can (the `auto used` column).",
-              "- The load average lags by a minute; the background job on this machine was paused (SIGSTOP) while "
-              "this ran.", ""]  # fmt: skip
+              "- Nothing else ran while it measured (a background job, if any, paused with SIGSTOP); the load "
+              "average in each heading lags by a minute.", ""]  # fmt: skip
     for label, c in record["configs"].items():
         lines += [f"## {label}: auto chose {c['auto']} (probe {c['probe_seconds']:.1f} s; load {c['load_1m']:.2f})",
                   "", f"Probe: {c['reason']}.", "",
@@ -154,6 +155,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--name", default="round_to_auto", help="report name under docs/results/ (one per CPU class)")
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.fraction, args.seed, args.rounds, args.models)))
@@ -165,7 +167,7 @@ def main() -> None:
         c["verdict"] = verdict(c.pop("models"), c["auto"])
     record = {"provenance": provenance("round_to_auto.py"), "fraction": args.fraction, "seed": args.seed,
               "rounds": args.rounds, "configs": configs}  # fmt: skip
-    stem = (ROOT / "runs" / "round_to_auto-quick") if args.quick else (ROOT / "docs" / "results" / "round_to_auto")
+    stem = (ROOT / "runs" / "round_to_auto-quick") if args.quick else (ROOT / "docs" / "results" / args.name)
     stem.parent.mkdir(parents=True, exist_ok=True)
     write_report(stem, markdown(record), record, echo=True)
 
