@@ -205,3 +205,26 @@ def test_train_user_calls_set_epoch_before_every_epoch(tmp_path):
     model = small_model(num_classes=CLASSES)
     edgeprune.train(model, DataLoader(data, batch_size=None), test, TrainConfig(epochs=3), progress=False)
     assert data.calls == [0, 1, 2]
+
+
+def test_training_data_decides_between_the_loaded_set_and_a_stream(pattern, tmp_path):
+    """The library's choice, without the CLI: memory/mapped load, stream asked for, auto over the disk, refusals."""
+    caps = stream_caps()
+    loaded = object()
+    assert stream.training_data(lambda: loaded, pattern, None, "auto", caps) is loaded
+    splits = scan(pattern, None, caps)
+
+    def over() -> object:
+        raise shards.OverDisk("too big", splits, need=10**12, free=10**9, folder=tmp_path)
+
+    streamed = stream.training_data(over, pattern, None, "auto", caps)
+    assert isinstance(streamed, stream.StreamSet) and "no cache" in streamed.note()
+    asked = stream.training_data(lambda: pytest.fail("a stream asked for loads nothing"), pattern, None, "stream", caps)
+    assert isinstance(asked, stream.StreamSet) and len(asked.train_y) == len(streamed.train_y) == 60
+    with pytest.raises(shards.OverDisk):  # mapped was asked for: no silent switch to a stream
+        stream.training_data(over, pattern, None, "mapped", caps)
+    with pytest.raises(edgeprune.EdgepruneError, match="--val-fraction: not with a streamed shard set"):
+        given = [("--limit-train", False), ("--val-fraction", True)]
+        stream.training_data(over, pattern, None, "auto", caps, given=given)
+    with pytest.raises(edgeprune.EdgepruneError, match="streams tar shards only"):
+        stream.training_data(lambda: loaded, str(tmp_path / "photos"), None, "stream", caps)

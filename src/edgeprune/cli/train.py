@@ -204,32 +204,12 @@ def _output(args: argparse.Namespace, model_dir: bool, main: bool) -> Path:
 
 
 def _data(args: argparse.Namespace, limits: tuple[int | None, int | None], out: Path, ranks):  # noqa: ANN001, ANN202
-    """The data set ``--data`` names (an ImageDataset), or a StreamSet when tar shards stream: with
-    ``--data-storage stream``, or with auto when the decoded set is larger than the cache folder's free disk."""
-    from edgeprune.data.shards import OverDisk, is_shard_input
-    from edgeprune.data.stream import stream_caps, stream_over_disk, stream_shards
+    """The data set ``--data`` names (an ImageDataset), or a StreamSet when tar shards stream
+    (:func:`edgeprune.data.stream.training_data` decides)."""
+    from edgeprune.data.stream import stream_caps, training_data
+    from edgeprune.train.checkpoint import recorded_stream_normalization
 
-    if args.data_storage == "stream" and not is_shard_input(args.data):
-        raise EdgepruneError("--data-storage stream streams tar shards only: --data 'shards/train-{000..099}.tar'")
-    over = None
-    if args.data_storage != "stream":
-        try:
-            return options.load_data(args, *limits, progress=not args.quiet and ranks.main)
-        except OverDisk as e:
-            if args.data_storage != "auto":
-                raise
-            over = e
-    _check_stream(args, limits, ranks)
-    caps = stream_caps(args.max_image_pixels, args.max_file_bytes, args.max_data_bytes)
-    recorded = _recorded_normalization(out) if args.resume else None  # a resumed run keeps its numbers
-    if over is None:
-        return stream_shards(args.data, args.test_data, caps, recorded)
-    return stream_over_disk(args.data, over, caps, recorded)
-
-
-def _check_stream(args: argparse.Namespace, limits: tuple[int | None, int | None], ranks) -> None:  # noqa: ANN001
-    """Refuse, in one line, what a streamed shard set does not do."""
-    given = [
+    refused = [
         ("--limit-train", limits[0] is not None),
         ("--limit-test", limits[1] is not None),
         ("--val-fraction", args.val_fraction is not None),
@@ -237,23 +217,15 @@ def _check_stream(args: argparse.Namespace, limits: tuple[int | None, int | None
         (f"--device {args.device}", args.device not in ("auto", "cpu")),
         ("torchrun", ranks.distributed),
     ]
-    for option, used in given:
-        if used:
-            raise EdgepruneError(
-                f"{option}: not with a streamed shard set (decoded from its shards every epoch, no cache; it trains "
-                "in one process on the CPU, on all of its training and test shards)"
-            )
-
-
-def _recorded_normalization(out: Path) -> dict | None:
-    """The normalisation a stream's checkpoint in ``out`` recorded, if there is one."""
-    from edgeprune.train.checkpoint import CHECKPOINT_FILE, read_checkpoint
-
-    ckpt = out / CHECKPOINT_FILE
-    if not ckpt.is_file():
-        return None
-    data = read_checkpoint(ckpt).state.get("data")
-    return data.get("normalize") if isinstance(data, dict) and data.get("storage") == "stream" else None
+    return training_data(
+        lambda: options.load_data(args, *limits, progress=not args.quiet and ranks.main),
+        args.data,
+        args.test_data,
+        args.data_storage,
+        stream_caps(args.max_image_pixels, args.max_file_bytes, args.max_data_bytes),
+        normalize=recorded_stream_normalization(out) if args.resume else None,  # a resumed run keeps its numbers
+        given=refused,
+    )
 
 
 def _fit(args: argparse.Namespace, model, data, config, out: Path, teacher):  # noqa: ANN001, ANN202

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from edgeprune.data.augment import AUGMENTATIONS, ImageStore, Normalizer
 from edgeprune.data.bounds import MAX_FILE_BYTES, MAX_IMAGE_PIXELS, Caps
 from edgeprune.data.cache import default_max_data_bytes
 from edgeprune.data.memmap import channel_sums, stats_from_sums
-from edgeprune.data.shards import DEFAULT_BUFFER, OverDisk, ShardSplits, ShardStream, scan
+from edgeprune.data.shards import DEFAULT_BUFFER, OverDisk, ShardSplits, ShardStream, is_shard_input, scan
 from edgeprune.errors import EdgepruneError
 
 STATS_SAMPLE = 10_000  # training images the normalisation is estimated from, at most
@@ -266,6 +266,42 @@ def stream_over_disk(pattern: str, error: OverDisk, caps: Caps, normalize: dict 
     return open_stream(error.splits, caps, why, shard_set_name(pattern), normalize)
 
 
+def training_data(
+    load: Callable[[], object],
+    pattern: str,
+    test_pattern: str | None,
+    storage: str,
+    caps: Caps,
+    *,
+    normalize: dict | None = None,
+    given: Sequence[tuple[str, bool]] = (),
+) -> object:
+    """What a run trains on: ``load()``'s data set (in memory or memory-mapped), or a :class:`StreamSet` of tar shards
+    when ``storage`` is ``stream``, or ``auto`` and ``load`` found the decoded set larger than the free disk.
+
+    ``given``: (option, used) for each of the caller's options a stream cannot honour; one used is refused in one
+    line when the run streams. ``normalize``: a resumed stream's recorded normalisation (it keeps its numbers)."""
+    if storage == STORAGE and not is_shard_input(pattern):
+        raise EdgepruneError("--data-storage stream streams tar shards only: --data 'shards/train-{000..099}.tar'")
+    over = None
+    if storage != STORAGE:
+        try:
+            return load()
+        except OverDisk as e:
+            if storage != "auto":
+                raise
+            over = e
+    for option, used in given:
+        if used:
+            raise EdgepruneError(
+                f"{option}: not with a streamed shard set (decoded from its shards every epoch, no cache; it trains "
+                "in one process on the CPU, on all of its training and test shards)"
+            )
+    if over is None:
+        return stream_shards(pattern, test_pattern, caps, normalize)
+    return stream_over_disk(pattern, over, caps, normalize)
+
+
 def shard_set_name(pattern: str) -> str:
     """A shard set's name: its folder's, as a cached shard set's."""
     return Path(str(pattern)).expanduser().parent.name or "shards"
@@ -283,4 +319,5 @@ __all__ = [
     "stream_caps",
     "stream_over_disk",
     "stream_shards",
+    "training_data",
 ]

@@ -216,6 +216,15 @@ def read_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(tensors, state, verified)
 
 
+def recorded_stream_normalization(out: Path) -> dict | None:
+    """The normalisation a streamed run's checkpoint in ``out`` recorded (None without such a checkpoint)."""
+    ckpt = out / CHECKPOINT_FILE
+    if not ckpt.is_file():
+        return None
+    data = read_checkpoint(ckpt).state.get("data")
+    return data.get("normalize") if isinstance(data, dict) and data.get("storage") == "stream" else None
+
+
 def _model_weights(path: Path, ckpt: Checkpoint, model: nn.Module) -> dict[str, torch.Tensor]:
     """The checkpoint's weights, checked to be ``model``'s layer names, shapes and dtypes."""
     weights = {k[len("model.") :]: v for k, v in ckpt.tensors.items() if k.startswith("model.")}
@@ -367,6 +376,7 @@ __all__ = [
     "describe_difference",
     "load_checkpoint",
     "read_checkpoint",
+    "recorded_stream_normalization",
     "restore_checkpoint",
     "save_checkpoint",
 ]
