@@ -228,3 +228,21 @@ def test_training_data_decides_between_the_loaded_set_and_a_stream(pattern, tmp_
         stream.training_data(over, pattern, None, "auto", caps, given=given)
     with pytest.raises(edgeprune.EdgepruneError, match="streams tar shards only"):
         stream.training_data(lambda: loaded, str(tmp_path / "photos"), None, "stream", caps)
+
+
+def test_a_stream_is_capped_by_what_it_holds_not_by_the_whole_set(tmp_path):
+    """A set over --max-data-bytes is refused for caching (naming the stream), streamed when asked for, and a
+    stream whose buffer and batch would pass the cap is refused before the first batch."""
+    pattern = _shards(tmp_path / "big", "train", 3, 1000, seed=0)  # 3,000 8x8 images: 576,000 bytes decoded
+    _shards(tmp_path / "big", "test", 1, 10, seed=1)
+    caps = Caps(stream_caps().image_pixels, stream_caps().file_bytes, 500_000)
+    with pytest.raises(edgeprune.EdgepruneError, match="over the cap of 500,000 bytes .*--data-storage stream"):
+        shards.load_shards(pattern, None, caps)
+    streamed = stream.training_data(lambda: pytest.fail("not loaded"), pattern, None, "stream", caps)
+    held = stream.held_bytes(streamed.input_shape(), 16, len(streamed.train_y))
+    assert held == 2016 * 192 + 12 * 16 * 192 < 500_000 < 3010 * 192  # the buffer, not the set
+    train, _ = streamed.loaders(16, seed=0, augment="cifar")
+    x, y = next(iter(train))
+    assert x.shape == (16, 3, 8, 8) and x.dtype == torch.float32 and y.shape == (16,)
+    with pytest.raises(edgeprune.EdgepruneError, match=r"streaming at batch 1000 holds [\d,]+ bytes .* lower --batch"):
+        streamed.loaders(1000, seed=0, augment="cifar")

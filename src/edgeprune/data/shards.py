@@ -41,7 +41,6 @@ from edgeprune.data.bounds import (
     MAX_IMAGE_PIXELS,
     Arrays,
     Caps,
-    over_data_cap,
     printable,
     reason,
 )
@@ -313,8 +312,9 @@ class ShardSplits:
         return sum(len(v) for v in self.labels.values()) * int(np.prod(self.shape))
 
 
-def scan(train_pattern: str, test_pattern: str | None, caps: Caps) -> ShardSplits:
-    """Find both splits' shards, read every label (images unread, but the first) and check the decoded size."""
+def scan(train_pattern: str, test_pattern: str | None, caps: Caps, streamed: bool = False) -> ShardSplits:
+    """Find both splits' shards, read every label (images unread, but the first) and check the decoded size
+    against ``max_data_bytes`` (``streamed``: no set is held, so the check is the stream's, when it is batched)."""
     train = shard_files(train_pattern)
     test = shard_files(test_pattern) if test_pattern else test_pattern_for(train_pattern)
     labels, stats = {}, {}
@@ -331,10 +331,13 @@ def scan(train_pattern: str, test_pattern: str | None, caps: Caps) -> ShardSplit
     splits = ShardSplits(train, test, labels, tuple(image.shape), [str(i) for i in range(count)], facts)
     need = splits.decoded_bytes()
     facts["image_pixels"], facts["decoded_bytes"] = image.shape[1] * image.shape[2], need
-    if need > caps.data_bytes:
+    if need > caps.data_bytes and not streamed:
         n = sum(len(v) for v in labels.values())
-        what = f"{n:,} images of {image.shape[2]}x{image.shape[1]} decode to"
-        raise over_data_cap(str(train_pattern), what, need, caps.data_bytes)
+        raise EdgepruneError(
+            f"{train_pattern}: {n:,} images of {image.shape[2]}x{image.shape[1]} decode to {need:,} bytes, over the "
+            f"cap of {caps.data_bytes:,} bytes (raise max_data_bytes, --max-data-bytes, to cache it, or train from the "
+            "shards with 'edgeprune train --data-storage stream')"
+        )
     return splits
 
 

@@ -191,13 +191,29 @@ class StreamSet:
         }
 
     def loaders(self, batch: int, seed: int, augment: str) -> tuple[DataLoader, DataLoader]:
-        """The training and test batches as DataLoaders (batched here: ``batch_size=None``)."""
+        """The training and test batches as DataLoaders (batched here: ``batch_size=None``), once what a stream
+        holds at a time at ``batch`` is checked against ``max_data_bytes``."""
+        held = held_bytes(self.input_shape(), batch, len(self.train_y))
+        if held > self.caps.data_bytes:
+            raise EdgepruneError(
+                f"{self.name}: streaming at batch {batch} holds {held:,} bytes (a {DEFAULT_BUFFER:,}-image shuffle "
+                f"buffer and the batch's float copies), over the cap of {self.caps.data_bytes:,} bytes (raise "
+                "--max-data-bytes or lower --batch-size)"
+            )
         stats = (self.mean, self.std)
         common = {"caps": self.caps, "shape": self.input_shape(), "seed": seed}
         train = StreamBatches(self.splits.train, len(self.train_y), batch, stats, augment=augment, **common)
         train.record, train.note = self.signature(), self.note()
         test = StreamBatches(self.splits.test, len(self.test_y), batch, stats, train=False, **common)
         return DataLoader(train, batch_size=None), DataLoader(test, batch_size=None)
+
+
+def held_bytes(shape: tuple[int, int, int], batch: int, count: int, buffer: int = DEFAULT_BUFFER) -> int:
+    """Bytes a training stream holds at once: the shuffle buffer and a batch of uint8 images, and the batch's
+    float32 copies (stacked, augmented, normalised: three)."""
+    pixels = int(np.prod(shape))
+    batch = max(1, min(batch, count))
+    return min(count, buffer + batch) * pixels + 3 * 4 * batch * pixels
 
 
 def stream_caps(
@@ -256,7 +272,7 @@ def _recorded(normalize: dict, channels: int) -> tuple[tuple, tuple, int]:
 
 def stream_shards(pattern: str, test_pattern: str | None, caps: Caps, normalize: dict | None = None) -> StreamSet:
     """The stream the user asked for (``--data-storage stream``): the shards scanned, no cache looked at or written."""
-    splits = scan(pattern, test_pattern, caps)
+    splits = scan(pattern, test_pattern, caps, streamed=True)  # nothing is held but a buffer: loaders() checks it
     return open_stream(splits, caps, "as asked: --data-storage stream, no cache", shard_set_name(pattern), normalize)
 
 
@@ -313,6 +329,7 @@ __all__ = [
     "StreamBatches",
     "StreamSet",
     "epoch_generator",
+    "held_bytes",
     "open_stream",
     "sample_stats",
     "shard_set_name",
