@@ -377,7 +377,8 @@ def data_caps() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="refuse a data set whose files, or whose decoded images, come to over N bytes, before "
-        "reading or decoding them (default: half the memory available)",
+        "reading or decoding them; a stream of tar shards, what it holds at once: its shuffle buffer "
+        "and a batch (default: half the memory available)",
     )
     return p
 
