@@ -235,6 +235,26 @@ def test_wrong_types_and_ranges(ckpt, key, value):
     assert_one_line_error(lambda: load_into_fresh(ckpt), str(ckpt), key if key != "format" else "not an")
 
 
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"val_acc": 7.0}, "validation accuracy outside"),
+        ({"test_acc": -0.1}, "test accuracy outside"),
+        ({"test_acc": None}, "malformed"),  # no accuracy left at all
+    ],
+)
+def test_history_accuracies_are_range_checked(ckpt, change, says):
+    def edit(state: dict) -> None:
+        record = state["history"][0]
+        record.update({k: v for k, v in change.items() if v is not None})
+        for key in [k for k, v in change.items() if v is None]:
+            record.pop(key, None)
+            record.pop("val_acc", None)
+
+    rewrite(ckpt, state=edit)
+    assert_one_line_error(lambda: load_into_fresh(ckpt), str(ckpt), says)
+
+
 @pytest.mark.parametrize("state", ["{not json", "[1, 2]", "null", '"text"', "[" * 100_000])
 def test_non_json_or_non_object_state(ckpt, state):
     rewrite(ckpt, text=state)

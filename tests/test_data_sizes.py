@@ -307,3 +307,9 @@ def test_train_cli_train_folder_alone(tmp_path, capsys):
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert "test_acc" not in record and 0 <= record["val_acc"] <= 1
     assert json.loads((out / "train.json").read_text())["config"]["augment"] == "imagenet"
+    # its checkpoint (epochs with a validation accuracy only) resumes: the finished run is extended
+    base[base.index("--epochs") + 1] = 2
+    code, stdout, err = run_cli(capsys, *base, "--val-fraction", 0.25, "--out", out, "--resume")
+    assert code == 0, err
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and records[0] == record and "test_acc" not in records[1]

@@ -137,15 +137,18 @@ def _is_number(value: object) -> bool:
 
 
 def _check_history(path: Path, history: object, epoch: int) -> None:
-    """``history``: one record per epoch, numbered 1.., with finite numbers and a test accuracy in [0, 1]."""
+    """``history``: one record per epoch, numbered 1.., with finite numbers and accuracies in [0, 1]."""
     if not isinstance(history, list) or len(history) != epoch:
         raise _bad(path, f"checkpoint 'history' must be a list of {epoch} epoch records")
     for i, record in enumerate(history):
-        ok = isinstance(record, dict) and record.get("epoch") == i + 1 and _is_number(record.get("test_acc"))
+        # a run on a folder of train/ alone has no test split: its epochs carry a validation accuracy only
+        scored = isinstance(record, dict) and any(_is_number(record.get(k)) for k in ("test_acc", "val_acc"))
+        ok = scored and record.get("epoch") == i + 1
         if not ok or not all(isinstance(k, str) and _is_number(v) for k, v in record.items()):
             raise _bad(path, f"checkpoint 'history' record {i + 1} is malformed")
-        if not 0 <= record["test_acc"] <= 1:
-            raise _bad(path, f"checkpoint 'history' record {i + 1} has a test accuracy outside [0, 1]")
+        for key, name in (("test_acc", "test"), ("val_acc", "validation"), ("train_acc", "training")):
+            if key in record and not 0 <= record[key] <= 1:
+                raise _bad(path, f"checkpoint 'history' record {i + 1} has a {name} accuracy outside [0, 1]")
 
 
 def _check_state(path: Path, state: dict, verified: bool) -> None:
