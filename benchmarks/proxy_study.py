@@ -286,8 +286,11 @@ def main() -> None:
     elif args.stage in ("train", "collect"):
         if args.stage == "train":
             train(args.out, args)
-        runs = collect(args.runs or args.out / "runs")
-        write_text(args.out / "trained.json", json_text({"date": utc_date(), "runs": runs}))
+        # runs found here replace their records; the others' records are kept (FA trained elsewhere, MA here)
+        known = args.out / "trained.json"
+        runs = json.loads(known.read_text())["runs"] if known.is_file() else {}
+        runs.update(collect(args.runs or args.out / "runs"))
+        write_text(known, json_text({"date": utc_date(), "runs": runs}))
     elif args.stage == "score":
         score(args.out, args)
     else:
