@@ -62,6 +62,13 @@ def test_choose_multiple_takes_the_multiples_whose_filters_run_nearly_free(measu
     assert f"rounded up to {expected};" in reason
 
 
+def test_choose_multiple_says_faster_rather_than_a_negative_share():
+    """Ragged widths slower than the next multiple of 4: that step is "faster with more filters", not "4: -1.00"."""
+    _, reason = choose_multiple(probe_times(_staircase(1, ragged_factor=2.0)))
+    assert "1->4 faster with more filters (" in reason
+    assert not any(note.split(" ")[-1].startswith("-") for note in reason.split(": ", 1)[1].split(", "))
+
+
 def test_choose_multiple_refuses_missing_or_non_positive_times():
     times = probe_times(_staircase(8))
     with pytest.raises(EdgepruneError, match="positive"):

@@ -104,14 +104,15 @@ def choose_multiple(times: Mapping[int, float], ragged: tuple[int, ...] = RAGGED
             work[rounded_width(w, chosen)] * (rounded_width(w, m) / rounded_width(w, chosen) - 1) for w in ragged
         )
         share = extra / fair if fair > 0 else 0.0
-        notes.append(f"{m}: {share:.2f}")
+        # a negative share (more filters, less time) reads as a plain "faster" rather than a bare minus sign
+        notes.append(f"{chosen}->{m} " + (f"faster with more filters ({share:.2f})" if share < 0 else f"{share:.2f}"))
         if share <= worth:
             chosen = m
     ragged_cost = sum(work[w] / w for w in ragged) / len(ragged)
     rounded_cost = sum(work[rounded_width(w, chosen)] / rounded_width(w, chosen) for w in ragged) / len(ragged)
     reason = (f"per filter, ragged widths take {ragged_cost / rounded_cost:.2f}x the time of widths rounded up to "
-              f"{chosen}; share of proportional time the extra filters of each larger step cost "
-              f"(taken when <= {worth:g}): {', '.join(notes)}")  # fmt: skip
+              f"{chosen}; a larger multiple is taken when its extra filters cost at most {worth:g} of their "
+              f"proportional time: {', '.join(notes)}")  # fmt: skip
     return chosen, reason
 
 
