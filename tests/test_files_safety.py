@@ -47,12 +47,17 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def run_hooked(module: str, function: str, sig: str, *argv) -> subprocess.CompletedProcess:
+def run_hooked(
+    module: str, function: str, sig: str, *argv, hangup: object = signal.SIG_DFL
+) -> subprocess.CompletedProcess:
     code = HOOKED.format(module=module, function=function, signal=sig)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    # a hang-up reaches a command only where SIGHUP is not ignored: under nohup (a CI job started so) the child
+    # would inherit SIG_IGN, which edgeprune rightly keeps, so the child starts with the default disposition
     return subprocess.run(
-        [sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, env=env, timeout=300
-    )
+        [sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, env=env, timeout=300,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, hangup),
+    )  # fmt: skip
 
 
 def run_limited(limit: int, *argv, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -99,6 +104,20 @@ def test_a_signal_during_force_puts_the_replaced_model_back(tmp_path, capsys, si
     assert proc.returncode == 128 + getattr(signal, sig), proc.stderr
     assert proc.stderr.strip().splitlines() == [f"edgeprune prune: interrupted ({sig})"]
     assert snapshot(out) == before  # the old model in place, byte for byte
+    assert not (out / STASH_DIR).exists() and not (out / LOCK_FILE).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_hangup_under_nohup_is_ignored(tmp_path, capsys):
+    """A command started under nohup (SIGHUP ignored) keeps it ignored: a hang-up neither stops nor loses it."""
+    out = tmp_path / "run"
+    assert run_cli(capsys, *PRUNE, "--out", out)[0] == 0
+    proc = run_hooked("edgeprune.pruning", "prune", "SIGHUP", "prune", "tiny", "--mode", "flops", "--target", "0.3",
+                      "--out", out, "--force", hangup=signal.SIG_IGN)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads((out / "report.json").read_text())
+    assert written["target_fraction"] == pytest.approx(0.3, abs=1e-6)  # the new model, not the old one
     assert not (out / STASH_DIR).exists() and not (out / LOCK_FILE).exists()
 
 
