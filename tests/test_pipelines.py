@@ -315,6 +315,36 @@ def test_compare_candidates_adds_a_searched_row(tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_time_matched_searched_network_is_the_searched_one_trained_longer(tmp_path, capsys):
+    """--candidates with --time-matched: searched-matched is the searched plan (the search is deterministic),
+    trained the epochs that fit in l1's steady time less the search's seconds."""
+    from edgeprune.records import steady_seconds
+
+    argv = ["compare", "tiny", "--data", str(MINI), "--target", "flops=0.4", "--modes", "flops", "--baselines", "l1",
+            "--epochs", "1", "--finetune-epochs", "2", "--limit-train", "128", "--limit-test", "64", "--batch-size",
+            "64", "--out", str(tmp_path), "--candidates", "3", "--time-matched", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "compare.json").read_text())
+    runs = {r["method"]: r for r in result["runs"]}
+    assert set(runs) == {"full", "direct", "searched", "l1", "direct-matched", "searched-matched"}
+    searched, matched = runs["searched"], runs["searched-matched"]
+    tables = [
+        json.loads((tmp_path / f"{m}-flops-s0" / "search.json").read_text()) for m in ("searched", "searched-matched")
+    ]
+    assert tables[0]["kept"] == tables[1]["kept"]
+    assert (matched["params"], matched["flops"], matched["nodes"]) == (
+        searched["params"],
+        searched["flops"],
+        searched["nodes"],
+    )
+    search = searched["train_seconds"] - sum(h["epoch_seconds"] for h in searched["history"])
+    per_epoch = steady_seconds(searched["history"]) / searched["epochs"]
+    assert matched["epochs"] == max(1, int((steady_seconds(runs["l1"]["history"]) - search) // per_epoch))
+    assert len(matched["history"]) == matched["epochs"]
+    assert "searched-matched = the searched network" in (tmp_path / "compare.md").read_text()
+
+
 def test_compare_k1_keeps_methods_and_columns():
     """Without --candidates, no searched method, the same run count and the same table columns as before."""
     from edgeprune import pipelines
@@ -323,7 +353,7 @@ def test_compare_k1_keeps_methods_and_columns():
     assert pipelines.run_count(plain) == 2 * (1 + 2 * 5)  # full + direct, unweighted, uniform, l1, nuclear
     searched = pipelines.CompareSettings(model="tiny", targets={"flops": 0.5}, baselines=("l1",), candidates=2,
                                          time_matched=True)  # fmt: skip
-    assert pipelines.run_count(searched) == 1 + 4  # direct, searched, l1, direct-matched
+    assert pipelines.run_count(searched) == 1 + 5  # direct, searched, l1, direct-matched, searched-matched
     epoch = [{"epoch_seconds": 1.0}]
     records = [pipelines.RunRecord("full", "-", 0, 1.0, 0.5, 100, 1000, 400, 1.0, 0.0, 1, epoch),
                pipelines.RunRecord("direct", "flops", 0, 0.5, 0.4, 50, 500, 200, 1.0, 0.0, 1, epoch)]  # fmt: skip

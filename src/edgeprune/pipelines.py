@@ -60,6 +60,7 @@ from edgeprune.records import (
     MATCHED,
     RECORD,
     SEARCHED,
+    SEARCHED_MATCHED,
     RunRecord,
     check_record,
     matched_epochs,
@@ -203,7 +204,10 @@ def record_key(ctx: RunContext, method: str, mode: str, seed: int, epochs: int) 
                epochs=stage_epochs(s, method, epochs))  # fmt: skip
     if method.endswith(KD):  # only a distilled run's key names them: the others' keys stay as before
         key["distill"] = {"alpha": s.distill_alpha, "temperature": s.distill_temperature, "teacher": "full model"}
-    if method == SEARCHED:  # only a searched run's key names the search: the others' keys stay as before
+    if method in (
+        SEARCHED,
+        SEARCHED_MATCHED,
+    ):  # only a searched run's key names the search: the others' keys stay as before
         key["search"] = search_key(s)
     content = getattr(ctx.data, "content_hash", None)
     if content is not None:  # name and sizes stay the same when images are swapped between classes; this does not
@@ -280,11 +284,12 @@ def search_key(settings: CompareSettings) -> dict:
             "holdout": settings.proxy_holdout}  # fmt: skip
 
 
-def run_searched(ctx: RunContext, mode: str, seed: int, epochs: int) -> RunRecord:
+def run_searched(ctx: RunContext, mode: str, seed: int, epochs: int, method: str = SEARCHED) -> RunRecord:
     """The direct pipeline on the best of K candidate plans (``edgeprune.search``), trained ``epochs``; its
-    training time counts the search's seconds, and ``search.json`` in its folder lists every candidate."""
-    s, tag = ctx.settings, run_tag(SEARCHED, mode, seed)
-    key = record_key(ctx, SEARCHED, mode, seed, epochs)
+    training time counts the search's seconds, and ``search.json`` in its folder lists every candidate.
+    ``method`` searched-matched: the same search (deterministic: the same plan is kept) for a time-matched run."""
+    s, tag = ctx.settings, run_tag(method, mode, seed)
+    key = record_key(ctx, method, mode, seed, epochs)
     if (done := stored_record(ctx, tag, key)) is not None:
         return done
     t0 = time.perf_counter()
@@ -296,12 +301,12 @@ def run_searched(ctx: RunContext, mode: str, seed: int, epochs: int) -> RunRecor
     (ctx.out / tag).mkdir(parents=True, exist_ok=True)
     write_json(ctx.out / tag / SEARCH_FILE, table)
     ctx.log(
-        f"[seed {seed}] {SEARCHED} {mode}: kept {table['kept']['kind']} seed {table['kept']['seed']} of "
+        f"[seed {seed}] {method} {mode}: kept {table['kept']['kind']} seed {table['kept']['seed']} of "
         f"{len(table['candidates'])} candidates by {s.proxy} ({seconds:.1f} s), training {epochs} epochs"
     )
     result = ctx.train(found.model, epochs, seed, tag)
     result = replace(result, train_seconds=result.train_seconds + seconds)
-    return save_record(ctx, tag, key, _record(ctx, SEARCHED, mode, seed, found.model, [result]))
+    return save_record(ctx, tag, key, _record(ctx, method, mode, seed, found.model, [result]))
 
 
 def run_conventional(
@@ -347,6 +352,11 @@ def run_matched(ctx: RunContext, mode: str, seed: int, mine: list[RunRecord]) ->
     return run_at_init(ctx, MATCHED, mode, seed, matched_epochs(mine))
 
 
+def run_searched_matched(ctx: RunContext, mode: str, seed: int, mine: list[RunRecord]) -> RunRecord:
+    """The searched network trained as long as the conventional pipeline, its search charged (``mine``: both runs)."""
+    return run_searched(ctx, mode, seed, matched_epochs(mine, SEARCHED), SEARCHED_MATCHED)
+
+
 def _at_init_methods(settings: CompareSettings) -> list[str]:
     """The methods pruned at initialisation, in table order (without the time-matched one)."""
     return [m for m in AT_INIT if m in (DIRECT, *settings.baselines)]
@@ -357,11 +367,16 @@ def _searched(settings: CompareSettings) -> list[str]:
     return [SEARCHED] if settings.candidates > 1 else []
 
 
+def _searched_matched(settings: CompareSettings) -> list[Callable[..., RunRecord]]:
+    """The time-matched run of the searched network, when there is a search."""
+    return [run_searched_matched] if settings.candidates > 1 else []
+
+
 def run_count(settings: CompareSettings) -> int:
     """Every run of a comparison: each seed's full model and, per mode, each method's."""
     s = settings
     per_mode = (len(_at_init_methods(s)) + len(_searched(s)) + len(_finetuned_methods(s)) + len(_from_teacher(s))
-                + int(s.time_matched))  # fmt: skip
+                + int(s.time_matched) * (1 + len(_searched(s))))  # fmt: skip
     return len(s.seeds) * (1 + len(s.targets) * per_mode)
 
 
@@ -422,7 +437,7 @@ def _runs_here(ctx: RunContext, bar: Counter) -> Iterator[Batch]:
             mine += [go(run_conventional, m, mode, seed, full, baseline) for m in _finetuned_methods(s)]
             mine += [go(run_direct_kd, mode, seed, full) for _ in _from_teacher(s)]
             if s.time_matched:
-                mine.append(go(run_matched, mode, seed, mine))
+                mine += [go(run, mode, seed, list(mine)) for run in (run_matched, *_searched_matched(s))]
             yield baseline, mine
 
 
@@ -461,16 +476,22 @@ def _matched_task(ctx: RunContext, mode: str, seed: int, *mine: RunRecord) -> Ru
     return run_matched(ctx, mode, seed, list(mine))
 
 
+def _searched_matched_task(ctx: RunContext, mode: str, seed: int, *mine: RunRecord) -> RunRecord:
+    """Ray task: :func:`run_searched_matched`, after the mode's searched and conventional runs."""
+    return run_searched_matched(ctx, mode, seed, list(mine))
+
+
 Plan = list[tuple[int, str, Any, list[Any]]]  # seed, mode, the seed's full-model task, the mode's tasks (ObjectRefs)
 
 
 def _submit(ray: ModuleType, shared: Any, settings: CompareSettings, options: RayOptions) -> Plan:
     """Submit every run as a Ray task, a conventional one depending on its own seed's full model only."""
     s = settings
-    full_task, at_init, searched, conventional, direct_kd, matched = (
+    full_task, at_init, searched, conventional, direct_kd, matched, searched_matched = (
         cluster.task(ray, f, options)
-        for f in (_full_task, run_at_init, run_searched, _conventional_task, _direct_kd_task, _matched_task)
-    )
+        for f in (_full_task, run_at_init, run_searched, _conventional_task, _direct_kd_task, _matched_task,
+                  _searched_matched_task)
+    )  # fmt: skip
     plan = []
     for seed in s.seeds:
         full = full_task.remote(shared, seed)
@@ -480,7 +501,9 @@ def _submit(ray: ModuleType, shared: Any, settings: CompareSettings, options: Ra
             refs += [conventional.remote(shared, m, mode, seed, full) for m in _finetuned_methods(s)]
             refs += [direct_kd.remote(shared, mode, seed, full) for _ in _from_teacher(s)]
             if s.time_matched:
-                refs.append(matched.remote(shared, mode, seed, *refs))
+                before = list(refs)  # each time-matched run waits for its own and the conventional runs only
+                refs.append(matched.remote(shared, mode, seed, *before))
+                refs += [searched_matched.remote(shared, mode, seed, *before) for _ in _searched(s)]
             plan.append((seed, mode, full, refs))
     return plan
 

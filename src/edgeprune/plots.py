@@ -189,7 +189,8 @@ def plot_accuracy_vs_time(summary: dict, path: str | Path) -> None:
     """Accuracy against total training time, one colour per mode and one marker per method."""
     from matplotlib.lines import Line2D
 
-    markers = {"direct": "o", "direct-matched": "P", "unweighted": "v", "uniform": "s", "l1": "^", "nuclear": "D"}
+    markers = {"direct": "o", "direct-matched": "P", "unweighted": "v", "uniform": "s", "l1": "^", "nuclear": "D",
+               "searched": "*", "searched-matched": "X"}  # fmt: skip
     colours = {"params": "tab:blue", "flops": "tab:orange", "memory": "tab:green"}
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for r in summary["rows"]:

@@ -29,6 +29,7 @@ from edgeprune.train.busy import load_figures
 DIRECT = "direct"
 MATCHED = "direct-matched"  # the direct pipeline trained as long as the conventional one
 SEARCHED = "searched"  # the direct pipeline on the best of K candidate plans (compare --candidates K)
+SEARCHED_MATCHED = "searched-matched"  # the searched network trained as long as the conventional pipeline
 CONVENTIONAL = ("l1", "nuclear")
 KD = "+kd"  # a method distilled from its seed's trained full model: l1+kd, nuclear+kd, direct+kd
 DIRECT_KD = DIRECT + KD
@@ -68,12 +69,14 @@ def new_record(method: str, mode: str, seed: int, *, target: float | str, totals
     )  # fmt: skip
 
 
-def matched_epochs(runs: list[RunRecord]) -> int:
-    """Epochs of the direct network that fit in the conventional pipeline's measured time (l1 first), at least 1;
-    both timed by ``steady_seconds``, so that a pause in either does not skew the match."""
-    direct = next(r for r in runs if r.method == DIRECT)
+def matched_epochs(runs: list[RunRecord], method: str = DIRECT) -> int:
+    """Epochs of ``method``'s network (direct, searched) that fit in the conventional pipeline's measured time (l1
+    first), at least 1; both timed by ``steady_seconds``, so that a pause in either does not skew the match; a
+    searched run's search seconds (its time beyond its epochs) are charged before its epochs."""
+    own = next(r for r in runs if r.method == method)
     reference = next(r for m in CONVENTIONAL for r in runs if r.method == m)
-    return max(1, int(steady_seconds(reference.history) // (steady_seconds(direct.history) / direct.epochs)))
+    search = max(0.0, own.train_seconds - sum(h["epoch_seconds"] for h in own.history)) if method == SEARCHED else 0.0
+    return max(1, int((steady_seconds(reference.history) - search) // (steady_seconds(own.history) / own.epochs)))
 
 
 def steady_seconds(history: list[dict]) -> float:
@@ -163,7 +166,7 @@ def _shown(value: object) -> str:
 # every run a record may hold: the full model, pipelines.AT_INIT's and pipelines.CONVENTIONAL's methods, and the
 # distilled ones (pipelines.KD)
 RUN_METHODS = ("full", "direct", "unweighted", "uniform", "direct-matched", "l1", "nuclear", "l1+kd", "nuclear+kd",
-               "direct+kd", SEARCHED)  # fmt: skip
+               "direct+kd", SEARCHED, SEARCHED_MATCHED)  # fmt: skip
 _HISTORY_RANGES = {"epoch": (1, limits.MAX_EPOCHS), "stage": (0, 1), "test_acc": (0, 1), "train_acc": (0, 1),
                    "epoch_seconds": (0, MAX_SECONDS), "eval_seconds": (0, MAX_SECONDS),
                    "train_seconds": (0, MAX_SECONDS), "images_per_s": (0, MAX_COUNT), "lr": (0, MAX_COUNT),
@@ -294,6 +297,9 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: An
         + (f"; {SEARCHED} = the direct pipeline on the best of {settings.candidates} candidate plans per kind "
            f"({', '.join(settings.candidate_kinds)}) ranked by {settings.proxy}; its training time includes the "
            "search's seconds" if getattr(settings, "candidates", 1) > 1 else "")
+        + (f"; {SEARCHED_MATCHED} = the searched network trained for as many epochs as fit in the conventional "
+           "pipeline's measured time, less its search's seconds"
+           if settings.time_matched and getattr(settings, "candidates", 1) > 1 else "")
         + (f"; every pruned network also meets {', '.join(f'{k} <= {v}' for k, v in settings.also.items())}"
            if settings.also else "")
         + (f"; training time '(N machines)': {NOT_COMPARABLE.format(n='N', hosts='in train_hosts')}"

@@ -114,8 +114,8 @@ def _add_runs(p: argparse.ArgumentParser) -> None:
         "--time-matched",
         action="store_true",
         help="also train the direct pipeline's network for as many epochs as fit in the conventional "
-        "pipeline's measured training time (method direct-matched): the accuracy each gets for the same "
-        "training cost",
+        "pipeline's measured training time (method direct-matched; with --candidates, the searched network too, "
+        "its search charged: searched-matched): the accuracy each gets for the same training cost",
     )
     p.add_argument(
         "--resume",
