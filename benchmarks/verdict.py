@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from common import parser, write_text
@@ -208,18 +209,22 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
             holds, near, split = judged(gap, -WITHIN, band)
             rows.append(_row(claim, "comparable accuracy", versus, where, holds, near, provisional, link, untested,
                              split))  # fmt: skip
-        if conventional and (timed := [s for s in done if ("direct-matched", mode, s) in runs]):
-            # the seeds whose time-matched run is in (a long study adds them one seed at a time)
-            matched = [runs["direct-matched", mode, s]["test_accuracy"] for s in timed]
+        for timed_method, who in (("direct-matched", "direct"), ("searched-matched", "the searched network")):
+            if not conventional or not (timed := [s for s in done if (timed_method, mode, s) in runs]):
+                continue  # the seeds whose time-matched run is in (a long study adds them one seed at a time)
+            matched = [runs[timed_method, mode, s]["test_accuracy"] for s in timed]
             best_timed = [b for s, b in zip(done, best) if s in timed]
             gap = [100 * a - b for a, b in zip(matched, best_timed)]
-            band, shown = noise(mode, "direct-matched vs conventional", mean(matched), mean(best_timed) / 100, timed)
-            claim = f"{SETUP[model]} {LABEL[mode]}: at equal training time, direct matches conventional (ours)"
+            band, shown = noise(mode, f"{timed_method} vs conventional", mean(matched), mean(best_timed) / 100, timed)
+            claim = f"{SETUP[model]} {LABEL[mode]}: at equal training time, {who} matches conventional (ours)"
             versus = f"{spread(gap)} pts against the better of {' / '.join(conventional)} ({shown})"
             when = f"{scale}; seeds {', '.join(map(str, timed))}" + ("" if len(timed) >= planned else
                                                                      f" (of {planned} planned)")  # fmt: skip
             holds, near, split = judged(gap, -WITHIN, band)
             rows.append(_row(claim, "-", versus, when, holds, near, len(timed) < 2, link, split=split))
+        if searched := [s for s in done if ("searched", mode, s) in runs]:
+            rows.append(searched_row(runs, mode, searched, f"{SETUP[model]} {LABEL[mode]}", scale, planned, link,
+                                     lambda gap, a, b, m=mode, s=searched: noise(m, gap, a, b, s)))  # fmt: skip
         if all(("l1", mode, s) in runs for s in done):
             saving = [1 - steady_seconds(direct[s]["history"]) / steady_seconds(runs["l1", mode, s]["history"])
                       for s in done]  # fmt: skip
@@ -247,6 +252,29 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
                                             for m, g in gaps.items()), where,
                              holds, near, provisional, link, split=split))  # fmt: skip
     return rows
+
+
+def searched_row(runs: dict, mode: str, seeds: list[int], setup: str, scale: str, planned: int, link: str,
+                 noise: Callable[[str, float, float], tuple[float, str]]) -> dict:  # fmt: skip
+    """Issue 26's verdict: the searched network (``compare --candidates K``, the search's seconds in its time)
+    against the weighted lottery it searched, the unweighted lottery and width scaling at equal epochs; holds
+    when it is below none of them. ``noise(gap, a, b)``: the band of gap ``a - b`` and its label."""
+    ours = {s: runs["searched", mode, s] for s in seeds}
+    others = [m for m in ("direct", "unweighted", "uniform") if all((m, mode, s) in runs for s in seeds)]
+    gaps = {m: [100 * (ours[s]["test_accuracy"] - runs[m, mode, s]["test_accuracy"]) for s in seeds] for m in others}
+    bands = {m: noise(f"searched vs {m}", mean([ours[s]["test_accuracy"] for s in seeds]),
+                      mean([runs[m, mode, s]["test_accuracy"] for s in seeds])) for m in others}  # fmt: skip
+    calls = [judged(gaps[m], 0.0, bands[m][0]) for m in others]
+    holds = all(ok for ok, _, _ in calls)
+    near = any(n for _, n, _ in calls) if holds else all(n for ok, n, _ in calls if not ok)
+    split = disagree([all(gaps[m][i] >= 0 for m in others) for i in range(len(seeds))])
+    search = mean([ours[s]["train_seconds"] - sum(h["epoch_seconds"] for h in ours[s]["history"]) for s in seeds])
+    text = "; ".join(f"{spread(g)} pts vs {m} ({bands[m][1]})" for m, g in gaps.items())
+    where = f"{scale}; seeds {', '.join(map(str, seeds))}" + ("" if len(seeds) >= planned else
+                                                              f" (of {planned} planned)")  # fmt: skip
+    return _row(f"{setup}: the searched network beats the lotteries and width scaling at equal epochs (ours)", "-",
+                f"{text}; search {search:.1f} s, counted in its time", where, holds, near, len(seeds) < 2, link,
+                split=split)  # fmt: skip
 
 
 def _key(mode: str) -> str:
