@@ -209,7 +209,11 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
             holds, near, split = judged(gap, -WITHIN, band)
             rows.append(_row(claim, "comparable accuracy", versus, where, holds, near, provisional, link, untested,
                              split))  # fmt: skip
-        for timed_method, who in (("direct-matched", "direct"), ("searched-matched", "the searched network")):
+        for timed_method, who in (
+            ("direct-matched", "direct"),
+            ("searched-matched", "the searched network"),
+            ("uniform-matched", "width scaling"),
+        ):
             if not conventional or not (timed := [s for s in done if (timed_method, mode, s) in runs]):
                 continue  # the seeds whose time-matched run is in (a long study adds them one seed at a time)
             matched = [runs[timed_method, mode, s]["test_accuracy"] for s in timed]

@@ -194,6 +194,19 @@ def test_time_matched_needs_a_conventional_pipeline(tmp_path, capsys):
     assert code == 2 and "needs a conventional pipeline" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--time-matched-also", "uniform"], "needs --time-matched"),
+     (["--time-matched", "--time-matched-also", "unweighted"], "name baselines pruned at initialisation"),
+     (["--time-matched", "--time-matched-also", "l1"], "name baselines pruned at initialisation")],
+)  # fmt: skip
+def test_time_matched_also_names_a_running_baseline(tmp_path, capsys, extra, message):
+    code = main(["compare", "tiny", "--data", str(MINI), "--target", "0.5", "--baselines", "l1", "uniform",
+                 "--out", str(tmp_path / "o"), *extra])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_compare_also_meets_extra_limits_in_every_pruned_network(tmp_path, capsys):
     argv = ["compare", "tiny", "--data", str(MINI), "--target", "0.6", "--modes", "flops", "--also", "memory=0.3",
@@ -322,12 +335,18 @@ def test_time_matched_searched_network_is_the_searched_one_trained_longer(tmp_pa
     from edgeprune.records import steady_seconds
 
     argv = ["compare", "tiny", "--data", str(MINI), "--target", "flops=0.4", "--modes", "flops", "--baselines", "l1",
-            "--epochs", "1", "--finetune-epochs", "2", "--limit-train", "128", "--limit-test", "64", "--batch-size",
-            "64", "--out", str(tmp_path), "--candidates", "3", "--time-matched", "--quiet"]  # fmt: skip
+            "uniform", "--epochs", "1", "--finetune-epochs", "2", "--limit-train", "128", "--limit-test", "64",
+            "--batch-size", "64", "--out", str(tmp_path), "--candidates", "3", "--time-matched",
+            "--time-matched-also", "uniform", "--quiet"]  # fmt: skip
     assert main(argv) == 0
     result = json.loads((tmp_path / "compare.json").read_text())
     runs = {r["method"]: r for r in result["runs"]}
-    assert set(runs) == {"full", "direct", "searched", "l1", "direct-matched", "searched-matched"}
+    assert set(runs) == {"full", "direct", "uniform", "searched", "l1", "direct-matched", "searched-matched",
+                         "uniform-matched"}  # fmt: skip
+    width, width_matched = runs["uniform"], runs["uniform-matched"]  # width scaling, trained as long as l1
+    assert (width_matched["params"], width_matched["nodes"]) == (width["params"], width["nodes"])
+    per_epoch = steady_seconds(width["history"]) / width["epochs"]
+    assert width_matched["epochs"] == max(1, int(steady_seconds(runs["l1"]["history"]) // per_epoch))
     searched, matched = runs["searched"], runs["searched-matched"]
     tables = [
         json.loads((tmp_path / f"{m}-flops-s0" / "search.json").read_text()) for m in ("searched", "searched-matched")

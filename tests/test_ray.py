@@ -3,6 +3,7 @@ must be shared; Ray is optional. One local Ray instance (2 CPUs) serves the whol
 
 import csv
 import json
+import shutil
 import socket
 import sys
 
@@ -85,6 +86,30 @@ def test_dead_worker_is_retried_from_its_checkpoint(compared):
     assert lines[0].split("pid ")[1] != lines[1].split("pid ")[1]  # in another worker process
     l1 = _runs(remote)["l1", "flops", 0]
     assert l1["epochs"] == 3 and [h["epoch"] for h in l1["history"] if h["stage"] == 1] == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_time_matched_runs_on_ray_after_their_own_networks(compared, tmp_path):
+    """--time-matched with a search and --time-matched-also on Ray: each matched run waits for its network's run
+    and l1's, trains the epochs that fit in l1's time, and the finished runs are read back, not retrained."""
+    from edgeprune.records import steady_seconds
+
+    _, remote = compared
+    folder = tmp_path / "more"
+    shutil.copytree(remote, folder)
+    extra = ["--baselines", "l1", "uniform", "--candidates", "2", "--time-matched", "--time-matched-also", "uniform"]
+    assert main([*COMPARE, *extra, "--out", str(folder), "--ray", "--cpus-per-run", "1", "--resume"]) == 0
+    runs = {m: r for (m, _, _), r in _runs(folder).items()}
+    assert set(runs) == {"full", "direct", "uniform", "searched", "l1", "direct-matched", "searched-matched",
+                         "uniform-matched"}  # fmt: skip
+    assert runs["l1"] == _runs(remote)["l1", "flops", 0]  # read back
+    reference = steady_seconds(runs["l1"]["history"])
+    for method in ("direct", "uniform"):
+        own = runs[method]
+        assert runs[f"{method}-matched"]["epochs"] == max(1, int(reference // (steady_seconds(own["history"])
+                                                                                / own["epochs"])))  # fmt: skip
+    assert runs["searched-matched"]["params"] == runs["searched"]["params"]
 
 
 @pytest.mark.slow

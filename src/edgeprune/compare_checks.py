@@ -17,12 +17,18 @@ from edgeprune.search import KINDS, get_proxy
 from edgeprune.train.distill import Distill
 
 BASELINES = ("l1", "nuclear", "uniform", "unweighted")
+AT_INIT_BASELINES = ("uniform", "unweighted")
 
 
 def check_settings(settings: Any) -> None:
     """One-line errors for settings (a ``CompareSettings``) no run can use, before any work."""
     if settings.time_matched and not set(settings.baselines) & set(CONVENTIONAL):
         raise EdgepruneError("time-matched training needs a conventional pipeline (l1 or nuclear) among the baselines")
+    if settings.matched_also and not settings.time_matched:
+        raise EdgepruneError("--time-matched-also needs --time-matched")
+    if stray := [m for m in settings.matched_also if m not in AT_INIT_BASELINES or m not in settings.baselines]:
+        raise EdgepruneError(f"--time-matched-also {' '.join(stray)}: name baselines pruned at initialisation that run "
+                             f"(uniform, unweighted, among --baselines)")  # fmt: skip
     if not settings.seeds:
         raise EdgepruneError("no seeds given")
     for seed in settings.seeds:

@@ -64,6 +64,7 @@ from edgeprune.records import (
     RunRecord,
     check_record,
     matched_epochs,
+    matched_name,
     new_record,
     progress_line,
     run_tag,
@@ -78,7 +79,8 @@ from edgeprune.trace import record_shapes
 from edgeprune.train import TrainConfig, TrainResult, data_signature, train
 from edgeprune.train.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, Distill, Teacher
 
-AT_INIT = {DIRECT: "weighted", "unweighted": "uniform", "uniform": "ratio", MATCHED: "weighted"}  # -> layer selection
+AT_INIT = {DIRECT: "weighted", "unweighted": "uniform", "uniform": "ratio", MATCHED: "weighted",
+           "unweighted-matched": "uniform", "uniform-matched": "ratio"}  # -> layer selection  # fmt: skip
 SEARCH_FILE = "search.json"  # a searched run's candidate table, in its folder
 # The settings that decide a run's result (threads and device do not: a record made with others is still it)
 RESULT_SETTINGS = ("model", "width", "model_args", "num_classes", "step", "conventional_layers", "optimizer", "lr",
@@ -107,6 +109,7 @@ class CompareSettings:
     batch_size: int = 128
     calibration_images: int = 256
     time_matched: bool = False  # also train the direct network for the conventional pipeline's training time
+    matched_also: tuple[str, ...] = ()  # with time_matched: these at-init baselines' networks too (uniform...)
     width: float = 1.0  # the zoo's width multiplier (a factory gets it only when it is not 1)
     model_args: dict = field(default_factory=dict)  # keyword arguments of the reference's factory
     threads: int | None = None  # CPU threads per training run (default: all cores; with Ray, the run's CPUs)
@@ -347,14 +350,13 @@ def run_direct_kd(ctx: RunContext, mode: str, seed: int, full: nn.Module | None)
     return save_record(ctx, tag, key, _record(ctx, DIRECT_KD, mode, seed, pruned, [result]))
 
 
-def run_matched(ctx: RunContext, mode: str, seed: int, mine: list[RunRecord]) -> RunRecord:
-    """The direct network trained as many epochs as fit in the conventional pipeline's time (``mine``: both runs)."""
-    return run_at_init(ctx, MATCHED, mode, seed, matched_epochs(mine))
-
-
-def run_searched_matched(ctx: RunContext, mode: str, seed: int, mine: list[RunRecord]) -> RunRecord:
-    """The searched network trained as long as the conventional pipeline, its search charged (``mine``: both runs)."""
-    return run_searched(ctx, mode, seed, matched_epochs(mine, SEARCHED), SEARCHED_MATCHED)
+def run_matched(ctx: RunContext, mode: str, seed: int, mine: list[RunRecord], method: str = DIRECT) -> RunRecord:
+    """``method``'s network (direct, searched, uniform, unweighted) trained as many epochs as fit in the conventional
+    pipeline's time (``mine``: both runs); a searched one repeats its (deterministic) search, charged first."""
+    epochs = matched_epochs(mine, method)
+    if method == SEARCHED:
+        return run_searched(ctx, mode, seed, epochs, SEARCHED_MATCHED)
+    return run_at_init(ctx, matched_name(method), mode, seed, epochs)
 
 
 def _at_init_methods(settings: CompareSettings) -> list[str]:
@@ -367,16 +369,17 @@ def _searched(settings: CompareSettings) -> list[str]:
     return [SEARCHED] if settings.candidates > 1 else []
 
 
-def _searched_matched(settings: CompareSettings) -> list[Callable[..., RunRecord]]:
-    """The time-matched run of the searched network, when there is a search."""
-    return [run_searched_matched] if settings.candidates > 1 else []
+def _matched(settings: CompareSettings) -> list[str]:
+    """The methods whose network also trains for the conventional pipeline's time (--time-matched): direct, the
+    searched one when there is a search, and ``matched_also``'s."""
+    return [DIRECT, *_searched(settings), *settings.matched_also] if settings.time_matched else []
 
 
 def run_count(settings: CompareSettings) -> int:
     """Every run of a comparison: each seed's full model and, per mode, each method's."""
     s = settings
     per_mode = (len(_at_init_methods(s)) + len(_searched(s)) + len(_finetuned_methods(s)) + len(_from_teacher(s))
-                + int(s.time_matched) * (1 + len(_searched(s))))  # fmt: skip
+                + len(_matched(s)))  # fmt: skip
     return len(s.seeds) * (1 + len(s.targets) * per_mode)
 
 
@@ -436,8 +439,8 @@ def _runs_here(ctx: RunContext, bar: Counter) -> Iterator[Batch]:
             mine += [go(run_searched, mode, seed, s.epochs) for _ in _searched(s)]
             mine += [go(run_conventional, m, mode, seed, full, baseline) for m in _finetuned_methods(s)]
             mine += [go(run_direct_kd, mode, seed, full) for _ in _from_teacher(s)]
-            if s.time_matched:
-                mine += [go(run, mode, seed, list(mine)) for run in (run_matched, *_searched_matched(s))]
+            before = list(mine)  # each time-matched run needs its own network's run and the conventional ones
+            mine += [go(run_matched, mode, seed, before, m) for m in _matched(s)]
             yield baseline, mine
 
 
@@ -471,14 +474,9 @@ def _direct_kd_task(
     return run_direct_kd(ctx, mode, seed, _full_model(ctx, seed, full[1]))
 
 
-def _matched_task(ctx: RunContext, mode: str, seed: int, *mine: RunRecord) -> RunRecord:
-    """Ray task: :func:`run_matched`, after the mode's direct and conventional runs."""
-    return run_matched(ctx, mode, seed, list(mine))
-
-
-def _searched_matched_task(ctx: RunContext, mode: str, seed: int, *mine: RunRecord) -> RunRecord:
-    """Ray task: :func:`run_searched_matched`, after the mode's searched and conventional runs."""
-    return run_searched_matched(ctx, mode, seed, list(mine))
+def _matched_task(ctx: RunContext, mode: str, seed: int, method: str, *mine: RunRecord) -> RunRecord:
+    """Ray task: :func:`run_matched` of ``method``'s network, after the mode's other runs."""
+    return run_matched(ctx, mode, seed, list(mine), method)
 
 
 Plan = list[tuple[int, str, Any, list[Any]]]  # seed, mode, the seed's full-model task, the mode's tasks (ObjectRefs)
@@ -487,11 +485,10 @@ Plan = list[tuple[int, str, Any, list[Any]]]  # seed, mode, the seed's full-mode
 def _submit(ray: ModuleType, shared: Any, settings: CompareSettings, options: RayOptions) -> Plan:
     """Submit every run as a Ray task, a conventional one depending on its own seed's full model only."""
     s = settings
-    full_task, at_init, searched, conventional, direct_kd, matched, searched_matched = (
+    full_task, at_init, searched, conventional, direct_kd, matched = (
         cluster.task(ray, f, options)
-        for f in (_full_task, run_at_init, run_searched, _conventional_task, _direct_kd_task, _matched_task,
-                  _searched_matched_task)
-    )  # fmt: skip
+        for f in (_full_task, run_at_init, run_searched, _conventional_task, _direct_kd_task, _matched_task)
+    )
     plan = []
     for seed in s.seeds:
         full = full_task.remote(shared, seed)
@@ -500,10 +497,8 @@ def _submit(ray: ModuleType, shared: Any, settings: CompareSettings, options: Ra
             refs += [searched.remote(shared, mode, seed, s.epochs) for _ in _searched(s)]
             refs += [conventional.remote(shared, m, mode, seed, full) for m in _finetuned_methods(s)]
             refs += [direct_kd.remote(shared, mode, seed, full) for _ in _from_teacher(s)]
-            if s.time_matched:
-                before = list(refs)  # each time-matched run waits for its own and the conventional runs only
-                refs.append(matched.remote(shared, mode, seed, *before))
-                refs += [searched_matched.remote(shared, mode, seed, *before) for _ in _searched(s)]
+            before = list(refs)  # each time-matched run waits for the mode's other runs only
+            refs += [matched.remote(shared, mode, seed, m, *before) for m in _matched(s)]
             plan.append((seed, mode, full, refs))
     return plan
 

@@ -190,7 +190,7 @@ def plot_accuracy_vs_time(summary: dict, path: str | Path) -> None:
     from matplotlib.lines import Line2D
 
     markers = {"direct": "o", "direct-matched": "P", "unweighted": "v", "uniform": "s", "l1": "^", "nuclear": "D",
-               "searched": "*", "searched-matched": "X"}  # fmt: skip
+               "searched": "*", "searched-matched": "X", "uniform-matched": "p", "unweighted-matched": "h"}  # fmt: skip
     colours = {"params": "tab:blue", "flops": "tab:orange", "memory": "tab:green"}
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for r in summary["rows"]:

@@ -69,10 +69,15 @@ def new_record(method: str, mode: str, seed: int, *, target: float | str, totals
     )  # fmt: skip
 
 
+def matched_name(method: str) -> str:
+    """The time-matched run of ``method``'s network: direct-matched, searched-matched, uniform-matched..."""
+    return f"{method}-matched"
+
+
 def matched_epochs(runs: list[RunRecord], method: str = DIRECT) -> int:
-    """Epochs of ``method``'s network (direct, searched) that fit in the conventional pipeline's measured time (l1
-    first), at least 1; both timed by ``steady_seconds``, so that a pause in either does not skew the match; a
-    searched run's search seconds (its time beyond its epochs) are charged before its epochs."""
+    """Epochs of ``method``'s network (direct, searched, uniform, unweighted) that fit in the conventional
+    pipeline's measured time (l1 first), at least 1; both timed by ``steady_seconds``, so that a pause in either
+    does not skew the match; a searched run's search seconds (its time beyond its epochs) are charged first."""
     own = next(r for r in runs if r.method == method)
     reference = next(r for m in CONVENTIONAL for r in runs if r.method == m)
     search = max(0.0, own.train_seconds - sum(h["epoch_seconds"] for h in own.history)) if method == SEARCHED else 0.0
@@ -166,7 +171,7 @@ def _shown(value: object) -> str:
 # every run a record may hold: the full model, pipelines.AT_INIT's and pipelines.CONVENTIONAL's methods, and the
 # distilled ones (pipelines.KD)
 RUN_METHODS = ("full", "direct", "unweighted", "uniform", "direct-matched", "l1", "nuclear", "l1+kd", "nuclear+kd",
-               "direct+kd", SEARCHED, SEARCHED_MATCHED)  # fmt: skip
+               "direct+kd", SEARCHED, SEARCHED_MATCHED, "uniform-matched", "unweighted-matched")  # fmt: skip
 _HISTORY_RANGES = {"epoch": (1, limits.MAX_EPOCHS), "stage": (0, 1), "test_acc": (0, 1), "train_acc": (0, 1),
                    "epoch_seconds": (0, MAX_SECONDS), "eval_seconds": (0, MAX_SECONDS),
                    "train_seconds": (0, MAX_SECONDS), "images_per_s": (0, MAX_COUNT), "lr": (0, MAX_COUNT),
@@ -300,6 +305,8 @@ def summarise(records: list[RunRecord], baselines: list[RunRecord], settings: An
         + (f"; {SEARCHED_MATCHED} = the searched network trained for as many epochs as fit in the conventional "
            "pipeline's measured time, less its search's seconds"
            if settings.time_matched and getattr(settings, "candidates", 1) > 1 else "")
+        + "".join(f"; {matched_name(m)} = {m}'s network trained as long, likewise" for m in
+                  getattr(settings, "matched_also", ()) if settings.time_matched)
         + (f"; every pruned network also meets {', '.join(f'{k} <= {v}' for k, v in settings.also.items())}"
            if settings.also else "")
         + (f"; training time '(N machines)': {NOT_COMPARABLE.format(n='N', hosts='in train_hosts')}"

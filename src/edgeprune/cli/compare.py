@@ -118,6 +118,15 @@ def _add_runs(p: argparse.ArgumentParser) -> None:
         "its search charged: searched-matched): the accuracy each gets for the same training cost",
     )
     p.add_argument(
+        "--time-matched-also",
+        nargs="+",
+        default=[],
+        metavar="METHOD",
+        help="with --time-matched: these baselines pruned at initialisation (uniform, unweighted) trained as long "
+        "too (uniform-matched, unweighted-matched): width scaling, the best FLOPs-budget network we know, at equal "
+        "time",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="continue an interrupted comparison in --out: finished runs are read back from their "
@@ -176,6 +185,7 @@ def run(args: argparse.Namespace) -> None:
         lr=args.lr,
         batch_size=args.batch_size,
         time_matched=args.time_matched,
+        matched_also=tuple(dict.fromkeys(args.time_matched_also)),
         width=args.width,
         threads=args.threads,
         model_args=model_args,
