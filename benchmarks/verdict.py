@@ -241,39 +241,41 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
                              link, split=disagree([x >= TIME_SAVING for x in saving])))  # fmt: skip
         others = [m for m in ("unweighted", "uniform") if all((m, mode, s) in runs for s in done)]
         if others:
-            gaps = {m: [100 * (direct[s]["test_accuracy"] - runs[m, mode, s]["test_accuracy"]) for s in done]
-                    for m in others}  # fmt: skip
-            bands = {m: noise(mode, f"direct vs {m}", mean([direct[s]["test_accuracy"] for s in done]),
-                              mean([runs[m, mode, s]["test_accuracy"] for s in done]), done)
-                     for m in others}  # fmt: skip
-            calls = [judged(gaps[m], 0.0, bands[m][0]) for m in others]
-            holds = all(ok for ok, _, _ in calls)
-            # a hold could flip if either margin is within noise; a failure only if every shortfall is
-            near = any(n for _, n, _ in calls) if holds else all(n for ok, n, _ in calls if not ok)
-            split = disagree([all(gaps[m][i] >= 0 for m in others) for i in range(len(done))])
-            rows.append(_row(f"{SETUP[model]} {LABEL[mode]}: the complexity weighting helps (ours)",
-                             "-", "; ".join(f"{spread(g)} pts vs {m} ({bands[m][1]})"
-                                            for m, g in gaps.items()), where,
-                             holds, near, provisional, link, split=split))  # fmt: skip
+            text, holds, near, split = not_below(runs, "direct", others, mode, done,
+                                                 lambda gap, a, b, m=mode, s=done: noise(m, gap, a, b, s))  # fmt: skip
+            rows.append(_row(f"{SETUP[model]} {LABEL[mode]}: the complexity weighting helps (ours)", "-", text,
+                             where, holds, near, provisional, link, split=split))  # fmt: skip
     return rows
 
 
-def searched_row(runs: dict, mode: str, seeds: list[int], setup: str, scale: str, planned: int, link: str,
-                 noise: Callable[[str, float, float], tuple[float, str]]) -> dict:  # fmt: skip
-    """Issue 26's verdict: the searched network (``compare --candidates K``, the search's seconds in its time)
-    against the weighted lottery it searched, the unweighted lottery and width scaling at equal epochs; holds
-    when it is below none of them. ``noise(gap, a, b)``: the band of gap ``a - b`` and its label."""
-    ours = {s: runs["searched", mode, s] for s in seeds}
-    others = [m for m in ("direct", "unweighted", "uniform") if all((m, mode, s) in runs for s in seeds)]
-    gaps = {m: [100 * (ours[s]["test_accuracy"] - runs[m, mode, s]["test_accuracy"]) for s in seeds] for m in others}
-    bands = {m: noise(f"searched vs {m}", mean([ours[s]["test_accuracy"] for s in seeds]),
-                      mean([runs[m, mode, s]["test_accuracy"] for s in seeds])) for m in others}  # fmt: skip
+Noise = Callable[[str, float, float], tuple[float, str]]  # (gap's name, a, b) -> the band of a - b and its label
+
+
+def not_below(runs: dict, method: str, others: list[str], mode: str, seeds: list[int], noise: Noise) -> tuple[
+        str, bool, bool, bool]:  # fmt: skip
+    """``method`` against each of ``others`` over ``seeds``: (the gaps as text, holds: below none of them, within
+    noise, seeds disagree)."""
+    ours = [runs[method, mode, s]["test_accuracy"] for s in seeds]
+    gaps = {m: [100 * (a - runs[m, mode, s]["test_accuracy"]) for a, s in zip(ours, seeds)] for m in others}
+    bands = {m: noise(f"{method} vs {m}", mean(ours), mean([runs[m, mode, s]["test_accuracy"] for s in seeds]))
+             for m in others}  # fmt: skip
     calls = [judged(gaps[m], 0.0, bands[m][0]) for m in others]
     holds = all(ok for ok, _, _ in calls)
+    # a hold could flip if either margin is within noise; a failure only if every shortfall is
     near = any(n for _, n, _ in calls) if holds else all(n for ok, n, _ in calls if not ok)
     split = disagree([all(gaps[m][i] >= 0 for m in others) for i in range(len(seeds))])
-    search = mean([ours[s]["train_seconds"] - sum(h["epoch_seconds"] for h in ours[s]["history"]) for s in seeds])
-    text = "; ".join(f"{spread(g)} pts vs {m} ({bands[m][1]})" for m, g in gaps.items())
+    return "; ".join(f"{spread(g)} pts vs {m} ({bands[m][1]})" for m, g in gaps.items()), holds, near, split
+
+
+def searched_row(runs: dict, mode: str, seeds: list[int], setup: str, scale: str, planned: int, link: str,
+                 noise: Noise) -> dict:  # fmt: skip
+    """Issue 26's verdict: the searched network (``compare --candidates K``, the search's seconds in its time)
+    against the weighted lottery it searched, the unweighted lottery and width scaling at equal epochs; holds
+    when it is below none of them."""
+    others = [m for m in ("direct", "unweighted", "uniform") if all((m, mode, s) in runs for s in seeds)]
+    text, holds, near, split = not_below(runs, "searched", others, mode, seeds, noise)
+    ours = [runs["searched", mode, s] for s in seeds]
+    search = mean([r["train_seconds"] - sum(h["epoch_seconds"] for h in r["history"]) for r in ours])
     where = f"{scale}; seeds {', '.join(map(str, seeds))}" + ("" if len(seeds) >= planned else
                                                               f" (of {planned} planned)")  # fmt: skip
     return _row(f"{setup}: the searched network beats the lotteries and width scaling at equal epochs (ours)", "-",

@@ -57,7 +57,6 @@ from edgeprune.records import (
     DIRECT,
     DIRECT_KD,
     KD,
-    MATCHED,
     RECORD,
     SEARCHED,
     SEARCHED_MATCHED,
@@ -79,8 +78,8 @@ from edgeprune.trace import record_shapes
 from edgeprune.train import TrainConfig, TrainResult, data_signature, train
 from edgeprune.train.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, Distill, Teacher
 
-AT_INIT = {DIRECT: "weighted", "unweighted": "uniform", "uniform": "ratio", MATCHED: "weighted",
-           "unweighted-matched": "uniform", "uniform-matched": "ratio"}  # -> layer selection  # fmt: skip
+_AT_INIT = {DIRECT: "weighted", "unweighted": "uniform", "uniform": "ratio"}  # -> layer selection
+AT_INIT = {**_AT_INIT, **{matched_name(m): selection for m, selection in _AT_INIT.items()}}  # and time-matched
 SEARCH_FILE = "search.json"  # a searched run's candidate table, in its folder
 # The settings that decide a run's result (threads and device do not: a record made with others is still it)
 RESULT_SETTINGS = ("model", "width", "model_args", "num_classes", "step", "conventional_layers", "optimizer", "lr",
@@ -207,10 +206,7 @@ def record_key(ctx: RunContext, method: str, mode: str, seed: int, epochs: int) 
                epochs=stage_epochs(s, method, epochs))  # fmt: skip
     if method.endswith(KD):  # only a distilled run's key names them: the others' keys stay as before
         key["distill"] = {"alpha": s.distill_alpha, "temperature": s.distill_temperature, "teacher": "full model"}
-    if method in (
-        SEARCHED,
-        SEARCHED_MATCHED,
-    ):  # only a searched run's key names the search: the others' keys stay as before
+    if method in (SEARCHED, SEARCHED_MATCHED):  # only a searched run's key names the search, others' stay as before
         key["search"] = search_key(s)
     content = getattr(ctx.data, "content_hash", None)
     if content is not None:  # name and sizes stay the same when images are swapped between classes; this does not

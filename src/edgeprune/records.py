@@ -29,7 +29,7 @@ from edgeprune.train.busy import load_figures
 DIRECT = "direct"
 MATCHED = "direct-matched"  # the direct pipeline trained as long as the conventional one
 SEARCHED = "searched"  # the direct pipeline on the best of K candidate plans (compare --candidates K)
-SEARCHED_MATCHED = "searched-matched"  # the searched network trained as long as the conventional pipeline
+SEARCHED_MATCHED = SEARCHED + "-matched"  # the searched network trained as long as the conventional pipeline
 CONVENTIONAL = ("l1", "nuclear")
 KD = "+kd"  # a method distilled from its seed's trained full model: l1+kd, nuclear+kd, direct+kd
 DIRECT_KD = DIRECT + KD
