@@ -389,3 +389,38 @@ def test_compare_refuses_bad_search_settings(tmp_path, capsys):
         main([*base, "--candidates", "0"])
     assert exit_.value.code == 2 and "--candidates: must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "o" / "full-s0").exists()
+
+
+@pytest.mark.parametrize("own_plan", [True, False])
+def test_searched_run_reads_back_the_direct_run_when_it_kept_that_very_network(tmp_path, monkeypatch, own_plan):
+    """A search that keeps the seed's own plan (weight for weight the direct network) reads the direct run's record
+    back, its time plus the search's, instead of training the same network again; another plan trains."""
+    from edgeprune import pipelines
+    from edgeprune.search import prune as real_search
+
+    argv = ["compare", "tiny", "--data", str(MINI), "--target", "flops=0.4", "--modes", "flops", "--baselines",
+            "uniform", "--epochs", "1", "--limit-train", "128", "--limit-test", "64", "--batch-size", "64",
+            "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "compare.json").read_text())
+    direct = next(r for r in first["runs"] if r["method"] == "direct")
+    settings = pipelines.CompareSettings(**{**first["settings"], "candidates": 2})
+    data = edgeprune.data.load_dataset(str(MINI), limit_train=128, limit_test=64)
+    ctx = pipelines.make_context(settings, data, tmp_path, progress=False)  # direct's run is read without --resume
+
+    def one_candidate(*args, **kwargs):  # a search that keeps Algorithm 1's draw of the run's seed or the next one
+        seed = kwargs["seed"] + (0 if own_plan else 1)
+        found = real_search(*args, **{**kwargs, "candidates": 1, "seed": seed})  # K = 1: that draw, plan for plan
+        found.plan.search = {"kept": {"kind": "weighted", "seed": seed}, "candidates": [{"seed": seed}]}
+        return found
+
+    monkeypatch.setattr(pipelines, "search_prune", one_candidate)
+    searched = asdict(pipelines.run_searched(ctx, "flops", 0, 1))
+    table = json.loads((tmp_path / "searched-flops-s0" / "search.json").read_text())
+    trained = (tmp_path / "searched-flops-s0" / "metrics.jsonl").exists()
+    if own_plan:
+        assert table["same_network_as"] == "direct-flops-s0" and not trained
+        assert {**searched, "method": "direct", "train_seconds": direct["train_seconds"]} == direct
+        assert searched["train_seconds"] == pytest.approx(direct["train_seconds"] + table["search_seconds"], abs=1e-3)
+    else:
+        assert "same_network_as" not in table and trained and searched["history"] != direct["history"]

@@ -296,16 +296,37 @@ def run_searched(ctx: RunContext, mode: str, seed: int, epochs: int, method: str
                          candidate_kinds=s.candidate_kinds, proxy=s.proxy, data=ctx.data, seed=seed, step=s.step,
                          input_shape=ctx.shape, holdout=s.proxy_holdout)  # fmt: skip
     seconds = time.perf_counter() - t0
+    twin = _direct_twin(ctx, mode, seed, epochs, method, found.model)
     table = {**(found.plan.search or {}), "search_seconds": round(seconds, 3)}
+    if twin is not None:
+        table["same_network_as"] = run_tag(twin.method, mode, seed)
     (ctx.out / tag).mkdir(parents=True, exist_ok=True)
     write_json(ctx.out / tag / SEARCH_FILE, table)
     ctx.log(
         f"[seed {seed}] {method} {mode}: kept {table['kept']['kind']} seed {table['kept']['seed']} of "
-        f"{len(table['candidates'])} candidates by {s.proxy} ({seconds:.1f} s), training {epochs} epochs"
+        f"{len(table['candidates'])} candidates by {s.proxy} ({seconds:.1f} s), "
+        + (f"the {twin.method} run's own network: its record read back" if twin else f"training {epochs} epochs")
     )
+    if twin is not None:  # the same weights trained the same way: training them again would repeat that run
+        return save_record(ctx, tag, key, replace(twin, method=method, train_seconds=twin.train_seconds + seconds))
     result = ctx.train(found.model, epochs, seed, tag)
     result = replace(result, train_seconds=result.train_seconds + seconds)
     return save_record(ctx, tag, key, _record(ctx, method, mode, seed, found.model, [result]))
+
+
+def _direct_twin(ctx: RunContext, mode: str, seed: int, epochs: int, method: str, kept: nn.Module) -> RunRecord | None:
+    """The finished direct (or direct-matched) run of the same epochs when the search kept its very network (the
+    seed's own plan, weight for weight), else None."""
+    twin = DIRECT if method == SEARCHED else matched_name(DIRECT)
+    where, key = run_tag(twin, mode, seed), record_key(ctx, twin, mode, seed, epochs)
+    try:  # read even without --resume: an output folder holds only this comparison's runs, or resumed ones
+        done = stored_record(replace(ctx, resume=True), where, key)
+    except EdgepruneError:  # a record of other settings or epochs is not this network's run
+        done = None
+    own = pruned_at_init(ctx, DIRECT, mode, seed).state_dict() if done is not None else {}
+    mine = kept.state_dict()  # torch.equal is False for tensors of other shapes
+    same = own.keys() == mine.keys() and all(torch.equal(own[k], mine[k]) for k in own)
+    return done if same else None
 
 
 def run_conventional(
