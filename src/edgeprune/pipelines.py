@@ -319,8 +319,8 @@ def _direct_twin(ctx: RunContext, mode: str, seed: int, epochs: int, method: str
     seed's own plan, weight for weight), else None."""
     twin = DIRECT if method == SEARCHED else matched_name(DIRECT)
     where, key = run_tag(twin, mode, seed), record_key(ctx, twin, mode, seed, epochs)
-    try:  # read even without --resume: an output folder holds only this comparison's runs, or resumed ones
-        done = stored_record(replace(ctx, resume=True), where, key)
+    try:  # read even without --resume: the output folder holds only this comparison's runs (or resumed ones)
+        done = stored_record(replace(ctx, resume=True, progress=False), where, key)  # its own line says it
     except EdgepruneError:  # a record of other settings or epochs is not this network's run
         done = None
     own = pruned_at_init(ctx, DIRECT, mode, seed).state_dict() if done is not None else {}
