@@ -22,6 +22,7 @@ key; a record of other data is left as it is (and ``compare`` will say so). Only
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 import sys
@@ -36,11 +37,13 @@ from edgeprune.pipelines import records_from_summary
 from edgeprune.records import RECORD
 
 
-def save(runs: Path, results: Path) -> list[str]:
-    """Copy every ``runs/<tag>/record.json`` to ``results/records/<tag>.json``; returns the tags."""
+def save(runs: Path, results: Path, only: list[str] | None = None) -> list[str]:
+    """Copy every ``runs/<tag>/record.json`` (only the tags matching one of the globs ``only``, if given) to
+    ``results/records/<tag>.json``; returns the tags."""
     folder = results / "records"
     folder.mkdir(parents=True, exist_ok=True)
     tags = sorted(p.parent.name for p in runs.glob(f"*/{RECORD}"))
+    tags = [t for t in tags if only is None or any(fnmatch.fnmatchcase(t, g) for g in only)]
     for tag in tags:
         tmp = folder / f".{tag}.json.tmp"
         shutil.copyfile(runs / tag / RECORD, tmp)
@@ -91,6 +94,9 @@ def main() -> None:
     s = sub.add_parser("save", help="runs/<study> -> docs/results/<study>/records/")
     s.add_argument("runs")
     s.add_argument("results")
+    s.add_argument("--only", nargs="+", metavar="GLOB",
+                   help="save only the runs whose tag matches (say '*+kd-*': a study's added runs, leaving the "
+                        "records of runs it retrained, such as a teacher, as they were)")  # fmt: skip
     r = sub.add_parser("restore", help="docs/results/<study>/records/ (and its compare.json) -> runs/<study>")
     r.add_argument("results")
     r.add_argument("runs")
@@ -100,7 +106,7 @@ def main() -> None:
     args = p.parse_args()
     try:
         if args.command == "save":
-            tags = save(Path(args.runs), Path(args.results))
+            tags = save(Path(args.runs), Path(args.results), args.only)
         else:
             tags = restore(Path(args.results), Path(args.runs), args.data, args.stamp_data)
     except (EdgepruneError, OSError, ValueError) as e:

@@ -19,6 +19,8 @@ Verdict rules (stated in the output too):
   the quiet step time x epochs), that figure decides and the run's own is shown beside it;
 - the complexity weighting against an unweighted lottery and width scaling is ours (the issue's question, not a
   paper claim): the difference in points is reported, *holds* when the weighted network is not below either.
+- distillation (``compare --distill``, ours): l1+kd against l1 and direct+kd against direct, each the same
+  network at equal epochs with and without the seed's full model as teacher; *holds* when neither is below.
 - the paper's accuracy claims are claims at convergence: when the full model is not at its plateau (its test
   accuracy over its last 4 epochs spans more than 1 point, or it trained fewer than 4 epochs) the accuracy
   change and direct-against-conventional claims are *untested at this scale*; our figures are still shown.
@@ -239,6 +241,9 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
             rows.append(_row(f"{SETUP[model]} {LABEL[mode]}: training time saved against l1",
                              "about 60% (journal)", ours, where, mean(saving) >= TIME_SAVING, False, provisional,
                              link, split=disagree([x >= TIME_SAVING for x in saving])))  # fmt: skip
+        if taught := [s for s in done if all((m, mode, s) in runs for m in ("l1", "l1+kd", "direct+kd"))]:
+            rows.append(distill_row(runs, mode, taught, f"{SETUP[model]} {LABEL[mode]}", scale, planned, link,
+                                    lambda gap, a, b, m=mode, s=taught: noise(m, gap, a, b, s)))  # fmt: skip
         others = [m for m in ("unweighted", "uniform") if all((m, mode, s) in runs for s in done)]
         if others:
             text, holds, near, split = not_below(runs, "direct", others, mode, done,
@@ -281,6 +286,26 @@ def searched_row(runs: dict, mode: str, seeds: list[int], setup: str, scale: str
     return _row(f"{setup}: the searched network beats the lotteries and width scaling at equal epochs (ours)", "-",
                 f"{text}; search {search:.1f} s, counted in its time", where, holds, near, len(seeds) < 2, link,
                 split=split)  # fmt: skip
+
+
+def distill_row(runs: dict, mode: str, seeds: list[int], setup: str, scale: str, planned: int, link: str,
+                noise: Noise) -> dict:  # fmt: skip
+    """Issue 26's verdict on distillation at convergence (``compare --distill``): each network trained with the
+    seed's full model as teacher against the same network trained without one, at equal epochs; holds when
+    neither distilled network is below its plain twin."""
+    pairs = [("l1+kd", "l1"), ("direct+kd", "direct")]
+    acc = {m: [runs[m, mode, s]["test_accuracy"] for s in seeds] for pair in pairs for m in pair}
+    gaps = {kd: [100 * (a - b) for a, b in zip(acc[kd], acc[plain])] for kd, plain in pairs}
+    bands = {kd: noise(f"{kd} vs {plain}", mean(acc[kd]), mean(acc[plain])) for kd, plain in pairs}
+    calls = [judged(gaps[kd], 0.0, bands[kd][0]) for kd, _ in pairs]
+    holds = all(ok for ok, _, _ in calls)
+    near = any(n for _, n, _ in calls) if holds else all(n for ok, n, _ in calls if not ok)
+    split = disagree([all(gaps[kd][i] >= 0 for kd, _ in pairs) for i in range(len(seeds))])
+    text = "; ".join(f"{kd} {spread(gaps[kd])} pts vs {plain} ({bands[kd][1]})" for kd, plain in pairs)
+    where = f"{scale}; seeds {', '.join(map(str, seeds))}" + ("" if len(seeds) >= planned else
+                                                              f" (of {planned} planned)")  # fmt: skip
+    return _row(f"{setup}: distilling from the full model lifts the network at equal epochs (ours)", "-", text,
+                where, holds, near, len(seeds) < 2, link, split=split)  # fmt: skip
 
 
 def _key(mode: str) -> str:
@@ -354,7 +379,9 @@ def markdown(rows: list[dict], missing: list[tuple[str, str, str]], curves: list
         "of l1 / nuclear; the training-time saving holds at 50% or more against the l1 pipeline (pre-training "
         "included; per stage the median epoch time x epochs, so paused epochs are not charged; where a study was "
         "re-timed quietly by `benchmarks/pipeline_time.py`, its quiet step times x epochs decide); the complexity "
-        "weighting holds when the weighted lottery is not below the unweighted lottery nor width scaling. The "
+        "weighting holds when the weighted lottery is not below the unweighted lottery nor width scaling; "
+        "distillation holds when neither distilled network (l1+kd, direct+kd: the seed's full model as teacher) "
+        "is below the same network trained without a teacher, at equal epochs. The "
         "paper's accuracy claims are claims at convergence: where the full model is not at its plateau (its last "
         "4 epochs span more than 1 point) they are untested at that scale, and our figures are shown beside the "
         'verdict. One seed makes a verdict provisional; "seeds disagree" marks a verdict that some seed alone '
