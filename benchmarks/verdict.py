@@ -135,6 +135,19 @@ def judged(gap: list[float], threshold: float, noise: float) -> tuple[bool, bool
     return mean(gap) >= threshold, abs(mean(gap) - threshold) < noise, disagree([g >= threshold for g in gap])
 
 
+def all_judged(calls: list[tuple[bool, bool, bool]]) -> tuple[bool, bool]:
+    """(holds, within noise) of a claim that holds only when every one of ``calls`` (from :func:`judged`) does."""
+    holds = all(ok for ok, _, _ in calls)
+    # a hold could flip if any margin is within noise; a failure only if every shortfall is
+    return holds, any(n for _, n, _ in calls) if holds else all(n for ok, n, _ in calls if not ok)
+
+
+def seeds_run(scale: str, seeds: list[int], planned: int) -> str:
+    """The scale cell: the scale, the seeds a row rests on, and how many were planned when fewer ran."""
+    fewer = "" if len(seeds) >= planned else f" (of {planned} planned)"
+    return f"{scale}; seeds {', '.join(map(str, seeds))}{fewer}"
+
+
 def disagree(passes: list[bool]) -> bool:
     """Whether the seeds' own verdicts differ: the mean's verdict then rests on which seeds were run."""
     return len(set(passes)) > 1
@@ -186,8 +199,7 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
         if not done:
             continue
         link = f"[{folder}]({folder}/)"
-        where = f"{scale}; seeds {', '.join(map(str, done))}" + ("" if len(done) >= planned else " (of " +
-                                                                  f"{planned} planned)")  # fmt: skip
+        where = seeds_run(scale, done, planned)
         provisional = len(done) < 2
         full = {s: runs["full", "-", s] for s in done}
         untested = unconverged(list(full.values()))
@@ -224,8 +236,7 @@ def study_claims(folder: str, model: str, scale: str, planned: int, test_images:
             band, shown = noise(mode, f"{timed_method} vs conventional", mean(matched), mean(best_timed) / 100, timed)
             claim = f"{SETUP[model]} {LABEL[mode]}: at equal training time, {who} matches conventional (ours)"
             versus = f"{spread(gap)} pts against the better of {' / '.join(conventional)} ({shown})"
-            when = f"{scale}; seeds {', '.join(map(str, timed))}" + ("" if len(timed) >= planned else
-                                                                     f" (of {planned} planned)")  # fmt: skip
+            when = seeds_run(scale, timed, planned)
             holds, near, split = judged(gap, -WITHIN, band)
             rows.append(_row(claim, "-", versus, when, holds, near, len(timed) < 2, link, split=split))
         if searched := [s for s in done if ("searched", mode, s) in runs]:
@@ -264,10 +275,7 @@ def not_below(runs: dict, method: str, others: list[str], mode: str, seeds: list
     gaps = {m: [100 * (a - runs[m, mode, s]["test_accuracy"]) for a, s in zip(ours, seeds)] for m in others}
     bands = {m: noise(f"{method} vs {m}", mean(ours), mean([runs[m, mode, s]["test_accuracy"] for s in seeds]))
              for m in others}  # fmt: skip
-    calls = [judged(gaps[m], 0.0, bands[m][0]) for m in others]
-    holds = all(ok for ok, _, _ in calls)
-    # a hold could flip if either margin is within noise; a failure only if every shortfall is
-    near = any(n for _, n, _ in calls) if holds else all(n for ok, n, _ in calls if not ok)
+    holds, near = all_judged([judged(gaps[m], 0.0, bands[m][0]) for m in others])
     split = disagree([all(gaps[m][i] >= 0 for m in others) for i in range(len(seeds))])
     return "; ".join(f"{spread(g)} pts vs {m} ({bands[m][1]})" for m, g in gaps.items()), holds, near, split
 
@@ -281,8 +289,7 @@ def searched_row(runs: dict, mode: str, seeds: list[int], setup: str, scale: str
     text, holds, near, split = not_below(runs, "searched", others, mode, seeds, noise)
     ours = [runs["searched", mode, s] for s in seeds]
     search = mean([r["train_seconds"] - sum(h["epoch_seconds"] for h in r["history"]) for r in ours])
-    where = f"{scale}; seeds {', '.join(map(str, seeds))}" + ("" if len(seeds) >= planned else
-                                                              f" (of {planned} planned)")  # fmt: skip
+    where = seeds_run(scale, seeds, planned)
     return _row(f"{setup}: the searched network beats the lotteries and width scaling at equal epochs (ours)", "-",
                 f"{text}; search {search:.1f} s, counted in its time", where, holds, near, len(seeds) < 2, link,
                 split=split)  # fmt: skip
@@ -297,13 +304,10 @@ def distill_row(runs: dict, mode: str, seeds: list[int], setup: str, scale: str,
     acc = {m: [runs[m, mode, s]["test_accuracy"] for s in seeds] for pair in pairs for m in pair}
     gaps = {kd: [100 * (a - b) for a, b in zip(acc[kd], acc[plain])] for kd, plain in pairs}
     bands = {kd: noise(f"{kd} vs {plain}", mean(acc[kd]), mean(acc[plain])) for kd, plain in pairs}
-    calls = [judged(gaps[kd], 0.0, bands[kd][0]) for kd, _ in pairs]
-    holds = all(ok for ok, _, _ in calls)
-    near = any(n for _, n, _ in calls) if holds else all(n for ok, n, _ in calls if not ok)
+    holds, near = all_judged([judged(gaps[kd], 0.0, bands[kd][0]) for kd, _ in pairs])
     split = disagree([all(gaps[kd][i] >= 0 for kd, _ in pairs) for i in range(len(seeds))])
     text = "; ".join(f"{kd} {spread(gaps[kd])} pts vs {plain} ({bands[kd][1]})" for kd, plain in pairs)
-    where = f"{scale}; seeds {', '.join(map(str, seeds))}" + ("" if len(seeds) >= planned else
-                                                              f" (of {planned} planned)")  # fmt: skip
+    where = seeds_run(scale, seeds, planned)
     return _row(f"{setup}: distilling from the full model lifts the network at equal epochs (ours)", "-", text,
                 where, holds, near, len(seeds) < 2, link, split=split)  # fmt: skip
 
